@@ -1,0 +1,125 @@
+# sendgate build.
+#
+#   make            build/sendgate, build/sendgatectl, build/sendgate-bench
+#   make test       install missing Debian packages, build, run every test
+#                   (unit + integration, then the same under ASan+UBSan)
+#   make asan       the ASan+UBSan build and its test run only
+#   make run        local demo: throwaway PostgreSQL, DNS server and mail sink
+#
+# Each folder builds into its own static library; a unit test named
+# tests/unit/test_<folder>*.c links only that folder's library and common's,
+# so work in one folder never waits on another one compiling.
+
+BUILD    ?= build
+CC       ?= cc
+PYTHON   ?= /usr/bin/python3
+PKGS      = libevent_core libevent_extra libevent_openssl libevent_pthreads \
+            libcares libpq openssl jansson inih libpsl
+SAN      ?=
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+            -Wno-unused-parameter -fno-strict-aliasing -I. $(PKG_CFLAGS) $(SAN)
+LDFLAGS  += $(SAN)
+LDLIBS   += $(PKG_LIBS) -lpthread -lm
+
+FOLDERS  = smtpd queue dkim dns tenants common
+MAINS    = smtpd/main.c $(wildcard tenants/ctl*.c) $(wildcard bench/*.c)
+
+lib_srcs = $(filter-out $(MAINS),$(wildcard $(1)/*.c))
+lib_objs = $(patsubst %.c,$(BUILD)/%.o,$(call lib_srcs,$(1)))
+# Folders with no library code yet are left out of the link.
+LIB_FOLDERS = $(foreach f,$(FOLDERS),$(if $(or $(call lib_srcs,$(f)),$(filter tenants,$(f))),$(f)))
+LIBS     = $(foreach f,$(LIB_FOLDERS),$(BUILD)/lib$(f).a)
+
+MIGRATIONS = $(sort $(wildcard tenants/migrations/*.sql))
+
+UNIT_SRCS = $(wildcard tests/unit/test_*.c)
+UNIT_BINS = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+
+.PHONY: all deps test unit integration asan asan-build run clean fuzz
+.SECONDARY:
+
+all: $(BUILD)/sendgate $(BUILD)/sendgatectl $(BUILD)/sendgate-bench
+
+deps:
+	@sh tools/deps.sh
+
+$(BUILD)/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+define folder_lib
+$(BUILD)/lib$(1).a: $(call lib_objs,$(1))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(foreach f,$(filter-out tenants,$(FOLDERS)),$(eval $(call folder_lib,$(f))))
+
+# The SQL migrations are compiled into libtenants so that sendgatectl needs no
+# files beside it.
+$(BUILD)/tenants/migrations_gen.c: $(MIGRATIONS) tools/embed-sql.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed-sql.sh $(MIGRATIONS) > $@
+
+$(BUILD)/tenants/migrations_gen.o: $(BUILD)/tenants/migrations_gen.c
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libtenants.a: $(call lib_objs,tenants) $(BUILD)/tenants/migrations_gen.o
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/sendgate: $(BUILD)/smtpd/main.o $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
+
+$(BUILD)/sendgatectl: $(patsubst %.c,$(BUILD)/%.o,$(wildcard tenants/ctl*.c)) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS) $(LDLIBS)
+
+$(BUILD)/sendgate-bench: $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c)) $(BUILD)/libcommon.a
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcommon.a $(LDLIBS)
+
+# tests/unit/test_<folder>[_what].c links lib<folder>.a and libcommon.a.
+unit_folder = $(firstword $(subst _, ,$(patsubst test_%,%,$(1))))
+define unit_rule
+$(BUILD)/tests/$(1): tests/unit/$(1).c $(BUILD)/lib$(call unit_folder,$(1)).a $(BUILD)/libcommon.a
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) $$(LDFLAGS) -o $$@ $$< $(BUILD)/lib$(call unit_folder,$(1)).a $(BUILD)/libcommon.a $$(LDLIBS) -lcmocka
+endef
+$(foreach t,$(patsubst tests/unit/%.c,%,$(UNIT_SRCS)),$(eval $(call unit_rule,$(t))))
+
+unit: $(UNIT_BINS)
+	@fail=0; for t in $(UNIT_BINS); do \
+		echo "== $$t"; $$t || fail=1; \
+	done; exit $$fail
+
+integration: all
+	SENDGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+asan-build:
+	$(MAKE) BUILD=build/asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all $(patsubst $(BUILD)/%,build/asan/%,$(UNIT_BINS))
+
+asan: deps asan-build
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(MAKE) --no-print-directory BUILD=build/asan unit
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(MAKE) --no-print-directory BUILD=build/asan PYTEST_ARGS="$(PYTEST_ARGS) -m 'not slow'" integration
+
+test: deps
+	$(MAKE) --no-print-directory all unit
+	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory asan
+
+run: deps all
+	$(PYTHON) tools/demo.py
+
+fuzz:
+	$(MAKE) -C tests/fuzz
+
+clean:
+	rm -rf build

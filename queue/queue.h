@@ -1,0 +1,146 @@
+/*
+ * queue: the durable spool. The SMTP session hands it a finished message
+ * through queue_begin / queue_write_body / queue_commit / queue_abort and
+ * learns the outcome by callback on its event loop.
+ *
+ * Spool layout under [spool] dir:
+ *   tmp/         messages being received (removed at start: never acknowledged)
+ *   queue/       committed messages, one file per message, named by queue id
+ *   quarantine/  queue files found damaged at start
+ *
+ * Queue file format: a sequence of records, each
+ *   u8 type | u32 big-endian length | length bytes of data
+ * in this order: MAGIC, zero or more BODY chunks (as DATA streamed in),
+ * HEADERS (the final header block, with the header/body separator),
+ * ENVELOPE fields, and END whose data is the SHA-256 of every byte before
+ * the END record. A file without a valid END is damaged.
+ */
+#ifndef SENDGATE_QUEUE_H
+#define SENDGATE_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "common/common.h"
+
+struct event_base;
+
+#define QUEUE_ID_LEN 20 /* characters, [0-9A-Z] */
+
+/* ---- record.c: the record format, pure ------------------------------- */
+
+enum queue_rec_type {
+	QREC_MAGIC = 1,	    /* "SENDGATE-Q1" */
+	QREC_BODY = 2,	    /* a chunk of body bytes */
+	QREC_HEADERS = 3,   /* the header block incl. the blank separator line */
+	QREC_ID = 10,	    /* queue id */
+	QREC_TENANT = 11,   /* "<tenant id> <tenant name>" */
+	QREC_AUTH = 12,	    /* authenticated SMTP username */
+	QREC_SENDER = 13,   /* envelope sender (no angle brackets) */
+	QREC_RCPT = 14,	    /* one recipient (no angle brackets), in order */
+	QREC_RECEIVED = 15, /* unix time, decimal text */
+	QREC_CLIENT = 16,   /* client address text */
+	QREC_FLAGS = 17,    /* "8bitmime", "smtputf8", space separated */
+	QREC_END = 255,	    /* SHA-256 of all preceding bytes */
+};
+
+#define QREC_HDR_LEN 5
+#define QREC_MAX_LEN (64u << 20)
+
+/* Writes a record header for (type, len) into out[5]. */
+void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len);
+
+/*
+ * Walks a whole queue file image. Calls fn for each record before END and
+ * checks the END digest. Returns 0 when the file is complete and intact,
+ * -1 with err naming the problem (truncated, bad checksum, bad magic, ...).
+ */
+int queue_rec_walk(const unsigned char *p, size_t n,
+		   int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
+		   char *err, size_t errlen);
+
+/* ---- the envelope ----------------------------------------------------- */
+
+struct queue_envelope {
+	char id[QUEUE_ID_LEN + 1];
+	int64_t tenant_id;
+	char *tenant;	 /* tenant name */
+	char *auth_user; /* SMTP username */
+	char *sender;
+	char **rcpts;
+	size_t nrcpts;
+	time_t received;
+	char *client;
+	int flags; /* QFLAG_* */
+};
+
+#define QFLAG_8BITMIME 1
+#define QFLAG_SMTPUTF8 2
+
+void queue_envelope_free(struct queue_envelope *env);
+
+/* A parsed queue file: the envelope and the message as it will be sent. */
+struct queue_msg {
+	struct queue_envelope env;
+	struct buf message; /* headers + body, CRLF line endings */
+	size_t header_len;  /* bytes of message that are the header block */
+};
+
+/*
+ * Reads and checks one queue file. On success fills m (free with
+ * queue_msg_free) and returns 0; -1 with err on a damaged or unreadable file.
+ * want_body = 0 skips assembling the message bytes (listing).
+ */
+int queue_read_file(const char *path, struct queue_msg *m, int want_body, char *err, size_t errlen);
+void queue_msg_free(struct queue_msg *m);
+
+/* ---- spool.c: the spool as the daemon uses it ------------------------ */
+
+struct spool;
+struct spool_txn;
+
+/*
+ * Called on the event loop once a commit is on stable storage (err == 0,
+ * id is the queue id) or failed (err is an errno; nothing is left behind).
+ */
+typedef void (*queue_commit_cb)(uint64_t cookie, const char *id, int err);
+
+/*
+ * Opens the spool under dir: creates the folders, deletes temp files,
+ * quarantines damaged queue files (one log line each) and starts nthreads
+ * commit threads whose completions run on base. NULL with err on failure.
+ */
+struct spool *spool_open(struct event_base *base, const char *dir, int nthreads, char *err,
+			 size_t errlen);
+/* Waits for in-flight commits, stops the threads, frees the spool. */
+void spool_close(struct spool *sp);
+/* Number of messages in queue/ (counted at open, kept up to date). */
+size_t spool_count(struct spool *sp);
+/* 1 when a file can be created and removed in tmp/ (readiness check). */
+int spool_writable(struct spool *sp);
+
+/* Starts a message: a temp file in tmp/. NULL with errno on failure. */
+struct spool_txn *queue_begin(struct spool *sp);
+/* The queue id chosen for this message (valid until commit completes). */
+const char *queue_txn_id(const struct spool_txn *t);
+/* Appends body bytes (buffered, written as BODY records). 0 or -1 (errno). */
+int queue_write_body(struct spool_txn *t, const void *p, size_t n);
+/*
+ * Finishes the message: writes HEADERS (hdr, hlen bytes: the complete final
+ * header block including the blank separator line, if any), the envelope and
+ * END, then hands the file to a commit thread, which fsyncs it, renames it
+ * into queue/ and fsyncs the directory; commits in flight together share
+ * the directory fsync. cb runs on the loop afterwards. The txn is owned by
+ * the spool from here on, whatever the outcome. Returns -1 (and calls no
+ * callback) if the commit could not even be started; the txn is then freed.
+ */
+int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr, size_t hlen,
+		 queue_commit_cb cb, uint64_t cookie);
+/* Drops an uncommitted message and its temp file. */
+void queue_abort(struct spool_txn *t);
+
+/* Calls fn for each committed queue file path; returns count or -1. */
+int queue_list_files(const char *dir, void (*fn)(void *arg, const char *path), void *arg);
+
+#endif

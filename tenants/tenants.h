@@ -1,0 +1,88 @@
+/*
+ * tenants: the control plane in PostgreSQL. The daemon side (store.c) talks
+ * to Postgres only through libpq's asynchronous API on the event loop and
+ * keeps credentials and sendable domains cached in memory, refreshed by
+ * LISTEN/NOTIFY; the admin CLI (ctl*.c, sendgatectl) uses plain libpq.
+ */
+#ifndef SENDGATE_TENANTS_H
+#define SENDGATE_TENANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+struct event_base;
+
+/* ---- migrations (compiled in from tenants/migrations/NNN_name.sql) ---- */
+
+struct migration {
+	int version;
+	const char *name;
+	const char *sql;
+};
+extern const struct migration migrations[];
+extern const int migrations_count;
+
+/* ---- credential.c: pure helpers shared by the CLI and the daemon ------ */
+
+#define CRED_USER_MAX 64
+#define CRED_SECRET_LEN 43 /* base64url of 32 random bytes, no padding */
+
+/* Makes a new username ("<tenant>-<8 hex>") and secret; NUL-terminated. */
+void credential_generate(const char *tenant, char user[CRED_USER_MAX + 1],
+			 char secret[CRED_SECRET_LEN + 1]);
+/* SHA-256 of the secret text, as stored. */
+void credential_hash(const char *secret, size_t len, unsigned char out[32]);
+
+/* ---- store.c: the daemon's view of Postgres --------------------------- */
+
+struct store;
+
+struct tenant_ref {
+	int64_t tenant_id;
+	char tenant[64];
+};
+
+/*
+ * Connects (asynchronously) to conninfo and starts loading the caches;
+ * reconnects by itself with backoff when the connection drops. Never NULL.
+ */
+struct store *store_open(struct event_base *base, const char *conninfo);
+void store_close(struct store *st);
+/* 1 once the caches have been loaded at least once. */
+int store_ready(const struct store *st);
+/* 1 while the database connection is up. */
+int store_connected(const struct store *st);
+
+/*
+ * Answers for an AUTH: ok = 1 and *who filled for a valid, unrevoked
+ * credential; ok = 0 for any wrong username or secret (same answer);
+ * ok = -1 when the answer is unknown (database unreachable and not cached).
+ */
+typedef void (*store_auth_cb)(uint64_t cookie, int ok, const struct tenant_ref *who);
+/*
+ * Checks a credential. Answers from the cache when it can (the callback
+ * then runs before this returns); a username not in the cache is looked up
+ * in Postgres. The secret is compared as a SHA-256 in constant time.
+ */
+void store_auth(struct store *st, const char *user, const char *secret, store_auth_cb cb,
+		uint64_t cookie);
+
+/*
+ * Whether domain may be used as a sender domain by tenant_id:
+ * 1 sendable, 0 not (why: "not_found", "other_tenant", "pending",
+ * "partially_verified", "broken"), -1 unknown (database unreachable).
+ */
+typedef void (*store_domain_cb)(uint64_t cookie, int ok, const char *why);
+void store_domain_check(struct store *st, int64_t tenant_id, const char *domain,
+			store_domain_cb cb, uint64_t cookie);
+
+/*
+ * Queues an event row (type, tenant, message id, JSON object text) for the
+ * next batched insert. Never blocks; the batch is written within ~100 ms.
+ */
+void store_event(struct store *st, const char *type, int64_t tenant_id, const char *message_id,
+		 const char *json);
+
+#endif
