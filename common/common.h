@@ -93,6 +93,25 @@ void rfc5322_date(time_t t, char *out, size_t outlen);
 /* Parses "host:port", "[v6]:port" or ":port"; host gets the address text. */
 int parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 
+/* ---- hmap.c: string-keyed hash map ----------------------------------- */
+
+/*
+ * Chained hash map from NUL-terminated string keys (copied) to pointers.
+ * Seeded at random so keys a client chooses cannot force collisions.
+ */
+struct hmap;
+struct hmap *hmap_new(void);
+/* Frees the map; free_value (may be NULL) is called on each value. */
+void hmap_free(struct hmap *m, void (*free_value)(void *));
+/* Sets key to value; returns the value it replaced, or NULL. */
+void *hmap_put(struct hmap *m, const char *key, void *value);
+void *hmap_get(const struct hmap *m, const char *key);
+/* Removes key; returns its value or NULL. */
+void *hmap_del(struct hmap *m, const char *key);
+size_t hmap_count(const struct hmap *m);
+/* Calls fn for each entry (the map must not change meanwhile). */
+void hmap_each(const struct hmap *m, void (*fn)(void *arg, const char *key, void *value), void *arg);
+
 /* ---- config.c: the INI file ------------------------------------------- */
 
 #define CONFIG_MAX_LISTEN 8
