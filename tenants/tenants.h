@@ -50,6 +50,8 @@ struct tenant_ref {
  */
 struct store *store_open(struct event_base *base, const char *conninfo);
 void store_close(struct store *st);
+/* How long a broken domain stays sendable after it broke (seconds). */
+void store_set_broken_grace(struct store *st, int seconds);
 /* 1 once the caches have been loaded at least once. */
 int store_ready(const struct store *st);
 /* 1 while the database connection is up. */

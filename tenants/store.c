@@ -1,0 +1,754 @@
+/*
+ * store: the daemon's connection to PostgreSQL. One libpq connection in
+ * non-blocking mode driven by the event loop; requests wait in a FIFO and
+ * run one at a time. Credentials and domains are cached in memory and
+ * reloaded whenever the database sends a NOTIFY on sendgate_cache, so the
+ * SMTP hot path never waits on a round trip. Events are written in batches.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "tenants/tenants.h"
+
+#define EVENT_BATCH_MAX 1000
+#define EVENT_QUEUE_MAX 200000
+
+enum req_kind { REQ_LISTEN, REQ_LOAD_CREDS, REQ_LOAD_DOMAINS, REQ_AUTH, REQ_DOMAIN, REQ_EVENTS };
+
+struct req {
+	struct req *next;
+	enum req_kind kind;
+	uint64_t cookie;
+	void *cb;
+	char *arg;     /* username / domain / events JSON */
+	int64_t tenant_id;
+	unsigned char hash[32]; /* REQ_AUTH: SHA-256 of the offered secret */
+	int nevents;	/* REQ_EVENTS: rows in this batch */
+};
+
+struct cred {
+	unsigned char hash[32];
+	struct tenant_ref who;
+};
+
+enum dstate { D_PENDING, D_PARTIAL, D_VERIFIED, D_BROKEN };
+
+struct dom {
+	int64_t tenant_id;
+	enum dstate state;
+	int operator_verified;
+	time_t broken_since;
+};
+
+struct pending_event {
+	struct pending_event *next;
+	char *json; /* one array element */
+};
+
+struct store {
+	struct event_base *base;
+	char *conninfo;
+	PGconn *conn;
+	int connecting;
+	int connected;
+	struct event *ev_read;
+	struct event *ev_write;
+	struct event *ev_connect;
+	struct event *ev_retry;
+	struct event *ev_reload;
+	struct event *ev_flush;
+	int retry_delay;
+
+	struct req *head, *tail; /* waiting */
+	struct req *inflight;
+	PGresult *result;
+
+	struct hmap *creds;   /* username → struct cred */
+	struct hmap *domains; /* name → struct dom */
+	int creds_loaded, domains_loaded;
+	int reload_queued;
+	int grace;
+
+	struct pending_event *ev_head, *ev_tail;
+	size_t nevents;
+	size_t dropped_events;
+	int events_inflight;
+};
+
+static void store_connect(struct store *st);
+static void store_kick(struct store *st);
+
+/* ---- request queue ---------------------------------------------------- */
+
+static struct req *req_new(enum req_kind kind)
+{
+	struct req *r = xcalloc(1, sizeof(*r));
+	r->kind = kind;
+	return r;
+}
+
+static void req_free(struct req *r)
+{
+	free(r->arg);
+	free(r);
+}
+
+static void req_push(struct store *st, struct req *r)
+{
+	r->next = NULL;
+	if (st->tail)
+		st->tail->next = r;
+	else
+		st->head = r;
+	st->tail = r;
+	store_kick(st);
+}
+
+/* Pushes to the front: used for the cache loads that must precede lookups. */
+static void req_push_front(struct store *st, struct req *r)
+{
+	r->next = st->head;
+	st->head = r;
+	if (st->tail == NULL)
+		st->tail = r;
+}
+
+/* ---- caches ----------------------------------------------------------- */
+
+static enum dstate dstate_parse(const char *s)
+{
+	if (strcmp(s, "verified") == 0)
+		return D_VERIFIED;
+	if (strcmp(s, "partially_verified") == 0)
+		return D_PARTIAL;
+	if (strcmp(s, "broken") == 0)
+		return D_BROKEN;
+	return D_PENDING;
+}
+
+/* Decides whether a domain row lets tenant_id send; why says why not. */
+static int dom_sendable(const struct dom *d, int64_t tenant_id, int grace, const char **why)
+{
+	if (d->tenant_id != tenant_id) {
+		*why = "other_tenant";
+		return 0;
+	}
+	if (d->operator_verified || d->state == D_VERIFIED)
+		return 1;
+	if (d->state == D_BROKEN) {
+		if (d->broken_since && time(NULL) - d->broken_since < grace)
+			return 1;
+		*why = "broken";
+		return 0;
+	}
+	*why = d->state == D_PARTIAL ? "partially_verified" : "pending";
+	return 0;
+}
+
+static struct dom *dom_from_row(PGresult *res, int i)
+{
+	struct dom *d = xcalloc(1, sizeof(*d));
+
+	d->tenant_id = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+	d->state = dstate_parse(PQgetvalue(res, i, 2));
+	d->operator_verified = PQgetvalue(res, i, 3)[0] == 't';
+	d->broken_since = PQgetisnull(res, i, 4) ? 0 : (time_t)strtoll(PQgetvalue(res, i, 4), NULL, 10);
+	return d;
+}
+
+static int unhex32(const char *s, unsigned char out[32])
+{
+	int i;
+
+	/* bytea in hex output format: \x followed by 64 hex digits */
+	if (s[0] != '\\' || s[1] != 'x' || strlen(s) != 66)
+		return -1;
+	for (i = 0; i < 32; i++) {
+		unsigned int v;
+		if (sscanf(s + 2 + 2 * i, "%2x", &v) != 1)
+			return -1;
+		out[i] = (unsigned char)v;
+	}
+	return 0;
+}
+
+static struct cred *cred_from_row(PGresult *res, int i, int col_hash)
+{
+	struct cred *c = xcalloc(1, sizeof(*c));
+
+	if (unhex32(PQgetvalue(res, i, col_hash), c->hash) == -1) {
+		free(c);
+		return NULL;
+	}
+	c->who.tenant_id = strtoll(PQgetvalue(res, i, col_hash + 1), NULL, 10);
+	snprintf(c->who.tenant, sizeof(c->who.tenant), "%s", PQgetvalue(res, i, col_hash + 2));
+	return c;
+}
+
+static const char SQL_LOAD_CREDS[] =
+    "SELECT c.username, c.secret_sha256, c.tenant_id, t.name FROM credentials c "
+    "JOIN tenants t ON t.id = c.tenant_id WHERE c.revoked_at IS NULL";
+static const char SQL_LOAD_DOMAINS[] =
+    "SELECT name, tenant_id, state, operator_verified, "
+    "extract(epoch FROM broken_since)::bigint FROM domains";
+static const char SQL_AUTH[] =
+    "SELECT c.username, c.secret_sha256, c.tenant_id, t.name FROM credentials c "
+    "JOIN tenants t ON t.id = c.tenant_id WHERE c.username = $1 AND c.revoked_at IS NULL";
+static const char SQL_DOMAIN[] =
+    "SELECT name, tenant_id, state, operator_verified, "
+    "extract(epoch FROM broken_since)::bigint FROM domains WHERE name = $1";
+static const char SQL_EVENTS[] =
+    "INSERT INTO events (type, tenant_id, message_id, data) "
+    "SELECT e->>'type', (e->>'tenant_id')::bigint, e->>'message_id', e->'data' "
+    "FROM jsonb_array_elements($1::jsonb) AS e";
+
+static void load_creds(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	int i;
+
+	for (i = 0; i < PQntuples(res); i++) {
+		struct cred *c = cred_from_row(res, i, 1);
+		if (c)
+			free(hmap_put(m, PQgetvalue(res, i, 0), c));
+	}
+	hmap_free(st->creds, free);
+	st->creds = m;
+	st->creds_loaded = 1;
+	log_debug("event=cache_loaded what=credentials count=%d", PQntuples(res));
+}
+
+static void load_domains(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	int i;
+
+	for (i = 0; i < PQntuples(res); i++)
+		free(hmap_put(m, PQgetvalue(res, i, 0), dom_from_row(res, i)));
+	hmap_free(st->domains, free);
+	st->domains = m;
+	st->domains_loaded = 1;
+	log_debug("event=cache_loaded what=domains count=%d", PQntuples(res));
+}
+
+static void queue_reload(struct store *st)
+{
+	if (st->reload_queued)
+		return;
+	st->reload_queued = 1;
+	/* Loads go first so that lookups queued meanwhile see fresh data. */
+	req_push_front(st, req_new(REQ_LOAD_DOMAINS));
+	req_push_front(st, req_new(REQ_LOAD_CREDS));
+	store_kick(st);
+}
+
+static void reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+	queue_reload(arg);
+}
+
+/* ---- answering requests ----------------------------------------------- */
+
+static void auth_answer(struct req *r, int ok, const struct tenant_ref *who)
+{
+	((store_auth_cb)r->cb)(r->cookie, ok, who);
+}
+
+static void domain_answer(struct store *st, struct req *r, const struct dom *d)
+{
+	const char *why = "not_found";
+	int ok = d ? dom_sendable(d, r->tenant_id, st->grace, &why) : 0;
+
+	((store_domain_cb)r->cb)(r->cookie, ok, ok ? NULL : why);
+}
+
+/* Completes r with res (NULL when the request failed). Frees r. */
+static void req_done(struct store *st, struct req *r, PGresult *res)
+{
+	int ok = res && (PQresultStatus(res) == PGRES_TUPLES_OK ||
+			 PQresultStatus(res) == PGRES_COMMAND_OK);
+
+	if (res && !ok)
+		log_warn("event=db_error request=%d error=\"%s\"", r->kind,
+			 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+			     ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+			     : "unknown");
+	switch (r->kind) {
+	case REQ_LISTEN:
+		break;
+	case REQ_LOAD_CREDS:
+		if (ok)
+			load_creds(st, res);
+		break;
+	case REQ_LOAD_DOMAINS:
+		st->reload_queued = 0;
+		if (ok)
+			load_domains(st, res);
+		break;
+	case REQ_AUTH: {
+		struct cred *c = ok && PQntuples(res) == 1 ? cred_from_row(res, 0, 1) : NULL;
+		if (!ok) {
+			auth_answer(r, -1, NULL);
+		} else if (c == NULL) {
+			auth_answer(r, 0, NULL);
+		} else {
+			int match = ct_equal(c->hash, r->hash, 32);
+			struct tenant_ref who = c->who;
+			free(hmap_put(st->creds, r->arg, c));
+			auth_answer(r, match, match ? &who : NULL);
+		}
+		break;
+	}
+	case REQ_DOMAIN:
+		if (!ok) {
+			((store_domain_cb)r->cb)(r->cookie, -1, "database_unavailable");
+		} else if (PQntuples(res) == 0) {
+			domain_answer(st, r, NULL);
+		} else {
+			struct dom *d = dom_from_row(res, 0);
+			domain_answer(st, r, d);
+			free(hmap_put(st->domains, r->arg, d));
+		}
+		break;
+	case REQ_EVENTS:
+		st->events_inflight = 0;
+		if (!ok)
+			log_warn("event=events_lost count=%d reason=insert_failed", r->nevents);
+		break;
+	}
+	req_free(r);
+}
+
+/* Fails everything waiting: the connection is gone. Cache loads are dropped. */
+static void fail_all(struct store *st)
+{
+	struct req *r;
+
+	if (st->inflight) {
+		r = st->inflight;
+		st->inflight = NULL;
+		req_done(st, r, NULL);
+	}
+	while ((r = st->head)) {
+		st->head = r->next;
+		if (st->head == NULL)
+			st->tail = NULL;
+		req_done(st, r, NULL);
+	}
+	st->reload_queued = 0;
+}
+
+/* ---- the connection --------------------------------------------------- */
+
+static void conn_drop(struct store *st, const char *why)
+{
+	if (st->conn) {
+		log_warn("event=db_disconnected reason=\"%s\"", why);
+		PQfinish(st->conn);
+		st->conn = NULL;
+	}
+	if (st->ev_read)
+		event_free(st->ev_read);
+	if (st->ev_write)
+		event_free(st->ev_write);
+	if (st->ev_connect)
+		event_free(st->ev_connect);
+	st->ev_read = st->ev_write = st->ev_connect = NULL;
+	st->connected = st->connecting = 0;
+	if (st->result) {
+		PQclear(st->result);
+		st->result = NULL;
+	}
+	fail_all(st);
+	{
+		struct timeval tv = {st->retry_delay, 0};
+		evtimer_add(st->ev_retry, &tv);
+	}
+	if (st->retry_delay < 30)
+		st->retry_delay *= 2;
+}
+
+static void send_next(struct store *st)
+{
+	struct req *r;
+	const char *params[1];
+	const char *sql;
+	int nparams = 0;
+
+	if (!st->connected || st->inflight || st->head == NULL)
+		return;
+	r = st->head;
+	st->head = r->next;
+	if (st->head == NULL)
+		st->tail = NULL;
+	switch (r->kind) {
+	case REQ_LISTEN:
+		sql = "LISTEN sendgate_cache";
+		break;
+	case REQ_LOAD_CREDS:
+		sql = SQL_LOAD_CREDS;
+		break;
+	case REQ_LOAD_DOMAINS:
+		sql = SQL_LOAD_DOMAINS;
+		break;
+	case REQ_AUTH:
+		sql = SQL_AUTH;
+		params[0] = r->arg;
+		nparams = 1;
+		break;
+	case REQ_DOMAIN:
+		sql = SQL_DOMAIN;
+		params[0] = r->arg;
+		nparams = 1;
+		break;
+	case REQ_EVENTS:
+	default:
+		sql = SQL_EVENTS;
+		params[0] = r->arg;
+		nparams = 1;
+		break;
+	}
+	if (!PQsendQueryParams(st->conn, sql, nparams, NULL, params, NULL, NULL, 0)) {
+		req_push_front(st, r);
+		conn_drop(st, PQerrorMessage(st->conn));
+		return;
+	}
+	st->inflight = r;
+	if (PQflush(st->conn) == 1)
+		event_add(st->ev_write, NULL);
+}
+
+static void store_kick(struct store *st)
+{
+	send_next(st);
+}
+
+static void handle_notifies(struct store *st)
+{
+	PGnotify *n;
+	int any = 0;
+
+	while ((n = PQnotifies(st->conn))) {
+		any = 1;
+		PQfreemem(n);
+	}
+	if (any && !st->reload_queued) {
+		/* Coalesce bursts of changes into one reload. */
+		struct timeval tv = {0, 5000};
+		evtimer_add(st->ev_reload, &tv);
+	}
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+
+	if (!PQconsumeInput(st->conn)) {
+		conn_drop(st, PQerrorMessage(st->conn));
+		return;
+	}
+	handle_notifies(st);
+	while (st->inflight && !PQisBusy(st->conn)) {
+		PGresult *res = PQgetResult(st->conn);
+		if (res) {
+			if (st->result)
+				PQclear(st->result);
+			st->result = res;
+			continue;
+		}
+		res = st->result;
+		st->result = NULL;
+		{
+			struct req *r = st->inflight;
+			st->inflight = NULL;
+			req_done(st, r, res);
+		}
+		if (res)
+			PQclear(res);
+		if (st->conn == NULL)
+			return;
+		send_next(st);
+	}
+	if (st->conn && PQstatus(st->conn) == CONNECTION_BAD)
+		conn_drop(st, PQerrorMessage(st->conn));
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+	int r = PQflush(st->conn);
+
+	if (r == -1)
+		conn_drop(st, PQerrorMessage(st->conn));
+	else if (r == 1)
+		event_add(st->ev_write, NULL);
+}
+
+static void connected(struct store *st)
+{
+	int fd = PQsocket(st->conn);
+
+	st->connecting = 0;
+	st->connected = 1;
+	st->retry_delay = 1;
+	PQsetnonblocking(st->conn, 1);
+	st->ev_read = event_new(st->base, fd, EV_READ | EV_PERSIST, on_readable, st);
+	st->ev_write = event_new(st->base, fd, EV_WRITE, on_writable, st);
+	event_add(st->ev_read, NULL);
+	log_info("event=db_connected");
+	/* LISTEN before loading, so no change can fall between the two. */
+	st->reload_queued = 0;
+	queue_reload(st);
+	req_push_front(st, req_new(REQ_LISTEN));
+	store_kick(st);
+}
+
+static void connect_poll(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+	PostgresPollingStatusType s = PQconnectPoll(st->conn);
+	short want;
+
+	if (st->ev_connect) {
+		event_free(st->ev_connect);
+		st->ev_connect = NULL;
+	}
+	switch (s) {
+	case PGRES_POLLING_OK:
+		connected(st);
+		return;
+	case PGRES_POLLING_FAILED:
+		conn_drop(st, PQerrorMessage(st->conn));
+		return;
+	case PGRES_POLLING_READING:
+		want = EV_READ;
+		break;
+	default:
+		want = EV_WRITE;
+		break;
+	}
+	st->ev_connect = event_new(st->base, PQsocket(st->conn), want, connect_poll, st);
+	event_add(st->ev_connect, NULL);
+}
+
+static void store_connect(struct store *st)
+{
+	st->conn = PQconnectStart(st->conninfo);
+	if (st->conn == NULL || PQstatus(st->conn) == CONNECTION_BAD) {
+		conn_drop(st, st->conn ? PQerrorMessage(st->conn) : "out of memory");
+		return;
+	}
+	st->connecting = 1;
+	/* The first poll is due as if the socket were writable. */
+	st->ev_connect = event_new(st->base, PQsocket(st->conn), EV_WRITE, connect_poll, st);
+	event_add(st->ev_connect, NULL);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	store_connect(arg);
+}
+
+/* ---- events ----------------------------------------------------------- */
+
+static void flush_events(struct store *st)
+{
+	struct buf b;
+	struct req *r;
+	int n = 0;
+
+	if (!st->connected || st->events_inflight || st->ev_head == NULL)
+		return;
+	buf_init(&b, (size_t)1 << 30);
+	buf_puts(&b, "[");
+	while (st->ev_head && n < EVENT_BATCH_MAX) {
+		struct pending_event *e = st->ev_head;
+		st->ev_head = e->next;
+		if (n++)
+			buf_puts(&b, ",");
+		buf_puts(&b, e->json);
+		free(e->json);
+		free(e);
+		st->nevents--;
+	}
+	if (st->ev_head == NULL)
+		st->ev_tail = NULL;
+	buf_puts(&b, "]");
+	r = req_new(REQ_EVENTS);
+	r->arg = b.data; /* handed over */
+	r->nevents = n;
+	st->events_inflight = 1;
+	req_push(st, r);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+
+	flush_events(st);
+	if (st->dropped_events) {
+		log_warn("event=events_dropped count=%zu reason=queue_full", st->dropped_events);
+		st->dropped_events = 0;
+	}
+}
+
+void store_event(struct store *st, const char *type, int64_t tenant_id, const char *message_id,
+		 const char *json)
+{
+	struct pending_event *e;
+	json_t *obj, *data;
+	json_error_t jerr;
+
+	if (st->nevents >= EVENT_QUEUE_MAX) {
+		st->dropped_events++;
+		return;
+	}
+	data = json ? json_loads(json, 0, &jerr) : json_object();
+	if (data == NULL)
+		data = json_object();
+	obj = json_pack("{s:s, s:I, s:s?, s:o}", "type", type, "tenant_id", (json_int_t)tenant_id,
+			"message_id", message_id, "data", data);
+	e = xcalloc(1, sizeof(*e));
+	e->json = json_dumps(obj, JSON_COMPACT);
+	json_decref(obj);
+	if (e->json == NULL)
+		abort();
+	if (st->ev_tail)
+		st->ev_tail->next = e;
+	else
+		st->ev_head = e;
+	st->ev_tail = e;
+	st->nevents++;
+}
+
+/* ---- public ----------------------------------------------------------- */
+
+struct store *store_open(struct event_base *base, const char *conninfo)
+{
+	struct store *st = xcalloc(1, sizeof(*st));
+	struct timeval tv = {0, 100000};
+
+	st->base = base;
+	st->conninfo = xstrdup(conninfo);
+	st->creds = hmap_new();
+	st->domains = hmap_new();
+	st->retry_delay = 1;
+	st->grace = 72 * 3600;
+	st->ev_retry = evtimer_new(base, retry_cb, st);
+	st->ev_reload = evtimer_new(base, reload_cb, st);
+	st->ev_flush = event_new(base, -1, EV_PERSIST, flush_cb, st);
+	event_add(st->ev_flush, &tv);
+	store_connect(st);
+	return st;
+}
+
+void store_set_broken_grace(struct store *st, int seconds)
+{
+	st->grace = seconds;
+}
+
+void store_close(struct store *st)
+{
+	struct pending_event *e;
+
+	if (st == NULL)
+		return;
+	if (st->nevents)
+		log_warn("event=events_lost count=%zu reason=shutdown", st->nevents);
+	if (st->conn) {
+		PQfinish(st->conn);
+		st->conn = NULL;
+	}
+	st->connected = 0;
+	if (st->ev_read)
+		event_free(st->ev_read);
+	if (st->ev_write)
+		event_free(st->ev_write);
+	if (st->ev_connect)
+		event_free(st->ev_connect);
+	st->ev_read = st->ev_write = st->ev_connect = NULL;
+	fail_all(st);
+	while ((e = st->ev_head)) {
+		st->ev_head = e->next;
+		free(e->json);
+		free(e);
+	}
+	if (st->result)
+		PQclear(st->result);
+	event_free(st->ev_retry);
+	event_free(st->ev_reload);
+	event_free(st->ev_flush);
+	hmap_free(st->creds, free);
+	hmap_free(st->domains, free);
+	free(st->conninfo);
+	free(st);
+}
+
+int store_ready(const struct store *st)
+{
+	return st->creds_loaded && st->domains_loaded;
+}
+
+int store_connected(const struct store *st)
+{
+	return st->connected;
+}
+
+void store_auth(struct store *st, const char *user, const char *secret, store_auth_cb cb,
+		uint64_t cookie)
+{
+	unsigned char h[32];
+	struct cred *c;
+	struct req *r;
+
+	credential_hash(secret, strlen(secret), h);
+	c = hmap_get(st->creds, user);
+	if (c) {
+		int match = ct_equal(c->hash, h, 32);
+		cb(cookie, match, match ? &c->who : NULL);
+		return;
+	}
+	if (!st->connected) {
+		/* Unknown here and no way to ask: a loaded cache is complete. */
+		cb(cookie, st->creds_loaded ? 0 : -1, NULL);
+		return;
+	}
+	r = req_new(REQ_AUTH);
+	r->arg = xstrdup(user);
+	memcpy(r->hash, h, 32);
+	r->cb = (void *)cb;
+	r->cookie = cookie;
+	req_push(st, r);
+}
+
+void store_domain_check(struct store *st, int64_t tenant_id, const char *domain,
+			store_domain_cb cb, uint64_t cookie)
+{
+	struct dom *d = hmap_get(st->domains, domain);
+	struct req *r;
+	const char *why = NULL;
+
+	if (d) {
+		int ok = dom_sendable(d, tenant_id, st->grace, &why);
+		cb(cookie, ok, ok ? NULL : why);
+		return;
+	}
+	if (!st->connected) {
+		if (st->domains_loaded)
+			cb(cookie, 0, "not_found");
+		else
+			cb(cookie, -1, "database_unavailable");
+		return;
+	}
+	r = req_new(REQ_DOMAIN);
+	r->arg = xstrdup(domain);
+	r->tenant_id = tenant_id;
+	r->cb = (void *)cb;
+	r->cookie = cookie;
+	req_push(st, r);
+}
