@@ -94,6 +94,17 @@ extern const char *const dkim_default_headers[];
 int dkim_sign(const struct dkim_key *k, const struct dkim_sign_params *p, const char *hdr,
 	      size_t hlen, const unsigned char bh[32], struct buf *out, char *err, size_t errlen);
 
+/*
+ * Signs a DKIM-Signature field the caller wrote (any tags, any folding):
+ * the b= value in sig, if present, is removed the way a verifier removes
+ * it, and h=, c= (header part) and a= (must match the key) are read from
+ * sig. Appends the unfolded base64 b= value to out. For reproducing
+ * published signatures and for callers that need tags dkim_sign does not
+ * write (i=, q=). 0, or -1 with err.
+ */
+int dkim_sign_field(const struct dkim_key *k, const char *hdr, size_t hlen, const char *sig,
+		    size_t siglen, struct buf *out, char *err, size_t errlen);
+
 /* ---- seal.c: private keys at rest (AES-256-GCM) ------------------------ */
 
 /*
