@@ -1,0 +1,242 @@
+/*
+ * ctl_domain: `sendgatectl domain add|list`. Adding a domain is a short
+ * pipeline (check, insert in a transaction, print) so that the steps still
+ * to come — generating the domain's DKIM keys inside the same transaction,
+ * printing the DNS records the customer must publish — each slot in as one
+ * call.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tenants/ctl.h"
+
+static const char usage[] =
+    "domain add TENANT DOMAIN [--operator-verified [--note TEXT]] | domain list [TENANT]";
+static const char usage_add[] = "domain add TENANT DOMAIN [--operator-verified [--note TEXT]]";
+
+#define NOTE_MAX 1000
+
+/* One `domain add`, from the command line to the printed answer. */
+struct domain_add {
+	const char *tenant;
+	char name[254];
+	int operator_verified;
+	const char *note; /* NULL when not given */
+	/* filled by domain_add_insert */
+	char tenant_id[24];
+	char id[24];
+	char state[32];
+	char created_at[40];
+};
+
+/* Refuses notes that cannot be stored as text or shown as JSON. NULL or a sentence. */
+static const char *note_problem(const char *note)
+{
+	const unsigned char *p;
+
+	if (strlen(note) > NOTE_MAX)
+		return "the note is longer than 1000 bytes";
+	if (!ctl_utf8_valid(note))
+		return "the note is not valid UTF-8";
+	for (p = (const unsigned char *)note; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return "the note must not contain control characters";
+	return NULL;
+}
+
+/*
+ * Inserts the domain (and, for an operator-verified one, the event that
+ * records who vouched for it and why) inside the caller's transaction.
+ * CTL_OK, or CTL_FAIL with the error printed.
+ */
+static int domain_add_insert(struct ctl *c, struct domain_add *da)
+{
+	const char *owner_params[1] = {da->name};
+	const char *ins_params[4] = {da->tenant_id, da->name, da->operator_verified ? "t" : "f",
+				     da->note};
+	const char *ev_params[2];
+	char state[6], *data;
+	json_t *doc;
+	PGresult *r;
+
+	if (ctl_tenant_id(c, da->tenant, da->tenant_id) == -1)
+		return CTL_FAIL;
+	r = ctl_exec(c, "adding the domain",
+		     "INSERT INTO domains (tenant_id, name, operator_verified, operator_note)"
+		     " VALUES ($1, $2, $3::boolean, $4)"
+		     " RETURNING id, state, " CTL_SQL_TIME("created_at"),
+		     4, ins_params, "23505", state);
+	if (r == NULL && strcmp(state, "23505") == 0) {
+		/* The transaction is aborted now; the caller rolls it back. */
+		PQclear(PQexec(ctl_db(c), "ROLLBACK"));
+		r = ctl_exec(c, "looking up the domain",
+			     "SELECT t.name FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+			     " WHERE d.name = $1",
+			     1, owner_params, NULL, NULL);
+		if (r && PQntuples(r) > 0)
+			ctl_error("domain %s already belongs to tenant %s", da->name,
+				  PQgetvalue(r, 0, 0));
+		else if (r)
+			ctl_error("domain %s was added and removed concurrently; try again",
+				  da->name);
+		PQclear(r);
+		return CTL_FAIL;
+	}
+	if (r == NULL)
+		return CTL_FAIL;
+	snprintf(da->id, sizeof(da->id), "%s", PQgetvalue(r, 0, 0));
+	snprintf(da->state, sizeof(da->state), "%s", PQgetvalue(r, 0, 1));
+	snprintf(da->created_at, sizeof(da->created_at), "%s", PQgetvalue(r, 0, 2));
+	PQclear(r);
+
+	if (!da->operator_verified)
+		return CTL_OK;
+	doc = json_pack("{s:s, s:s?}", "domain", da->name, "note", da->note);
+	data = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(doc);
+	if (data == NULL)
+		abort();
+	ev_params[0] = da->tenant_id;
+	ev_params[1] = data;
+	r = ctl_exec(c, "recording the operator verification",
+		     "INSERT INTO events (type, tenant_id, data)"
+		     " VALUES ('domain.operator_verified', $1, $2::jsonb)",
+		     2, ev_params, NULL, NULL);
+	free(data);
+	if (r == NULL)
+		return CTL_FAIL;
+	PQclear(r);
+	return CTL_OK;
+}
+
+/* Prints what was added. The DNS records to publish will be printed here too. */
+static void domain_add_print(struct ctl *c, const struct domain_add *da)
+{
+	if (c->json) {
+		ctl_json_print(json_pack("{s:o, s:s, s:s, s:s, s:b, s:s?, s:s}", "id",
+					 ctl_json_int(da->id), "name", da->name, "tenant",
+					 da->tenant, "state", da->state, "operator_verified",
+					 da->operator_verified, "operator_note", da->note,
+					 "created_at", da->created_at));
+		return;
+	}
+	printf("added domain %s to tenant %s (state %s%s)\n", da->name, da->tenant, da->state,
+	       da->operator_verified ? ", operator-verified" : "");
+}
+
+static int domain_add(struct ctl *c, int argc, char **argv)
+{
+	struct domain_add da;
+	const char *pos[2], *why;
+	int npos = 0, i, rc;
+
+	memset(&da, 0, sizeof(da));
+	for (i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--operator-verified") == 0) {
+			da.operator_verified = 1;
+		} else if (strcmp(argv[i], "--note") == 0) {
+			if (i + 1 >= argc)
+				return ctl_usage(usage_add, "--note needs a TEXT");
+			da.note = argv[++i];
+		} else if (strncmp(argv[i], "--note=", 7) == 0) {
+			da.note = argv[i] + 7;
+		} else if (argv[i][0] == '-') {
+			return ctl_usage(usage_add, "unknown option \"%s\"", argv[i]);
+		} else if (npos < 2) {
+			pos[npos++] = argv[i];
+		} else {
+			return ctl_usage(usage_add, "too many arguments");
+		}
+	}
+	if (npos != 2)
+		return ctl_usage(usage_add, "domain add needs a TENANT and a DOMAIN");
+	if (da.note && !da.operator_verified)
+		return ctl_usage(usage_add, "--note is only for --operator-verified");
+	if (da.note && (why = note_problem(da.note)) != NULL) {
+		ctl_error("invalid note: %s", why);
+		return CTL_FAIL;
+	}
+	da.tenant = pos[0];
+	if (ctl_domain_normalize(pos[1], da.name, sizeof(da.name), &why) == -1) {
+		ctl_error("invalid domain \"%s\": %s", pos[1], why);
+		return CTL_FAIL;
+	}
+
+	if (ctl_run(c, "adding the domain", "BEGIN") == -1)
+		return CTL_FAIL;
+	rc = domain_add_insert(c, &da);
+	/* DKIM key generation for the new domain belongs here, in the same transaction. */
+	if (rc == CTL_OK && ctl_run(c, "adding the domain", "COMMIT") == -1)
+		rc = CTL_FAIL;
+	if (rc != CTL_OK) {
+		if (PQtransactionStatus(c->db) != PQTRANS_IDLE)
+			PQclear(PQexec(c->db, "ROLLBACK"));
+		return rc;
+	}
+	domain_add_print(c, &da);
+	return CTL_OK;
+}
+
+static int domain_list(struct ctl *c, const char *tenant)
+{
+	static const char *const head[] = {"NAME", "TENANT", "STATE", "OPERATOR_VERIFIED",
+					   "CREATED"};
+	char id[24];
+	const char *params[1] = {id};
+	struct table t;
+	json_t *arr;
+	PGresult *r;
+	int i;
+
+	if (tenant && ctl_tenant_id(c, tenant, id) == -1)
+		return CTL_FAIL;
+	r = ctl_exec(c, "listing domains",
+		     "SELECT d.name, t.name, d.state, d.operator_verified, "
+		     CTL_SQL_TIME("d.created_at")
+		     " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+		     " WHERE $1::bigint IS NULL OR d.tenant_id = $1::bigint"
+		     " ORDER BY d.name",
+		     1, tenant ? params : (const char *const[]){NULL}, NULL, NULL);
+	if (r == NULL)
+		return CTL_FAIL;
+	if (c->json) {
+		arr = json_array();
+		for (i = 0; i < PQntuples(r); i++)
+			json_array_append_new(
+			    arr, json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", PQgetvalue(r, i, 0),
+					   "tenant", PQgetvalue(r, i, 1), "state",
+					   PQgetvalue(r, i, 2), "operator_verified",
+					   ctl_pq_bool(r, i, 3), "created_at", PQgetvalue(r, i, 4)));
+		ctl_json_print(arr);
+	} else if (PQntuples(r) == 0) {
+		printf("no domains\n");
+	} else {
+		table_init(&t, ARRAY_LEN(head), head);
+		for (i = 0; i < PQntuples(r); i++) {
+			const char *row[] = {PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+					     PQgetvalue(r, i, 2),
+					     ctl_pq_bool(r, i, 3) ? "yes" : "no",
+					     PQgetvalue(r, i, 4)};
+			table_add(&t, row);
+		}
+		table_print(&t, stdout);
+		table_free(&t);
+	}
+	PQclear(r);
+	return CTL_OK;
+}
+
+int ctl_cmd_domain(struct ctl *c, int argc, char **argv)
+{
+	if (argc < 2)
+		return ctl_usage(usage, "domain needs a subcommand");
+	if (strcmp(argv[1], "add") == 0)
+		return domain_add(c, argc, argv);
+	if (strcmp(argv[1], "list") == 0) {
+		if (argc > 3)
+			return ctl_usage("domain list [TENANT]", "domain list takes at most a TENANT");
+		return domain_list(c, argc == 3 ? argv[2] : NULL);
+	}
+	return ctl_usage(usage, "unknown domain subcommand \"%s\"", argv[1]);
+}
