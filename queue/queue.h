@@ -14,6 +14,19 @@
  * HEADERS (the final header block, with the header/body separator),
  * ENVELOPE fields, and END whose data is the SHA-256 of every byte before
  * the END record. A file without a valid END is damaged.
+ *
+ * Readers accept records in any order after MAGIC, require exactly one
+ * HEADERS, ID, TENANT, SENDER and RECEIVED and at least one RCPT, and skip
+ * unknown types >= QREC_FIRST_OPTIONAL (added by later versions); unknown
+ * types below it are damage. The message is HEADERS then the BODY chunks in
+ * file order.
+ *
+ * Later (delivery): per-recipient status will be appended after END as
+ * segments "STATUS record(s) | SEGEND", where SEGEND (a new type) holds the
+ * SHA-256 of the previous END/SEGEND digest followed by the segment's bytes.
+ * A torn append leaves an incomplete last segment, which a reader drops (and
+ * may truncate away) without touching the intact message before it. Until
+ * then any byte after END is damage.
  */
 #ifndef SENDGATE_QUEUE_H
 #define SENDGATE_QUEUE_H
@@ -47,6 +60,8 @@ enum queue_rec_type {
 
 #define QREC_HDR_LEN 5
 #define QREC_MAX_LEN (64u << 20)
+#define QREC_FIRST_OPTIONAL 100 /* unknown types from here on are skipped */
+#define QUEUE_BODY_CHUNK (64u << 10) /* body bytes per BODY record */
 
 /* Writes a record header for (type, len) into out[5]. */
 void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len);
@@ -59,6 +74,22 @@ void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len);
 int queue_rec_walk(const unsigned char *p, size_t n,
 		   int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
 		   char *err, size_t errlen);
+
+/* Appends one record (header and data) to out; 0, or -1 if too long. */
+int queue_rec_append(struct buf *out, int type, const void *data, size_t len);
+/* Appends the MAGIC record that starts every queue file; 0 or -1. */
+int queue_magic_append(struct buf *out);
+
+/* ---- qid.c: queue ids ------------------------------------------------- */
+
+/*
+ * Writes a new queue id into out: 11 base32 characters of the wall clock in
+ * microseconds (strictly increasing within the process) and 9 of randomness,
+ * so ids sort by time and stay unique across restarts and processes.
+ */
+void queue_id_new(char out[QUEUE_ID_LEN + 1]);
+/* 1 when s is QUEUE_ID_LEN characters of [0-9A-Z] (safe as a file name). */
+int queue_id_valid(const char *s);
 
 /* ---- the envelope ----------------------------------------------------- */
 
@@ -78,7 +109,15 @@ struct queue_envelope {
 #define QFLAG_8BITMIME 1
 #define QFLAG_SMTPUTF8 2
 
+/* Frees the strings env owns and zeroes it (env itself is the caller's). */
 void queue_envelope_free(struct queue_envelope *env);
+/*
+ * Appends env as ID, TENANT, AUTH, SENDER, RCPT..., RECEIVED, CLIENT, FLAGS
+ * records to out (AUTH, CLIENT, FLAGS only when set). -1 with errno EINVAL
+ * when a field could not be read back (bad id, no recipient, control
+ * characters, ...), so nothing unreadable is ever committed.
+ */
+int queue_env_encode(const struct queue_envelope *env, struct buf *out);
 
 /* A parsed queue file: the envelope and the message as it will be sent. */
 struct queue_msg {
@@ -89,10 +128,17 @@ struct queue_msg {
 
 /*
  * Reads and checks one queue file. On success fills m (free with
- * queue_msg_free) and returns 0; -1 with err on a damaged or unreadable file.
+ * queue_msg_free) and returns 0; -1 with err on a damaged or unreadable file
+ * (m is then left empty).
  * want_body = 0 skips assembling the message bytes (listing).
  */
 int queue_read_file(const char *path, struct queue_msg *m, int want_body, char *err, size_t errlen);
+/*
+ * The pure half of queue_read_file: checks a whole file image (p, n) and
+ * fills m (free with queue_msg_free). 0, or -1 with err and m left empty.
+ */
+int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int want_body, char *err,
+		    size_t errlen);
 void queue_msg_free(struct queue_msg *m);
 
 /* ---- spool.c: the spool as the daemon uses it ------------------------ */
@@ -119,6 +165,11 @@ void spool_close(struct spool *sp);
 size_t spool_count(struct spool *sp);
 /* 1 when a file can be created and removed in tmp/ (readiness check). */
 int spool_writable(struct spool *sp);
+/*
+ * Group-commit counters since open: messages committed (successfully) and
+ * batches, i.e. directory fsyncs of queue/. Either pointer may be NULL.
+ */
+void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches);
 
 /* Starts a message: a temp file in tmp/. NULL with errno on failure. */
 struct spool_txn *queue_begin(struct spool *sp);
@@ -140,7 +191,10 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 /* Drops an uncommitted message and its temp file. */
 void queue_abort(struct spool_txn *t);
 
-/* Calls fn for each committed queue file path; returns count or -1. */
+/*
+ * Calls fn with the path of each committed queue file under the spool dir
+ * (dir/queue/ID, in id order, i.e. oldest first); returns the count or -1.
+ */
 int queue_list_files(const char *dir, void (*fn)(void *arg, const char *path), void *arg);
 
 #endif

@@ -1,0 +1,388 @@
+/*
+ * commit: one message's way into the spool. The loop thread writes records
+ * to tmp/ID as DATA streams in; queue_commit appends the envelope and END and
+ * queues the file for the commit threads, which make whole batches durable at
+ * once (group commit) and hand the outcomes back to the loop via an eventfd.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <openssl/evp.h>
+
+#include "queue/spool_int.h"
+
+#define NO_BODY_REC SIZE_MAX
+
+/* Writes all n bytes; 0, or -1 with errno (a short write is retried). */
+static int write_full(int fd, const unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/*
+ * Hashes and writes out what t has encoded. With final, appends END (the
+ * digest of every byte of the file before it) to the same write.
+ */
+static int txn_flush(struct spool_txn *t, int final)
+{
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int dlen = 0;
+
+	if (t->err)
+		goto fail;
+	if (EVP_DigestUpdate(t->md, t->out.data, t->out.len) != 1)
+		abort();
+	if (final) {
+		if (EVP_DigestFinal_ex(t->md, digest, &dlen) != 1 || dlen != 32)
+			abort();
+		if (queue_rec_append(&t->out, QREC_END, digest, dlen) == -1)
+			abort();
+	}
+	if (write_full(t->fd, (const unsigned char *)t->out.data, t->out.len) == -1) {
+		t->err = errno;
+		goto fail;
+	}
+	buf_reset(&t->out);
+	return 0;
+fail:
+	buf_reset(&t->out);
+	errno = t->err;
+	return -1;
+}
+
+/* Sets the length of the open BODY record (if any) now that it is complete. */
+static void txn_close_body(struct spool_txn *t)
+{
+	size_t len;
+
+	if (t->body_rec == NO_BODY_REC)
+		return;
+	len = t->out.len - t->body_rec - QREC_HDR_LEN;
+	if (len == 0)
+		t->out.len = t->body_rec; /* drop an empty record */
+	else
+		queue_rec_header((unsigned char *)t->out.data + t->body_rec, QREC_BODY,
+				 (uint32_t)len);
+	t->body_rec = NO_BODY_REC;
+}
+
+/* Frees t and its resources; unlinks the temp file when unlink_tmp. */
+static void txn_free(struct spool_txn *t, int unlink_tmp)
+{
+	if (t->fd != -1)
+		close(t->fd);
+	if (unlink_tmp)
+		unlinkat(t->sp->tmpfd, t->id, 0);
+	EVP_MD_CTX_free(t->md);
+	buf_free(&t->out);
+	free(t);
+}
+
+struct spool_txn *queue_begin(struct spool *sp)
+{
+	struct spool_txn *t = xcalloc(1, sizeof(*t));
+
+	t->sp = sp;
+	t->body_rec = NO_BODY_REC;
+	buf_init(&t->out, SIZE_MAX / 2);
+	queue_id_new(t->id);
+	t->fd = openat(sp->tmpfd, t->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (t->fd == -1) {
+		int e = errno;
+		log_warn("event=spool_begin_failed id=%s error=\"%s\"", t->id, strerror(e));
+		buf_free(&t->out);
+		free(t);
+		errno = e;
+		return NULL;
+	}
+	t->md = EVP_MD_CTX_new();
+	if (t->md == NULL || EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) != 1)
+		abort();
+	if (queue_magic_append(&t->out) == -1)
+		abort();
+	sp->open_txns++;
+	return t;
+}
+
+const char *queue_txn_id(const struct spool_txn *t)
+{
+	return t->id;
+}
+
+int queue_write_body(struct spool_txn *t, const void *p, size_t n)
+{
+	const unsigned char *c = p;
+
+	if (t->err) {
+		errno = t->err;
+		return -1;
+	}
+	while (n > 0) {
+		size_t have, take;
+
+		if (t->body_rec == NO_BODY_REC) {
+			unsigned char h[QREC_HDR_LEN] = {0};
+			t->body_rec = t->out.len;
+			if (buf_append(&t->out, h, sizeof(h)) == -1)
+				abort();
+		}
+		have = t->out.len - t->body_rec - QREC_HDR_LEN;
+		take = QUEUE_BODY_CHUNK - have < n ? QUEUE_BODY_CHUNK - have : n;
+		if (buf_append(&t->out, c, take) == -1)
+			abort();
+		c += take;
+		n -= take;
+		if (have + take == QUEUE_BODY_CHUNK) {
+			txn_close_body(t);
+			if (txn_flush(t, 0) == -1)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+void queue_abort(struct spool_txn *t)
+{
+	t->sp->open_txns--;
+	txn_free(t, 1);
+}
+
+int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr, size_t hlen,
+		 queue_commit_cb cb, uint64_t cookie)
+{
+	struct spool *sp = t->sp;
+	struct queue_envelope e = *env;
+	int was_empty;
+
+	sp->open_txns--;
+	if (t->err) {
+		errno = t->err;
+		goto fail;
+	}
+	/* The id in the file is the one the file is named after. */
+	memcpy(e.id, t->id, sizeof(e.id));
+	txn_close_body(t);
+	if (queue_rec_append(&t->out, QREC_HEADERS, hdr, hlen) == -1) {
+		errno = EFBIG;
+		goto fail;
+	}
+	if (queue_env_encode(&e, &t->out) == -1)
+		goto fail;
+	if (txn_flush(t, 1) == -1)
+		goto fail;
+	/* Nothing more is written: drop the buffers before waiting for a thread. */
+	buf_free(&t->out);
+	EVP_MD_CTX_free(t->md);
+	t->md = NULL;
+	t->cb = cb;
+	t->cookie = cookie;
+	t->next = NULL;
+	sp->inflight++;
+
+	pthread_mutex_lock(&sp->lock);
+	was_empty = sp->pending == NULL;
+	*sp->pending_tail = t;
+	sp->pending_tail = &t->next;
+	if (was_empty)
+		pthread_cond_signal(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+	return 0;
+fail: {
+	int e2 = errno;
+	log_warn("event=spool_commit_failed id=%s error=\"%s\"", t->id, strerror(e2));
+	txn_free(t, 1);
+	errno = e2;
+	return -1;
+}
+}
+
+/*
+ * Makes a batch durable: start writeback of every file, fdatasync each (the
+ * first one commits the journal for all), rename each into queue/, then one
+ * fsync of queue/ for the whole batch. A failed sync is never retried: the
+ * file is removed and the error reported.
+ */
+static void commit_batch(struct spool *sp, struct spool_txn *batch)
+{
+	struct spool_txn *t;
+	int renamed = 0, dir_synced = 0;
+
+	for (t = batch; t != NULL; t = t->next)
+		sync_file_range(t->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	for (t = batch; t != NULL; t = t->next) {
+		t->err = 0;
+		if (fdatasync(t->fd) == -1)
+			t->err = errno;
+		if (close(t->fd) == -1 && t->err == 0)
+			t->err = errno;
+		t->fd = -1;
+		if (t->err == 0 &&
+		    renameat2(sp->tmpfd, t->id, sp->queuefd, t->id, RENAME_NOREPLACE) == -1)
+			t->err = errno;
+		if (t->err != 0)
+			unlinkat(sp->tmpfd, t->id, 0);
+		else
+			renamed++;
+	}
+	if (renamed > 0 && (dir_synced = 1, fsync(sp->queuefd) == -1)) {
+		int e = errno;
+		/* Not known to be durable, so not acknowledged: take them back out. */
+		for (t = batch; t != NULL; t = t->next) {
+			if (t->err == 0) {
+				unlinkat(sp->queuefd, t->id, 0);
+				t->err = e;
+			}
+		}
+		renamed = 0;
+	}
+
+	pthread_mutex_lock(&sp->lock);
+	sp->batches += (uint64_t)dir_synced;
+	sp->commits += (uint64_t)renamed;
+	*sp->done_tail = batch;
+	for (t = batch; t->next != NULL; t = t->next)
+		;
+	sp->done_tail = &t->next;
+	pthread_mutex_unlock(&sp->lock);
+}
+
+static void *commit_thread(void *arg)
+{
+	struct spool *sp = arg;
+	struct spool_txn *batch;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&sp->lock);
+	for (;;) {
+		while (sp->pending == NULL && !sp->stopping)
+			pthread_cond_wait(&sp->cond, &sp->lock);
+		if (sp->pending == NULL)
+			break;
+		batch = sp->pending;
+		sp->pending = NULL;
+		sp->pending_tail = &sp->pending;
+		pthread_mutex_unlock(&sp->lock);
+
+		commit_batch(sp, batch);
+		/* A failed write here can only be EAGAIN (counter full): already signalled. */
+		if (write(sp->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+			log_err("event=spool_eventfd_failed error=\"%s\"", strerror(errno));
+
+		pthread_mutex_lock(&sp->lock);
+	}
+	pthread_mutex_unlock(&sp->lock);
+	return NULL;
+}
+
+/* Runs the callbacks of every finished commit (loop thread). */
+static void commit_run_done(struct spool *sp)
+{
+	struct spool_txn *t, *next;
+
+	pthread_mutex_lock(&sp->lock);
+	t = sp->done;
+	sp->done = NULL;
+	sp->done_tail = &sp->done;
+	pthread_mutex_unlock(&sp->lock);
+
+	for (; t != NULL; t = next) {
+		next = t->next;
+		sp->inflight--;
+		if (t->err == 0)
+			sp->count++;
+		else
+			log_warn("event=spool_commit_failed id=%s error=\"%s\"", t->id,
+				 strerror(t->err));
+		if (t->cb != NULL)
+			t->cb(t->cookie, t->id, t->err);
+		txn_free(t, 0);
+	}
+}
+
+static void commit_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct spool *sp = arg;
+	uint64_t v;
+
+	if (read(sp->efd, &v, sizeof(v)) == -1 && errno != EAGAIN)
+		log_err("event=spool_eventfd_failed error=\"%s\"", strerror(errno));
+	commit_run_done(sp);
+}
+
+int commit_start(struct spool *sp, int nthreads, char *err, size_t errlen)
+{
+	int i, rc;
+
+	sp->pending = NULL;
+	sp->pending_tail = &sp->pending;
+	sp->done = NULL;
+	sp->done_tail = &sp->done;
+	sp->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (sp->efd == -1) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		return -1;
+	}
+	sp->ev = event_new(sp->base, sp->efd, EV_READ | EV_PERSIST, commit_done_cb, sp);
+	if (sp->ev == NULL || event_add(sp->ev, NULL) == -1) {
+		snprintf(err, errlen, "cannot watch the commit eventfd");
+		goto fail;
+	}
+	sp->threads = xcalloc((size_t)nthreads, sizeof(*sp->threads));
+	for (i = 0; i < nthreads; i++) {
+		rc = pthread_create(&sp->threads[i], NULL, commit_thread, sp);
+		if (rc != 0) {
+			snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+			sp->nthreads = i;
+			commit_stop(sp);
+			return -1;
+		}
+	}
+	sp->nthreads = nthreads;
+	return 0;
+fail:
+	if (sp->ev != NULL)
+		event_free(sp->ev);
+	sp->ev = NULL;
+	close(sp->efd);
+	sp->efd = -1;
+	return -1;
+}
+
+void commit_stop(struct spool *sp)
+{
+	int i;
+
+	pthread_mutex_lock(&sp->lock);
+	sp->stopping = 1;
+	pthread_cond_broadcast(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+	for (i = 0; i < sp->nthreads; i++)
+		pthread_join(sp->threads[i], NULL);
+	free(sp->threads);
+	sp->threads = NULL;
+	sp->nthreads = 0;
+	/* Every commit handed over is finished now: tell their owners. */
+	commit_run_done(sp);
+	if (sp->ev != NULL)
+		event_free(sp->ev);
+	sp->ev = NULL;
+	if (sp->efd != -1)
+		close(sp->efd);
+	sp->efd = -1;
+}

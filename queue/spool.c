@@ -1,0 +1,295 @@
+/*
+ * spool: opening the spool directory and recovering it after a stop or a
+ * crash. Temp files were never acknowledged and are deleted; queue files
+ * that fail their checks are moved to quarantine/ for a person to look at.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "queue/spool_int.h"
+
+#define SPOOL_DEFAULT_THREADS 2
+#define SPOOL_MAX_THREADS 64
+
+/* mkdir -p with mode 0700 for what it creates; 0 or -1 with errno. */
+static int mkdir_p(const char *dir)
+{
+	char *p, *s;
+	int rc = 0;
+
+	if (dir[0] == '\0') {
+		errno = ENOENT;
+		return -1;
+	}
+	p = xstrdup(dir);
+	for (s = p + 1; rc == 0; s++) {
+		if (*s != '/' && *s != '\0')
+			continue;
+		char c = *s;
+		*s = '\0';
+		if (mkdir(p, 0700) == -1 && errno != EEXIST)
+			rc = -1;
+		*s = c;
+		if (c == '\0')
+			break;
+	}
+	free(p);
+	return rc;
+}
+
+/* Creates (if needed) and opens the subdirectory name of the spool. */
+static int spool_subdir(struct spool *sp, const char *name, int *created, char *err, size_t errlen)
+{
+	int fd;
+
+	if (mkdirat(sp->dirfd, name, 0700) == 0)
+		*created = 1;
+	else if (errno != EEXIST) {
+		snprintf(err, errlen, "%s/%s: mkdir: %s", sp->dir, name, strerror(errno));
+		return -1;
+	}
+	fd = openat(sp->dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1)
+		snprintf(err, errlen, "%s/%s: %s", sp->dir, name, strerror(errno));
+	return fd;
+}
+
+/* Deletes everything in tmp/: messages whose commit never completed. */
+static int spool_clear_tmp(struct spool *sp, char *err, size_t errlen)
+{
+	struct dirent *de;
+	int fd = dup(sp->tmpfd), removed = 0;
+	DIR *d;
+
+	d = fd == -1 ? NULL : fdopendir(fd);
+	if (d == NULL) {
+		snprintf(err, errlen, "%s/tmp: %s", sp->dir, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (unlinkat(sp->tmpfd, de->d_name, 0) == 0)
+			removed++;
+		else
+			log_warn("event=spool_tmp_unlink_failed dir=%s/tmp file=%s error=\"%s\"",
+				 sp->dir, de->d_name, strerror(errno));
+	}
+	closedir(d);
+	if (removed > 0)
+		log_info("event=spool_tmp_cleared dir=%s/tmp removed=%d", sp->dir, removed);
+	return 0;
+}
+
+/* Moves queue/name to quarantine/ (name, else name.N); 0 or -1. */
+static int spool_quarantine(struct spool *sp, const char *name, const char *why)
+{
+	char dst[300], q[512];
+	int i;
+
+	for (i = 0; i < 1000; i++) {
+		if (i == 0)
+			snprintf(dst, sizeof(dst), "%s", name);
+		else
+			snprintf(dst, sizeof(dst), "%s.%d", name, i);
+		if (renameat2(sp->queuefd, name, sp->quarfd, dst, RENAME_NOREPLACE) == 0) {
+			log_warn("event=spool_quarantine file=%s/queue/%s to=%s/quarantine/%s "
+				 "reason=%s",
+				 sp->dir, name, sp->dir, dst, log_quote(q, sizeof(q), why));
+			return 0;
+		}
+		if (errno != EEXIST)
+			break;
+	}
+	log_err("event=spool_quarantine_failed file=%s/queue/%s reason=%s error=\"%s\"", sp->dir,
+		name, log_quote(q, sizeof(q), why), strerror(errno));
+	return -1;
+}
+
+/* Checks every queue file; counts the good ones, quarantines the rest. */
+static int spool_check_queue(struct spool *sp, char *err, size_t errlen)
+{
+	struct dirent *de;
+	int fd = dup(sp->queuefd), moved = 0, rc = -1;
+	char why[256], **names = NULL;
+	size_t n = 0, cap = 0, i;
+	DIR *d;
+
+	d = fd == -1 ? NULL : fdopendir(fd);
+	if (d == NULL) {
+		snprintf(err, errlen, "%s/queue: %s", sp->dir, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	/* Names first: quarantining renames entries out of the directory being read. */
+	while ((errno = 0, de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 256;
+			names = xrealloc(names, cap * sizeof(*names));
+		}
+		names[n++] = xstrdup(de->d_name);
+	}
+	if (errno != 0) {
+		snprintf(err, errlen, "%s/queue: readdir: %s", sp->dir, strerror(errno));
+		closedir(d);
+		goto out;
+	}
+	closedir(d);
+	sp->count = 0;
+	for (i = 0; i < n; i++) {
+		struct queue_msg m;
+		const char *name = names[i];
+
+		if (!queue_id_valid(name)) {
+			snprintf(why, sizeof(why), "file name is not a queue id");
+		} else if (queue_read_fileat(sp->queuefd, name, &m, 0, why, sizeof(why)) == 0) {
+			int same = strcmp(m.env.id, name) == 0;
+			if (!same)
+				snprintf(why, sizeof(why), "ID record %s does not match the file name",
+					 m.env.id);
+			queue_msg_free(&m);
+			if (same) {
+				sp->count++;
+				continue;
+			}
+		}
+		if (spool_quarantine(sp, name, why) == 0)
+			moved++;
+	}
+	if (moved > 0 && (fsync(sp->quarfd) == -1 || fsync(sp->queuefd) == -1)) {
+		snprintf(err, errlen, "%s: fsync after quarantine: %s", sp->dir, strerror(errno));
+		goto out;
+	}
+	rc = 0;
+out:
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return rc;
+}
+
+struct spool *spool_open(struct event_base *base, const char *dir, int nthreads, char *err,
+			 size_t errlen)
+{
+	struct spool *sp = xcalloc(1, sizeof(*sp));
+	int created = 0;
+
+	sp->base = base;
+	sp->dir = xstrdup(dir);
+	sp->dirfd = sp->tmpfd = sp->queuefd = sp->quarfd = sp->lockfd = sp->efd = -1;
+	pthread_mutex_init(&sp->lock, NULL);
+	pthread_cond_init(&sp->cond, NULL);
+	if (nthreads <= 0)
+		nthreads = SPOOL_DEFAULT_THREADS;
+	if (nthreads > SPOOL_MAX_THREADS)
+		nthreads = SPOOL_MAX_THREADS;
+
+	if (mkdir_p(dir) == -1) {
+		snprintf(err, errlen, "%s: mkdir: %s", dir, strerror(errno));
+		goto fail;
+	}
+	sp->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sp->dirfd == -1) {
+		snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+		goto fail;
+	}
+	/* Recovery deletes temp files: only one process may own the spool. */
+	sp->lockfd = openat(sp->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (sp->lockfd == -1) {
+		snprintf(err, errlen, "%s/lock: %s", dir, strerror(errno));
+		goto fail;
+	}
+	if (flock(sp->lockfd, LOCK_EX | LOCK_NB) == -1) {
+		snprintf(err, errlen, "%s: spool is in use by another process (%s/lock is locked)",
+			 dir, dir);
+		goto fail;
+	}
+	if ((sp->tmpfd = spool_subdir(sp, "tmp", &created, err, errlen)) == -1 ||
+	    (sp->queuefd = spool_subdir(sp, "queue", &created, err, errlen)) == -1 ||
+	    (sp->quarfd = spool_subdir(sp, "quarantine", &created, err, errlen)) == -1)
+		goto fail;
+	if (created && fsync(sp->dirfd) == -1) {
+		snprintf(err, errlen, "%s: fsync: %s", dir, strerror(errno));
+		goto fail;
+	}
+	if (spool_clear_tmp(sp, err, errlen) == -1 || spool_check_queue(sp, err, errlen) == -1)
+		goto fail;
+	if (commit_start(sp, nthreads, err, errlen) == -1)
+		goto fail;
+	log_info("event=spool_open dir=%s queued=%zu commit_threads=%d", dir, sp->count, nthreads);
+	return sp;
+fail:
+	if (sp->quarfd != -1)
+		close(sp->quarfd);
+	if (sp->queuefd != -1)
+		close(sp->queuefd);
+	if (sp->tmpfd != -1)
+		close(sp->tmpfd);
+	if (sp->lockfd != -1)
+		close(sp->lockfd);
+	if (sp->dirfd != -1)
+		close(sp->dirfd);
+	pthread_mutex_destroy(&sp->lock);
+	pthread_cond_destroy(&sp->cond);
+	free(sp->dir);
+	free(sp);
+	return NULL;
+}
+
+void spool_close(struct spool *sp)
+{
+	if (sp == NULL)
+		return;
+	commit_stop(sp);
+	if (sp->open_txns > 0)
+		log_warn("event=spool_close_open_txns dir=%s open=%zu", sp->dir, sp->open_txns);
+	close(sp->quarfd);
+	close(sp->queuefd);
+	close(sp->tmpfd);
+	close(sp->lockfd); /* releases the flock */
+	close(sp->dirfd);
+	pthread_mutex_destroy(&sp->lock);
+	pthread_cond_destroy(&sp->cond);
+	free(sp->dir);
+	free(sp);
+}
+
+size_t spool_count(struct spool *sp)
+{
+	return sp->count;
+}
+
+int spool_writable(struct spool *sp)
+{
+	char name[64];
+	int fd;
+
+	snprintf(name, sizeof(name), ".probe-%d", (int)getpid());
+	fd = openat(sp->tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd == -1)
+		return 0;
+	close(fd);
+	return unlinkat(sp->tmpfd, name, 0) == 0;
+}
+
+void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches)
+{
+	pthread_mutex_lock(&sp->lock);
+	if (commits != NULL)
+		*commits = sp->commits;
+	if (batches != NULL)
+		*batches = sp->batches;
+	pthread_mutex_unlock(&sp->lock);
+}
