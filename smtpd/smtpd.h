@@ -120,11 +120,13 @@ struct data_reader {
 	size_t max_size;
 	size_t max_header;
 	/* state, private */
-	int state;
-	int in_header;
-	int line_start_dot;
-	size_t line_len;
-	size_t line_len_out;
+	int state;	     /* where in the line we are (data.c ST_*) */
+	int in_header;	     /* still inside the header block */
+	int first_line;	     /* the current line is the message's first */
+	int hclass;	     /* what the current line is (data.c HC_*) */
+	size_t line_len;     /* content octets of the current line, without CRLF */
+	size_t line_len_out; /* octets of the current line held tentatively in hdr */
+	size_t hdr_size;     /* octets written to hdr */
 	/* results */
 	size_t size;	    /* unstuffed message bytes seen so far */
 	enum data_err error; /* first error, DATA_OK if none */

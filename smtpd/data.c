@@ -1,0 +1,362 @@
+/*
+ * data: the DATA reader. It runs over every byte of every message, so runs
+ * of plain bytes are found with a table scan and copied in one append; the
+ * per-byte state machine only runs at line starts, CR, LF and NUL.
+ *
+ * SMTP smuggling defence: the one and only end of data is CR LF "." CR LF
+ * with the dot at a line start, and a line start is only the start of the
+ * data or the byte after CR LF. Bare CR, bare LF and NUL are recorded as
+ * errors and never treated as line ends, so "\n.\r\n", "\r.\r\n", ".\n" and
+ * friends stay content of the (rejected) message, and whatever a client
+ * pipelined behind them is swallowed up to the real end.
+ */
+#include <string.h>
+
+#include "smtpd/smtpd.h"
+
+/* where in the line we are */
+enum {
+	ST_LINE_START, /* nothing of this line seen yet */
+	ST_DOT,	       /* a '.' at the line start: stuffing, or the end line */
+	ST_DOT_CR,     /* ".\r" at the line start */
+	ST_MID,	       /* inside the line */
+	ST_CR,	       /* inside the line, a CR waits for its LF */
+	ST_DONE,       /* the end-of-data line was read */
+};
+
+/* what the current line is, while the header block lasts */
+enum {
+	HC_START,  /* undecided, nothing seen */
+	HC_NAME,   /* undecided, a field-name so far (held tentatively in hdr) */
+	HC_HEADER, /* a header field or continuation line */
+	HC_BODY,   /* body */
+};
+
+/* 1: CR, LF, NUL stop a run; 2: bytes >= 0x80 stop it until eight_bit is set */
+static const unsigned char special[256] = {
+	[0] = 1,
+	['\n'] = 1,
+	['\r'] = 1,
+	[0x80 ... 0xff] = 2,
+};
+
+/* RFC 5322 ftext: printable US-ASCII except ':' */
+static int is_ftext(unsigned char c)
+{
+	return c >= 33 && c <= 126 && c != ':';
+}
+
+/* Prepares dr for a new message; a limit of 0 means none. */
+void data_reader_init(struct data_reader *dr, size_t max_line, size_t max_size, size_t max_header)
+{
+	memset(dr, 0, sizeof(*dr));
+	dr->max_line = max_line;
+	dr->max_size = max_size;
+	dr->max_header = max_header;
+	dr->state = ST_LINE_START;
+	dr->in_header = 1;
+	dr->first_line = 1;
+	dr->hclass = HC_START;
+	dr->error = DATA_OK;
+}
+
+static void set_error(struct data_reader *dr, enum data_err e)
+{
+	if (dr->error == DATA_OK)
+		dr->error = e;
+}
+
+/* Counts n content octets of the current line (not its CRLF). */
+static void count_content(struct data_reader *dr, size_t n)
+{
+	dr->line_len += n;
+	dr->size += n;
+	if (dr->max_line && dr->line_len + 2 > dr->max_line)
+		set_error(dr, DATA_LINE_TOO_LONG);
+	if (dr->max_size && dr->size > dr->max_size)
+		set_error(dr, DATA_TOO_BIG);
+}
+
+static int header_grow(struct data_reader *dr, size_t n)
+{
+	dr->hdr_size += n;
+	if (dr->max_header && dr->hdr_size > dr->max_header) {
+		set_error(dr, DATA_HEADER_TOO_BIG);
+		return -1;
+	}
+	return 0;
+}
+
+/* Writes n bytes of the current line where its class says; -1 when a buffer is full. */
+static int emit(struct data_reader *dr, const void *p, size_t n, struct buf *hdr, struct buf *body)
+{
+	if (dr->error != DATA_OK)
+		return 0;
+	switch (dr->hclass) {
+	case HC_BODY:
+		return buf_append(body, p, n);
+	case HC_HEADER:
+		if (header_grow(dr, n) == -1)
+			return 0;
+		return buf_append(hdr, p, n);
+	default:
+		/* undecided: held in hdr until the line shows what it is */
+		dr->hdr_size += n;
+		dr->line_len_out += n;
+		return buf_append(hdr, p, n);
+	}
+}
+
+/* The current line is a header field (or continuation). */
+static void decide_header(struct data_reader *dr)
+{
+	dr->hclass = HC_HEADER;
+	if (dr->error == DATA_OK && dr->max_header && dr->hdr_size > dr->max_header)
+		set_error(dr, DATA_HEADER_TOO_BIG);
+}
+
+/*
+ * The current line is not a header field: the body starts with it. What
+ * was held in hdr moves to body, and when a header block came before, the
+ * blank line that should have ended it is added to hdr so that hdr + body
+ * is a well-formed message. -1 when a buffer is full.
+ */
+static int decide_body(struct data_reader *dr, struct buf *hdr, struct buf *body)
+{
+	size_t k = dr->line_len_out;
+
+	dr->in_header = 0;
+	dr->hclass = HC_BODY;
+	dr->line_len_out = 0;
+	if (dr->error != DATA_OK)
+		return 0;
+	if (k > 0) {
+		if (buf_append(body, hdr->data + hdr->len - k, k) == -1)
+			return -1;
+		hdr->len -= k;
+		hdr->data[hdr->len] = '\0';
+		dr->hdr_size -= k;
+	}
+	if (!dr->first_line) {
+		if (header_grow(dr, 2) == -1)
+			return 0;
+		return buf_append(hdr, "\r\n", 2);
+	}
+	return 0;
+}
+
+static void begin_line(struct data_reader *dr)
+{
+	dr->state = ST_MID;
+	dr->line_len = 0;
+	dr->line_len_out = 0;
+	dr->hclass = dr->in_header ? HC_START : HC_BODY;
+}
+
+/* CR LF ended the current line. */
+static int end_line(struct data_reader *dr, struct buf *hdr, struct buf *body)
+{
+	int r = 0;
+
+	dr->size += 2;
+	if (dr->max_line && dr->line_len + 2 > dr->max_line)
+		set_error(dr, DATA_LINE_TOO_LONG);
+	if (dr->max_size && dr->size > dr->max_size)
+		set_error(dr, DATA_TOO_BIG);
+	switch (dr->hclass) {
+	case HC_START:
+		/* an empty line: the end of the header block */
+		dr->in_header = 0;
+		if (dr->first_line)
+			dr->hclass = HC_BODY; /* no header block at all */
+		else
+			dr->hclass = HC_HEADER;
+		r = emit(dr, "\r\n", 2, hdr, body);
+		break;
+	case HC_NAME:
+		/* "word" CRLF: no colon, so not a field */
+		if (decide_body(dr, hdr, body) == -1)
+			return -1;
+		r = emit(dr, "\r\n", 2, hdr, body);
+		break;
+	default:
+		r = emit(dr, "\r\n", 2, hdr, body);
+		break;
+	}
+	dr->first_line = 0;
+	dr->state = ST_LINE_START;
+	return r;
+}
+
+/*
+ * Classifies the current line from its first bytes while the header block
+ * lasts. Advances *pp over field-name bytes it held in hdr. -1 when a
+ * buffer is full.
+ */
+static int classify(struct data_reader *dr, const unsigned char **pp, const unsigned char *end,
+		    struct buf *hdr, struct buf *body)
+{
+	const unsigned char *p = *pp, *q;
+	unsigned char c = *p;
+
+	if (dr->hclass == HC_START) {
+		if (c == '\r' || c == '\n' || c == '\0')
+			return 0; /* a blank line, or an error: the caller sees */
+		if (c == ' ' || c == '\t') {
+			if (dr->first_line)
+				return decide_body(dr, hdr, body);
+			decide_header(dr); /* continuation of the previous field */
+			return 0;
+		}
+		if (!is_ftext(c))
+			return decide_body(dr, hdr, body);
+		dr->hclass = HC_NAME;
+	}
+	q = p;
+	while (q < end && is_ftext(*q))
+		q++;
+	if (q > p) {
+		count_content(dr, (size_t)(q - p));
+		if (emit(dr, p, (size_t)(q - p), hdr, body) == -1)
+			return -1;
+		*pp = p = q;
+	}
+	if (p == end)
+		return 0;
+	c = *p;
+	if (c == ':') {
+		decide_header(dr);
+		return 0;
+	}
+	if (c == '\r' || c == '\n' || c == '\0')
+		return 0; /* CR may end the line (then: not a field); LF/NUL are errors */
+	return decide_body(dr, hdr, body);
+}
+
+/* A CR not followed by LF: content, and an error. */
+static void bare_cr(struct data_reader *dr)
+{
+	count_content(dr, 1);
+	set_error(dr, DATA_BARE_CR);
+	dr->state = ST_MID;
+}
+
+/*
+ * Consumes up to n bytes of in, appending output to hdr and body (see
+ * smtpd.h). Returns the bytes consumed, fewer than n when the end-of-data
+ * line was reached; -1 when an output buffer refused bytes.
+ */
+ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struct buf *hdr,
+			 struct buf *body)
+{
+	const unsigned char *p = (const unsigned char *)in, *end = p + n, *q;
+	unsigned char mask;
+
+	if (dr->state == ST_DONE)
+		return 0;
+	if (hdr == body)
+		return -1; /* the header/body split needs two buffers */
+	while (p < end) {
+		switch (dr->state) {
+		case ST_LINE_START:
+			if (*p == '.') {
+				dr->state = ST_DOT;
+				p++;
+			} else {
+				begin_line(dr);
+			}
+			continue;
+		case ST_DOT:
+			if (*p == '\r') {
+				dr->state = ST_DOT_CR;
+				p++;
+			} else {
+				begin_line(dr); /* the stuffing dot is dropped */
+			}
+			continue;
+		case ST_DOT_CR:
+			if (*p == '\n') {
+				p++;
+				dr->state = ST_DONE;
+				dr->done = 1;
+				return (ssize_t)(p - (const unsigned char *)in);
+			}
+			begin_line(dr);
+			bare_cr(dr);
+			continue;
+		case ST_CR:
+			if (*p == '\n') {
+				p++;
+				if (end_line(dr, hdr, body) == -1)
+					return -1;
+			} else {
+				bare_cr(dr);
+			}
+			continue;
+		default:
+			break;
+		}
+
+		/* ST_MID */
+		if (dr->error == DATA_OK && (dr->hclass == HC_START || dr->hclass == HC_NAME)) {
+			if (classify(dr, &p, end, hdr, body) == -1)
+				return -1;
+			if (p == end)
+				break;
+		}
+		mask = dr->eight_bit ? 1 : 3;
+		q = p;
+		while (q < end && !(special[*q] & mask))
+			q++;
+		if (q > p) {
+			count_content(dr, (size_t)(q - p));
+			if (emit(dr, p, (size_t)(q - p), hdr, body) == -1)
+				return -1;
+			p = q;
+			if (p == end)
+				break;
+		}
+		switch (*p) {
+		case '\r':
+			dr->state = ST_CR;
+			p++;
+			break;
+		case '\n':
+			count_content(dr, 1);
+			set_error(dr, DATA_BARE_LF);
+			p++;
+			break;
+		case '\0':
+			count_content(dr, 1);
+			set_error(dr, DATA_NUL);
+			p++;
+			break;
+		default:
+			dr->eight_bit = 1; /* a byte >= 0x80; the next scan takes it */
+			break;
+		}
+	}
+	return (ssize_t)n;
+}
+
+/* A sentence naming the error, for the reply at the final dot. */
+const char *data_err_text(enum data_err e)
+{
+	switch (e) {
+	case DATA_OK:
+		return "no error";
+	case DATA_BARE_CR:
+		return "bare CR (a CR not followed by LF) in message content";
+	case DATA_BARE_LF:
+		return "bare LF (an LF not preceded by CR) in message content";
+	case DATA_NUL:
+		return "NUL byte in message content";
+	case DATA_LINE_TOO_LONG:
+		return "a line of the message is longer than the limit";
+	case DATA_TOO_BIG:
+		return "the message is larger than the size limit";
+	case DATA_HEADER_TOO_BIG:
+		return "the message header is larger than the limit";
+	}
+	return "unknown error";
+}
