@@ -1,0 +1,724 @@
+/*
+ * test_queue: the spool as the daemon uses it. Commits go through real
+ * commit threads and a real event loop into a temp directory, and are read
+ * back with queue_read_file; damaged files are made by cutting and flipping
+ * bytes of real committed files.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "queue/queue.h"
+
+/* ---- helpers ---------------------------------------------------------- */
+
+struct fixture {
+	char dir[64];
+	struct event_base *base;
+	struct spool *sp;
+};
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void rm_tree(const char *dir)
+{
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	char err[256];
+
+	snprintf(f->dir, sizeof(f->dir), "/tmp/test_queue.XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	f->base = event_base_new();
+	assert_non_null(f->base);
+	f->sp = spool_open(f->base, f->dir, 2, err, sizeof(err));
+	if (f->sp == NULL)
+		fail_msg("spool_open: %s", err);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	spool_close(f->sp);
+	event_base_free(f->base);
+	rm_tree(f->dir);
+	free(f);
+	return 0;
+}
+
+/* Number of entries in dir/sub (not . and ..). */
+static int count_dir(const char *dir, const char *sub)
+{
+	char path[256];
+	struct dirent *de;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, sub);
+	d = opendir(path);
+	if (d == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* Outcome of one commit, filled by the callback on the loop. */
+struct outcome {
+	int fired;
+	int err;
+	char id[QUEUE_ID_LEN + 1];
+};
+
+static struct outcome *outcomes;
+static size_t outcomes_fired;
+
+static void commit_cb(uint64_t cookie, const char *id, int err)
+{
+	struct outcome *o = &outcomes[cookie];
+
+	assert_int_equal(o->fired, 0);
+	o->fired = 1;
+	o->err = err;
+	snprintf(o->id, sizeof(o->id), "%s", id);
+	outcomes_fired++;
+}
+
+static void run_until(struct event_base *base, size_t n)
+{
+	while (outcomes_fired < n)
+		assert_int_not_equal(event_base_loop(base, EVLOOP_ONCE), -1);
+}
+
+static void reset_outcomes(size_t n)
+{
+	free(outcomes);
+	outcomes = calloc(n, sizeof(*outcomes));
+	outcomes_fired = 0;
+}
+
+static char *rcpts_two[] = {"bob@example.net", "carol@example.org"};
+
+static void make_env(struct queue_envelope *env)
+{
+	memset(env, 0, sizeof(*env));
+	env->tenant_id = 42;
+	env->tenant = "acme corp";
+	env->auth_user = "acme-app";
+	env->sender = "bounce+x@mail.acme.example";
+	env->rcpts = rcpts_two;
+	env->nrcpts = 2;
+	env->received = 1795000000;
+	env->client = "192.0.2.7";
+	env->flags = QFLAG_8BITMIME;
+}
+
+static const char test_hdr[] = "From: a@acme.example\r\nTo: bob@example.net\r\n"
+			       "Subject: hello\r\n\r\n";
+
+/* Deterministic body bytes of length n (CRLF lines). */
+static unsigned char *make_body(size_t n)
+{
+	unsigned char *b = malloc(n ? n : 1);
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		b[i] = (i % 80 == 78) ? '\r' : (i % 80 == 79) ? '\n' : (unsigned char)('a' + i % 26);
+	return b;
+}
+
+/* Commits one message of body_len bytes and waits for it; returns its id. */
+static void commit_one(struct fixture *f, size_t body_len, size_t step, char id[QUEUE_ID_LEN + 1])
+{
+	struct queue_envelope env;
+	struct spool_txn *t;
+	unsigned char *body = make_body(body_len);
+	size_t off;
+
+	reset_outcomes(1);
+	make_env(&env);
+	t = queue_begin(f->sp);
+	assert_non_null(t);
+	for (off = 0; off < body_len; off += step) {
+		size_t n = body_len - off < step ? body_len - off : step;
+		assert_int_equal(queue_write_body(t, body + off, n), 0);
+	}
+	assert_int_equal(queue_commit(t, &env, test_hdr, strlen(test_hdr), commit_cb, 0), 0);
+	run_until(f->base, 1);
+	assert_int_equal(outcomes[0].err, 0);
+	memcpy(id, outcomes[0].id, QUEUE_ID_LEN + 1);
+	free(body);
+}
+
+static unsigned char *read_all(const char *path, size_t *n)
+{
+	struct stat st;
+	unsigned char *p;
+	int fd = open(path, O_RDONLY);
+
+	assert_int_not_equal(fd, -1);
+	assert_int_equal(fstat(fd, &st), 0);
+	p = malloc((size_t)st.st_size + 1);
+	assert_int_equal(read(fd, p, (size_t)st.st_size), st.st_size);
+	close(fd);
+	*n = (size_t)st.st_size;
+	return p;
+}
+
+static void write_all(const char *path, const unsigned char *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	assert_int_not_equal(fd, -1);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+/* ---- ids ---------------------------------------------------------------- */
+
+static void test_ids(void **state)
+{
+	char prev[QUEUE_ID_LEN + 1], cur[QUEUE_ID_LEN + 1];
+	int i;
+
+	queue_id_new(prev);
+	assert_true(queue_id_valid(prev));
+	for (i = 0; i < 10000; i++) {
+		queue_id_new(cur);
+		assert_true(queue_id_valid(cur));
+		/* The time part sorts strictly, so ids sort in creation order. */
+		assert_true(memcmp(prev, cur, 11) < 0);
+		memcpy(prev, cur, sizeof(cur));
+	}
+	assert_false(queue_id_valid("0123456789ABCDEFGHI"));    /* 19 */
+	assert_false(queue_id_valid("0123456789ABCDEFGHIJK")); /* 21 */
+	assert_false(queue_id_valid("0123456789abcdefghij"));
+	assert_false(queue_id_valid("0123456789ABCDEFGH/."));
+	assert_true(queue_id_valid("0123456789ABCDEFGHIJ"));
+}
+
+/* ---- the pure record format -------------------------------------------- */
+
+/* Builds a complete image: MAGIC, extra (raw records), HEADERS, env, END. */
+static void build_image(struct buf *img, const struct buf *extra, const char *trailer)
+{
+	struct queue_envelope env;
+	unsigned char d[32];
+
+	make_env(&env);
+	memcpy(env.id, "0000000000000ABCDEFG", QUEUE_ID_LEN + 1);
+	buf_init(img, 1 << 24);
+	assert_int_equal(queue_magic_append(img), 0);
+	if (extra)
+		assert_int_equal(buf_append(img, extra->data, extra->len), 0);
+	assert_int_equal(queue_rec_append(img, QREC_HEADERS, test_hdr, strlen(test_hdr)), 0);
+	assert_int_equal(queue_env_encode(&env, img), 0);
+	sha256(img->data, img->len, d);
+	assert_int_equal(queue_rec_append(img, QREC_END, d, sizeof(d)), 0);
+	if (trailer)
+		buf_puts(img, trailer);
+}
+
+static void test_record_types(void **state)
+{
+	struct buf extra, img;
+	struct queue_msg m;
+	char err[256];
+
+	/* A type >= 100 from a later version is skipped. */
+	buf_init(&extra, 1 << 20);
+	queue_rec_append(&extra, QREC_BODY, "abc", 3);
+	queue_rec_append(&extra, 150, "future", 6);
+	queue_rec_append(&extra, QREC_BODY, "def", 3);
+	build_image(&img, &extra, NULL);
+	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)),
+			 0);
+	assert_int_equal(m.header_len, strlen(test_hdr));
+	assert_int_equal(m.message.len, strlen(test_hdr) + 6);
+	assert_memory_equal(m.message.data + m.header_len, "abcdef", 6);
+	assert_string_equal(m.env.id, "0000000000000ABCDEFG");
+	assert_int_equal(m.env.tenant_id, 42);
+	assert_string_equal(m.env.tenant, "acme corp");
+	queue_msg_free(&m);
+	buf_free(&img);
+
+	/* An unknown type below 100 is damage. */
+	buf_reset(&extra);
+	queue_rec_append(&extra, 50, "x", 1);
+	build_image(&img, &extra, NULL);
+	assert_int_equal(queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err,
+					sizeof(err)),
+			 -1);
+	assert_non_null(strstr(err, "unknown record type 50"));
+	buf_free(&img);
+
+	/* Bytes after END are refused (reserved for appended status). */
+	build_image(&img, NULL, "x");
+	assert_int_equal(queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err,
+					sizeof(err)),
+			 -1);
+	assert_non_null(strstr(err, "after END"));
+	buf_free(&img);
+
+	/* Duplicate once-only records and missing required ones. */
+	buf_reset(&extra);
+	queue_rec_append(&extra, QREC_SENDER, "x@y", 3);
+	build_image(&img, &extra, NULL);
+	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err, sizeof(err)),
+			 -1);
+	assert_non_null(strstr(err, "duplicate SENDER"));
+	buf_free(&img);
+	buf_free(&extra);
+}
+
+/* Builds an image with only some envelope records; checks the parse error. */
+static void check_missing(int skip_type, const char *want)
+{
+	struct buf img;
+	struct queue_msg m;
+	unsigned char d[32];
+	char err[256];
+
+	buf_init(&img, 1 << 20);
+	queue_magic_append(&img);
+	queue_rec_append(&img, QREC_HEADERS, "", 0);
+	if (skip_type != QREC_ID)
+		queue_rec_append(&img, QREC_ID, "0000000000000ABCDEFG", 20);
+	if (skip_type != QREC_TENANT)
+		queue_rec_append(&img, QREC_TENANT, "1 t", 3);
+	if (skip_type != QREC_SENDER)
+		queue_rec_append(&img, QREC_SENDER, "", 0);
+	if (skip_type != QREC_RCPT)
+		queue_rec_append(&img, QREC_RCPT, "r@x", 3);
+	if (skip_type != QREC_RECEIVED)
+		queue_rec_append(&img, QREC_RECEIVED, "1", 1);
+	sha256(img.data, img.len, d);
+	queue_rec_append(&img, QREC_END, d, 32);
+	if (want == NULL) {
+		assert_int_equal(
+		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), 0);
+		assert_string_equal(m.env.sender, ""); /* the null reverse-path */
+		assert_int_equal(m.message.len, 0);
+		queue_msg_free(&m);
+	} else {
+		assert_int_equal(
+		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), -1);
+		assert_string_equal(err, want);
+		/* Left empty after a failure. */
+		assert_null(m.env.tenant);
+		assert_int_equal(m.env.nrcpts, 0);
+	}
+	buf_free(&img);
+}
+
+static void test_required_records(void **state)
+{
+	check_missing(0, NULL);
+	check_missing(QREC_ID, "missing ID record");
+	check_missing(QREC_TENANT, "missing TENANT record");
+	check_missing(QREC_SENDER, "missing SENDER record");
+	check_missing(QREC_RCPT, "missing RCPT record");
+	check_missing(QREC_RECEIVED, "missing RECEIVED record");
+}
+
+static void test_env_encode_refuses(void **state)
+{
+	struct queue_envelope env;
+	struct buf out;
+	char *bad_rcpt[] = {"ok@x", "evil\r\nRCPT TO:<x>"};
+
+	buf_init(&out, 1 << 20);
+	make_env(&env);
+	memcpy(env.id, "0000000000000ABCDEFG", QUEUE_ID_LEN + 1);
+	assert_int_equal(queue_env_encode(&env, &out), 0);
+	env.rcpts = bad_rcpt;
+	buf_reset(&out);
+	assert_int_equal(queue_env_encode(&env, &out), -1);
+	assert_int_equal(errno, EINVAL);
+	make_env(&env);
+	memcpy(env.id, "0000000000000ABCDEFG", QUEUE_ID_LEN + 1);
+	env.nrcpts = 0;
+	assert_int_equal(queue_env_encode(&env, &out), -1);
+	make_env(&env);
+	memcpy(env.id, "short", 6);
+	assert_int_equal(queue_env_encode(&env, &out), -1);
+	buf_free(&out);
+}
+
+/* ---- commits through the spool ------------------------------------------ */
+
+static int body_records;
+
+static int count_body(void *arg, int type, const unsigned char *data, size_t len)
+{
+	if (type == QREC_BODY) {
+		assert_true(len <= QUEUE_BODY_CHUNK);
+		body_records++;
+	}
+	return 0;
+}
+
+static void test_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_msg m;
+	char id[QUEUE_ID_LEN + 1], path[256], err[256];
+	size_t body_len = 3 * QUEUE_BODY_CHUNK + 12345;
+	unsigned char *body = make_body(body_len);
+	struct queue_envelope want;
+
+	/* Odd write sizes so chunks never line up with the writes. */
+	commit_one(f, body_len, 1000, id);
+	assert_true(queue_id_valid(id));
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	if (queue_read_file(path, &m, 1, err, sizeof(err)) == -1)
+		fail_msg("queue_read_file: %s", err);
+
+	make_env(&want);
+	assert_string_equal(m.env.id, id);
+	assert_int_equal(m.env.tenant_id, want.tenant_id);
+	assert_string_equal(m.env.tenant, want.tenant);
+	assert_string_equal(m.env.auth_user, want.auth_user);
+	assert_string_equal(m.env.sender, want.sender);
+	assert_int_equal(m.env.nrcpts, 2);
+	assert_string_equal(m.env.rcpts[0], want.rcpts[0]);
+	assert_string_equal(m.env.rcpts[1], want.rcpts[1]);
+	assert_int_equal(m.env.received, want.received);
+	assert_string_equal(m.env.client, want.client);
+	assert_int_equal(m.env.flags, QFLAG_8BITMIME);
+	assert_int_equal(m.header_len, strlen(test_hdr));
+	assert_int_equal(m.message.len, strlen(test_hdr) + body_len);
+	assert_memory_equal(m.message.data, test_hdr, strlen(test_hdr));
+	assert_memory_equal(m.message.data + m.header_len, body, body_len);
+	queue_msg_free(&m);
+
+	/* The body went to disk in QUEUE_BODY_CHUNK pieces, not in one record. */
+	{
+		size_t n;
+		unsigned char *img = read_all(path, &n);
+		body_records = 0;
+		assert_int_equal(queue_rec_walk(img, n, count_body, NULL, err, sizeof(err)), 0);
+		assert_int_equal(body_records, 4);
+		free(img);
+	}
+
+	/* want_body = 0 still checks the file but skips the message. */
+	assert_int_equal(queue_read_file(path, &m, 0, err, sizeof(err)), 0);
+	assert_int_equal(m.message.len, 0);
+	assert_int_equal(m.env.nrcpts, 2);
+	queue_msg_free(&m);
+
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	assert_int_equal(spool_count(f->sp), 1);
+	assert_true(spool_writable(f->sp));
+	free(body);
+}
+
+static void test_empty_body(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_msg m;
+	char id[QUEUE_ID_LEN + 1], path[256], err[256];
+
+	commit_one(f, 0, 1, id);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	assert_int_equal(queue_read_file(path, &m, 1, err, sizeof(err)), 0);
+	assert_int_equal(m.message.len, strlen(test_hdr));
+	queue_msg_free(&m);
+}
+
+static int list_seen;
+static char list_last[256];
+
+static void list_fn(void *arg, const char *path)
+{
+	/* In id order, i.e. oldest first. */
+	assert_true(strcmp(list_last, path) < 0);
+	snprintf(list_last, sizeof(list_last), "%s", path);
+	list_seen++;
+}
+
+static void test_list(void **state)
+{
+	struct fixture *f = *state;
+	char id[QUEUE_ID_LEN + 1], path[256];
+	int i;
+
+	for (i = 0; i < 3; i++)
+		commit_one(f, 100, 100, id);
+	/* Not a queue file: not listed. */
+	snprintf(path, sizeof(path), "%s/queue/README", f->dir);
+	write_all(path, (const unsigned char *)"x", 1);
+	list_seen = 0;
+	list_last[0] = '\0';
+	assert_int_equal(queue_list_files(f->dir, list_fn, NULL), 3);
+	assert_int_equal(list_seen, 3);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	assert_string_equal(list_last, path); /* the last committed is last */
+}
+
+static void test_abort(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_txn *t = queue_begin(f->sp);
+
+	assert_non_null(t);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(count_dir(f->dir, "tmp"), 1);
+	queue_abort(t);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 0);
+}
+
+static void test_commit_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(f->sp);
+
+	/* An envelope that could not be read back is refused before any I/O wait. */
+	make_env(&env);
+	env.sender = "a\nb";
+	reset_outcomes(1);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_commit(t, &env, test_hdr, strlen(test_hdr), commit_cb, 0), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 0);
+	assert_int_equal(outcomes_fired, 0);
+}
+
+static void test_commit_failure(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(f->sp);
+	char path[256];
+	uint64_t commits;
+
+	/* queue/ is gone: the rename into it fails on the commit thread. */
+	snprintf(path, sizeof(path), "%s/queue", f->dir);
+	assert_int_equal(rmdir(path), 0);
+	make_env(&env);
+	reset_outcomes(1);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_commit(t, &env, test_hdr, strlen(test_hdr), commit_cb, 0), 0);
+	run_until(f->base, 1);
+	assert_int_not_equal(outcomes[0].err, 0);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(spool_count(f->sp), 0);
+	spool_stats(f->sp, &commits, NULL);
+	assert_int_equal(commits, 0);
+	assert_int_equal(mkdir(path, 0700), 0);
+}
+
+#define MANY 500
+
+static void test_many_concurrent(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_txn *t[MANY];
+	struct queue_envelope env;
+	unsigned char *body = make_body(5000);
+	char path[256], err[256];
+	uint64_t commits, batches;
+	size_t i;
+
+	make_env(&env);
+	reset_outcomes(MANY);
+	for (i = 0; i < MANY; i++) {
+		t[i] = queue_begin(f->sp);
+		assert_non_null(t[i]);
+	}
+	for (i = 0; i < MANY; i++)
+		assert_int_equal(queue_write_body(t[i], body, 5000), 0);
+	for (i = 0; i < MANY; i++)
+		assert_int_equal(queue_commit(t[i], &env, test_hdr, strlen(test_hdr), commit_cb, i),
+				 0);
+	run_until(f->base, MANY);
+	for (i = 0; i < MANY; i++) {
+		struct queue_msg m;
+		assert_int_equal(outcomes[i].err, 0);
+		snprintf(path, sizeof(path), "%s/queue/%s", f->dir, outcomes[i].id);
+		if (queue_read_file(path, &m, 1, err, sizeof(err)) == -1)
+			fail_msg("%s: %s", path, err);
+		assert_int_equal(m.message.len, strlen(test_hdr) + 5000);
+		queue_msg_free(&m);
+	}
+	assert_int_equal(count_dir(f->dir, "queue"), MANY);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(spool_count(f->sp), MANY);
+	spool_stats(f->sp, &commits, &batches);
+	assert_int_equal(commits, MANY);
+	/* Group commit: directory fsyncs were shared. */
+	assert_true(batches >= 1);
+	assert_true(batches < MANY);
+	print_message("%d commits in %llu batches\n", MANY, (unsigned long long)batches);
+	free(body);
+}
+
+/* ---- damage and recovery ------------------------------------------------ */
+
+static int image_parses(const unsigned char *p, size_t n)
+{
+	struct queue_msg m;
+	char err[256];
+	int rc = queue_msg_parse(p, n, &m, 1, err, sizeof(err));
+
+	if (rc == 0)
+		queue_msg_free(&m);
+	return rc == 0;
+}
+
+static void test_damage_every_byte(void **state)
+{
+	struct fixture *f = *state;
+	char id[QUEUE_ID_LEN + 1], path[256];
+	unsigned char *img;
+	size_t n, i;
+
+	commit_one(f, 300, 300, id);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	img = read_all(path, &n);
+	assert_true(image_parses(img, n));
+	/* Every truncation, and every single-bit flip, is caught. */
+	for (i = 0; i < n; i++)
+		assert_false(image_parses(img, i));
+	for (i = 0; i < n; i++) {
+		img[i] ^= 0x01;
+		assert_false(image_parses(img, n));
+		img[i] ^= 0x01;
+	}
+	free(img);
+}
+
+/* Writes img[0..n) into queue/ under a fresh id; returns the name in name. */
+static void plant(const char *dir, const unsigned char *img, size_t n, char name[QUEUE_ID_LEN + 1])
+{
+	char path[256];
+
+	queue_id_new(name);
+	snprintf(path, sizeof(path), "%s/queue/%s", dir, name);
+	write_all(path, img, n);
+}
+
+static int exists(const char *dir, const char *sub, const char *name)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s/%s", dir, sub, name);
+	return access(path, F_OK) == 0;
+}
+
+static void test_recovery(void **state)
+{
+	struct fixture *f = *state;
+	char good[QUEUE_ID_LEN + 1], path[256], err[256], bad[8][QUEUE_ID_LEN + 1];
+	unsigned char *img;
+	size_t n, end_off, body_hdr_off = 0;
+	int i, nbad = 0;
+
+	/* A good file with a multi-chunk body. */
+	commit_one(f, QUEUE_BODY_CHUNK + 5000, 4096, good);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, good);
+	img = read_all(path, &n);
+	end_off = n - QREC_HDR_LEN - 32;
+	/* The first BODY record follows MAGIC ("SENDGATE-Q1", 11 bytes). */
+	body_hdr_off = QREC_HDR_LEN + 11;
+	assert_int_equal(img[body_hdr_off], QREC_BODY);
+
+	plant(f->dir, img, body_hdr_off + 2, bad[nbad++]);	    /* inside a record header */
+	plant(f->dir, img, body_hdr_off + QREC_HDR_LEN + 100, bad[nbad++]); /* inside data */
+	plant(f->dir, img, end_off, bad[nbad++]);		    /* END missing */
+	plant(f->dir, img, n - 1, bad[nbad++]);			    /* END cut short */
+	plant(f->dir, img, 0, bad[nbad++]);			    /* empty */
+	img[n / 2] ^= 0x20;
+	plant(f->dir, img, n, bad[nbad++]); /* one flipped byte */
+	img[n / 2] ^= 0x20;
+	plant(f->dir, img, n, bad[nbad++]); /* intact, but named after another id */
+	for (i = 0; i < nbad; i++) {
+		struct queue_msg m;
+		snprintf(path, sizeof(path), "%s/queue/%s", f->dir, bad[i]);
+		if (i < nbad - 1)
+			assert_int_equal(queue_read_file(path, &m, 0, err, sizeof(err)), -1);
+	}
+	/* Junk of a previous run in tmp/. */
+	snprintf(path, sizeof(path), "%s/tmp/0000000000000ZZZZZZZ", f->dir);
+	write_all(path, img, 100);
+
+	spool_close(f->sp);
+	f->sp = spool_open(f->base, f->dir, 2, err, sizeof(err));
+	if (f->sp == NULL)
+		fail_msg("spool_open: %s", err);
+	assert_int_equal(spool_count(f->sp), 1);
+	assert_true(exists(f->dir, "queue", good));
+	for (i = 0; i < nbad; i++) {
+		assert_false(exists(f->dir, "queue", bad[i]));
+		assert_true(exists(f->dir, "quarantine", bad[i]));
+	}
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "quarantine"), nbad);
+	free(img);
+}
+
+static void test_single_owner(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *other;
+	char err[256];
+
+	other = spool_open(f->base, f->dir, 1, err, sizeof(err));
+	assert_null(other);
+	assert_non_null(strstr(err, "in use"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_ids),
+	    cmocka_unit_test(test_record_types),
+	    cmocka_unit_test(test_required_records),
+	    cmocka_unit_test(test_env_encode_refuses),
+	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_empty_body, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_commit_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_many_concurrent, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_damage_every_byte, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_recovery, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_single_owner, setup, teardown),
+	};
+
+	log_init("test_queue", 0, SGLOG_WARN);
+	alarm(120); /* a lost completion must fail the run, not hang it */
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
