@@ -103,7 +103,7 @@ PGconn *ctl_db(struct ctl *c)
 }
 
 PGresult *ctl_exec(struct ctl *c, const char *what, const char *sql, int nparams,
-		   const char *const *params, const char *quiet_state, char state[6])
+                   const char *const *params, const char *quiet_state, char state[6])
 {
 	PGconn *db = ctl_db(c);
 	PGresult *r;
@@ -124,10 +124,12 @@ PGresult *ctl_exec(struct ctl *c, const char *what, const char *sql, int nparams
 		snprintf(state, 6, "%s", st ? st : "");
 	if (!(quiet_state && st && strcmp(st, quiet_state) == 0)) {
 		if (st && strcmp(st, "42P01") == 0) {
-			ctl_error("%s: the database has no sendgate schema; run 'sendgatectl migrate'",
-				  what);
+			ctl_error(
+			    "%s: the database has no sendgate schema; run 'sendgatectl migrate'",
+			    what);
 		} else {
-			first_line(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), msg, sizeof(msg));
+			first_line(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), msg,
+			           sizeof(msg));
 			if (msg[0] == '\0')
 				first_line(PQerrorMessage(db), msg, sizeof(msg));
 			ctl_error("%s: %s", what, msg);
@@ -180,7 +182,7 @@ int ctl_tenant_id(struct ctl *c, const char *name, char id[24])
 	PGresult *r;
 
 	r = ctl_exec(c, "looking up the tenant", "SELECT id FROM tenants WHERE name = $1", 1,
-		     params, NULL, NULL);
+	             params, NULL, NULL);
 	if (r == NULL)
 		return -1;
 	if (PQntuples(r) == 0) {
@@ -204,11 +206,9 @@ static int cmd_version(struct ctl *c, int argc, char **argv)
 	if (argc != 1)
 		return ctl_usage("version", "version takes no arguments");
 	if (c->json)
-		return ctl_json_print(json_pack("{s:s, s:s, s:i}", "name", "sendgatectl", "version",
-						SENDGATE_VERSION, "schema",
-						migrations_count > 0
-						    ? migrations[migrations_count - 1].version
-						    : 0));
+		return ctl_json_print(json_pack(
+		    "{s:s, s:s, s:i}", "name", "sendgatectl", "version", SENDGATE_VERSION, "schema",
+		    migrations_count > 0 ? migrations[migrations_count - 1].version : 0));
 	printf("sendgatectl %s\n", SENDGATE_VERSION);
 	return CTL_OK;
 }
@@ -218,13 +218,10 @@ static const struct {
 	ctl_cmd_fn fn;
 	int needs_config;
 } commands[] = {
-	{"migrate", ctl_cmd_migrate, 1},
-	{"tenant", ctl_cmd_tenant, 1},
-	{"credential", ctl_cmd_credential, 1},
-	{"domain", ctl_cmd_domain, 1},
-	{"queue", ctl_cmd_queue, 1},
-	{"help", cmd_help, 0},
-	{"version", cmd_version, 0},
+    {"migrate", ctl_cmd_migrate, 1},       {"tenant", ctl_cmd_tenant, 1},
+    {"credential", ctl_cmd_credential, 1}, {"domain", ctl_cmd_domain, 1},
+    {"queue", ctl_cmd_queue, 1},           {"help", cmd_help, 0},
+    {"version", cmd_version, 0},
 };
 
 /*

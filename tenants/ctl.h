@@ -18,8 +18,8 @@ enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2 };
 
 struct ctl {
 	struct config cfg;
-	int json;	/* --json: a JSON document on stdout */
-	PGconn *db;	/* opened by ctl_db on first use */
+	int json;   /* --json: a JSON document on stdout */
+	PGconn *db; /* opened by ctl_db on first use */
 };
 
 /* A subcommand: argv[0] is the command word itself. Returns an exit code. */
@@ -42,7 +42,7 @@ PGconn *ctl_db(struct ctl *c);
  * state is not NULL.
  */
 PGresult *ctl_exec(struct ctl *c, const char *what, const char *sql, int nparams,
-		   const char *const *params, const char *quiet_state, char state[6]);
+                   const char *const *params, const char *quiet_state, char state[6]);
 /* Runs a statement without parameters or result (BEGIN, COMMIT...); 0 or -1 (printed). */
 int ctl_run(struct ctl *c, const char *what, const char *sql);
 /* Prints doc as the command's JSON answer on stdout and drops the reference; 0. */

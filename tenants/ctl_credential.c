@@ -34,9 +34,9 @@ static int credential_create(struct ctl *c, const char *tenant)
 		hash_text[1] = 'x';
 		hex_encode(hash, sizeof(hash), hash_text + 2);
 		r = ctl_exec(c, "storing the credential",
-			     "INSERT INTO credentials (tenant_id, username, secret_sha256)"
-			     " VALUES ($1, $2, $3::bytea)",
-			     3, params, "23505", state);
+		             "INSERT INTO credentials (tenant_id, username, secret_sha256)"
+		             " VALUES ($1, $2, $3::bytea)",
+		             3, params, "23505", state);
 		if (r != NULL || strcmp(state, "23505") != 0)
 			break;
 	}
@@ -47,7 +47,7 @@ static int credential_create(struct ctl *c, const char *tenant)
 	}
 	if (c->json) {
 		ctl_json_print(json_pack("{s:s, s:s, s:s}", "username", user, "secret", secret,
-					 "tenant", tenant));
+		                         "tenant", tenant));
 	} else {
 		printf("tenant:   %s\n", tenant);
 		printf("username: %s\n", user);
@@ -74,19 +74,20 @@ static int credential_list(struct ctl *c, const char *tenant)
 	if (ctl_tenant_id(c, tenant, id) == -1)
 		return CTL_FAIL;
 	/* Never the hash: there is nothing an operator can do with it. */
-	r = ctl_exec(c, "listing credentials",
-		     "SELECT username, " CTL_SQL_TIME("created_at") ", " CTL_SQL_TIME("revoked_at")
-		     " FROM credentials WHERE tenant_id = $1 ORDER BY created_at, id",
-		     1, params, NULL, NULL);
+	r = ctl_exec(
+	    c, "listing credentials",
+	    "SELECT username, " CTL_SQL_TIME("created_at") ", " CTL_SQL_TIME(
+	        "revoked_at") " FROM credentials WHERE tenant_id = $1 ORDER BY created_at, id",
+	    1, params, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (c->json) {
 		arr = json_array();
 		for (i = 0; i < PQntuples(r); i++)
 			json_array_append_new(arr, json_pack("{s:s, s:s, s:o}", "username",
-							     PQgetvalue(r, i, 0), "created_at",
-							     PQgetvalue(r, i, 1), "revoked_at",
-							     ctl_json_str_or_null(r, i, 2)));
+			                                     PQgetvalue(r, i, 0), "created_at",
+			                                     PQgetvalue(r, i, 1), "revoked_at",
+			                                     ctl_json_str_or_null(r, i, 2)));
 		ctl_json_print(arr);
 	} else if (PQntuples(r) == 0) {
 		printf("no credentials for tenant %s\n", tenant);
@@ -94,7 +95,7 @@ static int credential_list(struct ctl *c, const char *tenant)
 		table_init(&t, ARRAY_LEN(head), head);
 		for (i = 0; i < PQntuples(r); i++) {
 			const char *row[] = {PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-					     PQgetisnull(r, i, 2) ? "-" : PQgetvalue(r, i, 2)};
+			                     PQgetisnull(r, i, 2) ? "-" : PQgetvalue(r, i, 2)};
 			table_add(&t, row);
 		}
 		table_print(&t, stdout);
@@ -110,32 +111,33 @@ static int credential_revoke(struct ctl *c, const char *username)
 	PGresult *r;
 
 	r = ctl_exec(c, "revoking the credential",
-		     "UPDATE credentials k SET revoked_at = now() FROM tenants t"
-		     " WHERE k.username = $1 AND k.revoked_at IS NULL AND t.id = k.tenant_id"
-		     " RETURNING k.username, t.name, " CTL_SQL_TIME("k.revoked_at"),
-		     1, params, NULL, NULL);
+	             "UPDATE credentials k SET revoked_at = now() FROM tenants t"
+	             " WHERE k.username = $1 AND k.revoked_at IS NULL AND t.id = k.tenant_id"
+	             " RETURNING k.username, t.name, " CTL_SQL_TIME("k.revoked_at"),
+	             1, params, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (PQntuples(r) == 0) {
 		/* Say which of the two it was. */
 		PQclear(r);
-		r = ctl_exec(c, "looking up the credential",
-			     "SELECT " CTL_SQL_TIME("revoked_at")
-			     " FROM credentials WHERE username = $1",
-			     1, params, NULL, NULL);
+		r = ctl_exec(
+		    c, "looking up the credential",
+		    "SELECT " CTL_SQL_TIME("revoked_at") " FROM credentials WHERE username = $1", 1,
+		    params, NULL, NULL);
 		if (r == NULL)
 			return CTL_FAIL;
 		if (PQntuples(r) == 0)
 			ctl_error("no credential named \"%s\"", username);
 		else
 			ctl_error("credential \"%s\" is already revoked (since %s)", username,
-				  PQgetvalue(r, 0, 0));
+			          PQgetvalue(r, 0, 0));
 		PQclear(r);
 		return CTL_FAIL;
 	}
 	if (c->json)
-		ctl_json_print(json_pack("{s:s, s:s, s:s}", "username", PQgetvalue(r, 0, 0), "tenant",
-					 PQgetvalue(r, 0, 1), "revoked_at", PQgetvalue(r, 0, 2)));
+		ctl_json_print(json_pack("{s:s, s:s, s:s}", "username", PQgetvalue(r, 0, 0),
+		                         "tenant", PQgetvalue(r, 0, 1), "revoked_at",
+		                         PQgetvalue(r, 0, 2)));
 	else
 		printf("revoked credential %s of tenant %s\n", PQgetvalue(r, 0, 0),
 		       PQgetvalue(r, 0, 1));
@@ -150,18 +152,19 @@ int ctl_cmd_credential(struct ctl *c, int argc, char **argv)
 	if (strcmp(argv[1], "create") == 0) {
 		if (argc != 3)
 			return ctl_usage("credential create TENANT",
-					 "credential create takes one TENANT");
+			                 "credential create takes one TENANT");
 		return credential_create(c, argv[2]);
 	}
 	if (strcmp(argv[1], "list") == 0) {
 		if (argc != 3)
-			return ctl_usage("credential list TENANT", "credential list takes one TENANT");
+			return ctl_usage("credential list TENANT",
+			                 "credential list takes one TENANT");
 		return credential_list(c, argv[2]);
 	}
 	if (strcmp(argv[1], "revoke") == 0) {
 		if (argc != 3)
 			return ctl_usage("credential revoke USERNAME",
-					 "credential revoke takes one USERNAME");
+			                 "credential revoke takes one USERNAME");
 		return credential_revoke(c, argv[2]);
 	}
 	return ctl_usage(usage, "unknown credential subcommand \"%s\"", argv[1]);

@@ -54,7 +54,7 @@ static int domain_add_insert(struct ctl *c, struct domain_add *da)
 {
 	const char *owner_params[1] = {da->name};
 	const char *ins_params[4] = {da->tenant_id, da->name, da->operator_verified ? "t" : "f",
-				     da->note};
+	                             da->note};
 	const char *ev_params[2];
 	char state[6], *data;
 	json_t *doc;
@@ -63,23 +63,23 @@ static int domain_add_insert(struct ctl *c, struct domain_add *da)
 	if (ctl_tenant_id(c, da->tenant, da->tenant_id) == -1)
 		return CTL_FAIL;
 	r = ctl_exec(c, "adding the domain",
-		     "INSERT INTO domains (tenant_id, name, operator_verified, operator_note)"
-		     " VALUES ($1, $2, $3::boolean, $4)"
-		     " RETURNING id, state, " CTL_SQL_TIME("created_at"),
-		     4, ins_params, "23505", state);
+	             "INSERT INTO domains (tenant_id, name, operator_verified, operator_note)"
+	             " VALUES ($1, $2, $3::boolean, $4)"
+	             " RETURNING id, state, " CTL_SQL_TIME("created_at"),
+	             4, ins_params, "23505", state);
 	if (r == NULL && strcmp(state, "23505") == 0) {
 		/* The transaction is aborted now; the caller rolls it back. */
 		PQclear(PQexec(ctl_db(c), "ROLLBACK"));
 		r = ctl_exec(c, "looking up the domain",
-			     "SELECT t.name FROM domains d JOIN tenants t ON t.id = d.tenant_id"
-			     " WHERE d.name = $1",
-			     1, owner_params, NULL, NULL);
+		             "SELECT t.name FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+		             " WHERE d.name = $1",
+		             1, owner_params, NULL, NULL);
 		if (r && PQntuples(r) > 0)
 			ctl_error("domain %s already belongs to tenant %s", da->name,
-				  PQgetvalue(r, 0, 0));
+			          PQgetvalue(r, 0, 0));
 		else if (r)
 			ctl_error("domain %s was added and removed concurrently; try again",
-				  da->name);
+			          da->name);
 		PQclear(r);
 		return CTL_FAIL;
 	}
@@ -100,9 +100,9 @@ static int domain_add_insert(struct ctl *c, struct domain_add *da)
 	ev_params[0] = da->tenant_id;
 	ev_params[1] = data;
 	r = ctl_exec(c, "recording the operator verification",
-		     "INSERT INTO events (type, tenant_id, data)"
-		     " VALUES ('domain.operator_verified', $1, $2::jsonb)",
-		     2, ev_params, NULL, NULL);
+	             "INSERT INTO events (type, tenant_id, data)"
+	             " VALUES ('domain.operator_verified', $1, $2::jsonb)",
+	             2, ev_params, NULL, NULL);
 	free(data);
 	if (r == NULL)
 		return CTL_FAIL;
@@ -115,10 +115,10 @@ static void domain_add_print(struct ctl *c, const struct domain_add *da)
 {
 	if (c->json) {
 		ctl_json_print(json_pack("{s:o, s:s, s:s, s:s, s:b, s:s?, s:s}", "id",
-					 ctl_json_int(da->id), "name", da->name, "tenant",
-					 da->tenant, "state", da->state, "operator_verified",
-					 da->operator_verified, "operator_note", da->note,
-					 "created_at", da->created_at));
+		                         ctl_json_int(da->id), "name", da->name, "tenant",
+		                         da->tenant, "state", da->state, "operator_verified",
+		                         da->operator_verified, "operator_note", da->note,
+		                         "created_at", da->created_at));
 		return;
 	}
 	printf("added domain %s to tenant %s (state %s%s)\n", da->name, da->tenant, da->state,
@@ -181,7 +181,7 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 static int domain_list(struct ctl *c, const char *tenant)
 {
 	static const char *const head[] = {"NAME", "TENANT", "STATE", "OPERATOR_VERIFIED",
-					   "CREATED"};
+	                                   "CREATED"};
 	char id[24];
 	const char *params[1] = {id};
 	struct table t;
@@ -192,32 +192,31 @@ static int domain_list(struct ctl *c, const char *tenant)
 	if (tenant && ctl_tenant_id(c, tenant, id) == -1)
 		return CTL_FAIL;
 	r = ctl_exec(c, "listing domains",
-		     "SELECT d.name, t.name, d.state, d.operator_verified, "
-		     CTL_SQL_TIME("d.created_at")
-		     " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
-		     " WHERE $1::bigint IS NULL OR d.tenant_id = $1::bigint"
-		     " ORDER BY d.name",
-		     1, tenant ? params : (const char *const[]){NULL}, NULL, NULL);
+	             "SELECT d.name, t.name, d.state, d.operator_verified, " CTL_SQL_TIME(
+	                 "d.created_at") " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+	                                 " WHERE $1::bigint IS NULL OR d.tenant_id = $1::bigint"
+	                                 " ORDER BY d.name",
+	             1, tenant ? params : (const char *const[]){NULL}, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (c->json) {
 		arr = json_array();
 		for (i = 0; i < PQntuples(r); i++)
 			json_array_append_new(
-			    arr, json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", PQgetvalue(r, i, 0),
-					   "tenant", PQgetvalue(r, i, 1), "state",
-					   PQgetvalue(r, i, 2), "operator_verified",
-					   ctl_pq_bool(r, i, 3), "created_at", PQgetvalue(r, i, 4)));
+			    arr,
+			    json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", PQgetvalue(r, i, 0),
+			              "tenant", PQgetvalue(r, i, 1), "state", PQgetvalue(r, i, 2),
+			              "operator_verified", ctl_pq_bool(r, i, 3), "created_at",
+			              PQgetvalue(r, i, 4)));
 		ctl_json_print(arr);
 	} else if (PQntuples(r) == 0) {
 		printf("no domains\n");
 	} else {
 		table_init(&t, ARRAY_LEN(head), head);
 		for (i = 0; i < PQntuples(r); i++) {
-			const char *row[] = {PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-					     PQgetvalue(r, i, 2),
-					     ctl_pq_bool(r, i, 3) ? "yes" : "no",
-					     PQgetvalue(r, i, 4)};
+			const char *row[] = {
+			    PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+			    ctl_pq_bool(r, i, 3) ? "yes" : "no", PQgetvalue(r, i, 4)};
 			table_add(&t, row);
 		}
 		table_print(&t, stdout);
@@ -235,7 +234,8 @@ int ctl_cmd_domain(struct ctl *c, int argc, char **argv)
 		return domain_add(c, argc, argv);
 	if (strcmp(argv[1], "list") == 0) {
 		if (argc > 3)
-			return ctl_usage("domain list [TENANT]", "domain list takes at most a TENANT");
+			return ctl_usage("domain list [TENANT]",
+			                 "domain list takes at most a TENANT");
 		return domain_list(c, argc == 3 ? argv[2] : NULL);
 	}
 	return ctl_usage(usage, "unknown domain subcommand \"%s\"", argv[1]);

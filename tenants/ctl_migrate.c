@@ -47,7 +47,7 @@ static int apply_one(struct ctl *c, const struct migration *m)
 	PQclear(r);
 	snprintf(version, sizeof(version), "%d", m->version);
 	r = ctl_exec(c, what, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
-		     params, NULL, NULL);
+	             params, NULL, NULL);
 	if (r == NULL)
 		goto fail;
 	PQclear(r);
@@ -83,18 +83,19 @@ int ctl_cmd_migrate(struct ctl *c, int argc, char **argv)
 	if (ctl_db(c) == NULL)
 		goto out;
 	r = ctl_exec(c, "taking the migration lock", "SELECT pg_advisory_lock($1::bigint)", 1,
-		     lock_params, NULL, NULL);
+	             lock_params, NULL, NULL);
 	if (r == NULL)
 		goto out;
 	PQclear(r);
 	if (ctl_run(c, "creating schema_migrations",
-		    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-		    " version int PRIMARY KEY,"
-		    " name text,"
-		    " applied_at timestamptz DEFAULT now())") == -1)
+	            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+	            " version int PRIMARY KEY,"
+	            " name text,"
+	            " applied_at timestamptz DEFAULT now())") == -1)
 		goto out;
-	done = ctl_exec(c, "reading schema_migrations",
-			"SELECT version FROM schema_migrations ORDER BY version", 0, NULL, NULL, NULL);
+	done =
+	    ctl_exec(c, "reading schema_migrations",
+	             "SELECT version FROM schema_migrations ORDER BY version", 0, NULL, NULL, NULL);
 	if (done == NULL)
 		goto out;
 	if (PQntuples(done) > 0)
@@ -109,8 +110,8 @@ int ctl_cmd_migrate(struct ctl *c, int argc, char **argv)
 			continue;
 		if (apply_one(c, m) == -1)
 			goto out;
-		json_array_append_new(applied,
-				      json_pack("{s:i, s:s}", "version", m->version, "name", m->name));
+		json_array_append_new(
+		    applied, json_pack("{s:i, s:s}", "version", m->version, "name", m->name));
 		if (!c->json) {
 			printf("applied %s\n", m->name);
 			fflush(stdout);
@@ -119,9 +120,9 @@ int ctl_cmd_migrate(struct ctl *c, int argc, char **argv)
 	if (db_highest > highest) {
 		/* An older sendgatectl against a newer schema: nothing to do, but say so. */
 		fprintf(stderr,
-			"sendgatectl: warning: the database is at schema version %ld, newer than "
-			"this sendgatectl knows (%ld)\n",
-			db_highest, highest);
+		        "sendgatectl: warning: the database is at schema version %ld, newer than "
+		        "this sendgatectl knows (%ld)\n",
+		        db_highest, highest);
 		highest = db_highest;
 	}
 	if (c->json) {
@@ -137,7 +138,7 @@ out:
 	/* Closing the session would release the lock too; say it explicitly. */
 	if (c->db && PQstatus(c->db) == CONNECTION_OK)
 		PQclear(PQexecParams(c->db, "SELECT pg_advisory_unlock($1::bigint)", 1, NULL,
-				     lock_params, NULL, NULL, 0));
+		                     lock_params, NULL, NULL, 0));
 	PQclear(done);
 	json_decref(applied);
 	return rc;

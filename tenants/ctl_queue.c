@@ -19,9 +19,9 @@ static const char usage[] = "queue list";
 struct qentry {
 	char *id;
 	struct queue_msg msg; /* valid when error is NULL */
-	char *error;	      /* why the file is damaged, or NULL */
-	long long size;	      /* bytes of the file */
-	time_t since;	      /* received time, or the file's mtime when damaged */
+	char *error;          /* why the file is damaged, or NULL */
+	long long size;       /* bytes of the file */
+	time_t since;         /* received time, or the file's mtime when damaged */
 };
 
 struct qlist {
@@ -101,7 +101,8 @@ static json_t *qentry_json(const struct qentry *e, time_t now)
 	}
 	json_object_set_new(o, "recipients", rcpts);
 	json_object_set_new(o, "size", json_integer(e->size));
-	json_object_set_new(o, "age", json_integer(now > e->since ? (json_int_t)(now - e->since) : 0));
+	json_object_set_new(o, "age",
+	                    json_integer(now > e->since ? (json_int_t)(now - e->since) : 0));
 	json_object_set_new(o, "damaged", json_boolean(e->error != NULL));
 	if (e->error)
 		json_object_set_new(o, "error", ctl_json_text(e->error));

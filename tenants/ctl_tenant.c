@@ -18,9 +18,9 @@ static int tenant_create(struct ctl *c, const char *name)
 		return CTL_FAIL;
 	}
 	r = ctl_exec(c, "creating the tenant",
-		     "INSERT INTO tenants (name) VALUES ($1)"
-		     " RETURNING id, name, " CTL_SQL_TIME("created_at"),
-		     1, params, "23505", state);
+	             "INSERT INTO tenants (name) VALUES ($1)"
+	             " RETURNING id, name, " CTL_SQL_TIME("created_at"),
+	             1, params, "23505", state);
 	if (r == NULL) {
 		if (strcmp(state, "23505") == 0)
 			ctl_error("tenant \"%s\" already exists", name);
@@ -28,8 +28,8 @@ static int tenant_create(struct ctl *c, const char *name)
 	}
 	if (c->json)
 		ctl_json_print(json_pack("{s:o, s:s, s:s}", "id", ctl_json_int(PQgetvalue(r, 0, 0)),
-					 "name", PQgetvalue(r, 0, 1), "created_at",
-					 PQgetvalue(r, 0, 2)));
+		                         "name", PQgetvalue(r, 0, 1), "created_at",
+		                         PQgetvalue(r, 0, 2)));
 	else
 		printf("created tenant %s (id %s)\n", PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 0));
 	PQclear(r);
@@ -38,11 +38,13 @@ static int tenant_create(struct ctl *c, const char *name)
 
 /* Active and revoked credential counts and the domain count, per tenant. */
 #define TENANT_COLUMNS                                                                             \
-	"t.id, t.name, " CTL_SQL_TIME("t.created_at") ","                                          \
-	" (SELECT count(*) FROM credentials k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL),"  \
-	" (SELECT count(*) FROM credentials k WHERE k.tenant_id = t.id"                           \
-	"  AND k.revoked_at IS NOT NULL),"                                                         \
-	" (SELECT count(*) FROM domains d WHERE d.tenant_id = t.id)"
+	"t.id, t.name, " CTL_SQL_TIME(                                                             \
+	    "t.created_at") ","                                                                    \
+	                    " (SELECT count(*) FROM credentials k WHERE k.tenant_id = t.id AND "   \
+	                    "k.revoked_at IS NULL),"                                               \
+	                    " (SELECT count(*) FROM credentials k WHERE k.tenant_id = t.id"        \
+	                    "  AND k.revoked_at IS NOT NULL),"                                     \
+	                    " (SELECT count(*) FROM domains d WHERE d.tenant_id = t.id)"
 
 static int tenant_list(struct ctl *c)
 {
@@ -53,8 +55,8 @@ static int tenant_list(struct ctl *c)
 	int i;
 
 	r = ctl_exec(c, "listing tenants",
-		     "SELECT " TENANT_COLUMNS " FROM tenants t ORDER BY t.name", 0, NULL, NULL,
-		     NULL);
+	             "SELECT " TENANT_COLUMNS " FROM tenants t ORDER BY t.name", 0, NULL, NULL,
+	             NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (c->json) {
@@ -62,10 +64,10 @@ static int tenant_list(struct ctl *c)
 		for (i = 0; i < PQntuples(r); i++)
 			json_array_append_new(
 			    arr, json_pack("{s:o, s:s, s:s, s:o, s:o}", "id",
-					   ctl_json_int(PQgetvalue(r, i, 0)), "name",
-					   PQgetvalue(r, i, 1), "created_at", PQgetvalue(r, i, 2),
-					   "credentials", ctl_json_int(PQgetvalue(r, i, 3)),
-					   "domains", ctl_json_int(PQgetvalue(r, i, 5))));
+			                   ctl_json_int(PQgetvalue(r, i, 0)), "name",
+			                   PQgetvalue(r, i, 1), "created_at", PQgetvalue(r, i, 2),
+			                   "credentials", ctl_json_int(PQgetvalue(r, i, 3)),
+			                   "domains", ctl_json_int(PQgetvalue(r, i, 5))));
 		ctl_json_print(arr);
 	} else if (PQntuples(r) == 0) {
 		printf("no tenants\n");
@@ -73,8 +75,8 @@ static int tenant_list(struct ctl *c)
 		table_init(&t, ARRAY_LEN(head), head);
 		for (i = 0; i < PQntuples(r); i++) {
 			const char *row[] = {PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-					     PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
-					     PQgetvalue(r, i, 5)};
+			                     PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+			                     PQgetvalue(r, i, 5)};
 			table_add(&t, row);
 		}
 		table_print(&t, stdout);
@@ -92,8 +94,8 @@ static int tenant_show(struct ctl *c, const char *name)
 	int i;
 
 	r = ctl_exec(c, "reading the tenant",
-		     "SELECT " TENANT_COLUMNS " FROM tenants t WHERE t.name = $1", 1, params, NULL,
-		     NULL);
+	             "SELECT " TENANT_COLUMNS " FROM tenants t WHERE t.name = $1", 1, params, NULL,
+	             NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (PQntuples(r) == 0) {
@@ -102,9 +104,9 @@ static int tenant_show(struct ctl *c, const char *name)
 		return CTL_FAIL;
 	}
 	d = ctl_exec(c, "reading the tenant's domains",
-		     "SELECT name, state, operator_verified, " CTL_SQL_TIME("created_at")
-		     " FROM domains WHERE tenant_id = $1 ORDER BY name",
-		     1, (const char *const[]){PQgetvalue(r, 0, 0)}, NULL, NULL);
+	             "SELECT name, state, operator_verified, " CTL_SQL_TIME(
+	                 "created_at") " FROM domains WHERE tenant_id = $1 ORDER BY name",
+	             1, (const char *const[]){PQgetvalue(r, 0, 0)}, NULL, NULL);
 	if (d == NULL) {
 		PQclear(r);
 		return CTL_FAIL;
@@ -113,14 +115,15 @@ static int tenant_show(struct ctl *c, const char *name)
 		doms = json_array();
 		for (i = 0; i < PQntuples(d); i++)
 			json_array_append_new(
-			    doms, json_pack("{s:s, s:s, s:b, s:s}", "name", PQgetvalue(d, i, 0),
-					    "state", PQgetvalue(d, i, 1), "operator_verified",
-					    ctl_pq_bool(d, i, 2), "created_at", PQgetvalue(d, i, 3)));
+			    doms,
+			    json_pack("{s:s, s:s, s:b, s:s}", "name", PQgetvalue(d, i, 0), "state",
+			              PQgetvalue(d, i, 1), "operator_verified",
+			              ctl_pq_bool(d, i, 2), "created_at", PQgetvalue(d, i, 3)));
 		obj = json_pack("{s:o, s:s, s:s, s:o, s:o, s:o}", "id",
-				ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1),
-				"created_at", PQgetvalue(r, 0, 2), "credentials",
-				ctl_json_int(PQgetvalue(r, 0, 3)), "credentials_revoked",
-				ctl_json_int(PQgetvalue(r, 0, 4)), "domains", doms);
+		                ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1),
+		                "created_at", PQgetvalue(r, 0, 2), "credentials",
+		                ctl_json_int(PQgetvalue(r, 0, 3)), "credentials_revoked",
+		                ctl_json_int(PQgetvalue(r, 0, 4)), "domains", doms);
 		ctl_json_print(obj);
 	} else {
 		printf("id:           %s\n", PQgetvalue(r, 0, 0));
@@ -131,15 +134,15 @@ static int tenant_show(struct ctl *c, const char *name)
 		printf("domains:      %d\n", PQntuples(d));
 		if (PQntuples(d) > 0) {
 			static const char *const head[] = {"  DOMAIN", "STATE", "OPERATOR_VERIFIED",
-							   "CREATED"};
+			                                   "CREATED"};
 			struct table t;
 			char indented[300];
 
 			table_init(&t, ARRAY_LEN(head), head);
 			for (i = 0; i < PQntuples(d); i++) {
 				const char *row[] = {indented, PQgetvalue(d, i, 1),
-						     ctl_pq_bool(d, i, 2) ? "yes" : "no",
-						     PQgetvalue(d, i, 3)};
+				                     ctl_pq_bool(d, i, 2) ? "yes" : "no",
+				                     PQgetvalue(d, i, 3)};
 
 				snprintf(indented, sizeof(indented), "  %s", PQgetvalue(d, i, 0));
 				table_add(&t, row);

@@ -59,7 +59,8 @@ int ctl_domain_normalize(const char *in, char *out, size_t outlen, const char **
 			ch += 'a' - 'A';
 		if (ch == '.') {
 			if (label == 0) {
-				*why = "a domain name must not have an empty label (\"..\" or a leading dot)";
+				*why = "a domain name must not have an empty label (\"..\" or a "
+				       "leading dot)";
 				return -1;
 			}
 			if (out[i - 1] == '-') {
