@@ -181,6 +181,11 @@ int ctl_tenant_id(struct ctl *c, const char *name, char id[24])
 	const char *params[1] = {name};
 	PGresult *r;
 
+	if (ctl_tenant_name_problem(name) != NULL) {
+		/* Cannot exist (the schema has the same CHECK); spare the query. */
+		ctl_error("no tenant named \"%s\"", name);
+		return -1;
+	}
 	r = ctl_exec(c, "looking up the tenant", "SELECT id FROM tenants WHERE name = $1", 1,
 	             params, NULL, NULL);
 	if (r == NULL)

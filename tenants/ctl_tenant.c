@@ -93,6 +93,10 @@ static int tenant_show(struct ctl *c, const char *name)
 	json_t *obj, *doms;
 	int i;
 
+	if (ctl_tenant_name_problem(name) != NULL) {
+		ctl_error("no tenant named \"%s\"", name);
+		return CTL_FAIL;
+	}
 	r = ctl_exec(c, "reading the tenant",
 	             "SELECT " TENANT_COLUMNS " FROM tenants t WHERE t.name = $1", 1, params, NULL,
 	             NULL);
