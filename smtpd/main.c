@@ -1,0 +1,109 @@
+/* main: the sendgate daemon's command line. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "smtpd/smtpd.h"
+
+static void usage(FILE *fp)
+{
+	fprintf(fp, "usage: sendgate [-c FILE] [--check-config] [--list-config-keys] [-V]\n"
+		    "  -c FILE             configuration file (default /etc/sendgate/sendgate.conf)\n"
+		    "  --check-config      validate the configuration and exit\n"
+		    "  --list-config-keys  print every accepted [section] key and exit\n"
+		    "  -V, --version       print the version and exit\n");
+}
+
+static int level_of(const char *s)
+{
+	if (strcmp(s, "err") == 0)
+		return SGLOG_ERR;
+	if (strcmp(s, "warn") == 0)
+		return SGLOG_WARN;
+	if (strcmp(s, "debug") == 0)
+		return SGLOG_DEBUG;
+	return SGLOG_INFO;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'k'},
+	    {"list-config-keys", no_argument, NULL, 'l'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *path = getenv("SENDGATE_CONFIG");
+	struct config cfg;
+	char err[1024];
+	int c, check = 0, rc;
+
+	if (path == NULL || *path == '\0')
+		path = "/etc/sendgate/sendgate.conf";
+	while ((c = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'k':
+			check = 1;
+			break;
+		case 'l': {
+			size_t n, i;
+			const struct config_key_info *k = config_keys(&n);
+			for (i = 0; i < n; i++)
+				printf("[%s] %s\n", k[i].section, k[i].key);
+			return 0;
+		}
+		case 'V':
+			printf("sendgate %s\n", SENDGATE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	log_init("sendgate", 0, SGLOG_INFO);
+	if (config_load(&cfg, path, err, sizeof(err)) == -1) {
+		log_err("event=config_error error=\"%s\"", err);
+		fprintf(stderr, "sendgate: %s\n", err);
+		return 1;
+	}
+	if (strcmp(cfg.log_target, "syslog") == 0)
+		log_init("sendgate", 1, level_of(cfg.log_level));
+	else
+		log_set_level(level_of(cfg.log_level));
+	if (cfg.database_url[0] == '\0') {
+		fprintf(stderr, "sendgate: %s: [database] url: not set (or set SENDGATE_DATABASE_URL)\n",
+			path);
+		config_free(&cfg);
+		return 1;
+	}
+	if (cfg.tls_cert[0] == '\0' || cfg.tls_key[0] == '\0') {
+		fprintf(stderr, "sendgate: %s: [smtp] %s: not set\n", path,
+			cfg.tls_cert[0] == '\0' ? "tls_cert" : "tls_key");
+		config_free(&cfg);
+		return 1;
+	}
+	if (check) {
+		printf("sendgate: %s: configuration ok\n", path);
+		config_free(&cfg);
+		return 0;
+	}
+	log_info("event=starting version=%s config=%s", SENDGATE_VERSION, path);
+	rc = smtpd_run(&cfg, path);
+	config_free(&cfg);
+	return rc;
+}

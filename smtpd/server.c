@@ -1,0 +1,293 @@
+/*
+ * server: the daemon's listeners, connection limits, signals, and the
+ * table that maps session ids to live sessions.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+
+#include "smtpd/server.h"
+#include "smtpd/smtpd.h"
+
+#define SLOT_BITS 24
+#define FAILURE_MEMORY 900 /* seconds an AUTH failure counts against an address */
+#define STOP_GRACE 30	    /* seconds in-flight transactions get at SIGTERM */
+
+struct listener_arg {
+	struct server *srv;
+	int implicit_tls;
+};
+
+static struct listener_arg largs[2];
+
+struct session *server_session(struct server *srv, uint64_t id)
+{
+	uint32_t slot = (uint32_t)(id & ((1u << SLOT_BITS) - 1));
+	struct session *s;
+
+	if (slot >= srv->nslots)
+		return NULL;
+	s = srv->slots[slot];
+	/* The first field of a session is its id (see session.c). */
+	if (s == NULL || *(uint64_t *)s != id)
+		return NULL;
+	return s;
+}
+
+struct client_addr *server_client(struct server *srv, const char *addr)
+{
+	struct client_addr *ca = hmap_get(srv->clients, addr);
+
+	if (ca == NULL) {
+		ca = xcalloc(1, sizeof(*ca));
+		hmap_put(srv->clients, addr, ca);
+	}
+	return ca;
+}
+
+void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *addr)
+{
+	uint32_t slot = (uint32_t)(id & ((1u << SLOT_BITS) - 1));
+	struct client_addr *ca = hmap_get(srv->clients, addr);
+
+	srv->slots[slot] = NULL;
+	srv->free_slots[srv->nfree++] = slot;
+	srv->nsessions--;
+	if (ca) {
+		ca->conns--;
+		if (ca->conns <= 0 && (ca->auth_failures == 0 ||
+				       time(NULL) - ca->last_failure > FAILURE_MEMORY))
+			free(hmap_del(srv->clients, addr));
+	}
+	if (srv->stopping && srv->nsessions == 0)
+		event_base_loopexit(srv->base, NULL);
+}
+
+static void refuse(evutil_socket_t fd, const char *text)
+{
+	ssize_t r = write(fd, text, strlen(text));
+	(void)r;
+	evutil_closesocket(fd);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+		      void *arg)
+{
+	struct listener_arg *la = arg;
+	struct server *srv = la->srv;
+	const struct config *cfg = srv->cfg;
+	char addr[64] = "unknown";
+	struct client_addr *ca;
+	uint32_t slot;
+	uint64_t id;
+	int delay = 0;
+
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, addr, sizeof(addr));
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
+	evutil_make_socket_nonblocking(fd);
+	if (srv->stopping) {
+		refuse(fd, "421 4.3.2 Service shutting down; try again later\r\n");
+		return;
+	}
+	if (srv->nsessions >= cfg->max_connections || srv->nfree == 0) {
+		log_warn("event=refused client=%s reason=max_connections limit=%d", addr,
+			 cfg->max_connections);
+		refuse(fd, "421 4.7.0 Too many connections to this server; try again later\r\n");
+		return;
+	}
+	ca = server_client(srv, addr);
+	if (ca->conns >= cfg->max_connections_per_ip) {
+		log_warn("event=refused client=%s reason=max_connections_per_ip limit=%d", addr,
+			 cfg->max_connections_per_ip);
+		refuse(fd, "421 4.7.0 Too many connections from your address; try again later\r\n");
+		return;
+	}
+	if (ca->auth_failures >= cfg->auth_max_failures) {
+		if (time(NULL) - ca->last_failure > FAILURE_MEMORY)
+			ca->auth_failures = 0;
+		else
+			delay = cfg->auth_fail_delay;
+	}
+	ca->conns++;
+	slot = srv->free_slots[--srv->nfree];
+	id = (++srv->generation << SLOT_BITS) | slot;
+	srv->nsessions++;
+	session_start(srv, fd, addr, la->implicit_tls, id, delay);
+}
+
+static int listen_on(struct server *srv, const struct listen_addr *la, int implicit_tls, char *err,
+		     size_t errlen)
+{
+	struct sockaddr_storage ss;
+	int sslen = sizeof(ss);
+	char spec[96];
+	struct evconnlistener *l;
+
+	if (strchr(la->host, ':'))
+		snprintf(spec, sizeof(spec), "[%s]:%d", la->host, la->port);
+	else
+		snprintf(spec, sizeof(spec), "%s:%d", la->host[0] ? la->host : "0.0.0.0", la->port);
+	memset(&ss, 0, sizeof(ss));
+	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) == -1) {
+		snprintf(err, errlen, "cannot parse listen address %s", spec);
+		return -1;
+	}
+	largs[implicit_tls].srv = srv;
+	largs[implicit_tls].implicit_tls = implicit_tls;
+	l = evconnlistener_new_bind(srv->base, on_accept, &largs[implicit_tls],
+				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 1024,
+				    (struct sockaddr *)&ss, sslen);
+	if (l == NULL) {
+		snprintf(err, errlen, "cannot listen on %s: %s", spec, strerror(errno));
+		return -1;
+	}
+	srv->listeners[srv->nlisteners++] = l;
+	log_info("event=listening address=%s mode=%s", spec, implicit_tls ? "smtps" : "submission");
+	return 0;
+}
+
+static void stop_listening(struct server *srv)
+{
+	int i;
+
+	for (i = 0; i < srv->nlisteners; i++)
+		evconnlistener_free(srv->listeners[i]);
+	srv->nlisteners = 0;
+}
+
+static void stop_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	log_warn("event=stop_timeout sessions=%d", srv->nsessions);
+	event_base_loopexit(srv->base, NULL);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+	uint32_t i;
+
+	if (srv->stopping)
+		return;
+	srv->stopping = 1;
+	log_info("event=stopping signal=%d sessions=%d", (int)sig, srv->nsessions);
+	stop_listening(srv);
+	for (i = 0; i < srv->nslots; i++)
+		if (srv->slots[i])
+			session_shutdown(srv->slots[i]);
+	if (srv->nsessions == 0) {
+		event_base_loopexit(srv->base, NULL);
+		return;
+	}
+	srv->ev_stop_timer = evtimer_new(srv->base, stop_timer_cb, srv);
+	{
+		struct timeval tv = {STOP_GRACE, 0};
+		evtimer_add(srv->ev_stop_timer, &tv);
+	}
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+	char err[512];
+	SSL_CTX *ctx = tls_server_ctx(srv->cfg->tls_cert, srv->cfg->tls_key, err, sizeof(err));
+
+	if (ctx == NULL) {
+		log_err("event=reload result=failed error=\"%s\" note=keeping_old_certificate", err);
+		return;
+	}
+	/* Sessions keep a reference to the context their SSL came from. */
+	SSL_CTX_free(srv->tls);
+	srv->tls = ctx;
+	log_info("event=reload result=ok what=tls_certificate");
+}
+
+static void ready_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	if (srv->ready_logged || !store_ready(srv->store))
+		return;
+	srv->ready_logged = 1;
+	log_info("event=ready sessions=%d queued=%zu", srv->nsessions, spool_count(srv->spool));
+}
+
+int smtpd_run(struct config *cfg, const char *config_path)
+{
+	struct server srv;
+	char err[1024];
+	uint32_t i;
+	int n, code = 0;
+
+	memset(&srv, 0, sizeof(srv));
+	srv.cfg = cfg;
+	signal(SIGPIPE, SIG_IGN);
+	srv.base = event_base_new();
+	if (srv.base == NULL)
+		fatal("event=start_failed error=\"cannot create event loop\"");
+	srv.tls = tls_server_ctx(cfg->tls_cert, cfg->tls_key, err, sizeof(err));
+	if (srv.tls == NULL)
+		fatal("event=start_failed config=%s error=\"%s\"", config_path, err);
+	srv.spool = spool_open(srv.base, cfg->spool_dir, cfg->commit_threads, err, sizeof(err));
+	if (srv.spool == NULL)
+		fatal("event=start_failed error=\"spool %s: %s\"", cfg->spool_dir, err);
+	srv.nslots = (uint32_t)cfg->max_connections + 1;
+	if (srv.nslots > (1u << SLOT_BITS))
+		srv.nslots = 1u << SLOT_BITS;
+	srv.slots = xcalloc(srv.nslots, sizeof(*srv.slots));
+	srv.free_slots = xcalloc(srv.nslots, sizeof(*srv.free_slots));
+	for (i = 0; i < srv.nslots; i++)
+		srv.free_slots[srv.nfree++] = srv.nslots - 1 - i;
+	srv.clients = hmap_new();
+	srv.store = store_open(srv.base, cfg->database_url);
+	store_set_broken_grace(srv.store, cfg->verify_grace_period);
+	for (n = 0; n < cfg->n_submission_listen; n++)
+		if (listen_on(&srv, &cfg->submission_listen[n], 0, err, sizeof(err)) == -1)
+			fatal("event=start_failed error=\"%s\"", err);
+	for (n = 0; n < cfg->n_smtps_listen; n++)
+		if (listen_on(&srv, &cfg->smtps_listen[n], 1, err, sizeof(err)) == -1)
+			fatal("event=start_failed error=\"%s\"", err);
+	srv.ev_sigterm = evsignal_new(srv.base, SIGTERM, on_stop_signal, &srv);
+	srv.ev_sigint = evsignal_new(srv.base, SIGINT, on_stop_signal, &srv);
+	srv.ev_sighup = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
+	event_add(srv.ev_sigterm, NULL);
+	event_add(srv.ev_sigint, NULL);
+	event_add(srv.ev_sighup, NULL);
+	srv.ev_ready = event_new(srv.base, -1, EV_PERSIST, ready_check, &srv);
+	{
+		struct timeval tv = {0, 20000};
+		event_add(srv.ev_ready, &tv);
+	}
+
+	event_base_dispatch(srv.base);
+
+	log_info("event=stopped sessions=%d", srv.nsessions);
+	stop_listening(&srv);
+	spool_close(srv.spool);
+	store_close(srv.store);
+	event_free(srv.ev_ready);
+	event_free(srv.ev_sigterm);
+	event_free(srv.ev_sigint);
+	event_free(srv.ev_sighup);
+	if (srv.ev_stop_timer)
+		event_free(srv.ev_stop_timer);
+	hmap_free(srv.clients, free);
+	free(srv.slots);
+	free(srv.free_slots);
+	SSL_CTX_free(srv.tls);
+	event_base_free(srv.base);
+	return code;
+}

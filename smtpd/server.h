@@ -1,0 +1,76 @@
+/*
+ * Private to smtpd/: the server object the sessions share, and the calls
+ * between server.c, session.c and tls.c.
+ */
+#ifndef SENDGATE_SMTPD_SERVER_H
+#define SENDGATE_SMTPD_SERVER_H
+
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "common/common.h"
+#include "queue/queue.h"
+#include "tenants/tenants.h"
+
+struct session;
+struct evconnlistener;
+
+/* Per client address: open connections and recent AUTH failures. */
+struct client_addr {
+	int conns;
+	int auth_failures;
+	time_t last_failure;
+};
+
+struct server {
+	struct config *cfg;
+	struct event_base *base;
+	SSL_CTX *tls;
+	struct spool *spool;
+	struct store *store;
+
+	struct evconnlistener *listeners[2 * CONFIG_MAX_LISTEN];
+	int nlisteners;
+
+	/* Sessions by slot; a session id is (generation << 24) | slot. */
+	struct session **slots;
+	uint32_t nslots;
+	uint32_t *free_slots;
+	uint32_t nfree;
+	uint64_t generation;
+	int nsessions;
+
+	struct hmap *clients; /* address text → struct client_addr */
+
+	int stopping;
+	struct event *ev_ready;
+	struct event *ev_sigterm;
+	struct event *ev_sigint;
+	struct event *ev_sighup;
+	struct event *ev_stop_timer;
+	int ready_logged;
+};
+
+/* tls.c */
+/* Builds the server TLS context from cert/key files; NULL with err. */
+SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" for a connection, into out. */
+void tls_describe(SSL *ssl, char *out, size_t outlen);
+
+/* server.c */
+/* Finds a live session by id; NULL when it has closed meanwhile. */
+struct session *server_session(struct server *srv, uint64_t id);
+struct client_addr *server_client(struct server *srv, const char *addr);
+/* Called by a session as it frees itself. */
+void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *addr);
+
+/* session.c */
+/* Starts a session on an accepted socket; implicit = TLS from the start. */
+void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int implicit_tls,
+		   uint64_t id, int greeting_delay);
+/* Asks the session to finish at the next command boundary (shutdown). */
+void session_shutdown(struct session *s);
+
+#endif

@@ -1,0 +1,1209 @@
+/*
+ * session: one SMTP submission connection. An explicit state, a command
+ * table, and one transaction object per MAIL..end of data. While the
+ * session waits on Postgres or the spool it stops consuming input
+ * (pipelined bytes stay buffered) and resumes when the answer comes;
+ * answers find the session by id, so a session that closed meanwhile is
+ * simply not found.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "smtpd/server.h"
+#include "smtpd/smtpd.h"
+
+#define SASL_LINE_MAX 12288 /* RFC 4954 4: AUTH lines may be this long */
+#define OUTPUT_HIGH 65536   /* stop reading commands while replies pile up */
+#define INPUT_HIGH 262144
+
+enum state {
+	ST_GREETING, /* greeting held back (tarpit) */
+	ST_CONNECTED,
+	ST_READY, /* after EHLO/HELO */
+	ST_MAIL,  /* after MAIL */
+	ST_RCPT,  /* after a RCPT */
+	ST_DATA,  /* reading the message */
+	ST_AUTH,  /* waiting for a SASL continuation line */
+	ST_TLS,	  /* STARTTLS answered, handshake pending */
+};
+
+#define SB(st) (1u << (st))
+
+enum auth_step { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+
+struct txn {
+	struct smtp_path from;
+	struct smtp_mail_params params;
+	char **rcpts;
+	size_t nrcpts;
+	struct spool_txn *sp;
+	struct data_reader dr;
+	struct buf hdr;
+	struct buf body;
+	struct buf final;
+	int spool_errno;
+	int eod_step;
+	char from_domain[256];
+	char sender_domain[256];
+	uint64_t t_eod;
+};
+
+struct session {
+	uint64_t id;
+	struct server *srv;
+	struct bufferevent *bev;
+	evutil_socket_t fd;
+	char addr[64];
+	enum state state;
+	int implicit_tls;
+	int bev_owns_fd; /* TLS bufferevents close the socket themselves */
+	int tls;
+	int esmtp;
+	int authed;
+	int waiting;
+	int in_process;
+	int close_now;
+	int close_after_write;
+	int discarding;
+	enum auth_step auth_step;
+	int auth_failures;
+	int errors;
+	int messages;
+	uint64_t started;
+	char helo[256];
+	char user[SASL_MAX_FIELD + 1];
+	char login_user[SASL_MAX_FIELD + 1];
+	struct tenant_ref who;
+	char tls_desc[96];
+	struct txn *tx;
+	struct event *ev_delay;
+};
+
+static struct server *srv_of_callbacks; /* one server per process */
+
+static void process_input(struct session *s);
+static void session_free(struct session *s);
+static void setup_bev(struct session *s);
+
+/* ---- replies ---------------------------------------------------------- */
+
+static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reply(struct session *s, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = sizeof(line) - 3;
+	line[n++] = '\r';
+	line[n++] = '\n';
+	bufferevent_write(s->bev, line, (size_t)n);
+}
+
+/* Sends the reply, then closes once it is written. */
+static void reply_close(struct session *s, const char *text)
+{
+	reply(s, "%s", text);
+	s->close_after_write = 1;
+	bufferevent_disable(s->bev, EV_READ);
+}
+
+/* Counts a failed command; past max_errors the session ends. */
+static int count_error(struct session *s)
+{
+	if (++s->errors >= s->srv->cfg->max_errors) {
+		reply_close(s, "421 4.7.0 Too many errors in this session; closing connection");
+		return -1;
+	}
+	return 0;
+}
+
+static void reply_err(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reply_err(struct session *s, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	reply(s, "%s", line);
+	count_error(s);
+}
+
+/* Copies printable ASCII of p into out, replacing anything else by '?'. */
+static void sanitize(const char *p, size_t n, char *out, size_t outlen)
+{
+	size_t i, o = 0;
+
+	for (i = 0; i < n && o + 1 < outlen; i++) {
+		unsigned char c = (unsigned char)p[i];
+		out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+	}
+	out[o] = '\0';
+}
+
+/* ---- transactions ----------------------------------------------------- */
+
+static void txn_free(struct txn *tx)
+{
+	size_t i;
+
+	if (tx == NULL)
+		return;
+	if (tx->sp)
+		queue_abort(tx->sp);
+	for (i = 0; i < tx->nrcpts; i++)
+		free(tx->rcpts[i]);
+	free(tx->rcpts);
+	buf_free(&tx->hdr);
+	buf_free(&tx->body);
+	buf_free(&tx->final);
+	free(tx);
+}
+
+/* Ends the transaction as a unit (RSET, new EHLO, STARTTLS, after DATA). */
+static void txn_reset(struct session *s)
+{
+	txn_free(s->tx);
+	s->tx = NULL;
+	if (s->state == ST_MAIL || s->state == ST_RCPT || s->state == ST_DATA)
+		s->state = ST_READY;
+}
+
+/* All state changes go through here, so the log can tell the story. */
+static void set_state(struct session *s, enum state st)
+{
+	s->state = st;
+}
+
+/* ---- async plumbing --------------------------------------------------- */
+
+static void wait_begin(struct session *s)
+{
+	s->waiting = 1;
+}
+
+/* An answer arrived: continue with buffered input. */
+static void wait_end(struct session *s)
+{
+	s->waiting = 0;
+	process_input(s);
+}
+
+/* ---- commands --------------------------------------------------------- */
+
+static void cmd_helo(struct session *s, const char *arg, size_t len, int esmtp)
+{
+	const struct config *cfg = s->srv->cfg;
+	size_t i;
+
+	if (len == 0) {
+		reply_err(s, "501 5.5.4 %s requires a domain name or address literal",
+			  esmtp ? "EHLO" : "HELO");
+		return;
+	}
+	for (i = 0; i < len; i++)
+		if ((unsigned char)arg[i] <= ' ' || (unsigned char)arg[i] >= 0x7f) {
+			reply_err(s, "501 5.5.4 %s argument must be one domain name or address literal",
+				  esmtp ? "EHLO" : "HELO");
+			return;
+		}
+	txn_reset(s);
+	sanitize(arg, len, s->helo, sizeof(s->helo));
+	s->esmtp = esmtp;
+	set_state(s, ST_READY);
+	if (!esmtp) {
+		reply(s, "250 %s", cfg->hostname);
+		return;
+	}
+	reply(s, "250-%s", cfg->hostname);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %zu", cfg->max_message_size);
+	reply(s, "250-8BITMIME");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	if (!s->tls)
+		reply(s, "250-STARTTLS");
+	else if (!s->authed)
+		reply(s, "250-AUTH PLAIN LOGIN");
+	reply(s, "250 SMTPUTF8");
+}
+
+static void cmd_starttls(struct session *s, const char *arg, size_t len)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+
+	if (s->tls) {
+		reply_err(s, "503 5.5.1 TLS is already active");
+		return;
+	}
+	if (len) {
+		reply_err(s, "501 5.5.4 STARTTLS takes no argument");
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	if (evbuffer_get_length(in) > 0) {
+		/* Bytes sent before the handshake would be taken as encrypted
+		 * commands by a careless server: STARTTLS command injection. */
+		log_warn("event=starttls_injection client=%s bytes=%zu", s->addr,
+			 evbuffer_get_length(in));
+		s->close_now = 1;
+		return;
+	}
+	/* The upgrade happens once the 220 is written (write callback). */
+	bufferevent_disable(s->bev, EV_READ);
+	set_state(s, ST_TLS);
+}
+
+/* Swaps the plain bufferevent for a TLS one on the same socket. */
+static void start_tls(struct session *s)
+{
+	SSL *ssl = SSL_new(s->srv->tls);
+
+	if (ssl == NULL) {
+		s->close_now = 1;
+		return;
+	}
+	if (s->bev)
+		bufferevent_free(s->bev);
+	s->bev = bufferevent_openssl_socket_new(s->srv->base, s->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+						BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		SSL_free(ssl);
+		s->close_now = 1;
+		return;
+	}
+	s->bev_owns_fd = 1;
+	/* RFC 3207 4.2: forget everything learnt before the handshake. */
+	txn_reset(s);
+	s->helo[0] = '\0';
+	s->esmtp = 0;
+	set_state(s, ST_CONNECTED);
+	setup_bev(s);
+}
+
+static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
+{
+	struct session *s = server_session(srv_of_callbacks, cookie);
+	struct client_addr *ca;
+
+	if (s == NULL)
+		return;
+	if (ok == 1) {
+		s->authed = 1;
+		s->who = *who;
+		log_info("event=auth client=%s user=%s tenant=%s result=ok", s->addr, s->user,
+			 who->tenant);
+		reply(s, "235 2.7.0 Authentication successful");
+	} else if (ok == 0) {
+		s->auth_failures++;
+		ca = server_client(s->srv, s->addr);
+		ca->auth_failures++;
+		ca->last_failure = time(NULL);
+		log_warn("event=auth client=%s user=%s result=failed failures=%d", s->addr, s->user,
+			 s->auth_failures);
+		s->user[0] = '\0';
+		if (s->auth_failures >= s->srv->cfg->auth_max_failures)
+			reply_close(s, "421 4.7.0 Too many authentication failures; closing connection");
+		else
+			reply(s, "535 5.7.8 Authentication credentials invalid");
+	} else {
+		s->user[0] = '\0';
+		reply(s, "454 4.7.0 Temporary authentication failure; try again later");
+	}
+	wait_end(s);
+}
+
+/* Checks user/secret; the secret is wiped once hashed. */
+static void auth_check(struct session *s, const char *user, char *pass)
+{
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	wait_begin(s);
+	store_auth(s->srv->store, user, pass, auth_result, s->id);
+	explicit_bzero(pass, strlen(pass));
+}
+
+static void auth_plain(struct session *s, const char *b64, size_t len)
+{
+	char user[SASL_MAX_FIELD + 1], pass[SASL_MAX_FIELD + 1];
+
+	if (sasl_plain_decode(b64, len, user, pass) == -1) {
+		reply_err(s, "501 5.5.2 Cannot decode the AUTH PLAIN response");
+		return;
+	}
+	auth_check(s, user, pass);
+	explicit_bzero(pass, sizeof(pass));
+}
+
+static void cmd_auth(struct session *s, const char *arg, size_t len)
+{
+	const char *sp = memchr(arg, ' ', len);
+	size_t mlen = sp ? (size_t)(sp - arg) : len;
+	const char *ir = sp ? sp + 1 : NULL;
+	size_t irlen = sp ? len - mlen - 1 : 0;
+
+	if (!s->tls) {
+		reply_err(s, "538 5.7.11 Encryption required: use STARTTLS before AUTH");
+		return;
+	}
+	if (s->authed) {
+		reply_err(s, "503 5.5.1 Already authenticated");
+		return;
+	}
+	if (s->tx) {
+		reply_err(s, "503 5.5.1 AUTH is not allowed during a mail transaction");
+		return;
+	}
+	if (mlen == 5 && strncasecmp(arg, "PLAIN", 5) == 0) {
+		if (ir == NULL) {
+			s->auth_step = AUTH_PLAIN_WAIT;
+			set_state(s, ST_AUTH);
+			reply(s, "334 ");
+			return;
+		}
+		if (irlen == 1 && ir[0] == '=') {
+			reply_err(s, "501 5.5.2 Empty AUTH PLAIN response");
+			return;
+		}
+		auth_plain(s, ir, irlen);
+		return;
+	}
+	if (mlen == 5 && strncasecmp(arg, "LOGIN", 5) == 0) {
+		set_state(s, ST_AUTH);
+		if (ir == NULL) {
+			s->auth_step = AUTH_LOGIN_USER;
+			reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+			return;
+		}
+		if (sasl_login_decode(ir, irlen, s->login_user) == -1) {
+			set_state(s, ST_READY);
+			reply_err(s, "501 5.5.2 Cannot decode the AUTH LOGIN response");
+			return;
+		}
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		return;
+	}
+	reply_err(s, "504 5.5.4 Unrecognized authentication mechanism; use PLAIN or LOGIN");
+}
+
+/* A line typed in answer to a 334 challenge. */
+static void auth_continue(struct session *s, const char *line, size_t len)
+{
+	char pass[SASL_MAX_FIELD + 1];
+	enum auth_step step = s->auth_step;
+
+	s->auth_step = AUTH_NONE;
+	set_state(s, s->esmtp || s->helo[0] ? ST_READY : ST_CONNECTED);
+	if (len == 1 && line[0] == '*') {
+		reply_err(s, "501 5.0.0 Authentication cancelled");
+		return;
+	}
+	switch (step) {
+	case AUTH_PLAIN_WAIT:
+		auth_plain(s, line, len);
+		return;
+	case AUTH_LOGIN_USER:
+		if (sasl_login_decode(line, len, s->login_user) == -1) {
+			reply_err(s, "501 5.5.2 Cannot decode the AUTH LOGIN response");
+			return;
+		}
+		s->auth_step = AUTH_LOGIN_PASS;
+		set_state(s, ST_AUTH);
+		reply(s, "334 UGFzc3dvcmQ6");
+		return;
+	case AUTH_LOGIN_PASS:
+		if (sasl_login_decode(line, len, pass) == -1) {
+			reply_err(s, "501 5.5.2 Cannot decode the AUTH LOGIN response");
+			return;
+		}
+		auth_check(s, s->login_user, pass);
+		explicit_bzero(pass, sizeof(pass));
+		return;
+	default:
+		return;
+	}
+}
+
+/* Sentence for a domain the tenant may not send from. */
+static void domain_refusal(struct session *s, const char *what, const char *domain, const char *why)
+{
+	if (strcmp(why, "other_tenant") == 0 || strcmp(why, "not_found") == 0)
+		reply_err(s, "550 5.7.1 %s domain %s is not a sending domain of tenant %s", what, domain,
+			  s->who.tenant);
+	else if (strcmp(why, "broken") == 0)
+		reply_err(s, "550 5.7.1 %s domain %s of tenant %s has broken DNS records; fix them with "
+			  "'sendgatectl domain show %s'", what, domain, s->who.tenant, domain);
+	else
+		reply_err(s, "550 5.7.1 %s domain %s of tenant %s is not verified yet (state %s)", what,
+			  domain, s->who.tenant, why);
+}
+
+static void mail_domain_result(uint64_t cookie, int ok, const char *why)
+{
+	struct session *s = server_session(srv_of_callbacks, cookie);
+
+	if (s == NULL)
+		return;
+	if (ok == 1) {
+		set_state(s, ST_MAIL);
+		reply(s, "250 2.1.0 Sender <%s> ok", s->tx->from.addr);
+	} else {
+		char d[256];
+		snprintf(d, sizeof(d), "%s", s->tx->from.domain);
+		txn_free(s->tx);
+		s->tx = NULL;
+		if (ok == 0)
+			domain_refusal(s, "Sender", d, why);
+		else
+			reply(s, "451 4.3.0 Cannot check sender domain %s right now; try again later", d);
+	}
+	wait_end(s);
+}
+
+static void cmd_mail(struct session *s, const char *arg, size_t len)
+{
+	const struct config *cfg = s->srv->cfg;
+	struct smtp_error err;
+	struct txn *tx;
+
+	if (!s->authed) {
+		reply_err(s, "530 5.7.0 Authentication required: AUTH before MAIL");
+		return;
+	}
+	if (s->tx) {
+		reply_err(s, "503 5.5.1 Nested MAIL command: RSET first");
+		return;
+	}
+	tx = xcalloc(1, sizeof(*tx));
+	if (smtp_parse_mail_from(arg, len, (size_t)cfg->max_path_length, &tx->from, &tx->params,
+				 &err) == -1) {
+		free(tx);
+		reply_err(s, "%d %s %s", err.code, err.enh, err.text);
+		return;
+	}
+	if (tx->from.is_null) {
+		free(tx);
+		reply_err(s, "550 5.7.1 The null sender <> is not accepted for submission");
+		return;
+	}
+	if (tx->params.size > 0 && (size_t)tx->params.size > cfg->max_message_size) {
+		long long size = tx->params.size;
+		free(tx);
+		reply_err(s, "552 5.3.4 Declared size %lld exceeds the limit of %zu bytes", size,
+			  cfg->max_message_size);
+		return;
+	}
+	s->tx = tx;
+	wait_begin(s);
+	store_domain_check(s->srv->store, s->who.tenant_id, tx->from.domain, mail_domain_result,
+			   s->id);
+}
+
+static void cmd_rcpt(struct session *s, const char *arg, size_t len)
+{
+	const struct config *cfg = s->srv->cfg;
+	struct smtp_path path;
+	struct smtp_error err;
+
+	if (s->tx == NULL || (s->state != ST_MAIL && s->state != ST_RCPT)) {
+		reply_err(s, "503 5.5.1 MAIL first");
+		return;
+	}
+	if (smtp_parse_rcpt_to(arg, len, (size_t)cfg->max_path_length, s->tx->params.smtputf8, &path,
+			       &err) == -1) {
+		reply_err(s, "%d %s %s", err.code, err.enh, err.text);
+		return;
+	}
+	if (s->tx->nrcpts >= (size_t)cfg->max_recipients) {
+		reply(s, "452 4.5.3 Too many recipients: at most %d per message", cfg->max_recipients);
+		return;
+	}
+	s->tx->rcpts = xrealloc(s->tx->rcpts, (s->tx->nrcpts + 1) * sizeof(char *));
+	s->tx->rcpts[s->tx->nrcpts++] = xstrdup(path.addr);
+	set_state(s, ST_RCPT);
+	reply(s, "250 2.1.5 Recipient <%s> ok", path.addr);
+}
+
+static void cmd_data(struct session *s, const char *arg, size_t len)
+{
+	const struct config *cfg = s->srv->cfg;
+	struct txn *tx = s->tx;
+
+	if (len) {
+		reply_err(s, "501 5.5.4 DATA takes no argument");
+		return;
+	}
+	if (tx == NULL) {
+		reply_err(s, "503 5.5.1 MAIL first");
+		return;
+	}
+	if (tx->nrcpts == 0) {
+		reply_err(s, "554 5.5.1 No valid recipients");
+		return;
+	}
+	tx->sp = queue_begin(s->srv->spool);
+	if (tx->sp == NULL) {
+		log_err("event=spool_error client=%s op=begin error=\"%s\"", s->addr, strerror(errno));
+		reply(s, "451 4.3.0 Cannot store messages right now; try again later");
+		return;
+	}
+	data_reader_init(&tx->dr, (size_t)cfg->max_text_line, cfg->max_message_size,
+			 cfg->max_header_size);
+	buf_init(&tx->hdr, cfg->max_header_size + 2);
+	buf_init(&tx->body, (size_t)1 << 30);
+	buf_init(&tx->final, cfg->max_header_size + 8192);
+	set_state(s, ST_DATA);
+	bufferevent_set_timeouts(s->bev,
+				 &(struct timeval){cfg->data_timeout, 0},
+				 &(struct timeval){cfg->command_timeout, 0});
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_rset(struct session *s, const char *arg, size_t len)
+{
+	txn_reset(s);
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct session *s, const char *arg, size_t len)
+{
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_quit(struct session *s, const char *arg, size_t len)
+{
+	reply_close(s, "221 2.0.0 Bye");
+}
+
+static void cmd_vrfy(struct session *s, const char *arg, size_t len)
+{
+	reply(s, "252 2.5.0 Cannot verify addresses; send the message and it will be tried");
+}
+
+static void cmd_expn(struct session *s, const char *arg, size_t len)
+{
+	reply_err(s, "502 5.5.1 EXPN is not supported");
+}
+
+static void cmd_help(struct session *s, const char *arg, size_t len)
+{
+	reply(s, "214 2.0.0 Commands: EHLO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT");
+}
+
+static void cmd_bdat(struct session *s, const char *arg, size_t len)
+{
+	reply_err(s, "502 5.5.1 BDAT (CHUNKING) is not supported; use DATA");
+}
+
+static void cmd_unknown(struct session *s, const char *arg, size_t len)
+{
+	reply_err(s, "500 5.5.1 Command not recognized");
+}
+
+static void cmd_ehlo(struct session *s, const char *arg, size_t len)
+{
+	cmd_helo(s, arg, len, 1);
+}
+
+static void cmd_helo_plain(struct session *s, const char *arg, size_t len)
+{
+	cmd_helo(s, arg, len, 0);
+}
+
+struct cmd_def {
+	enum smtp_verb verb;
+	unsigned states; /* where it may run; elsewhere 503 */
+	const char *bad_sequence;
+	void (*run)(struct session *s, const char *arg, size_t len);
+};
+
+#define AFTER_HELO (SB(ST_READY) | SB(ST_MAIL) | SB(ST_RCPT))
+#define ANY (SB(ST_CONNECTED) | AFTER_HELO)
+
+static const struct cmd_def commands[] = {
+    {SMTP_EHLO, ANY, NULL, cmd_ehlo},
+    {SMTP_HELO, ANY, NULL, cmd_helo_plain},
+    {SMTP_STARTTLS, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_starttls},
+    {SMTP_AUTH, SB(ST_READY), "503 5.5.1 Send EHLO first", cmd_auth},
+    {SMTP_MAIL, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_mail},
+    {SMTP_RCPT, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_rcpt},
+    {SMTP_DATA, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_data},
+    {SMTP_BDAT, ANY, NULL, cmd_bdat},
+    {SMTP_RSET, ANY, NULL, cmd_rset},
+    {SMTP_NOOP, ANY, NULL, cmd_noop},
+    {SMTP_QUIT, ANY, NULL, cmd_quit},
+    {SMTP_VRFY, ANY, NULL, cmd_vrfy},
+    {SMTP_EXPN, ANY, NULL, cmd_expn},
+    {SMTP_HELP, ANY, NULL, cmd_help},
+    {SMTP_UNKNOWN, ANY, NULL, cmd_unknown},
+};
+
+/* ---- end of data ------------------------------------------------------ */
+
+struct hdr_scan {
+	int nfrom, nsender, has_msgid, has_date;
+	const char *from;
+	size_t fromlen;
+	const char *sender;
+	size_t senderlen;
+};
+
+static int scan_field(void *arg, const char *field, size_t flen, size_t namelen)
+{
+	struct hdr_scan *hs = arg;
+	const char *v = field + namelen + 1;
+	size_t vlen = flen - namelen - 1;
+
+	if (namelen == 4 && strncasecmp(field, "From", 4) == 0) {
+		hs->nfrom++;
+		hs->from = v;
+		hs->fromlen = vlen;
+	} else if (namelen == 6 && strncasecmp(field, "Sender", 6) == 0) {
+		hs->nsender++;
+		hs->sender = v;
+		hs->senderlen = vlen;
+	} else if (namelen == 10 && strncasecmp(field, "Message-ID", 10) == 0) {
+		hs->has_msgid = 1;
+	} else if (namelen == 4 && strncasecmp(field, "Date", 4) == 0) {
+		hs->has_date = 1;
+	}
+	return 0;
+}
+
+static void message_done(struct session *s, int code, const char *text_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Replies at the end of data, logs the message, and ends the transaction. */
+static void message_done(struct session *s, int code, const char *fmt, ...)
+{
+	struct txn *tx = s->tx;
+	char text[512], q[600];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	reply(s, "%d %s", code, text);
+	log_info("event=message client=%s tenant=%s sender=%s rcpts=%zu size=%zu result=%s "
+		 "reply=%s",
+		 s->addr, s->who.tenant, tx->from.addr, tx->nrcpts, tx->dr.size,
+		 code < 300 ? "queued" : code < 500 ? "deferred" : "rejected",
+		 log_quote(q, sizeof(q), text));
+	if (code >= 400)
+		count_error(s);
+	txn_reset(s);
+	bufferevent_set_timeouts(s->bev, &(struct timeval){s->srv->cfg->command_timeout, 0},
+				 &(struct timeval){s->srv->cfg->command_timeout, 0});
+}
+
+static void commit_result(uint64_t cookie, const char *id, int err)
+{
+	struct session *s = server_session(srv_of_callbacks, cookie);
+	json_t *data;
+	char *json;
+
+	if (s == NULL) {
+		/* The client left before hearing the answer: the message is
+		 * queued all the same when err == 0 (as with a lost reply). */
+		if (err == 0)
+			log_info("event=message id=%s result=queued note=client_gone", id);
+		return;
+	}
+	if (err) {
+		log_err("event=spool_error client=%s op=commit error=\"%s\"", s->addr, strerror(err));
+		message_done(s, 451, "4.3.0 Could not commit the message to disk; try again later");
+	} else {
+		s->messages++;
+		data = json_pack("{s:s, s:I, s:I, s:s}", "sender", s->tx->from.addr, "recipients",
+				 (json_int_t)s->tx->nrcpts, "size", (json_int_t)s->tx->dr.size, "auth_user",
+				 s->user);
+		json = data ? json_dumps(data, JSON_COMPACT) : NULL;
+		json_decref(data);
+		store_event(s->srv->store, "message.accepted", s->who.tenant_id, id, json);
+		free(json);
+		log_info("event=queued id=%s tenant=%s", id, s->who.tenant);
+		message_done(s, 250, "2.0.0 Ok: queued as %s", id);
+	}
+	wait_end(s);
+}
+
+/* Builds the final header block: Received, the client's fields, and a
+ * Message-ID and Date when they are missing. */
+static int build_headers(struct session *s, const struct hdr_scan *hs)
+{
+	struct txn *tx = s->tx;
+	const char *h = tx->hdr.data;
+	size_t hlen = tx->hdr.len;
+	int has_sep = 0;
+	char date[64];
+	const char *id = queue_txn_id(tx->sp);
+	int r = 0;
+
+	if (hlen >= 2 && h[hlen - 2] == '\r' && h[hlen - 1] == '\n' &&
+	    (hlen == 2 || (hlen >= 4 && h[hlen - 4] == '\r' && h[hlen - 3] == '\n'))) {
+		has_sep = 1;
+		hlen -= 2;
+	}
+	rfc5322_date(time(NULL), date, sizeof(date));
+	r |= buf_printf(&tx->final,
+			"Received: from %s ([%s])\r\n\tby %s (sendgate) with %s id %s\r\n"
+			"\t(%s; authenticated tenant %s);\r\n\t%s\r\n",
+			s->helo[0] ? s->helo : "unknown", s->addr, s->srv->cfg->hostname,
+			s->esmtp ? "ESMTPSA" : "SMTPSA", id, s->tls_desc, s->who.tenant, date);
+	r |= buf_append(&tx->final, h, hlen);
+	if (!hs->has_msgid)
+		r |= buf_printf(&tx->final, "Message-ID: <%s@%s>\r\n", id, s->srv->cfg->hostname);
+	if (!hs->has_date)
+		r |= buf_printf(&tx->final, "Date: %s\r\n", date);
+	if (has_sep)
+		r |= buf_append(&tx->final, "\r\n", 2);
+	return r ? -1 : 0;
+}
+
+static void eod_continue(struct session *s);
+
+static void eod_domain_result(uint64_t cookie, int ok, const char *why)
+{
+	struct session *s = server_session(srv_of_callbacks, cookie);
+
+	if (s == NULL)
+		return;
+	if (ok == 1) {
+		s->tx->eod_step++;
+		eod_continue(s);
+		return;
+	}
+	{
+		const char *what = s->tx->eod_step == 0 ? "From" : "Sender";
+		const char *d = s->tx->eod_step == 0 ? s->tx->from_domain : s->tx->sender_domain;
+		if (ok == 0) {
+			if (strcmp(why, "other_tenant") == 0 || strcmp(why, "not_found") == 0)
+				message_done(s, 550,
+					     "5.7.1 %s header domain %s is not a sending domain of tenant %s",
+					     what, d, s->who.tenant);
+			else
+				message_done(s, 550,
+					     "5.7.1 %s header domain %s of tenant %s is not sendable (state %s)",
+					     what, d, s->who.tenant, why);
+		} else {
+			message_done(s, 451, "4.3.0 Cannot check %s header domain %s right now; try again later",
+				     what, d);
+		}
+	}
+	wait_end(s);
+}
+
+/* Runs the end-of-data steps: From domain, Sender domain, then commit. */
+static void eod_continue(struct session *s)
+{
+	struct txn *tx = s->tx;
+	struct hdr_scan hs;
+	struct queue_envelope env;
+
+	if (tx->eod_step == 0 && tx->from_domain[0]) {
+		store_domain_check(s->srv->store, s->who.tenant_id, tx->from_domain, eod_domain_result,
+				   s->id);
+		return;
+	}
+	if (tx->eod_step == 0)
+		tx->eod_step = 1;
+	if (tx->eod_step == 1 && tx->sender_domain[0]) {
+		store_domain_check(s->srv->store, s->who.tenant_id, tx->sender_domain,
+				   eod_domain_result, s->id);
+		return;
+	}
+	memset(&hs, 0, sizeof(hs));
+	header_walk(tx->hdr.data, tx->hdr.len, scan_field, &hs);
+	if (build_headers(s, &hs) == -1) {
+		message_done(s, 552, "5.3.4 Header block exceeds the limit of %zu bytes",
+			     s->srv->cfg->max_header_size);
+		wait_end(s);
+		return;
+	}
+	memset(&env, 0, sizeof(env));
+	env.tenant_id = s->who.tenant_id;
+	env.tenant = s->who.tenant;
+	env.auth_user = s->user;
+	env.sender = tx->from.addr;
+	env.rcpts = tx->rcpts;
+	env.nrcpts = tx->nrcpts;
+	env.received = time(NULL);
+	env.client = s->addr;
+	env.flags = (tx->params.body == 8 || tx->dr.eight_bit ? QFLAG_8BITMIME : 0) |
+		    (tx->params.smtputf8 ? QFLAG_SMTPUTF8 : 0);
+	{
+		struct spool_txn *sp = tx->sp;
+		/* From here the spool owns the txn, whatever happens to us. */
+		tx->sp = NULL;
+		if (queue_commit(sp, &env, tx->final.data, tx->final.len, commit_result, s->id) == -1) {
+			message_done(s, 451, "4.3.0 Could not commit the message to disk; try again later");
+			wait_end(s);
+		}
+	}
+}
+
+/* Pulls the domain out of one From/Sender value; 0 or -1 with a reply. */
+static int header_domain(struct session *s, const char *name, const char *v, size_t vlen,
+			 char *domain, size_t dlen)
+{
+	char boxes[2][SMTP_ADDR_MAX + 1];
+	int n = header_mailboxes(v, vlen, boxes, 2);
+	const char *at;
+
+	if (n < 0) {
+		message_done(s, 550, "5.7.1 The %s header could not be parsed as a mailbox", name);
+		return -1;
+	}
+	if (n != 1) {
+		message_done(s, 550, "5.7.1 The %s header must hold exactly one mailbox (it holds %d)",
+			     name, n);
+		return -1;
+	}
+	at = strrchr(boxes[0], '@');
+	if (at == NULL) {
+		message_done(s, 550, "5.7.1 The %s header mailbox has no domain", name);
+		return -1;
+	}
+	snprintf(domain, dlen, "%s", at + 1);
+	str_lower(domain);
+	return 0;
+}
+
+static void end_of_data(struct session *s)
+{
+	const struct config *cfg = s->srv->cfg;
+	struct txn *tx = s->tx;
+	struct hdr_scan hs;
+
+	tx->t_eod = now_usec();
+	if (tx->spool_errno) {
+		message_done(s, 451, "4.3.0 Could not write the message to disk; try again later");
+		return;
+	}
+	switch (tx->dr.error) {
+	case DATA_OK:
+		break;
+	case DATA_TOO_BIG:
+		message_done(s, 552, "5.3.4 Message size exceeds the limit of %zu bytes",
+			     cfg->max_message_size);
+		return;
+	case DATA_LINE_TOO_LONG:
+		message_done(s, 552, "5.3.4 A line of the message is longer than %d octets", cfg->max_text_line);
+		return;
+	case DATA_HEADER_TOO_BIG:
+		message_done(s, 552, "5.3.4 Header block exceeds the limit of %zu bytes",
+			     cfg->max_header_size);
+		return;
+	default:
+		message_done(s, 550, "5.6.0 Message refused: %s (lines must end in CRLF)",
+			     data_err_text(tx->dr.error));
+		return;
+	}
+	memset(&hs, 0, sizeof(hs));
+	if (header_walk(tx->hdr.data, tx->hdr.len, scan_field, &hs) == -1) {
+		message_done(s, 550, "5.6.0 Message refused: malformed header block");
+		return;
+	}
+	if (hs.nfrom != 1) {
+		message_done(s, 550, "5.7.1 The message must have exactly one From header (it has %d)",
+			     hs.nfrom);
+		return;
+	}
+	if (header_domain(s, "From", hs.from, hs.fromlen, tx->from_domain, sizeof(tx->from_domain)))
+		return;
+	if (hs.nsender > 1) {
+		message_done(s, 550, "5.7.1 The message has %d Sender headers; at most one is allowed",
+			     hs.nsender);
+		return;
+	}
+	if (hs.nsender == 1 && header_domain(s, "Sender", hs.sender, hs.senderlen, tx->sender_domain,
+					     sizeof(tx->sender_domain)))
+		return;
+	wait_begin(s);
+	tx->eod_step = 0;
+	eod_continue(s);
+}
+
+/* ---- input ------------------------------------------------------------ */
+
+/* Feeds DATA bytes to the reader; 1 when the end of data was reached. */
+static int feed_data(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct txn *tx = s->tx;
+
+	while (evbuffer_get_length(in) > 0 && !tx->dr.done) {
+		struct evbuffer_iovec v[8];
+		int n = evbuffer_peek(in, -1, NULL, v, 8), i;
+		size_t used = 0;
+
+		for (i = 0; i < n && !tx->dr.done; i++) {
+			ssize_t r = data_reader_feed(&tx->dr, v[i].iov_base, v[i].iov_len, &tx->hdr,
+						     &tx->body);
+			if (r < 0) {
+				tx->dr.error = DATA_HEADER_TOO_BIG;
+				r = (ssize_t)v[i].iov_len;
+			}
+			used += (size_t)r;
+			if ((size_t)r < v[i].iov_len && !tx->dr.done)
+				break;
+		}
+		evbuffer_drain(in, used);
+		if (tx->body.len) {
+			if (!tx->spool_errno && tx->dr.error == DATA_OK &&
+			    queue_write_body(tx->sp, tx->body.data, tx->body.len) == -1)
+				tx->spool_errno = errno ? errno : EIO;
+			buf_reset(&tx->body);
+		}
+	}
+	return tx->dr.done;
+}
+
+/* Takes one command line; 1 when a line was handled, 0 when more input is needed. */
+static int handle_line(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer_ptr p = evbuffer_search(in, "\n", 1, NULL);
+	size_t avail = evbuffer_get_length(in), len;
+	char line[SASL_LINE_MAX + 2];
+	struct smtp_cmd cmd;
+	size_t i;
+
+	if (p.pos < 0) {
+		if (avail > SASL_LINE_MAX) {
+			evbuffer_drain(in, avail);
+			s->discarding = 1;
+		}
+		return 0;
+	}
+	len = (size_t)p.pos + 1;
+	if (s->discarding || len > SASL_LINE_MAX) {
+		evbuffer_drain(in, len);
+		s->discarding = 0;
+		reply_err(s, "500 5.5.2 Line too long");
+		return 1;
+	}
+	evbuffer_remove(in, line, len);
+	line[len] = '\0';
+	if (len < 2 || line[len - 2] != '\r') {
+		reply_err(s, "500 5.5.2 Bare LF received: command lines must end in CRLF");
+		return 1;
+	}
+	len -= 2;
+	if (memchr(line, '\r', len)) {
+		reply_err(s, "500 5.5.2 Bare CR received in command line");
+		return 1;
+	}
+	if (s->state == ST_AUTH) {
+		auth_continue(s, line, len);
+		return 1;
+	}
+	if (len + 2 > (size_t)s->srv->cfg->max_command_line &&
+	    !(len > 5 && strncasecmp(line, "AUTH ", 5) == 0)) {
+		reply_err(s, "500 5.5.2 Command line too long (limit %d octets)",
+			  s->srv->cfg->max_command_line);
+		return 1;
+	}
+	if (smtp_parse_command(line, len, &cmd) == -1) {
+		reply_err(s, "500 5.5.2 Syntax error in command line");
+		return 1;
+	}
+	for (i = 0; i < ARRAY_LEN(commands); i++) {
+		const struct cmd_def *c = &commands[i];
+		if (c->verb != cmd.verb)
+			continue;
+		if (!(c->states & SB(s->state))) {
+			reply_err(s, "%s", c->bad_sequence ? c->bad_sequence : "503 5.5.1 Bad sequence of commands");
+			return 1;
+		}
+		c->run(s, cmd.arg ? cmd.arg : "", cmd.arg ? cmd.arglen : 0);
+		return 1;
+	}
+	return 1;
+}
+
+/* Handles everything buffered until the session must wait or input runs out. */
+static void process_input(struct session *s)
+{
+	if (s->in_process)
+		return;
+	s->in_process = 1;
+	while (!s->waiting && !s->close_now && !s->close_after_write && s->state != ST_TLS &&
+	       s->state != ST_GREETING) {
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
+			break; /* resumed from the write callback */
+		if (s->state == ST_DATA) {
+			if (!feed_data(s))
+				break;
+			end_of_data(s);
+			continue;
+		}
+		if (!handle_line(s))
+			break;
+	}
+	s->in_process = 0;
+	if (s->close_now)
+		session_free(s);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	process_input(arg);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+
+	if (s->close_after_write) {
+		session_free(s);
+		return;
+	}
+	if (s->state == ST_TLS) {
+		start_tls(s);
+		if (s->close_now)
+			session_free(s);
+		return;
+	}
+	process_input(s);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if (what & BEV_EVENT_CONNECTED) {
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		s->tls = 1;
+		if (ssl)
+			tls_describe(ssl, s->tls_desc, sizeof(s->tls_desc));
+		return;
+	}
+	if ((what & BEV_EVENT_TIMEOUT) && !s->close_after_write && !(what & BEV_EVENT_WRITING)) {
+		char text[300];
+		log_info("event=timeout client=%s state=%d", s->addr, s->state);
+		snprintf(text, sizeof(text), "421 4.4.2 %s Timeout: closing connection",
+			 s->srv->cfg->hostname);
+		/* The write timeout ends it if the client reads nothing either. */
+		reply_close(s, text);
+		return;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		unsigned long e = bufferevent_get_openssl_error(bev);
+		if (e) {
+			char reason[160];
+			ERR_error_string_n(e, reason, sizeof(reason));
+			log_info("event=tls_error client=%s error=\"%s\"", s->addr, reason);
+		}
+	}
+	if (s->in_process) {
+		s->close_now = 1;
+		return;
+	}
+	session_free(s);
+}
+
+static void setup_bev(struct session *s)
+{
+	const struct config *cfg = s->srv->cfg;
+
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH);
+	bufferevent_set_timeouts(s->bev, &(struct timeval){cfg->command_timeout, 0},
+				 &(struct timeval){cfg->command_timeout, 0});
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void greet(struct session *s)
+{
+	set_state(s, ST_CONNECTED);
+	reply(s, "220 %s ESMTP ready", s->srv->cfg->hostname);
+}
+
+static void greet_later(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	greet(s);
+	process_input(s);
+}
+
+void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int implicit_tls,
+		   uint64_t id, int greeting_delay)
+{
+	struct session *s = xcalloc(1, sizeof(*s));
+
+	srv_of_callbacks = srv;
+	s->id = id;
+	s->srv = srv;
+	s->fd = fd;
+	s->started = now_usec();
+	s->implicit_tls = implicit_tls;
+	snprintf(s->addr, sizeof(s->addr), "%s", addr);
+	srv->slots[id & 0xffffff] = s;
+	if (implicit_tls) {
+		SSL *ssl = SSL_new(srv->tls);
+		s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+							BEV_OPT_CLOSE_ON_FREE);
+		s->bev_owns_fd = 1;
+	} else {
+		s->bev = bufferevent_socket_new(srv->base, fd, 0);
+	}
+	setup_bev(s);
+	if (greeting_delay > 0) {
+		set_state(s, ST_GREETING);
+		s->ev_delay = evtimer_new(srv->base, greet_later, s);
+		{
+		struct timeval tv = {greeting_delay, 0};
+		evtimer_add(s->ev_delay, &tv);
+	}
+		return;
+	}
+	greet(s);
+}
+
+void session_shutdown(struct session *s)
+{
+	if (s->state == ST_DATA || s->waiting)
+		return; /* finishes its transaction first */
+	reply_close(s, "421 4.3.2 Service shutting down; try again later");
+}
+
+static void session_free(struct session *s)
+{
+	char helo[300];
+
+	log_info("event=session_end client=%s helo=%s tenant=%s tls=%s messages=%d errors=%d "
+		 "duration_ms=%llu",
+		 s->addr, log_quote(helo, sizeof(helo), s->helo[0] ? s->helo : "-"),
+		 s->authed ? s->who.tenant : "-", s->tls ? "yes" : "no", s->messages, s->errors,
+		 (unsigned long long)((now_usec() - s->started) / 1000));
+	txn_free(s->tx);
+	if (s->ev_delay)
+		event_free(s->ev_delay);
+	if (s->bev)
+		bufferevent_free(s->bev);
+	if (!s->bev_owns_fd || s->bev == NULL)
+		evutil_closesocket(s->fd);
+	server_session_gone(s->srv, s, s->id, s->addr);
+	explicit_bzero(s, sizeof(*s));
+	free(s);
+}
