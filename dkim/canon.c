@@ -25,6 +25,7 @@ struct dkim_body {
 	int held_wsp;
 	int held_cr;
 	int partial_line; /* the current line has canonical content */
+	int any_content;  /* some line had content: the body is not empty */
 	int finished;
 	size_t staged;
 	unsigned char stage[STAGE_SIZE];
@@ -57,6 +58,7 @@ static void emit_content(struct dkim_body *b, unsigned char c)
 	}
 	stage_byte(b, c);
 	b->partial_line = 1;
+	b->any_content = 1;
 }
 
 /* Ends the current line: it is held back until content follows it. */
@@ -125,7 +127,20 @@ void dkim_body_final(struct dkim_body *b, unsigned char out[32])
 		b->held_cr = 0;
 		emit_content(b, '\r');
 	}
-	if (b->canon == DKIM_CANON_SIMPLE || b->partial_line) {
+	/*
+	 * WSP on a last line without CRLF stays one SP, as in dkimpy. SMTP
+	 * cannot produce such a body; this only keeps verifiers agreeing.
+	 */
+	if (b->held_wsp) {
+		b->held_wsp = 0;
+		emit_content(b, ' ');
+	}
+	/*
+	 * What is still held are empty lines at the end: they all go but for
+	 * the CRLF that ends the last line with content (or is added to it).
+	 * Simple also turns an empty body into one CRLF.
+	 */
+	if (b->canon == DKIM_CANON_SIMPLE || b->any_content) {
 		stage_byte(b, '\r');
 		stage_byte(b, '\n');
 	}
