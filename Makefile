@@ -77,8 +77,10 @@ $(BUILD)/libtenants.a: $(call lib_objs,tenants) $(BUILD)/tenants/migrations_gen.
 $(BUILD)/sendgate: $(BUILD)/smtpd/main.o $(LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
 
-$(BUILD)/sendgatectl: $(patsubst %.c,$(BUILD)/%.o,$(wildcard tenants/ctl*.c)) $(LIBS)
-	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS) $(LDLIBS)
+# The admin tool never needs the SMTP server's code.
+CTL_LIBS = $(filter-out $(BUILD)/libsmtpd.a,$(LIBS))
+$(BUILD)/sendgatectl: $(patsubst %.c,$(BUILD)/%.o,$(wildcard tenants/ctl*.c)) $(CTL_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(CTL_LIBS) $(LDLIBS)
 
 $(BUILD)/sendgate-bench: $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c)) $(BUILD)/libcommon.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcommon.a $(LDLIBS)
