@@ -205,6 +205,39 @@ char *spf_new_record(const char *include_domain);
  */
 int spf_merge(const char *existing, const char *include_domain, char **out);
 
+/* What the caller knows about the SPF record of a domain (spf_evaluate). */
+enum spf_fetch {
+	SPF_FETCH_PENDING,  /* not known yet: the caller has asked DNS */
+	SPF_FETCH_RECORD,   /* *record is the one SPF record there */
+	SPF_FETCH_VOID,     /* NXDOMAIN or no TXT records: a void lookup */
+	SPF_FETCH_NOSPF,    /* TXT records, none of them SPF */
+	SPF_FETCH_MULTIPLE, /* more than one SPF record */
+	SPF_FETCH_ERROR,    /* the lookup failed (SERVFAIL, timeout...) */
+};
+/* Gives the SPF record of domain (borrowed until spf_evaluate returns). */
+typedef enum spf_fetch (*spf_fetch_fn)(void *ctx, const char *domain, const char **record);
+
+/* The outcome of walking an SPF record through its includes and redirects. */
+struct spf_eval {
+	int lookups;      /* RFC 7208 4.6.4 count over the whole tree (stops past 10) */
+	int void_lookups; /* include/redirect targets that did not exist */
+	int has_include;  /* our include is in the tree (with a '+' qualifier) */
+	int complete;     /* 0 while some fetch is SPF_FETCH_PENDING */
+	int error;        /* a fetch failed: detail names it */
+	int invalid;      /* a syntax error, or an include/redirect without one SPF record */
+	char detail[512]; /* the first problem, in words; "" when none */
+};
+
+/*
+ * Walks record (the SPF record of domain) in evaluation order, fetching
+ * each include and redirect target through fetch (pure: fetch gives what
+ * the caller knows; PENDING answers make the walk incomplete, and the
+ * caller runs it again once they are in). Counting stops once the limit of
+ * 10 is passed, so self-including records end. our_include may be NULL.
+ */
+void spf_evaluate(const char *domain, const char *record, const char *our_include,
+		  spf_fetch_fn fetch, void *ctx, struct spf_eval *out);
+
 /* ==== records.c: what a customer publishes (pure) ======================= */
 
 /* Expected DKIM delegation of one selector. */
