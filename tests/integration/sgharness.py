@@ -403,7 +403,7 @@ class Daemon:
         try:
             self.proc = subprocess.Popen([self.exe, "-c", self.config_path], stdin=subprocess.DEVNULL,
                                          stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                         cwd=self.dir)
+                                         cwd=self.dir, start_new_session=True)
         finally:
             logf.close()
         return self.proc
@@ -769,3 +769,50 @@ def spooled(daemon, qid):
         return spoolfile.read(path)
     except spoolfile.SpoolFormatError as e:
         raise AssertionError("queue file %s is damaged: %s" % (path, e))
+
+
+# ------------------------------------------------------ message comparison
+
+def split_message(msg):
+    """(list of raw header fields incl. their CRLFs, body) of a CRLF message."""
+    i = msg.find(b"\r\n\r\n")
+    if i < 0:
+        head, body = msg, b""
+    else:
+        head, body = msg[:i + 2], msg[i + 4:]
+    fields = []
+    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
+        line += b"\r\n"
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields, body
+
+
+def field_name(raw):
+    return raw.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+
+def field_value(raw):
+    v = raw.split(b":", 1)[1] if b":" in raw else b""
+    return re.sub(rb"\r\n[ \t]", b" ", v).strip().decode("utf-8", "replace")
+
+
+def added_fields(sent, stored):
+    """Checks that stored is sent plus header fields only (original fields
+    byte-identical and in order, body identical); returns the added fields
+    as [(lower-case name, unfolded value)] in stored order."""
+    sf, sbody = split_message(sent)
+    pf, pbody = split_message(stored)
+    assert pbody == sbody, "body changed in the spool:\nsent   %r\nstored %r" % (sbody[:300], pbody[:300])
+    added = []
+    j = 0
+    for raw in pf:
+        if j < len(sf) and raw == sf[j]:
+            j += 1
+        else:
+            added.append((field_name(raw), field_value(raw)))
+    assert j == len(sf), "sent header field %r missing or altered in the spool; stored header:\n%s" % (
+        sf[j] if j < len(sf) else None, b"".join(pf).decode("utf-8", "replace"))
+    return added

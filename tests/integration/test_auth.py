@@ -1,0 +1,294 @@
+"""AUTH, TLS and session order: who may submit, over which transport."""
+
+import base64
+import smtplib
+
+import pytest
+
+import sgharness as h
+
+DAEMON_CONFIG = {"max_message_size": "1048576"}
+
+
+def smtplib_starttls(daemon):
+    s = smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=15 * h.SLOW)
+    s.ehlo("client.test")
+    s.starttls(context=h.client_tls_context())
+    s.ehlo("client.test")
+    return s
+
+
+def smtplib_submit(s, tenant, subject):
+    msg = h.make_message(tenant.addr("app"), subject=subject)
+    code, resp = s.mail(tenant.addr("app"))
+    assert code == 250, resp
+    code, resp = s.rcpt("someone@example.net")
+    assert code == 250, resp
+    code, resp = s.data(msg)
+    return code, resp.decode(), msg
+
+
+@pytest.mark.parametrize("initial_response", [True, False])
+def test_auth_plain_starttls_smtplib(daemon, tenant, initial_response):
+    s = smtplib_starttls(daemon)
+    s.user, s.password = tenant.username, tenant.secret
+    code, resp = s.auth("PLAIN", s.auth_plain, initial_response_ok=initial_response)
+    assert code == 235, resp
+    assert resp.decode().startswith("2.7.0"), resp
+    code, resp, msg = smtplib_submit(s, tenant, "plain")
+    assert code == 250 and h.QUEUED_RX.match(resp), resp
+    qid = h.QUEUED_RX.match(resp).group(1)
+    sm = h.spooled(daemon, qid)
+    assert sm.id == qid
+    assert sm.tenant == tenant.name
+    assert sm.auth_user == tenant.username
+    s.quit()
+
+
+@pytest.mark.parametrize("initial_response", [True, False])
+def test_auth_login_starttls_smtplib(daemon, tenant, initial_response):
+    s = smtplib_starttls(daemon)
+    s.user, s.password = tenant.username, tenant.secret
+    code, resp = s.auth("LOGIN", s.auth_login, initial_response_ok=initial_response)
+    assert code == 235, resp
+    code, resp, msg = smtplib_submit(s, tenant, "login")
+    assert code == 250 and h.QUEUED_RX.match(resp), resp
+    s.quit()
+
+
+def test_auth_plain_implicit_tls_smtplib(daemon, tenant):
+    s = smtplib.SMTP_SSL("127.0.0.1", daemon.smtps_port, timeout=15 * h.SLOW,
+                         context=h.client_tls_context())
+    s.ehlo("client.test")
+    assert "starttls" not in s.esmtp_features, "STARTTLS offered inside implicit TLS"
+    assert "PLAIN" in s.esmtp_features.get("auth", "").split()
+    s.login(tenant.username, tenant.secret)
+    code, resp, msg = smtplib_submit(s, tenant, "smtps")
+    assert code == 250 and h.QUEUED_RX.match(resp), resp
+    sm = h.spooled(daemon, h.QUEUED_RX.match(resp).group(1))
+    assert sm.tenant == tenant.name and sm.rcpts == ["someone@example.net"]
+    s.quit()
+
+
+# ---- EHLO keywords ------------------------------------------------------
+
+def test_ehlo_keywords_before_and_after_starttls(daemon, tenant):
+    c = h.SMTPClient.connect(daemon.submission_port)
+    assert c.greeting.code == 220, c.greeting
+    c.ehlo()
+    kw = c.keywords()
+    assert "STARTTLS" in kw, kw
+    assert "AUTH" not in kw, "AUTH offered before TLS: %r" % kw
+    for k in ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"):
+        assert k in kw, "%s missing before TLS: %r" % (k, kw)
+    assert kw.get("SIZE") == ["1048576"], "SIZE should advertise max_message_size: %r" % kw
+    assert "CHUNKING" not in kw and "BINARYMIME" not in kw, kw
+
+    c.starttls()
+    c.ehlo()
+    kw = c.keywords()
+    assert "STARTTLS" not in kw, "STARTTLS offered again after TLS: %r" % kw
+    assert "AUTH" in kw, kw
+    assert {m.upper() for m in kw["AUTH"]} == {"PLAIN", "LOGIN"}, kw["AUTH"]
+    for k in ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"):
+        assert k in kw, "%s missing after TLS: %r" % (k, kw)
+    assert kw.get("SIZE") == ["1048576"], kw
+    assert "CHUNKING" not in kw, kw
+    c.quit()
+
+
+def test_ehlo_keywords_implicit_tls(daemon):
+    c = h.SMTPClient.connect(daemon.smtps_port, tls=True)
+    assert c.greeting.code == 220, c.greeting
+    c.ehlo()
+    kw = c.keywords()
+    assert "STARTTLS" not in kw, kw
+    assert {m.upper() for m in kw.get("AUTH", [])} == {"PLAIN", "LOGIN"}, kw
+    assert "CHUNKING" not in kw, kw
+    c.quit()
+
+
+def test_tls_version_at_least_1_2(daemon):
+    import socket
+    import ssl
+
+    ctx = h.client_tls_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    try:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
+    s = socket.create_connection(("127.0.0.1", daemon.smtps_port), timeout=10)
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        ctx.wrap_socket(s)
+        pytest.fail("a TLS 1.1 handshake succeeded")
+    s.close()
+
+
+def test_bdat_not_supported(client, tenant):
+    r = client.cmd("MAIL FROM:<%s>" % tenant.addr())
+    assert r.code == 250, r
+    r = client.cmd("RCPT TO:<x@example.net>")
+    assert r.code == 250, r
+    r = client.cmd("BDAT 5 LAST")
+    assert r.code == 502, r
+    r = client.cmd("NOOP")
+    assert r.code == 250, "session unusable after BDAT: %r" % r
+    client.quit()
+
+
+def test_ehlo_state_reset_after_starttls(daemon, tenant):
+    """RFC 3207: after the handshake the server forgets the EHLO; AUTH needs a new one."""
+    c = h.SMTPClient.connect(daemon.submission_port)
+    c.ehlo()
+    c.starttls()
+    r = c.auth_plain(tenant.username, tenant.secret)
+    assert r.code == 503, "AUTH without EHLO after STARTTLS: %r" % r
+    c.ehlo()
+    r = c.auth_plain(tenant.username, tenant.secret)
+    assert r.code == 235, r
+    c.quit()
+
+
+# ---- refusals -------------------------------------------------------------
+
+def test_auth_before_tls_refused(daemon, tenant):
+    c = h.SMTPClient.connect(daemon.submission_port)
+    c.ehlo()
+    r = c.auth_plain(tenant.username, tenant.secret)
+    assert (r.code, r.enhanced) == (538, "5.7.11"), r
+    r = c.cmd("AUTH LOGIN")
+    assert (r.code, r.enhanced) == (538, "5.7.11"), r
+    c.quit()
+
+
+def test_mail_before_auth_refused(daemon, tenant):
+    c = h.SMTPClient.connect(daemon.submission_port)
+    c.ehlo()
+    r = c.cmd("MAIL FROM:<%s>" % tenant.addr())
+    assert r.code == 530, "MAIL before TLS and AUTH: %r" % r
+    c.starttls()
+    c.ehlo()
+    r = c.cmd("MAIL FROM:<%s>" % tenant.addr())
+    assert (r.code, r.enhanced) == (530, "5.7.0"), r
+    c.quit()
+
+
+def test_mail_before_auth_refused_implicit_tls(daemon, tenant):
+    c = h.SMTPClient.connect(daemon.smtps_port, tls=True)
+    c.ehlo()
+    r = c.cmd("MAIL FROM:<%s>" % tenant.addr())
+    assert (r.code, r.enhanced) == (530, "5.7.0"), r
+    c.quit()
+
+
+def test_wrong_secret_and_unknown_user_same_answer(daemon_factory, tenant):
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.ehlo()
+    wrong = c.auth_plain(tenant.username, tenant.secret[:-1] + ("A" if tenant.secret[-1] != "A" else "B"))
+    assert (wrong.code, wrong.enhanced) == (535, "5.7.8"), wrong
+    c.quit()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.ehlo()
+    unknown = c.auth_plain("nosuchuser-" + tenant.username, tenant.secret)
+    assert (unknown.code, unknown.enhanced) == (535, "5.7.8"), unknown
+    assert unknown.lines == wrong.lines, "unknown user and wrong secret answered differently"
+    # The secret of a revoked/other user must not work either, and a
+    # failure must not leave the session authenticated.
+    r = c.cmd("MAIL FROM:<%s>" % tenant.addr())
+    assert r.code == 530, r
+    c.quit()
+    assert tenant.secret not in d.log_text(), "the secret appears in the daemon log"
+
+
+def test_auth_login_wrong_secret(daemon_factory, tenant):
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.ehlo()
+    r = c.cmd("AUTH LOGIN")
+    assert r.code == 334, r
+    r = c.cmd(base64.b64encode(tenant.username.encode()).decode())
+    assert r.code == 334, r
+    r = c.cmd(base64.b64encode(b"not-the-secret").decode())
+    assert (r.code, r.enhanced) == (535, "5.7.8"), r
+    c.quit()
+
+
+def test_auth_cancel_and_garbage(daemon_factory, tenant):
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.ehlo()
+    r = c.cmd("AUTH PLAIN")
+    assert r.code == 334, r
+    r = c.cmd("*")
+    assert r.code == 501, "AUTH cancelled with '*': %r" % r
+    r = c.cmd("AUTH PLAIN !!!notbase64!!!")
+    assert r.code == 501 or r.code == 535, r
+    r = c.cmd("AUTH CRAM-MD5")
+    assert r.code == 504, "unsupported mechanism: %r" % r
+    c.quit()
+
+
+def test_three_failures_disconnect(daemon_factory, tenant):
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.ehlo()
+    codes = []
+    closed = False
+    for i in range(4):
+        try:
+            r = c.auth_plain(tenant.username, "wrong-%d" % i)
+        except (h.Closed, OSError):
+            closed = True
+            break
+        codes.append(r.code)
+        assert r.code in (535, 421), r
+        if r.code == 421:
+            closed = c.is_closed()
+            break
+    else:
+        closed = c.is_closed()
+    assert codes.count(535) <= 3, "more than 3 failed AUTH answered: %r" % codes
+    assert 235 not in codes
+    assert closed or c.is_closed(), "still connected after 3 AUTH failures (%r)" % codes
+    c.close()
+
+
+def test_second_auth_refused(client, tenant):
+    r = client.auth_plain(tenant.username, tenant.secret)
+    assert r.code == 503, "AUTH after a successful AUTH: %r" % r
+    client.quit()
+
+
+def test_credential_created_after_start_works(daemon, ctl):
+    t = h.setup_tenant(ctl)
+
+    def try_auth():
+        c = h.SMTPClient.connect(daemon.smtps_port, tls=True)
+        c.ehlo()
+        r = c.auth_plain(t.username, t.secret)
+        c.quit()
+        return r.code == 235
+
+    h.eventually(try_auth, timeout=5, interval=0.3, what="AUTH with a new credential")
+
+
+def test_revoked_credential_refused(daemon_factory, ctl):
+    t = h.setup_tenant(ctl)
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.login(t)
+    c.quit()
+    ctl.credential_revoke(t.username)
+
+    def refused():
+        c2 = h.SMTPClient.connect(d.smtps_port, tls=True)
+        c2.ehlo()
+        r = c2.auth_plain(t.username, t.secret)
+        c2.close()
+        assert r.code in (235, 535), r
+        return r.code == 535
+
+    h.eventually(refused, timeout=5, interval=0.3, what="AUTH refused after revoke")

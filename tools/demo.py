@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""`make run`: a local sendgate to try by hand.
+
+Without a database URL (SENDGATE_DATABASE_URL unset) it starts a PostgreSQL
+cluster of its own under ./var/pg (kept between runs, unix socket only),
+applies the migrations, makes sure a demo tenant with an operator-verified
+domain exists, issues a fresh credential, starts the daemon on
+127.0.0.1:2587 (STARTTLS) and 127.0.0.1:2465 (implicit TLS) with a
+self-signed certificate under ./var/tls, prints a swaks command that sends
+a message, and runs until Ctrl-C, then stops everything it started.
+
+    SENDGATE_BUILD   folder with sendgate and sendgatectl (default ./build)
+    SENDGATE_DATABASE_URL   use this database instead of ./var/pg
+    DEMO_TENANT, DEMO_DOMAIN   (default demo, demo.example)
+"""
+
+import os
+import signal
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+
+import sgharness as h  # noqa: E402
+
+VAR = os.path.join(REPO, "var")
+SUBMISSION_PORT = 2587
+SMTPS_PORT = 2465
+
+
+def start_dns(var):
+    """Hook: a DNS server for the demo's domains (comes with DNS verification).
+    Returns an object with .stop() and the config overrides it needs, or None."""
+    return None, {}
+
+
+def start_sink(var):
+    """Hook: a local SMTP sink that receives what delivery sends (comes with
+    the delivery issue). Returns an object with .stop() and config overrides."""
+    return None, {}
+
+
+def ensure_tenant(ctl, tenant, domain):
+    names = [t["name"] for t in ctl("tenant", "list")]
+    if tenant not in names:
+        ctl.tenant_create(tenant)
+    doms = {d["name"]: d for d in ctl("domain", "list", tenant)}
+    if domain not in doms:
+        ctl.domain_add(tenant, domain, operator_verified=True)
+    elif not doms[domain].get("operator_verified") and doms[domain].get("state") != "verified":
+        raise SystemExit("demo domain %s exists but is not sendable; remove ./var to start over"
+                         % domain)
+    return ctl.credential_create(tenant)
+
+
+def main():
+    build = h.build_dir()
+    for exe in ("sendgate", "sendgatectl"):
+        if not os.access(os.path.join(build, exe), os.X_OK):
+            raise SystemExit("%s/%s not built: run make" % (build, exe))
+    os.makedirs(VAR, exist_ok=True)
+    tenant = os.environ.get("DEMO_TENANT", "demo")
+    domain = os.environ.get("DEMO_DOMAIN", "demo.example")
+
+    stoppers = []
+    pg = None
+    url = os.environ.get("SENDGATE_DATABASE_URL")
+    try:
+        if not url:
+            print("demo: starting PostgreSQL under %s/pg" % VAR, flush=True)
+            pg = h.Postgres(dir=os.path.join(VAR, "pg"), fsync=True)
+            stoppers.append(pg.stop)
+            url = pg.url
+        ctl = h.Ctl(build, url)
+        ctl.migrate()
+        cred = ensure_tenant(ctl, tenant, domain)
+
+        dns, dns_conf = start_dns(VAR)
+        if dns:
+            stoppers.append(dns.stop)
+        sink, sink_conf = start_sink(VAR)
+        if sink:
+            stoppers.append(sink.stop)
+
+        cert = h.make_cert(os.path.join(VAR, "tls"))
+        overrides = dict(dns_conf)
+        overrides.update(sink_conf)
+        d = h.Daemon(build, None, os.path.join(VAR, "run"), cert=cert,
+                     spool_dir=os.path.join(VAR, "spool"), submission_port=SUBMISSION_PORT,
+                     smtps_port=SMTPS_PORT, start=False, database__url=url,
+                     auth_fail_delay=None, **overrides)
+        print("demo: starting %s/sendgate -c %s (log: %s)" % (build, d.config_path, d.logfile),
+              flush=True)
+        tail = h.LogTail(d.logfile, sys.stdout)
+        try:
+            d.start()
+        except h.DaemonDied as e:
+            raise SystemExit("demo: sendgate did not start:\n%s" % e)
+        stoppers.insert(0, d.stop)
+        tail.start()
+        stoppers.insert(0, tail.stop)
+
+        print("""
+sendgate is running: submission 127.0.0.1:%d (STARTTLS), 127.0.0.1:%d (implicit TLS)
+tenant %s, sendable domain %s, credential %s (secret shown once)
+
+Send a message:
+
+  swaks --server 127.0.0.1:%d -tls --auth PLAIN --auth-user %s --auth-password '%s' --from hello@%s --to someone@example.net
+
+The queue: %s/sendgatectl -c %s queue list
+Ctrl-C stops everything.
+""" % (SUBMISSION_PORT, SMTPS_PORT, tenant, domain, cred["username"], SUBMISSION_PORT,
+            cred["username"], cred["secret"], domain, build, d.config_path), flush=True)
+
+        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while d.alive():
+            time.sleep(0.5)
+        print("demo: sendgate exited on its own (%r)" % d.proc.returncode if d.proc else "")
+    except KeyboardInterrupt:
+        print("\ndemo: stopping", flush=True)
+    finally:
+        for stop in stoppers:
+            try:
+                r = stop()
+                if r not in (None, 0):
+                    print("demo: stop returned %r" % (r,))
+            except Exception as e:  # noqa: BLE001 - keep stopping the rest
+                print("demo: while stopping: %s" % e)
+
+
+if __name__ == "__main__":
+    main()
