@@ -283,6 +283,9 @@ char *dns_dkim_cname_target(const char *selector, const char *domain, const char
  */
 char *dns_org_domain(const char *domain);
 
+/* "v=DMARC1; p=none; rua=mailto:RUA" (no rua= when rua is NULL or ""); caller frees. */
+char *dns_dmarc_recommended(const char *rua);
+
 /* A tag=value list (DKIM, DMARC): the value of tag, or NULL; caller frees. */
 char *dns_tag_value(const char *record, const char *tag);
 
