@@ -167,6 +167,7 @@ struct config {
 	int dkim_rotation_overlap;       /* seconds */
 	int dkim_sign_threads;
 	int dkim_expiry; /* seconds; 0 = no x= tag */
+	char *dkim_canonicalization; /* header/body: relaxed/relaxed, ... */
 
 	/* [platform] */
 	char *platform_dkim_zone;

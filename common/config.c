@@ -63,6 +63,8 @@ static const struct key_def keys[] = {
 	{"dkim", "rotation_overlap", K_DURATION, O(dkim_rotation_overlap), "7d", 0, 365 * 86400LL, NULL},
 	{"dkim", "sign_threads", K_INT, O(dkim_sign_threads), "2", 1, 64, NULL},
 	{"dkim", "expiry", K_DURATION, O(dkim_expiry), "0", 0, 365 * 86400LL, NULL},
+	{"dkim", "canonicalization", K_STR, O(dkim_canonicalization), "relaxed/relaxed", 0, 0,
+	 "relaxed/relaxed|relaxed/simple|simple/relaxed|simple/simple"},
 
 	{"platform", "dkim_zone", K_STR, O(platform_dkim_zone), "dkim.sendgate.example", 0, 0, NULL},
 	{"platform", "spf_include", K_STR, O(platform_spf_include), "spf.sendgate.example", 0, 0, NULL},

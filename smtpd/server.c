@@ -16,6 +16,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
+#include "dkim/dkim.h"
 #include "smtpd/server.h"
 #include "smtpd/smtpd.h"
 
@@ -219,8 +220,15 @@ static void ready_check(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 
+	int good, bad;
+
 	if (srv->ready_logged || !store_ready(srv->store))
 		return;
+	bad = store_key_errors(srv->store, &good);
+	if (bad > 0 && good == 0)
+		fatal("event=start_failed error=\"[dkim] master_key_file %s cannot decrypt any of the %d "
+		      "DKIM keys in the database: wrong master key\"",
+		      srv->cfg->dkim_master_key_file, bad);
 	srv->ready_logged = 1;
 	log_info("event=ready sessions=%d queued=%zu", srv->nsessions, spool_count(srv->spool));
 }
@@ -254,6 +262,23 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	srv.clients = hmap_new();
 	srv.store = store_open(srv.base, cfg->database_url);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
+	if (cfg->dkim_master_key_file[0]) {
+		unsigned char mkey[32];
+		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1)
+			fatal("event=start_failed config=%s error=\"[dkim] master_key_file: %s\"",
+			      config_path, err);
+		store_set_master_key(srv.store, mkey);
+		explicit_bzero(mkey, sizeof(mkey));
+		srv.signer = signer_new(srv.base, cfg->dkim_sign_threads);
+		srv.hcanon = strncmp(cfg->dkim_canonicalization, "simple/", 7) == 0
+				 ? DKIM_CANON_SIMPLE
+				 : DKIM_CANON_RELAXED;
+		srv.bcanon = strstr(cfg->dkim_canonicalization, "/simple") ? DKIM_CANON_SIMPLE
+									    : DKIM_CANON_RELAXED;
+	} else {
+		log_warn("event=dkim_disabled reason=\"[dkim] master_key_file is not set: messages "
+			 "are queued unsigned\"");
+	}
 	for (n = 0; n < cfg->n_submission_listen; n++)
 		if (listen_on(&srv, &cfg->submission_listen[n], 0, err, sizeof(err)) == -1)
 			fatal("event=start_failed error=\"%s\"", err);
@@ -276,6 +301,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 
 	log_info("event=stopped sessions=%d", srv.nsessions);
 	stop_listening(&srv);
+	signer_free(srv.signer);
 	spool_close(srv.spool);
 	store_close(srv.store);
 	event_free(srv.ev_ready);

@@ -30,6 +30,8 @@ struct server {
 	SSL_CTX *tls;
 	struct spool *spool;
 	struct store *store;
+	struct signer *signer; /* NULL: DKIM signing is off (no master key) */
+	int hcanon, bcanon;    /* enum dkim_canon */
 
 	struct evconnlistener *listeners[2 * CONFIG_MAX_LISTEN];
 	int nlisteners;
@@ -52,6 +54,20 @@ struct server {
 	struct event *ev_stop_timer;
 	int ready_logged;
 };
+
+/* signer.c */
+struct signer;
+/* Called on the loop: sigs holds the DKIM-Signature fields, or err says why not. */
+typedef void (*signer_cb)(uint64_t cookie, struct buf *sigs, const char *err);
+struct signer *signer_new(struct event_base *base, int nthreads);
+void signer_free(struct signer *sg);
+/*
+ * Signs hdr (copied) with each key; takes over the key references. The
+ * callback runs on the loop later. hcanon/bcanon are enum dkim_canon.
+ */
+int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
+		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
+		  signer_cb cb, uint64_t cookie);
 
 /* tls.c */
 /* Builds the server TLS context from cert/key files; NULL with err. */

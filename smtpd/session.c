@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "dkim/dkim.h"
 #include "smtpd/server.h"
 #include "smtpd/smtpd.h"
 
@@ -50,6 +51,7 @@ struct txn {
 	struct buf hdr;
 	struct buf body;
 	struct buf final;
+	struct dkim_body *bodyhash; /* NULL when signing is off */
 	int spool_errno;
 	int eod_step;
 	char from_domain[256];
@@ -176,6 +178,8 @@ static void txn_free(struct txn *tx)
 	buf_free(&tx->hdr);
 	buf_free(&tx->body);
 	buf_free(&tx->final);
+	if (tx->bodyhash)
+		dkim_body_free(tx->bodyhash);
 	free(tx);
 }
 
@@ -570,6 +574,8 @@ static void cmd_data(struct session *s, const char *arg, size_t len)
 	buf_init(&tx->hdr, cfg->max_header_size + 2);
 	buf_init(&tx->body, (size_t)1 << 30);
 	buf_init(&tx->final, cfg->max_header_size + 8192);
+	if (s->srv->signer)
+		tx->bodyhash = dkim_body_new((enum dkim_canon)s->srv->bcanon);
 	set_state(s, ST_DATA);
 	bufferevent_set_timeouts(s->bev,
 				 &(struct timeval){cfg->data_timeout, 0},
@@ -780,6 +786,59 @@ static int build_headers(struct session *s, const struct hdr_scan *hs)
 
 static void eod_continue(struct session *s);
 
+/* Hands the finished message to the spool; sigs (may be NULL) go on top. */
+static void commit_message(struct session *s, const struct buf *sigs)
+{
+	struct txn *tx = s->tx;
+	struct queue_envelope env;
+	struct spool_txn *sp = tx->sp;
+
+	if (sigs && sigs->len) {
+		struct buf all;
+		buf_init(&all, sigs->len + tx->final.len + 1);
+		buf_append(&all, sigs->data, sigs->len);
+		buf_append(&all, tx->final.data, tx->final.len);
+		buf_free(&tx->final);
+		tx->final = all;
+	}
+	memset(&env, 0, sizeof(env));
+	env.tenant_id = s->who.tenant_id;
+	env.tenant = s->who.tenant;
+	env.auth_user = s->user;
+	env.sender = tx->from.addr;
+	env.rcpts = tx->rcpts;
+	env.nrcpts = tx->nrcpts;
+	env.received = time(NULL);
+	env.client = s->addr;
+	env.flags = (tx->params.body == 8 || tx->dr.eight_bit ? QFLAG_8BITMIME : 0) |
+		    (tx->params.smtputf8 ? QFLAG_SMTPUTF8 : 0);
+	/* From here the spool owns the txn, whatever happens to us. */
+	tx->sp = NULL;
+	if (queue_commit(sp, &env, tx->final.data, tx->final.len, commit_result, s->id) == -1) {
+		message_done(s, 451, "4.3.0 Could not commit the message to disk; try again later");
+		wait_end(s);
+	}
+}
+
+static void sign_done(uint64_t cookie, struct buf *sigs, const char *err)
+{
+	struct session *s = server_session(srv_of_callbacks, cookie);
+
+	if (s == NULL)
+		return;
+	if (sigs == NULL) {
+		log_err("event=dkim_sign_failed domain=%s tenant=%s error=\"%s\"", s->tx->from_domain,
+			s->who.tenant, err);
+		message_done(s, 451,
+			     "4.3.0 Could not DKIM-sign the message for domain %s; it was not queued, "
+			     "try again later",
+			     s->tx->from_domain);
+		wait_end(s);
+		return;
+	}
+	commit_message(s, sigs);
+}
+
 static void eod_domain_result(uint64_t cookie, int ok, const char *why)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
@@ -816,7 +875,6 @@ static void eod_continue(struct session *s)
 {
 	struct txn *tx = s->tx;
 	struct hdr_scan hs;
-	struct queue_envelope env;
 
 	if (tx->eod_step == 0 && tx->from_domain[0]) {
 		store_domain_check(s->srv->store, s->who.tenant_id, tx->from_domain, eod_domain_result,
@@ -838,26 +896,28 @@ static void eod_continue(struct session *s)
 		wait_end(s);
 		return;
 	}
-	memset(&env, 0, sizeof(env));
-	env.tenant_id = s->who.tenant_id;
-	env.tenant = s->who.tenant;
-	env.auth_user = s->user;
-	env.sender = tx->from.addr;
-	env.rcpts = tx->rcpts;
-	env.nrcpts = tx->nrcpts;
-	env.received = time(NULL);
-	env.client = s->addr;
-	env.flags = (tx->params.body == 8 || tx->dr.eight_bit ? QFLAG_8BITMIME : 0) |
-		    (tx->params.smtputf8 ? QFLAG_SMTPUTF8 : 0);
-	{
-		struct spool_txn *sp = tx->sp;
-		/* From here the spool owns the txn, whatever happens to us. */
-		tx->sp = NULL;
-		if (queue_commit(sp, &env, tx->final.data, tx->final.len, commit_result, s->id) == -1) {
-			message_done(s, 451, "4.3.0 Could not commit the message to disk; try again later");
+	if (s->srv->signer) {
+		struct signing_key *keys[2];
+		unsigned char bh[32];
+		int n = store_signing_keys(s->srv->store, tx->from_domain, time(NULL), keys, 2);
+		if (n == 0) {
+			log_err("event=dkim_no_key domain=%s tenant=%s", tx->from_domain, s->who.tenant);
+			message_done(s, 451,
+				     "4.3.0 No DKIM key is active for domain %s; the message was not "
+				     "queued, try again later",
+				     tx->from_domain);
 			wait_end(s);
+			return;
 		}
+		dkim_body_final(tx->bodyhash, bh);
+		dkim_body_free(tx->bodyhash);
+		tx->bodyhash = NULL;
+		signer_submit(s->srv->signer, keys, n, tx->final.data, tx->final.len, bh,
+			      s->srv->hcanon, s->srv->bcanon, s->srv->cfg->dkim_expiry, sign_done,
+			      s->id);
+		return;
 	}
+	commit_message(s, NULL);
 }
 
 /* Pulls the domain out of one From/Sender value; 0 or -1 with a reply. */
@@ -971,6 +1031,8 @@ static int feed_data(struct session *s)
 			if (!tx->spool_errno && tx->dr.error == DATA_OK &&
 			    queue_write_body(tx->sp, tx->body.data, tx->body.len) == -1)
 				tx->spool_errno = errno ? errno : EIO;
+			if (tx->bodyhash)
+				dkim_body_update(tx->bodyhash, tx->body.data, tx->body.len);
 			buf_reset(&tx->body);
 		}
 	}

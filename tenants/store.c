@@ -13,12 +13,28 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
+#include "dkim/dkim.h"
 #include "tenants/tenants.h"
 
 #define EVENT_BATCH_MAX 1000
 #define EVENT_QUEUE_MAX 200000
 
-enum req_kind { REQ_LISTEN, REQ_LOAD_CREDS, REQ_LOAD_DOMAINS, REQ_AUTH, REQ_DOMAIN, REQ_EVENTS };
+enum req_kind {
+	REQ_LISTEN,
+	REQ_LOAD_CREDS,
+	REQ_LOAD_DOMAINS,
+	REQ_LOAD_KEYS,
+	REQ_AUTH,
+	REQ_DOMAIN,
+	REQ_EVENTS,
+};
+
+#define KEYS_PER_DOMAIN 8
+
+struct key_list {
+	int n;
+	struct signing_key *k[KEYS_PER_DOMAIN];
+};
 
 struct req {
 	struct req *next;
@@ -70,7 +86,12 @@ struct store {
 
 	struct hmap *creds;   /* username → struct cred */
 	struct hmap *domains; /* name → struct dom */
+	struct hmap *keys;    /* domain → struct key_list */
 	int creds_loaded, domains_loaded;
+	int have_master;
+	unsigned char master[32];
+	int key_errors;
+	int key_good;
 	int reload_queued;
 	int grace;
 
@@ -236,13 +257,166 @@ static void load_domains(struct store *st, PGresult *res)
 	log_debug("event=cache_loaded what=domains count=%d", PQntuples(res));
 }
 
+static const char SQL_LOAD_KEYS[] =
+    "SELECT d.name, k.selector, k.algorithm, k.private_sealed, "
+    "extract(epoch FROM k.sign_from)::bigint, "
+    "coalesce(extract(epoch FROM k.sign_until)::bigint, 0) "
+    "FROM dkim_keys k JOIN domains d ON d.id = k.domain_id "
+    "WHERE k.sign_until IS NULL OR k.sign_until > now()";
+
+void signing_key_release(struct signing_key *k)
+{
+	if (k && __atomic_sub_fetch(&k->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+		dkim_key_free(k->key);
+		free(k);
+	}
+}
+
+static void key_list_free(void *p)
+{
+	struct key_list *kl = p;
+	int i;
+
+	for (i = 0; i < kl->n; i++)
+		signing_key_release(kl->k[i]);
+	free(kl);
+}
+
+/* Decodes a bytea in hex output format ("\x...") into out. */
+static int unhex_bytea(const char *s, struct buf *out)
+{
+	size_t n = strlen(s), i;
+
+	if (n < 2 || s[0] != '\\' || s[1] != 'x' || n % 2)
+		return -1;
+	for (i = 2; i < n; i += 2) {
+		unsigned int v;
+		unsigned char c;
+		if (sscanf(s + i, "%2x", &v) != 1)
+			return -1;
+		c = (unsigned char)v;
+		if (buf_append(out, &c, 1) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* Unseals and parses one row's key; NULL (logged) when it cannot. */
+static struct signing_key *key_from_row(struct store *st, PGresult *res, int i)
+{
+	struct signing_key *k;
+	struct buf sealed, pem;
+	char err[256];
+
+	buf_init(&sealed, 1 << 20);
+	buf_init(&pem, 1 << 20);
+	if (unhex_bytea(PQgetvalue(res, i, 3), &sealed) == -1 ||
+	    dkim_unseal(st->master, sealed.data, sealed.len, &pem) == -1) {
+		log_err("event=dkim_key_error domain=%s selector=%s error=\"cannot decrypt the private "
+			"key: is [dkim] master_key_file the key that sealed it?\"",
+			PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+		st->key_errors++;
+		k = NULL;
+		goto done;
+	}
+	k = xcalloc(1, sizeof(*k));
+	k->key = dkim_key_from_pem(pem.data, pem.len, err, sizeof(err));
+	if (k->key == NULL) {
+		log_err("event=dkim_key_error domain=%s selector=%s error=\"%s\"",
+			PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), err);
+		st->key_errors++;
+		free(k);
+		k = NULL;
+		goto done;
+	}
+	k->refs = 1;
+	k->alg = dkim_key_alg(k->key);
+	snprintf(k->domain, sizeof(k->domain), "%s", PQgetvalue(res, i, 0));
+	snprintf(k->selector, sizeof(k->selector), "%s", PQgetvalue(res, i, 1));
+	k->sign_from = (time_t)strtoll(PQgetvalue(res, i, 4), NULL, 10);
+	k->sign_until = (time_t)strtoll(PQgetvalue(res, i, 5), NULL, 10);
+done:
+	explicit_bzero(pem.data, pem.len);
+	buf_free(&pem);
+	buf_free(&sealed);
+	return k;
+}
+
+static void load_keys(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	int i;
+
+	st->key_errors = 0;
+	st->key_good = 0;
+	for (i = 0; i < PQntuples(res); i++) {
+		struct key_list *kl = hmap_get(m, PQgetvalue(res, i, 0));
+		struct signing_key *k;
+		if (kl == NULL) {
+			kl = xcalloc(1, sizeof(*kl));
+			hmap_put(m, PQgetvalue(res, i, 0), kl);
+		}
+		if (kl->n == KEYS_PER_DOMAIN)
+			continue;
+		k = key_from_row(st, res, i);
+		if (k) {
+			kl->k[kl->n++] = k;
+			st->key_good++;
+		}
+	}
+	hmap_free(st->keys, key_list_free);
+	st->keys = m;
+	log_debug("event=cache_loaded what=dkim_keys count=%d errors=%d", PQntuples(res),
+		  st->key_errors);
+}
+
+void store_set_master_key(struct store *st, const unsigned char mkey[32])
+{
+	memcpy(st->master, mkey, 32);
+	st->have_master = 1;
+}
+
+int store_key_errors(const struct store *st, int *good)
+{
+	*good = st->key_good;
+	return st->key_errors;
+}
+
+int store_signing_keys(struct store *st, const char *domain, time_t now, struct signing_key **out,
+		       int max)
+{
+	struct key_list *kl = hmap_get(st->keys, domain);
+	struct signing_key *best[2] = {NULL, NULL};
+	int i, n = 0;
+
+	if (kl == NULL)
+		return 0;
+	for (i = 0; i < kl->n; i++) {
+		struct signing_key *k = kl->k[i];
+		int a = k->alg == DKIM_ALG_ED25519_SHA256;
+		if (k->sign_from > now || (k->sign_until && now >= k->sign_until))
+			continue;
+		if (best[a] == NULL || k->sign_from > best[a]->sign_from)
+			best[a] = k;
+	}
+	for (i = 0; i < 2; i++)
+		if (best[i] && n < max) {
+			__atomic_add_fetch(&best[i]->refs, 1, __ATOMIC_ACQ_REL);
+			out[n++] = best[i];
+		}
+	return n;
+}
+
 static void queue_reload(struct store *st)
 {
 	if (st->reload_queued)
 		return;
 	st->reload_queued = 1;
-	/* Loads go first so that lookups queued meanwhile see fresh data. */
+	/* Loads go first so that lookups queued meanwhile see fresh data;
+	 * the domains load ends the reload, so it goes last. */
 	req_push_front(st, req_new(REQ_LOAD_DOMAINS));
+	if (st->have_master)
+		req_push_front(st, req_new(REQ_LOAD_KEYS));
 	req_push_front(st, req_new(REQ_LOAD_CREDS));
 	store_kick(st);
 }
@@ -289,6 +463,10 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		st->reload_queued = 0;
 		if (ok)
 			load_domains(st, res);
+		break;
+	case REQ_LOAD_KEYS:
+		if (ok)
+			load_keys(st, res);
 		break;
 	case REQ_AUTH: {
 		struct cred *c = ok && PQntuples(res) == 1 ? cred_from_row(res, 0, 1) : NULL;
@@ -395,6 +573,9 @@ static void send_next(struct store *st)
 		break;
 	case REQ_LOAD_DOMAINS:
 		sql = SQL_LOAD_DOMAINS;
+		break;
+	case REQ_LOAD_KEYS:
+		sql = SQL_LOAD_KEYS;
 		break;
 	case REQ_AUTH:
 		sql = SQL_AUTH;
@@ -637,6 +818,7 @@ struct store *store_open(struct event_base *base, const char *conninfo)
 	st->conninfo = xstrdup(conninfo);
 	st->creds = hmap_new();
 	st->domains = hmap_new();
+	st->keys = hmap_new();
 	st->retry_delay = 1;
 	st->grace = 72 * 3600;
 	st->ev_retry = evtimer_new(base, retry_cb, st);
@@ -685,6 +867,8 @@ void store_close(struct store *st)
 	event_free(st->ev_flush);
 	hmap_free(st->creds, free);
 	hmap_free(st->domains, free);
+	hmap_free(st->keys, key_list_free);
+	explicit_bzero(st->master, sizeof(st->master));
 	free(st->conninfo);
 	free(st);
 }

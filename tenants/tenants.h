@@ -80,6 +80,42 @@ typedef void (*store_domain_cb)(uint64_t cookie, int ok, const char *why);
 void store_domain_check(struct store *st, int64_t tenant_id, const char *domain,
 			store_domain_cb cb, uint64_t cookie);
 
+/* ---- DKIM keys (cached; reloaded with the rest) ------------------------ */
+
+/*
+ * A signing key as the daemon holds it. Reference counted so that a
+ * worker thread can sign with it while a cache reload drops it.
+ */
+struct signing_key {
+	int refs;
+	int alg; /* enum dkim_alg */
+	char domain[256];
+	char selector[64];
+	time_t sign_from;
+	time_t sign_until; /* 0: no end */
+	struct dkim_key *key;
+};
+
+/*
+ * Sets the master key that unseals private keys and turns key loading on.
+ * Without it no keys are loaded (signing is off).
+ */
+void store_set_master_key(struct store *st, const unsigned char mkey[32]);
+/*
+ * The keys that sign for domain at time now: the newest per algorithm.
+ * Fills out (each with a reference the caller must release) and returns
+ * how many (0 when the domain has none).
+ */
+int store_signing_keys(struct store *st, const char *domain, time_t now, struct signing_key **out,
+		       int max);
+/* Drops a reference (any thread). */
+void signing_key_release(struct signing_key *k);
+/*
+ * Keys that failed to unseal or parse at the last load (wrong master key?);
+ * *good gets the number that loaded.
+ */
+int store_key_errors(const struct store *st, int *good);
+
 /*
  * Queues an event row (type, tenant, message id, JSON object text) for the
  * next batched insert. Never blocks; the batch is written within ~100 ms.

@@ -1,0 +1,204 @@
+/*
+ * signer: DKIM signatures off the event loop. Sessions hand a job (the
+ * final header block, the body hash, the keys) to a small pool of worker
+ * threads; the finished DKIM-Signature fields come back to the loop
+ * through an eventfd, and the callback finds its session by id.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "dkim/dkim.h"
+#include "smtpd/server.h"
+
+struct sign_job {
+	struct sign_job *next;
+	uint64_t cookie;
+	signer_cb cb;
+	struct signing_key *keys[2];
+	int nkeys;
+	struct buf hdr;
+	unsigned char bh[32];
+	time_t now;
+	time_t expire;
+	enum dkim_canon hcanon, bcanon;
+	struct buf out; /* the DKIM-Signature fields */
+	char err[256];
+	int failed;
+};
+
+struct signer {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct sign_job *todo_head, *todo_tail;
+	struct sign_job *done_head, *done_tail;
+	pthread_t *threads;
+	int nthreads;
+	int stop;
+	int efd;
+	struct event *ev;
+};
+
+static void job_free(struct sign_job *j)
+{
+	int i;
+
+	for (i = 0; i < j->nkeys; i++)
+		signing_key_release(j->keys[i]);
+	buf_free(&j->hdr);
+	buf_free(&j->out);
+	free(j);
+}
+
+static void run_job(struct sign_job *j)
+{
+	int i;
+
+	for (i = 0; i < j->nkeys; i++) {
+		struct dkim_sign_params p;
+		memset(&p, 0, sizeof(p));
+		p.domain = j->keys[i]->domain;
+		p.selector = j->keys[i]->selector;
+		p.header_canon = j->hcanon;
+		p.body_canon = j->bcanon;
+		p.timestamp = j->now;
+		p.expire = j->expire;
+		p.headers = NULL;
+		p.oversign = 1;
+		if (dkim_sign(j->keys[i]->key, &p, j->hdr.data, j->hdr.len, j->bh, &j->out, j->err,
+			      sizeof(j->err)) == -1) {
+			j->failed = 1;
+			return;
+		}
+	}
+}
+
+static void *worker(void *arg)
+{
+	struct signer *sg = arg;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&sg->lock);
+	for (;;) {
+		struct sign_job *j;
+		while (!sg->stop && sg->todo_head == NULL)
+			pthread_cond_wait(&sg->cond, &sg->lock);
+		if (sg->todo_head == NULL)
+			break;
+		j = sg->todo_head;
+		sg->todo_head = j->next;
+		if (sg->todo_head == NULL)
+			sg->todo_tail = NULL;
+		pthread_mutex_unlock(&sg->lock);
+
+		run_job(j);
+
+		pthread_mutex_lock(&sg->lock);
+		j->next = NULL;
+		if (sg->done_tail)
+			sg->done_tail->next = j;
+		else
+			sg->done_head = j;
+		sg->done_tail = j;
+		if (write(sg->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+			abort();
+	}
+	pthread_mutex_unlock(&sg->lock);
+	return NULL;
+}
+
+static void on_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct signer *sg = arg;
+	struct sign_job *j, *next;
+	uint64_t n;
+
+	if (read(sg->efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		return;
+	pthread_mutex_lock(&sg->lock);
+	j = sg->done_head;
+	sg->done_head = sg->done_tail = NULL;
+	pthread_mutex_unlock(&sg->lock);
+	for (; j; j = next) {
+		next = j->next;
+		j->cb(j->cookie, j->failed ? NULL : &j->out, j->failed ? j->err : NULL);
+		job_free(j);
+	}
+}
+
+struct signer *signer_new(struct event_base *base, int nthreads)
+{
+	struct signer *sg = xcalloc(1, sizeof(*sg));
+	int i;
+
+	pthread_mutex_init(&sg->lock, NULL);
+	pthread_cond_init(&sg->cond, NULL);
+	sg->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (sg->efd == -1)
+		fatal("event=start_failed error=\"eventfd: %s\"", strerror(errno));
+	sg->ev = event_new(base, sg->efd, EV_READ | EV_PERSIST, on_done, sg);
+	event_add(sg->ev, NULL);
+	sg->nthreads = nthreads;
+	sg->threads = xcalloc((size_t)nthreads, sizeof(*sg->threads));
+	for (i = 0; i < nthreads; i++)
+		if (pthread_create(&sg->threads[i], NULL, worker, sg) != 0)
+			fatal("event=start_failed error=\"cannot start signing threads\"");
+	return sg;
+}
+
+void signer_free(struct signer *sg)
+{
+	int i;
+
+	if (sg == NULL)
+		return;
+	pthread_mutex_lock(&sg->lock);
+	sg->stop = 1;
+	pthread_cond_broadcast(&sg->cond);
+	pthread_mutex_unlock(&sg->lock);
+	for (i = 0; i < sg->nthreads; i++)
+		pthread_join(sg->threads[i], NULL);
+	/* Answers nobody will collect any more. */
+	on_done(sg->efd, EV_READ, sg);
+	event_free(sg->ev);
+	close(sg->efd);
+	pthread_mutex_destroy(&sg->lock);
+	pthread_cond_destroy(&sg->cond);
+	free(sg->threads);
+	free(sg);
+}
+
+int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
+		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
+		  signer_cb cb, uint64_t cookie)
+{
+	struct sign_job *j = xcalloc(1, sizeof(*j));
+	int i;
+
+	for (i = 0; i < nkeys && i < 2; i++)
+		j->keys[j->nkeys++] = keys[i];
+	buf_init(&j->hdr, hlen + 1);
+	buf_append(&j->hdr, hdr, hlen);
+	buf_init(&j->out, 64 * 1024);
+	memcpy(j->bh, bh, 32);
+	j->now = time(NULL);
+	j->expire = expire ? j->now + expire : 0;
+	j->hcanon = (enum dkim_canon)hcanon;
+	j->bcanon = (enum dkim_canon)bcanon;
+	j->cb = cb;
+	j->cookie = cookie;
+	pthread_mutex_lock(&sg->lock);
+	if (sg->todo_tail)
+		sg->todo_tail->next = j;
+	else
+		sg->todo_head = j;
+	sg->todo_tail = j;
+	pthread_cond_signal(&sg->cond);
+	pthread_mutex_unlock(&sg->lock);
+	return 0;
+}
