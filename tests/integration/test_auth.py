@@ -2,6 +2,9 @@
 
 import base64
 import smtplib
+import socket
+import ssl
+import threading
 
 import pytest
 
@@ -108,22 +111,61 @@ def test_ehlo_keywords_implicit_tls(daemon):
     c.quit()
 
 
-def test_tls_version_at_least_1_2(daemon):
-    import socket
-    import ssl
-
+def old_tls_client_context():
     ctx = h.client_tls_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1
     ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def client_can_speak_tls11(cert):
+    """Control: this client really offers TLS 1.1 (to a local server that allows it)."""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(*cert)
+    sctx.minimum_version = ssl.TLSVersion.TLSv1
+    sctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    result = []
+
+    def serve():
+        conn, _ = ls.accept()
+        try:
+            sctx.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    s = socket.create_connection(ls.getsockname(), timeout=10)
     try:
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    except ssl.SSLError:
+        result.append(old_tls_client_context().wrap_socket(s).version())
+    except (ssl.SSLError, OSError):
         pass
-    s = socket.create_connection(("127.0.0.1", daemon.smtps_port), timeout=10)
+    t.join(10)
+    ls.close()
+    return result == ["TLSv1.1"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_version_at_least_1_2(daemon, cert):
+    if not client_can_speak_tls11(cert):
+        pytest.skip("this OpenSSL cannot offer TLS 1.1 at all")
+    for port in (daemon.smtps_port,):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            old_tls_client_context().wrap_socket(s)
+            pytest.fail("a TLS 1.1 handshake succeeded")
+        s.close()
+    c = h.SMTPClient.connect(daemon.submission_port)
+    c.ehlo()
+    assert c.cmd("STARTTLS").code == 220
     with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
-        ctx.wrap_socket(s)
-        pytest.fail("a TLS 1.1 handshake succeeded")
-    s.close()
+        old_tls_client_context().wrap_socket(c.sock)
+        pytest.fail("a TLS 1.1 handshake succeeded after STARTTLS")
+    c.close()
 
 
 def test_bdat_not_supported(client, tenant):

@@ -120,6 +120,7 @@ def test_sigkill_loses_no_acknowledged_message(daemon_factory, tenant):
         streamers = crash_round(d, tenant, run_for=1.5 + round_)
         d.start()
         n, extra = check_after_restart(d, streamers, seen)
+        print("crash round %d: %d acknowledged, %d in flight and committed" % (round_, n, extra))
         total += n
         seen = set(d.queue_ids())
     assert total >= 10, "too few messages acknowledged to mean anything (%d)" % total

@@ -5,7 +5,6 @@ spool recovery at start."""
 import email.utils
 import os
 import re
-import shutil
 import time
 
 import pytest
@@ -138,10 +137,15 @@ def test_one_log_line_per_message(daemon, tenant):
     qid = submit(c, tenant, h.make_message(tenant.addr()), rcpts=["l1@example.net", "l2@example.net"])
     c.quit()
     daemon.wait_log(qid)
-    lines = [ln for ln in daemon.log_text().splitlines() if qid in ln]
-    assert len(lines) == 1, "expected one log line for %s, got:\n%s" % (qid, "\n".join(lines))
+    # The per-message summary: queue id, tenant, sender, recipient count,
+    # size, result (other parts may log the id too, e.g. the queue).
+    lines = [ln for ln in daemon.log_text().splitlines() if qid in ln and tenant.addr() in ln]
+    assert len(lines) == 1, "expected one summary line for %s, got:\n%s" % (qid, "\n".join(lines))
     ln = lines[0]
-    assert tenant.name in ln and tenant.addr() in ln, ln
+    assert "tenant=" + tenant.name in ln, ln
+    assert re.search(r"\brcpts?=2\b|\brecipients=2\b", ln), "recipient count missing: " + ln
+    assert re.search(r"\bsize=\d+", ln), "size missing: " + ln
+    assert "result=" in ln, ln
 
 
 def test_queue_list(daemon, tenant, build, pg):
