@@ -5,7 +5,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
+#include <openssl/ssl.h>
+
 #include "common/common.h"
+#include "dkim/dkim.h"
+#include "smtpd/server.h"
 #include "smtpd/smtpd.h"
 
 static void usage(FILE *fp)
@@ -15,6 +20,53 @@ static void usage(FILE *fp)
 		    "  --check-config      validate the configuration and exit\n"
 		    "  --list-config-keys  print every accepted [section] key and exit\n"
 		    "  -V, --version       print the version and exit\n");
+}
+
+/*
+ * --check-config: everything start-up would trip over, without starting:
+ * the certificate and key, the master key, the database and its schema.
+ */
+static int check_config(const struct config *cfg, const char *path)
+{
+	char err[1024];
+	SSL_CTX *ctx;
+	PGconn *conn;
+	int bad = 0;
+
+	ctx = tls_server_ctx(cfg->tls_cert, cfg->tls_key, err, sizeof(err));
+	if (ctx == NULL) {
+		fprintf(stderr, "sendgate: %s: [smtp] tls_cert/tls_key: %s\n", path, err);
+		bad = 1;
+	}
+	SSL_CTX_free(ctx);
+	if (cfg->dkim_master_key_file[0]) {
+		unsigned char mkey[32];
+		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1) {
+			fprintf(stderr, "sendgate: %s: [dkim] master_key_file: %s\n", path, err);
+			bad = 1;
+		}
+		explicit_bzero(mkey, sizeof(mkey));
+	}
+	conn = PQconnectdb(cfg->database_url);
+	if (PQstatus(conn) != CONNECTION_OK) {
+		fprintf(stderr, "sendgate: %s: [database] url: cannot connect: %s", path,
+			PQerrorMessage(conn));
+		bad = 1;
+	} else {
+		PGresult *r = PQexec(conn, "SELECT max(version) FROM schema_migrations");
+		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+			fprintf(stderr, "sendgate: %s: [database] url: no sendgate schema; run "
+					"'sendgatectl migrate'\n",
+				path);
+			bad = 1;
+		}
+		PQclear(r);
+	}
+	PQfinish(conn);
+	if (bad)
+		return 1;
+	printf("sendgate: %s: configuration ok\n", path);
+	return 0;
 }
 
 static int level_of(const char *s)
@@ -98,9 +150,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check) {
-		printf("sendgate: %s: configuration ok\n", path);
+		rc = check_config(&cfg, path);
 		config_free(&cfg);
-		return 0;
+		return rc;
 	}
 	log_info("event=starting version=%s config=%s", SENDGATE_VERSION, path);
 	rc = smtpd_run(&cfg, path);

@@ -4,7 +4,9 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,20 +202,132 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
+/* Copies the keys that may change at run time from nc into cfg. */
+static void apply_runtime_keys(struct config *cfg, struct config *nc)
+{
+	char *tmp;
+
+#define SWAP_STR(f) (tmp = cfg->f, cfg->f = nc->f, nc->f = tmp)
+	SWAP_STR(hostname);
+	SWAP_STR(tls_cert);
+	SWAP_STR(tls_key);
+	SWAP_STR(log_level);
+#undef SWAP_STR
+	cfg->max_message_size = nc->max_message_size;
+	cfg->max_recipients = nc->max_recipients;
+	cfg->max_command_line = nc->max_command_line;
+	cfg->max_text_line = nc->max_text_line;
+	cfg->max_path_length = nc->max_path_length;
+	cfg->max_header_size = nc->max_header_size;
+	cfg->max_errors = nc->max_errors;
+	cfg->auth_max_failures = nc->auth_max_failures;
+	cfg->auth_fail_delay = nc->auth_fail_delay;
+	cfg->command_timeout = nc->command_timeout;
+	cfg->data_timeout = nc->data_timeout;
+	cfg->data_done_timeout = nc->data_done_timeout;
+	cfg->max_connections_per_ip = nc->max_connections_per_ip;
+	cfg->verify_grace_period = nc->verify_grace_period;
+}
+
+/* Names the first key that changed but needs a restart, or NULL. */
+static const char *restart_key(const struct config *a, const struct config *b)
+{
+	if (strcmp(a->database_url, b->database_url))
+		return "[database] url";
+	if (strcmp(a->spool_dir, b->spool_dir))
+		return "[spool] dir";
+	if (a->n_submission_listen != b->n_submission_listen ||
+	    memcmp(a->submission_listen, b->submission_listen, sizeof(a->submission_listen)))
+		return "[smtp] submission_listen";
+	if (a->n_smtps_listen != b->n_smtps_listen ||
+	    memcmp(a->smtps_listen, b->smtps_listen, sizeof(a->smtps_listen)))
+		return "[smtp] smtps_listen";
+	if (strcmp(a->user, b->user))
+		return "[server] user";
+	if (strcmp(a->dkim_master_key_file, b->dkim_master_key_file))
+		return "[dkim] master_key_file";
+	if (a->max_connections != b->max_connections)
+		return "[smtp] max_connections";
+	return NULL;
+}
+
+static int level_from(const char *s)
+{
+	return !strcmp(s, "err") ? SGLOG_ERR : !strcmp(s, "warn") ? SGLOG_WARN
+			       : !strcmp(s, "debug")  ? SGLOG_DEBUG
+						      : SGLOG_INFO;
+}
+
+/* SIGHUP: reread the file; a bad new config keeps the old one. */
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
 	struct server *srv = arg;
-	char err[512];
-	SSL_CTX *ctx = tls_server_ctx(srv->cfg->tls_cert, srv->cfg->tls_key, err, sizeof(err));
+	struct config nc;
+	char err[1024];
+	const char *rk;
+	SSL_CTX *ctx;
 
-	if (ctx == NULL) {
-		log_err("event=reload result=failed error=\"%s\" note=keeping_old_certificate", err);
+	if (config_load(&nc, srv->cfg->path, err, sizeof(err)) == -1) {
+		log_err("event=reload result=failed error=\"%s\" note=keeping_old_config", err);
+		config_free(&nc);
 		return;
 	}
+	ctx = tls_server_ctx(nc.tls_cert, nc.tls_key, err, sizeof(err));
+	if (ctx == NULL) {
+		log_err("event=reload result=failed error=\"%s\" note=keeping_old_config", err);
+		config_free(&nc);
+		return;
+	}
+	rk = restart_key(srv->cfg, &nc);
+	if (rk)
+		log_warn("event=reload note=\"%s changed: takes effect at the next restart\"", rk);
+	apply_runtime_keys(srv->cfg, &nc);
+	log_set_level(level_from(srv->cfg->log_level));
+	store_set_broken_grace(srv->store, srv->cfg->verify_grace_period);
 	/* Sessions keep a reference to the context their SSL came from. */
 	SSL_CTX_free(srv->tls);
 	srv->tls = ctx;
-	log_info("event=reload result=ok what=tls_certificate");
+	config_free(&nc);
+	log_info("event=reload result=ok");
+}
+
+/*
+ * Gives up root once every privileged port is bound: to [server] user,
+ * after handing it the spool. Running as root without a user is refused.
+ */
+static void drop_privileges(struct server *srv)
+{
+	const struct config *cfg = srv->cfg;
+	static const char *const sub[] = {"", "/tmp", "/queue", "/quarantine"};
+	struct passwd *pw;
+	size_t i;
+
+	if (geteuid() != 0)
+		return;
+	if (cfg->user[0] == '\0')
+		fatal("event=start_failed config=%s error=\"[server] user: not set; sendgate refuses to "
+		      "run as root\"",
+		      cfg->path);
+	pw = getpwnam(cfg->user);
+	if (pw == NULL)
+		fatal("event=start_failed config=%s error=\"[server] user: no such user %s\"", cfg->path,
+		      cfg->user);
+	if (pw->pw_uid == 0)
+		fatal("event=start_failed config=%s error=\"[server] user: %s is root\"", cfg->path,
+		      cfg->user);
+	for (i = 0; i < ARRAY_LEN(sub); i++) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s%s", cfg->spool_dir, sub[i]);
+		if (chown(path, pw->pw_uid, pw->pw_gid) == -1)
+			fatal("event=start_failed error=\"cannot give %s to %s: %s\"", path, cfg->user,
+			      strerror(errno));
+	}
+	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1)
+		fatal("event=start_failed error=\"cannot switch to user %s: %s\"", cfg->user,
+		      strerror(errno));
+	if (setuid(0) != -1)
+		fatal("event=start_failed error=\"root privileges could be regained\"");
+	log_info("event=privileges user=%s uid=%d", cfg->user, (int)pw->pw_uid);
 }
 
 static void ready_check(evutil_socket_t fd, short what, void *arg)
@@ -285,6 +399,9 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	for (n = 0; n < cfg->n_smtps_listen; n++)
 		if (listen_on(&srv, &cfg->smtps_listen[n], 1, err, sizeof(err)) == -1)
 			fatal("event=start_failed error=\"%s\"", err);
+	if (cfg->has_admin_listen && admin_start(&srv, err, sizeof(err)) == -1)
+		fatal("event=start_failed error=\"%s\"", err);
+	drop_privileges(&srv);
 	srv.ev_sigterm = evsignal_new(srv.base, SIGTERM, on_stop_signal, &srv);
 	srv.ev_sigint = evsignal_new(srv.base, SIGINT, on_stop_signal, &srv);
 	srv.ev_sighup = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
@@ -301,6 +418,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 
 	log_info("event=stopped sessions=%d", srv.nsessions);
 	stop_listening(&srv);
+	admin_stop(&srv);
 	signer_free(srv.signer);
 	spool_close(srv.spool);
 	store_close(srv.store);

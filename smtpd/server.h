@@ -16,6 +16,7 @@
 
 struct session;
 struct evconnlistener;
+struct evhttp;
 
 /* Per client address: open connections and recent AUTH failures. */
 struct client_addr {
@@ -46,6 +47,8 @@ struct server {
 
 	struct hmap *clients; /* address text → struct client_addr */
 
+	struct evhttp *http; /* [admin] listen */
+
 	int stopping;
 	struct event *ev_ready;
 	struct event *ev_sigterm;
@@ -68,6 +71,11 @@ void signer_free(struct signer *sg);
 int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
 		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
 		  signer_cb cb, uint64_t cookie);
+
+/* admin.c */
+/* Serves /healthz and /readyz on [admin] listen. 0, or -1 with err. */
+int admin_start(struct server *srv, char *err, size_t errlen);
+void admin_stop(struct server *srv);
 
 /* tls.c */
 /* Builds the server TLS context from cert/key files; NULL with err. */
