@@ -534,8 +534,13 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const struct dns_
 	opt.sock_state_cb_data = r;
 	opt.timeout = cfg->timeout_ms > 0 ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
 	opt.tries = cfg->tries > 0 ? cfg->tries : DEFAULT_TRIES;
-	/* Absolute names only; no search list, no HOSTALIASES. */
-	opt.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
+	/*
+	 * Absolute names only; no search list, no HOSTALIASES. NOCHECKRESP:
+	 * c-ares 1.18 otherwise swallows a SERVFAIL or REFUSED reply, tries the
+	 * next server, and ends with "connection refused"; we need to tell the
+	 * customer it was SERVFAIL (the price: no failover on SERVFAIL).
+	 */
+	opt.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES | ARES_FLAG_NOCHECKRESP;
 	/* DNS only, never the hosts file. */
 	opt.lookups = lookups;
 	if (have_servers) {
