@@ -191,7 +191,9 @@ def make_cert(dir, name="localhost"):
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
          "-days", "3650", "-subj", "/CN=" + name, "-keyout", key, "-out", cert,
          "-addext", "subjectAltName=DNS:%s,IP:127.0.0.1" % name], timeout=60)
-    os.chmod(key, 0o600)
+    # Test material only: readable by the unprivileged daemon user, which
+    # rereads it on SIGHUP after dropping root.
+    os.chmod(key, 0o644)
     return cert, key
 
 
@@ -326,6 +328,19 @@ def _section_of(key):
     return secs[0]
 
 
+DAEMON_USER = "nobody"
+
+
+def open_path_for_daemon(path):
+    """Lets the unprivileged daemon user traverse every folder above path."""
+    path = os.path.abspath(path)
+    while path not in ("/", ""):
+        st = os.stat(path)
+        if not st.st_mode & 0o001:
+            os.chmod(path, (st.st_mode & 0o7777) | 0o001)
+        path = os.path.dirname(path)
+
+
 class DaemonDied(RuntimeError):
     pass
 
@@ -358,8 +373,15 @@ class Daemon:
         self.logfile = os.path.join(self.dir, "sendgate-%d.log" % self.submission_port)
         self.proc = None
         self.returncodes = []
+        server = {"hostname": "mx.sendgate.test"}
+        if os.geteuid() == 0:
+            # sendgate refuses to run as root: it drops to this user after
+            # binding, so the paths it uses must be reachable by it.
+            server["user"] = DAEMON_USER
+            open_path_for_daemon(self.dir)
+            open_path_for_daemon(os.path.dirname(os.path.abspath(self.cert)))
         self.config = {
-            "server": {"hostname": "mx.sendgate.test"},
+            "server": server,
             "smtp": {
                 "submission_listen": "127.0.0.1:%d" % self.submission_port,
                 "smtps_listen": "127.0.0.1:%d" % self.smtps_port,
