@@ -10,6 +10,7 @@
  * friends stay content of the (rejected) message, and whatever a client
  * pipelined behind them is swallowed up to the real end.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "smtpd/smtpd.h"
@@ -66,38 +67,53 @@ static void set_error(struct data_reader *dr, enum data_err e)
 		dr->error = e;
 }
 
-/* Counts n content octets of the current line (not its CRLF). */
-static void count_content(struct data_reader *dr, size_t n)
+/*
+ * Counts n content octets of the current line (not its CRLF) and returns
+ * how many of them may still be output: all, or those before the first
+ * limit they cross (that limit's error is then set), or none after an
+ * earlier error. Cutting the input differently never changes the output.
+ */
+static size_t count_content(struct data_reader *dr, size_t n)
 {
+	size_t ok = dr->error == DATA_OK ? n : 0;
+	size_t room_line = SIZE_MAX, room_size = SIZE_MAX;
+
+	if (dr->max_line)
+		room_line = dr->max_line >= dr->line_len + 2 ? dr->max_line - dr->line_len - 2 : 0;
+	if (dr->max_size)
+		room_size = dr->max_size >= dr->size ? dr->max_size - dr->size : 0;
+	if (n > room_line && room_line <= room_size) {
+		set_error(dr, DATA_LINE_TOO_LONG);
+		ok = ok < room_line ? ok : room_line;
+	} else if (n > room_size) {
+		set_error(dr, DATA_TOO_BIG);
+		ok = ok < room_size ? ok : room_size;
+	}
 	dr->line_len += n;
 	dr->size += n;
-	if (dr->max_line && dr->line_len + 2 > dr->max_line)
-		set_error(dr, DATA_LINE_TOO_LONG);
-	if (dr->max_size && dr->size > dr->max_size)
-		set_error(dr, DATA_TOO_BIG);
+	return ok;
 }
 
-static int header_grow(struct data_reader *dr, size_t n)
-{
-	dr->hdr_size += n;
-	if (dr->max_header && dr->hdr_size > dr->max_header) {
-		set_error(dr, DATA_HEADER_TOO_BIG);
-		return -1;
-	}
-	return 0;
-}
-
-/* Writes n bytes of the current line where its class says; -1 when a buffer is full. */
+/*
+ * Writes n bytes of the current line where its class says (a header line
+ * only as far as max_header allows). -1 when a buffer is full.
+ */
 static int emit(struct data_reader *dr, const void *p, size_t n, struct buf *hdr, struct buf *body)
 {
-	if (dr->error != DATA_OK)
-		return 0;
+	size_t room;
+
 	switch (dr->hclass) {
 	case HC_BODY:
 		return buf_append(body, p, n);
 	case HC_HEADER:
-		if (header_grow(dr, n) == -1)
-			return 0;
+		room = SIZE_MAX;
+		if (dr->max_header)
+			room = dr->max_header >= dr->hdr_size ? dr->max_header - dr->hdr_size : 0;
+		if (n > room) {
+			set_error(dr, DATA_HEADER_TOO_BIG);
+			n = room;
+		}
+		dr->hdr_size += n;
 		return buf_append(hdr, p, n);
 	default:
 		/* undecided: held in hdr until the line shows what it is */
@@ -105,6 +121,14 @@ static int emit(struct data_reader *dr, const void *p, size_t n, struct buf *hdr
 		dr->line_len_out += n;
 		return buf_append(hdr, p, n);
 	}
+}
+
+/* Writes a line's CRLF unless an error stopped output. */
+static int emit_crlf(struct data_reader *dr, struct buf *hdr, struct buf *body)
+{
+	if (dr->error != DATA_OK)
+		return 0;
+	return emit(dr, "\r\n", 2, hdr, body);
 }
 
 /* The current line is a header field (or continuation). */
@@ -138,9 +162,10 @@ static int decide_body(struct data_reader *dr, struct buf *hdr, struct buf *body
 		dr->hdr_size -= k;
 	}
 	if (!dr->first_line) {
-		if (header_grow(dr, 2) == -1)
-			return 0;
-		return buf_append(hdr, "\r\n", 2);
+		dr->hclass = HC_HEADER;
+		if (emit(dr, "\r\n", 2, hdr, body) == -1)
+			return -1;
+		dr->hclass = HC_BODY;
 	}
 	return 0;
 }
@@ -171,16 +196,16 @@ static int end_line(struct data_reader *dr, struct buf *hdr, struct buf *body)
 			dr->hclass = HC_BODY; /* no header block at all */
 		else
 			dr->hclass = HC_HEADER;
-		r = emit(dr, "\r\n", 2, hdr, body);
+		r = emit_crlf(dr, hdr, body);
 		break;
 	case HC_NAME:
 		/* "word" CRLF: no colon, so not a field */
 		if (decide_body(dr, hdr, body) == -1)
 			return -1;
-		r = emit(dr, "\r\n", 2, hdr, body);
+		r = emit_crlf(dr, hdr, body);
 		break;
 	default:
-		r = emit(dr, "\r\n", 2, hdr, body);
+		r = emit_crlf(dr, hdr, body);
 		break;
 	}
 	dr->first_line = 0;
@@ -216,8 +241,8 @@ static int classify(struct data_reader *dr, const unsigned char **pp, const unsi
 	while (q < end && is_ftext(*q))
 		q++;
 	if (q > p) {
-		count_content(dr, (size_t)(q - p));
-		if (emit(dr, p, (size_t)(q - p), hdr, body) == -1)
+		size_t ok = count_content(dr, (size_t)(q - p));
+		if (ok > 0 && emit(dr, p, ok, hdr, body) == -1)
 			return -1;
 		*pp = p = q;
 	}
@@ -309,8 +334,8 @@ ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struc
 		while (q < end && !(special[*q] & mask))
 			q++;
 		if (q > p) {
-			count_content(dr, (size_t)(q - p));
-			if (emit(dr, p, (size_t)(q - p), hdr, body) == -1)
+			size_t ok = count_content(dr, (size_t)(q - p));
+			if (ok > 0 && emit(dr, p, ok, hdr, body) == -1)
 				return -1;
 			p = q;
 			if (p == end)

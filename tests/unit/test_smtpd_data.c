@@ -456,6 +456,36 @@ static void test_header_limit(void **state)
 	}
 }
 
+/*
+ * With limits hit, how much is output before the error must not depend on
+ * how the input was cut (found by the fuzzer).
+ */
+static void test_limits_split_invariant(void **state)
+{
+	static const struct limits lims[] = {{12, 200, 40}, {3, 30, 5}, {20, 45, 25}, {0, 0, 18}};
+#define IN(lit) {lit, sizeof(lit) - 1}
+	static const struct {
+		const char *s;
+		size_t n;
+	} inputs[] = {
+		IN(": \x01mosa@b\r\nSubject: \xff\xff_`\x00\x00\xe1\x82x\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT"),
+		IN("From: a@b.example\r\nSubject: a longer subject\r\n folded\r\n\r\nbody line\r\n.\r\n"),
+		IN("Subject: caf\xc3\xa9 \xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\r\n\r\n\xc3\xa9\xc3\xa9\xc3\xa9\r\n.\r\n"),
+		IN("X-Long-Field-Name-That-Goes-On: v\r\n\r\n.\r\n"),
+	};
+#undef IN
+	size_t i, j;
+
+	for (i = 0; i < ARRAY_LEN(inputs); i++)
+		for (j = 0; j < ARRAY_LEN(lims); j++) {
+			struct result r;
+			feed_whole(inputs[i].s, inputs[i].n, &lims[j], &r);
+			assert_true(r.done);
+			assert_split_invariant(inputs[i].s, inputs[i].n, &lims[j], &r);
+			result_free(&r);
+		}
+}
+
 /* ---- structure ---------------------------------------------------------- */
 
 static void test_empty_message(void **state)
@@ -746,6 +776,7 @@ int main(void)
 		cmocka_unit_test(test_nul),
 		cmocka_unit_test(test_bare_cr_lf_in_header),
 		cmocka_unit_test(test_header_limit),
+		cmocka_unit_test(test_limits_split_invariant),
 		cmocka_unit_test(test_empty_message),
 		cmocka_unit_test(test_split_cases),
 		cmocka_unit_test(test_eight_bit),
