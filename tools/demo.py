@@ -12,6 +12,7 @@ a message, and runs until Ctrl-C, then stops everything it started.
     SENDGATE_BUILD   folder with sendgate and sendgatectl (default ./build)
     SENDGATE_DATABASE_URL   use this database instead of ./var/pg
     DEMO_TENANT, DEMO_DOMAIN   (default demo, demo.example)
+    DEMO_SUBMISSION_PORT, DEMO_SMTPS_PORT   (default 2587, 2465)
 """
 
 import os
@@ -25,8 +26,8 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 import sgharness as h  # noqa: E402
 
 VAR = os.path.join(REPO, "var")
-SUBMISSION_PORT = 2587
-SMTPS_PORT = 2465
+SUBMISSION_PORT = int(os.environ.get("DEMO_SUBMISSION_PORT", "2587"))
+SMTPS_PORT = int(os.environ.get("DEMO_SMTPS_PORT", "2465"))
 
 
 def start_dns(var):
