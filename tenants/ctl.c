@@ -1,6 +1,6 @@
 /*
  * sendgatectl: the operator's command line for the control plane (tenants,
- * credentials, domains, schema migrations) and a read-only view of the
+ * credentials, domains and their DKIM keys, schema migrations) and a read-only view of the
  * spool. main() parses the global options, loads the configuration and
  * hands the rest of the command line to one command in ctl_*.c.
  */
@@ -31,9 +31,18 @@ static const char help_text[] =
     "  credential create TENANT              make an SMTP credential (secret shown once)\n"
     "  credential list TENANT                list a tenant's credentials\n"
     "  credential revoke USERNAME            revoke a credential\n"
-    "  domain add TENANT DOMAIN [--operator-verified [--note TEXT]]\n"
-    "                                        add a sending domain to a tenant\n"
+    "  domain add TENANT DOMAIN [--dkim-mode cname|txt] [--algorithm rsa|ed25519|both]\n"
+    "             [--operator-verified [--note TEXT]]\n"
+    "                                        add a sending domain to a tenant, with its\n"
+    "                                        DKIM keys; prints the records to publish\n"
     "  domain list [TENANT]                  list domains\n"
+    "  domain show DOMAIN                    one domain and the DKIM records to publish\n"
+    "  dkim list DOMAIN                      a domain's DKIM keys and their states\n"
+    "  dkim rotate DOMAIN [--algorithm rsa|ed25519|both] [--publish-delay DURATION]\n"
+    "             [--overlap DURATION]       new key on the idle selector\n"
+    "  dkim zone                             TXT records of the platform's DKIM zone\n"
+    "  dkim import DOMAIN SELECTOR PEMFILE [--replace] [--overlap DURATION]\n"
+    "                                        sign with an existing private key\n"
     "  queue list                            list the messages in the spool\n"
     "  help                                  this text\n"
     "  version                               print the version\n"
@@ -225,7 +234,8 @@ static const struct {
 } commands[] = {
     {"migrate", ctl_cmd_migrate, 1},       {"tenant", ctl_cmd_tenant, 1},
     {"credential", ctl_cmd_credential, 1}, {"domain", ctl_cmd_domain, 1},
-    {"queue", ctl_cmd_queue, 1},           {"help", cmd_help, 0},
+    {"queue", ctl_cmd_queue, 1},           {"dkim", ctl_cmd_dkim, 1},
+    {"help", cmd_help, 0},
     {"version", cmd_version, 0},
 };
 

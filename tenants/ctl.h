@@ -59,6 +59,66 @@ int ctl_tenant_id(struct ctl *c, const char *name, char id[24]);
 /* SQL for a timestamptz column as ISO 8601 UTC text ("2026-01-02T03:04:05Z"). */
 #define CTL_SQL_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/*
+ * SQL for the state of the dkim_keys row aliased k at now(): 'pending'
+ * (sign_from ahead: published, not used yet), 'signing' (in its window and
+ * the newest such key of its algorithm, the one the daemon uses),
+ * 'retiring' (no longer signing, still published until unpublish_at) or
+ * 'retired'.
+ */
+#define CTL_SQL_DKIM_STATE                                                                         \
+	"CASE WHEN k.sign_from > now() THEN 'pending'"                                             \
+	" WHEN (k.sign_until IS NULL OR k.sign_until > now()) AND k.id = (SELECT s.id"             \
+	" FROM dkim_keys s WHERE s.domain_id = k.domain_id AND s.algorithm = k.algorithm"          \
+	" AND s.sign_from <= now() AND (s.sign_until IS NULL OR s.sign_until > now())"             \
+	" ORDER BY s.sign_from DESC, s.id DESC LIMIT 1) THEN 'signing'"                            \
+	" WHEN k.unpublish_at IS NULL OR k.unpublish_at > now() THEN 'retiring'"                   \
+	" ELSE 'retired' END"
+
+/* ---- ctl_dkim.c: DKIM keys -------------------------------------------- */
+
+/* A new key, sealed and ready to insert. */
+struct ctl_dkim_newkey {
+	char alg[8];       /* "rsa" or "ed25519" */
+	char selector[64]; /* set by the caller */
+	int bits;
+	struct buf sealed_hex; /* "\\x..." text of the sealed private key, for a bytea */
+	struct buf public_b64; /* the p= value */
+};
+
+/*
+ * Loads [dkim] master_key_file into mkey and checks that it opens the
+ * newest key already stored (a valid but different key file would seal
+ * keys the daemon cannot use). 0, or -1 with the error printed. The
+ * caller wipes mkey (OPENSSL_cleanse) when done.
+ */
+int ctl_dkim_master_key(struct ctl *c, unsigned char mkey[32]);
+void ctl_dkim_newkey_init(struct ctl_dkim_newkey *nk);
+void ctl_dkim_newkey_free(struct ctl_dkim_newkey *nk);
+/*
+ * Generates a key of alg ("rsa": [dkim] rsa_bits; "ed25519") and seals it
+ * under mkey into nk (initialised; selector left to the caller). The
+ * private key is wiped from memory after sealing. 0, or -1 (printed).
+ */
+int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const unsigned char mkey[32],
+                             struct ctl_dkim_newkey *nk);
+/*
+ * Inserts nk for the domain inside the caller's transaction, signing from
+ * now() + delay seconds; sign_from (40 bytes, may be NULL) gets that time.
+ * 0, or -1 with the error printed.
+ */
+int ctl_dkim_key_insert(struct ctl *c, const char *domain_id, const struct ctl_dkim_newkey *nk,
+                        long long delay, int imported, char sign_from[40]);
+/*
+ * The DKIM records the customer publishes for the domain (mode "cname" or
+ * "txt"), as a new JSON array of {selector, algorithm, bits, record_type,
+ * name, value, signing, state}; NULL with the error printed.
+ */
+json_t *ctl_dkim_records(struct ctl *c, const char *domain_id, const char *domain,
+                         const char *mode);
+/* Prints ctl_dkim_records' array for people: a heading, then "  NAME TYPE VALUE" lines. */
+void ctl_dkim_records_print(const json_t *recs, const char *domain, const char *mode, FILE *fp);
+
 /* ---- ctl_util.c: pure helpers (unit-tested) --------------------------- */
 
 /* NULL when s is a valid tenant name, else a sentence saying what is wrong. */
@@ -77,6 +137,44 @@ int ctl_utf8_valid(const char *s);
 json_t *ctl_json_text(const char *s);
 /* Seconds as a short age: "5s", "3m", "2h", "4d" (negative counts as 0). */
 void ctl_format_age(long long secs, char *out, size_t outlen);
+
+/*
+ * DKIM selectors. Each algorithm has a pair that keys rotate between:
+ * RSA sg1/sg2, Ed25519 sg1e/sg2e. The selector of slot 1 or 2 of alg
+ * ("rsa", "ed25519"), or NULL for anything else.
+ */
+const char *ctl_dkim_selector(const char *alg, int slot);
+/* 1 or 2 when selector is that slot of alg's pair, else 0. */
+int ctl_dkim_selector_slot(const char *alg, const char *selector);
+/* 1 when selector belongs to any of the platform's pairs. */
+int ctl_dkim_is_platform_selector(const char *selector);
+/* NULL when s is a valid selector (the schema's CHECK), else a sentence. */
+const char *ctl_dkim_selector_problem(const char *s);
+
+/* How a slot of a selector pair is occupied, for ctl_dkim_rotation_slot. */
+enum { CTL_SLOT_FREE, CTL_SLOT_RETIRED, CTL_SLOT_IN_USE };
+/*
+ * The slot (1 or 2) of alg's pair that a rotation puts its new key on:
+ * the other one than the signing selector's when that is in the pair,
+ * else a free slot, else a retired one; -1 when that slot is still in use
+ * (its key is pending, signing or still published).
+ */
+int ctl_dkim_rotation_slot(const char *alg, const char *signing, const int use[2]);
+/* Bits of ctl_dkim_algorithms' mask. */
+enum { CTL_ALG_RSA = 1, CTL_ALG_ED25519 = 2 };
+/* "rsa", "ed25519" or "both" as a mask of CTL_ALG_*; 0 for anything else. */
+int ctl_dkim_algorithms(const char *s);
+/* Appends the DKIM TXT value "v=DKIM1; k=ALG; p=P" to out. */
+void ctl_dkim_txt_value(const char *alg, const char *p_b64, struct buf *out);
+
+/* Longest character-string in a TXT record (RFC 1035 3.3). */
+#define CTL_TXT_STRING_MAX 255
+/*
+ * Appends value as the RDATA of a zone-file TXT record: ("..." "...") of
+ * character-strings of at most 255 bytes each, the tags before "p=" in a
+ * string of their own; '"' and '\' escaped, other unprintables as \DDD.
+ */
+void ctl_zone_txt_rdata(const char *value, struct buf *out);
 
 /* A text table: columns padded to the widest cell, two spaces apart. */
 struct table {
@@ -101,5 +199,6 @@ int ctl_cmd_tenant(struct ctl *c, int argc, char **argv);
 int ctl_cmd_credential(struct ctl *c, int argc, char **argv);
 int ctl_cmd_domain(struct ctl *c, int argc, char **argv);
 int ctl_cmd_queue(struct ctl *c, int argc, char **argv);
+int ctl_cmd_dkim(struct ctl *c, int argc, char **argv);
 
 #endif

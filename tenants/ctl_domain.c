@@ -1,19 +1,24 @@
 /*
- * ctl_domain: `sendgatectl domain add|list`. Adding a domain is a short
- * pipeline (check, insert in a transaction, print) so that the steps still
- * to come — generating the domain's DKIM keys inside the same transaction,
- * printing the DNS records the customer must publish — each slot in as one
- * call.
+ * ctl_domain: `sendgatectl domain add|list|show`. Adding a domain is a
+ * short pipeline (check, insert the domain and its DKIM keys in one
+ * transaction, print the records to publish); `domain show` builds one
+ * JSON description of the domain that the text output is printed from, so
+ * more about a domain (DNS checks) slots in as more keys of that object.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "tenants/ctl.h"
 
 static const char usage[] =
-    "domain add TENANT DOMAIN [--operator-verified [--note TEXT]] | domain list [TENANT]";
-static const char usage_add[] = "domain add TENANT DOMAIN [--operator-verified [--note TEXT]]";
+    "domain add TENANT DOMAIN [--dkim-mode cname|txt] [--algorithm rsa|ed25519|both]"
+    " [--operator-verified [--note TEXT]] | domain list [TENANT] | domain show DOMAIN";
+static const char usage_add[] =
+    "domain add TENANT DOMAIN [--dkim-mode cname|txt] [--algorithm rsa|ed25519|both]"
+    " [--operator-verified [--note TEXT]]";
 
 #define NOTE_MAX 1000
 
@@ -23,6 +28,9 @@ struct domain_add {
 	char name[254];
 	int operator_verified;
 	const char *note; /* NULL when not given */
+	const char *dkim_mode; /* "cname" or "txt" */
+	int algs;              /* CTL_ALG_* mask */
+	unsigned char mkey[32];
 	/* filled by domain_add_insert */
 	char tenant_id[24];
 	char id[24];
@@ -53,8 +61,8 @@ static const char *note_problem(const char *note)
 static int domain_add_insert(struct ctl *c, struct domain_add *da)
 {
 	const char *owner_params[1] = {da->name};
-	const char *ins_params[4] = {da->tenant_id, da->name, da->operator_verified ? "t" : "f",
-	                             da->note};
+	const char *ins_params[5] = {da->tenant_id, da->name, da->operator_verified ? "t" : "f",
+	                             da->note, da->dkim_mode};
 	const char *ev_params[2];
 	char state[6], *data;
 	json_t *doc;
@@ -63,10 +71,10 @@ static int domain_add_insert(struct ctl *c, struct domain_add *da)
 	if (ctl_tenant_id(c, da->tenant, da->tenant_id) == -1)
 		return CTL_FAIL;
 	r = ctl_exec(c, "adding the domain",
-	             "INSERT INTO domains (tenant_id, name, operator_verified, operator_note)"
-	             " VALUES ($1, $2, $3::boolean, $4)"
+	             "INSERT INTO domains (tenant_id, name, operator_verified, operator_note,"
+	             " dkim_mode) VALUES ($1, $2, $3::boolean, $4, $5)"
 	             " RETURNING id, state, " CTL_SQL_TIME("created_at"),
-	             4, ins_params, "23505", state);
+	             5, ins_params, "23505", state);
 	if (r == NULL && strcmp(state, "23505") == 0) {
 		/* The transaction is aborted now; the caller rolls it back. */
 		PQclear(PQexec(ctl_db(c), "ROLLBACK"));
@@ -110,30 +118,72 @@ static int domain_add_insert(struct ctl *c, struct domain_add *da)
 	return CTL_OK;
 }
 
-/* Prints what was added. The DNS records to publish will be printed here too. */
-static void domain_add_print(struct ctl *c, const struct domain_add *da)
+/*
+ * Generates the new domain's keys, one per algorithm on the first selector
+ * of its pair, signing from now (the second selector waits for `dkim
+ * rotate`), and stores them sealed inside the caller's transaction.
+ * CTL_OK, or CTL_FAIL with the error printed.
+ */
+static int domain_add_keys(struct ctl *c, struct domain_add *da)
+{
+	static const struct {
+		int bit;
+		const char *alg;
+	} algs[] = {{CTL_ALG_RSA, "rsa"}, {CTL_ALG_ED25519, "ed25519"}};
+	struct ctl_dkim_newkey nk;
+	size_t i;
+	int rc = CTL_OK;
+
+	for (i = 0; i < ARRAY_LEN(algs) && rc == CTL_OK; i++) {
+		if (!(da->algs & algs[i].bit))
+			continue;
+		ctl_dkim_newkey_init(&nk);
+		snprintf(nk.selector, sizeof(nk.selector), "%s", ctl_dkim_selector(algs[i].alg, 1));
+		if (ctl_dkim_newkey_generate(c, algs[i].alg, da->mkey, &nk) == -1 ||
+		    ctl_dkim_key_insert(c, da->id, &nk, 0, 0, NULL) == -1)
+			rc = CTL_FAIL;
+		ctl_dkim_newkey_free(&nk);
+	}
+	return rc;
+}
+
+/* Prints what was added and the DKIM records to publish (recs is consumed). */
+static void domain_add_print(struct ctl *c, const struct domain_add *da, json_t *recs)
 {
 	if (c->json) {
-		ctl_json_print(json_pack("{s:o, s:s, s:s, s:s, s:b, s:s?, s:s}", "id",
+		ctl_json_print(json_pack("{s:o, s:s, s:s, s:s, s:b, s:s?, s:s, s:s, s:o}", "id",
 		                         ctl_json_int(da->id), "name", da->name, "tenant",
 		                         da->tenant, "state", da->state, "operator_verified",
 		                         da->operator_verified, "operator_note", da->note,
-		                         "created_at", da->created_at));
+		                         "created_at", da->created_at, "dkim_mode", da->dkim_mode,
+		                         "dkim", recs));
 		return;
 	}
 	printf("added domain %s to tenant %s (state %s%s)\n", da->name, da->tenant, da->state,
 	       da->operator_verified ? ", operator-verified" : "");
+	ctl_dkim_records_print(recs, da->name, da->dkim_mode, stdout);
+	json_decref(recs);
 }
 
 static int domain_add(struct ctl *c, int argc, char **argv)
 {
 	struct domain_add da;
-	const char *pos[2], *why;
+	const char *pos[2], *why, *algopt = NULL;
+	json_t *recs = NULL;
 	int npos = 0, i, rc;
 
 	memset(&da, 0, sizeof(da));
+	da.dkim_mode = "cname";
 	for (i = 2; i < argc; i++) {
-		if (strcmp(argv[i], "--operator-verified") == 0) {
+		if (strcmp(argv[i], "--dkim-mode") == 0) {
+			if (i + 1 >= argc)
+				return ctl_usage(usage_add, "--dkim-mode needs cname or txt");
+			da.dkim_mode = argv[++i];
+		} else if (strcmp(argv[i], "--algorithm") == 0) {
+			if (i + 1 >= argc)
+				return ctl_usage(usage_add, "--algorithm needs rsa, ed25519 or both");
+			algopt = argv[++i];
+		} else if (strcmp(argv[i], "--operator-verified") == 0) {
 			da.operator_verified = 1;
 		} else if (strcmp(argv[i], "--note") == 0) {
 			if (i + 1 >= argc)
@@ -153,6 +203,15 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 		return ctl_usage(usage_add, "domain add needs a TENANT and a DOMAIN");
 	if (da.note && !da.operator_verified)
 		return ctl_usage(usage_add, "--note is only for --operator-verified");
+	if (strcmp(da.dkim_mode, "cname") != 0 && strcmp(da.dkim_mode, "txt") != 0)
+		return ctl_usage(usage_add, "--dkim-mode must be cname or txt");
+	if (algopt && ctl_dkim_algorithms(algopt) == 0)
+		return ctl_usage(usage_add, "--algorithm must be rsa, ed25519 or both");
+	da.algs = ctl_dkim_algorithms(algopt ? algopt : c->cfg.dkim_default_algorithm);
+	if (da.algs == 0) {
+		ctl_error("[dkim] default_algorithm must be rsa, ed25519 or both");
+		return CTL_FAIL;
+	}
 	if (da.note && (why = note_problem(da.note)) != NULL) {
 		ctl_error("invalid note: %s", why);
 		return CTL_FAIL;
@@ -163,18 +222,112 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 		return CTL_FAIL;
 	}
 
-	if (ctl_run(c, "adding the domain", "BEGIN") == -1)
+	/* A platform must not take on a domain it cannot sign for. */
+	if (ctl_dkim_master_key(c, da.mkey) == -1)
 		return CTL_FAIL;
+	if (ctl_run(c, "adding the domain", "BEGIN") == -1) {
+		OPENSSL_cleanse(da.mkey, sizeof(da.mkey));
+		return CTL_FAIL;
+	}
 	rc = domain_add_insert(c, &da);
-	/* DKIM key generation for the new domain belongs here, in the same transaction. */
+	if (rc == CTL_OK)
+		rc = domain_add_keys(c, &da);
+	OPENSSL_cleanse(da.mkey, sizeof(da.mkey));
+	if (rc == CTL_OK && (recs = ctl_dkim_records(c, da.id, da.name, da.dkim_mode)) == NULL)
+		rc = CTL_FAIL;
 	if (rc == CTL_OK && ctl_run(c, "adding the domain", "COMMIT") == -1)
 		rc = CTL_FAIL;
 	if (rc != CTL_OK) {
-		if (PQtransactionStatus(c->db) != PQTRANS_IDLE)
+		if (c->db && PQtransactionStatus(c->db) != PQTRANS_IDLE)
 			PQclear(PQexec(c->db, "ROLLBACK"));
+		json_decref(recs);
 		return rc;
 	}
-	domain_add_print(c, &da);
+	domain_add_print(c, &da, recs);
+	return CTL_OK;
+}
+
+/*
+ * Describes one domain as a new JSON object: name, tenant, state,
+ * operator_verified, operator_note, dkim_mode, created_at,
+ * state_changed_at, and "dkim", the records to publish. NULL with the
+ * error printed. Checks of what DNS publishes can be added as more keys.
+ */
+static json_t *domain_describe(struct ctl *c, const char *arg)
+{
+	char name[254];
+	const char *params[1] = {name};
+	const char *why;
+	json_t *obj, *recs;
+	PGresult *r;
+
+	if (ctl_domain_normalize(arg, name, sizeof(name), &why) == -1) {
+		ctl_error("no domain named \"%s\"", arg);
+		return NULL;
+	}
+	r = ctl_exec(c, "reading the domain",
+	             "SELECT d.id, d.name, t.name, d.state, d.operator_verified, d.operator_note,"
+	             " d.dkim_mode, " CTL_SQL_TIME("d.created_at") ", " CTL_SQL_TIME(
+	                 "d.state_changed_at") " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+	                                       " WHERE d.name = $1",
+	             1, params, NULL, NULL);
+	if (r == NULL)
+		return NULL;
+	if (PQntuples(r) == 0) {
+		ctl_error("no domain named \"%s\"", name);
+		PQclear(r);
+		return NULL;
+	}
+	recs = ctl_dkim_records(c, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 6));
+	if (recs == NULL) {
+		PQclear(r);
+		return NULL;
+	}
+	obj = json_pack("{s:o, s:s, s:s, s:s, s:b, s:o, s:s, s:s, s:s, s:o}", "id",
+	                ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1), "tenant",
+	                PQgetvalue(r, 0, 2), "state", PQgetvalue(r, 0, 3), "operator_verified",
+	                ctl_pq_bool(r, 0, 4), "operator_note", ctl_json_str_or_null(r, 0, 5),
+	                "dkim_mode", PQgetvalue(r, 0, 6), "created_at", PQgetvalue(r, 0, 7),
+	                "state_changed_at", PQgetvalue(r, 0, 8), "dkim", recs);
+	PQclear(r);
+	if (obj == NULL)
+		abort();
+	return obj;
+}
+
+/* Prints a domain_describe object for people. */
+static void domain_show_text(const json_t *obj, FILE *fp)
+{
+	const json_t *note = json_object_get(obj, "operator_note");
+	const char *name = json_string_value(json_object_get(obj, "name"));
+
+	fprintf(fp, "domain:             %s\n", name);
+	fprintf(fp, "tenant:             %s\n", json_string_value(json_object_get(obj, "tenant")));
+	fprintf(fp, "state:              %s\n", json_string_value(json_object_get(obj, "state")));
+	fprintf(fp, "operator verified:  %s\n",
+	        json_is_true(json_object_get(obj, "operator_verified")) ? "yes" : "no");
+	if (json_is_string(note))
+		fprintf(fp, "operator note:      %s\n", json_string_value(note));
+	fprintf(fp, "dkim mode:          %s\n",
+	        json_string_value(json_object_get(obj, "dkim_mode")));
+	fprintf(fp, "created:            %s\n",
+	        json_string_value(json_object_get(obj, "created_at")));
+	fprintf(fp, "state changed:      %s\n",
+	        json_string_value(json_object_get(obj, "state_changed_at")));
+	ctl_dkim_records_print(json_object_get(obj, "dkim"), name,
+	                       json_string_value(json_object_get(obj, "dkim_mode")), fp);
+}
+
+static int domain_show(struct ctl *c, const char *name)
+{
+	json_t *obj = domain_describe(c, name);
+
+	if (obj == NULL)
+		return CTL_FAIL;
+	if (c->json)
+		return ctl_json_print(obj);
+	domain_show_text(obj, stdout);
+	json_decref(obj);
 	return CTL_OK;
 }
 
@@ -237,6 +390,11 @@ int ctl_cmd_domain(struct ctl *c, int argc, char **argv)
 			return ctl_usage("domain list [TENANT]",
 			                 "domain list takes at most a TENANT");
 		return domain_list(c, argc == 3 ? argv[2] : NULL);
+	}
+	if (strcmp(argv[1], "show") == 0) {
+		if (argc != 3)
+			return ctl_usage("domain show DOMAIN", "domain show takes one DOMAIN");
+		return domain_show(c, argv[2]);
 	}
 	return ctl_usage(usage, "unknown domain subcommand \"%s\"", argv[1]);
 }

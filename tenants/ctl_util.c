@@ -270,3 +270,149 @@ json_t *ctl_json_text(const char *s)
 		abort();
 	return j;
 }
+
+/* ---- DKIM selectors and DNS record text ------------------------------ */
+
+/*
+ * The platform's selector pairs: RSA keys rotate between sg1 and sg2,
+ * Ed25519 keys between sg1e and sg2e, so a domain signing with both
+ * algorithms never has two keys competing for one selector.
+ */
+static const struct {
+	const char *alg;
+	const char *sel[2];
+} selector_pairs[] = {
+    {"rsa", {"sg1", "sg2"}},
+    {"ed25519", {"sg1e", "sg2e"}},
+};
+
+const char *ctl_dkim_selector(const char *alg, int slot)
+{
+	size_t i;
+
+	if (slot != 1 && slot != 2)
+		return NULL;
+	for (i = 0; i < ARRAY_LEN(selector_pairs); i++)
+		if (strcmp(selector_pairs[i].alg, alg) == 0)
+			return selector_pairs[i].sel[slot - 1];
+	return NULL;
+}
+
+int ctl_dkim_selector_slot(const char *alg, const char *selector)
+{
+	int slot;
+
+	for (slot = 1; slot <= 2; slot++) {
+		const char *s = ctl_dkim_selector(alg, slot);
+
+		if (s && strcmp(s, selector) == 0)
+			return slot;
+	}
+	return 0;
+}
+
+int ctl_dkim_is_platform_selector(const char *selector)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_LEN(selector_pairs); i++)
+		if (ctl_dkim_selector_slot(selector_pairs[i].alg, selector))
+			return 1;
+	return 0;
+}
+
+/* Mirrors the CHECK on dkim_keys.selector: ^[a-z0-9][a-z0-9-]{0,62}$ */
+const char *ctl_dkim_selector_problem(const char *s)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0)
+		return "a selector must not be empty";
+	if (n > LABEL_MAX)
+		return "a selector is at most 63 characters";
+	if (!is_lower_alnum((unsigned char)s[0]))
+		return "a selector must start with a lower-case letter or a digit";
+	for (i = 1; i < n; i++)
+		if (!is_lower_alnum((unsigned char)s[i]) && s[i] != '-')
+			return "a selector may contain only a-z, 0-9 and '-'";
+	return NULL;
+}
+
+int ctl_dkim_rotation_slot(const char *alg, const char *signing, const int use[2])
+{
+	int cur = signing ? ctl_dkim_selector_slot(alg, signing) : 0;
+	int slot;
+
+	if (cur) {
+		/* The idle selector is the other one of the pair, and only it. */
+		slot = 3 - cur;
+		return use[slot - 1] == CTL_SLOT_IN_USE ? -1 : slot;
+	}
+	for (slot = 1; slot <= 2; slot++)
+		if (use[slot - 1] == CTL_SLOT_FREE)
+			return slot;
+	for (slot = 1; slot <= 2; slot++)
+		if (use[slot - 1] == CTL_SLOT_RETIRED)
+			return slot;
+	return -1;
+}
+
+void ctl_dkim_txt_value(const char *alg, const char *p_b64, struct buf *out)
+{
+	buf_printf(out, "v=DKIM1; k=%s; p=%s", alg, p_b64);
+}
+
+/* Appends one zone-file character-string: quoted, '"' and '\' escaped, others as \DDD. */
+static void zone_string(const char *p, size_t n, struct buf *out)
+{
+	size_t i;
+
+	buf_append(out, "\"", 1);
+	for (i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)p[i];
+
+		if (ch == '"' || ch == '\\')
+			buf_printf(out, "\\%c", ch);
+		else if (ch < 0x20 || ch > 0x7e)
+			buf_printf(out, "\\%03u", ch);
+		else
+			buf_append(out, &ch, 1);
+	}
+	buf_append(out, "\"", 1);
+}
+
+void ctl_zone_txt_rdata(const char *value, struct buf *out)
+{
+	size_t n = strlen(value), off = 0, head = 0, chunk;
+	const char *p = strstr(value, "p=");
+
+	/* The tags before p= read better as a string of their own. */
+	if (p && p > value && (size_t)(p - value) <= CTL_TXT_STRING_MAX)
+		head = (size_t)(p - value);
+	buf_append(out, "(", 1);
+	if (head) {
+		zone_string(value, head, out);
+		off = head;
+	}
+	while (off < n || (off == 0 && n == 0)) {
+		if (off > 0)
+			buf_append(out, " ", 1);
+		chunk = n - off < CTL_TXT_STRING_MAX ? n - off : CTL_TXT_STRING_MAX;
+		zone_string(value + off, chunk, out);
+		off += chunk;
+		if (n == 0)
+			break;
+	}
+	buf_append(out, ")", 1);
+}
+
+int ctl_dkim_algorithms(const char *s)
+{
+	if (strcmp(s, "rsa") == 0)
+		return CTL_ALG_RSA;
+	if (strcmp(s, "ed25519") == 0)
+		return CTL_ALG_ED25519;
+	if (strcmp(s, "both") == 0)
+		return CTL_ALG_RSA | CTL_ALG_ED25519;
+	return 0;
+}
