@@ -81,32 +81,73 @@ struct dkim_body *dkim_body_new(enum dkim_canon canon)
 	return b;
 }
 
+/* Emits a run of content bytes that holds no CR (nor WSP when relaxed). */
+static void emit_run(struct dkim_body *b, const unsigned char *p, size_t n)
+{
+	emit_content(b, p[0]);
+	p++;
+	n--;
+	if (n > STAGE_SIZE - b->staged) {
+		stage_flush(b);
+		if (n >= STAGE_SIZE) {
+			if (EVP_DigestUpdate(b->md, p, n) != 1)
+				abort();
+			return;
+		}
+	}
+	memcpy(b->stage + b->staged, p, n);
+	b->staged += n;
+}
+
+/* Length of the run at p that holds no CR, nor WSP when relaxed. */
+static size_t run_length(const struct dkim_body *b, const unsigned char *p, size_t n)
+{
+	const unsigned char *cr;
+	size_t i;
+
+	if (b->canon == DKIM_CANON_SIMPLE) {
+		cr = memchr(p, '\r', n);
+		return cr ? (size_t)(cr - p) : n;
+	}
+	for (i = 0; i < n; i++)
+		if (p[i] == '\r' || p[i] == ' ' || p[i] == '\t')
+			break;
+	return i;
+}
+
 /* Feeds n more body bytes; chunk boundaries do not affect the result. */
 void dkim_body_update(struct dkim_body *b, const void *p, size_t n)
 {
 	const unsigned char *s = p;
-	size_t i;
+	size_t i = 0, run;
 
 	if (b->finished)
 		return;
-	for (i = 0; i < n; i++) {
+	while (i < n) {
 		unsigned char c = s[i];
 
 		if (b->held_cr) {
 			b->held_cr = 0;
 			if (c == '\n') {
 				end_line(b);
+				i++;
 				continue;
 			}
 			/* A bare CR is ordinary content, as for any verifier. */
 			emit_content(b, '\r');
 		}
-		if (c == '\r')
+		if (c == '\r') {
 			b->held_cr = 1;
-		else if (b->canon == DKIM_CANON_RELAXED && (c == ' ' || c == '\t'))
+			i++;
+		} else if (b->canon == DKIM_CANON_RELAXED && (c == ' ' || c == '\t')) {
 			b->held_wsp = 1;
-		else
-			emit_content(b, c);
+			i++;
+		} else {
+			/* The common case: hash a whole run of text at once. */
+			run = run_length(b, s + i, n - i);
+			emit_run(b, s + i, run);
+			i += run;
+		}
 	}
 }
 

@@ -321,6 +321,50 @@ static void test_body_random_vs_reference(void **state)
 	}
 }
 
+/*
+ * Long runs of plain text (hashed in bulk, past the internal staging
+ * size) mixed with line ends and WSP, split at many points.
+ */
+static void test_body_long_runs(void **state)
+{
+	size_t n = 0, i, c, cut;
+	char *s = xmalloc(40000);
+	struct buf r;
+
+	for (i = 0; i < 9000; i++)
+		s[n++] = (char)('a' + i % 26);
+	memcpy(s + n, "  \r\n\r\n", 6);
+	n += 6;
+	for (i = 0; i < 5000; i++)
+		s[n++] = i % 1000 == 999 ? '\t' : 'z';
+	memcpy(s + n, "\r\n \r\nq", 7);
+	n += 7;
+	for (i = 0; i < 20000; i++)
+		s[n++] = (char)('0' + i % 10);
+	memcpy(s + n, "\r\n\r\n", 4);
+	n += 4;
+	buf_init(&r, 1 << 20);
+	for (c = 0; c < 2; c++) {
+		enum dkim_canon canon = c ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
+		unsigned char want[32], got[32];
+		size_t cuts[3];
+
+		ref_body(canon, s, n, &r);
+		sha256(r.data, r.len, want);
+		for (cut = 1; cut < n; cut += 997) {
+			cuts[0] = cut / 3;
+			cuts[1] = cut;
+			cuts[2] = cut + (n - cut) / 2;
+			body_hash_chunks(canon, s, n, cuts, 3, got);
+			if (memcmp(got, want, 32) != 0)
+				fail_msg("canon %zu, cuts %zu/%zu/%zu: differs from reference", c,
+					 cuts[0], cuts[1], cuts[2]);
+		}
+	}
+	buf_free(&r);
+	free(s);
+}
+
 /* A body larger than the internal staging buffer, fed in odd chunks. */
 static void test_body_large(void **state)
 {
@@ -1487,6 +1531,7 @@ int main(void)
 	    cmocka_unit_test(test_body_chunking),
 	    cmocka_unit_test(test_body_random_vs_reference),
 	    cmocka_unit_test(test_body_large),
+	    cmocka_unit_test(test_body_long_runs),
 	    cmocka_unit_test(test_rfc8463_body_hash),
 	    cmocka_unit_test(test_rfc8463_keys_match_dns),
 	    cmocka_unit_test(test_rfc8463_reproduce_signatures),
