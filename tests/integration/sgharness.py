@@ -207,6 +207,24 @@ def client_tls_context():
 
 # ---------------------------------------------------------------- sendgatectl
 
+_MASTER_KEY = None
+
+
+def master_key_file():
+    """One DKIM master key file per test process, shared by sendgatectl
+    (which seals domain keys with it) and the daemon (which unseals them)."""
+    global _MASTER_KEY
+    if _MASTER_KEY is None:
+        d = tempfile.mkdtemp(prefix="sgmk-", dir="/tmp")
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "master.key")
+        with open(path, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        os.chmod(path, 0o644)
+        _MASTER_KEY = path
+    return _MASTER_KEY
+
+
 class CtlError(RuntimeError):
     def __init__(self, argv, rc, stdout, stderr):
         super().__init__("sendgatectl %s exited %d: %s%s" % (" ".join(argv), rc, stderr, stdout))
@@ -224,6 +242,7 @@ class Ctl:
             fd, self.config = tempfile.mkstemp(prefix="sgctl-", suffix=".conf")
             with os.fdopen(fd, "w") as f:
                 f.write("[database]\nurl = %s\n" % pg_url)
+                f.write("[dkim]\nmaster_key_file = %s\n" % master_key_file())
 
     def raw(self, *args, json_out=True, timeout=60):
         argv = [self.exe, "-c", self.config] + (["--json"] if json_out else []) + list(args)
@@ -391,6 +410,7 @@ class Daemon:
             },
             "database": {"url": pg.url if pg is not None else ""},
             "spool": {"dir": self.spool_dir},
+            "dkim": {"master_key_file": master_key_file()},
             # Until delivery is under test, nothing may leave the queue.
             "delivery": {"enabled": "no"},
         }
