@@ -583,8 +583,11 @@ class SMTPClient:
         self.greeting = None
 
     @classmethod
-    def connect(cls, port, tls=False, timeout=10.0, read_greeting=True):
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW)
+    def connect(cls, port, tls=False, timeout=10.0, read_greeting=True, source=None):
+        """source: a local address to connect from (127.0.0.2 is another
+        client address on Linux loopback)."""
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW,
+                                     source_address=(source, 0) if source else None)
         if tls:
             s = client_tls_context().wrap_socket(s)
         c = cls(s, timeout)

@@ -334,3 +334,30 @@ def test_revoked_credential_refused(daemon_factory, ctl):
         return r.code == 535
 
     h.eventually(refused, timeout=5, interval=0.3, what="AUTH refused after revoke")
+
+
+def test_failing_address_is_slowed_down(daemon_factory, tenant):
+    """After 3 failures an address's next connections are delayed; another
+    address is not, and the right secret still works afterwards."""
+    import time
+
+    d = daemon_factory(auth_fail_delay="2s")
+    for i in range(3):  # one failure per connection: counted per address
+        c = h.SMTPClient.connect(d.smtps_port, tls=True)
+        c.ehlo()
+        assert c.auth_plain(tenant.username, "wrong-%d" % i).code in (535, 421)
+        c.close()
+    t0 = time.monotonic()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.ehlo()
+    r = c.auth_plain(tenant.username, tenant.secret)
+    slow = time.monotonic() - t0
+    assert slow >= 1.5, "no slow-down after 3 failures (%.2fs)" % slow
+    assert r.code == 235, r
+    c.quit()
+    t0 = time.monotonic()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.0.2")
+    c.ehlo()
+    assert c.auth_plain(tenant.username, tenant.secret).code == 235
+    assert time.monotonic() - t0 < 1.5, "another client address was slowed down too"
+    c.quit()
