@@ -26,7 +26,7 @@ enum dkim_alg { DKIM_ALG_RSA_SHA256, DKIM_ALG_ED25519_SHA256 };
 struct dkim_body;
 struct dkim_body *dkim_body_new(enum dkim_canon canon);
 void dkim_body_update(struct dkim_body *b, const void *p, size_t n);
-/* Writes the 32-byte digest; b may not be updated after. */
+/* Writes the 32-byte digest; later updates are ignored, a second final aborts. */
 void dkim_body_final(struct dkim_body *b, unsigned char out[32]);
 void dkim_body_free(struct dkim_body *b);
 
@@ -40,16 +40,25 @@ int dkim_canon_header(enum dkim_canon canon, const char *field, size_t len, stru
 
 struct dkim_key;
 
-/* Parses a PEM private key (PKCS#8 or traditional RSA); NULL with err. */
+/*
+ * Parses a PEM private key (PKCS#8 or traditional RSA; no passphrase).
+ * RSA of 1024 to 8192 bits or Ed25519; policy on imported sizes (e.g.
+ * refusing 1024) is the caller's, with dkim_key_bits. Caller frees with
+ * dkim_key_free; NULL with err.
+ */
 struct dkim_key *dkim_key_from_pem(const char *pem, size_t len, char *err, size_t errlen);
 /*
  * Builds an Ed25519 key from its 32-byte seed (RFC 8032 private key), as
  * published in RFC 8463's test vectors.
  */
 struct dkim_key *dkim_key_from_ed25519_seed(const unsigned char seed[32], char *err, size_t errlen);
-/* Generates a key: RSA of bits (2048, 3072, 4096; 1024 is refused) or Ed25519. */
+/*
+ * Generates a key: RSA of bits (2048, 3072, 4096; 0 means 2048; 1024 and
+ * anything else is refused) or Ed25519 (bits ignored). NULL with err.
+ */
 struct dkim_key *dkim_key_generate(enum dkim_alg alg, int bits, char *err, size_t errlen);
 enum dkim_alg dkim_key_alg(const struct dkim_key *k);
+/* RSA modulus bits, or 256 for Ed25519. */
 int dkim_key_bits(const struct dkim_key *k);
 /* PKCS#8 PEM of the private key, appended to out. 0 or -1. */
 int dkim_key_private_pem(const struct dkim_key *k, struct buf *out);
