@@ -73,7 +73,8 @@ static int read_name(const unsigned char *m, size_t mlen, size_t *off, char *out
 		}
 		if ((c & 0xc0) != 0 || pos + 1 + c > mlen)
 			return -1;
-		if (o + c + 2 > outlen || o + c + 1 > 254)
+		/* A name is at most 253 characters as text (255 bytes on the wire). */
+		if (o + (o > 0) + c > 253 || o + (o > 0) + c + 1 > outlen)
 			return -1;
 		if (o > 0)
 			out[o++] = '.';
