@@ -540,6 +540,23 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
 		reply(s, "452 4.5.3 Too many recipients: at most %d per message", cfg->max_recipients);
 		return;
 	}
+	{
+		char lower[SMTP_ADDR_MAX + 1], reason[200], when[32];
+		time_t since;
+		struct tm tm;
+		snprintf(lower, sizeof(lower), "%s", path.addr);
+		str_lower(lower);
+		if (store_suppressed(s->srv->store, s->who.tenant_id, lower, reason, sizeof(reason),
+				     &since)) {
+			gmtime_r(&since, &tm);
+			strftime(when, sizeof(when), "%Y-%m-%d", &tm);
+			reply_err(s,
+				  "550 5.1.1 Recipient <%s> is on the suppression list of tenant %s "
+				  "since %s (%s)",
+				  path.addr, s->who.tenant, when, reason);
+			return;
+		}
+	}
 	s->tx->rcpts = xrealloc(s->tx->rcpts, (s->tx->nrcpts + 1) * sizeof(char *));
 	s->tx->rcpts[s->tx->nrcpts++] = xstrdup(path.addr);
 	set_state(s, ST_RCPT);

@@ -24,6 +24,10 @@ enum req_kind {
 	REQ_LOAD_CREDS,
 	REQ_LOAD_DOMAINS,
 	REQ_LOAD_KEYS,
+	REQ_LOAD_SUPPR,
+	REQ_LOAD_POOLS,
+	REQ_LOAD_TENANT_POOLS,
+	REQ_SUPPRESS,
 	REQ_AUTH,
 	REQ_DOMAIN,
 	REQ_EVENTS,
@@ -45,6 +49,21 @@ struct req {
 	int64_t tenant_id;
 	unsigned char hash[32]; /* REQ_AUTH: SHA-256 of the offered secret */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
+	char *p[4];	/* REQ_SUPPRESS parameters */
+};
+
+struct supp {
+	char reason[200];
+	time_t since;
+};
+
+#define POOL_MAX_ADDRS 32
+
+struct pool {
+	char name[64];
+	int is_default;
+	int n;
+	struct pool_address a[POOL_MAX_ADDRS];
 };
 
 struct cred {
@@ -55,6 +74,7 @@ struct cred {
 enum dstate { D_PENDING, D_PARTIAL, D_VERIFIED, D_BROKEN };
 
 struct dom {
+	int return_path_verified;
 	int64_t tenant_id;
 	enum dstate state;
 	int operator_verified;
@@ -87,6 +107,10 @@ struct store {
 	struct hmap *creds;   /* username → struct cred */
 	struct hmap *domains; /* name → struct dom */
 	struct hmap *keys;    /* domain → struct key_list */
+	struct hmap *supp;    /* "tenant:address" → struct supp */
+	struct hmap *pools;   /* pool id text → struct pool */
+	struct hmap *tenant_pool; /* tenant id text → pool id text (as value) */
+	char default_pool[24];
 	int creds_loaded, domains_loaded;
 	int have_master;
 	unsigned char master[32];
@@ -115,6 +139,10 @@ static struct req *req_new(enum req_kind kind)
 
 static void req_free(struct req *r)
 {
+	int i;
+
+	for (i = 0; i < 4; i++)
+		free(r->p[i]);
 	free(r->arg);
 	free(r);
 }
@@ -179,6 +207,7 @@ static struct dom *dom_from_row(PGresult *res, int i)
 	d->state = dstate_parse(PQgetvalue(res, i, 2));
 	d->operator_verified = PQgetvalue(res, i, 3)[0] == 't';
 	d->broken_since = PQgetisnull(res, i, 4) ? 0 : (time_t)strtoll(PQgetvalue(res, i, 4), NULL, 10);
+	d->return_path_verified = PQgetvalue(res, i, 5)[0] == 't';
 	return d;
 }
 
@@ -216,13 +245,25 @@ static const char SQL_LOAD_CREDS[] =
     "JOIN tenants t ON t.id = c.tenant_id WHERE c.revoked_at IS NULL";
 static const char SQL_LOAD_DOMAINS[] =
     "SELECT name, tenant_id, state, operator_verified, "
-    "extract(epoch FROM broken_since)::bigint FROM domains";
+    "extract(epoch FROM broken_since)::bigint, return_path_verified FROM domains";
 static const char SQL_AUTH[] =
     "SELECT c.username, c.secret_sha256, c.tenant_id, t.name FROM credentials c "
     "JOIN tenants t ON t.id = c.tenant_id WHERE c.username = $1 AND c.revoked_at IS NULL";
 static const char SQL_DOMAIN[] =
     "SELECT name, tenant_id, state, operator_verified, "
-    "extract(epoch FROM broken_since)::bigint FROM domains WHERE name = $1";
+    "extract(epoch FROM broken_since)::bigint, return_path_verified FROM domains "
+    "WHERE name = $1";
+static const char SQL_LOAD_SUPPR[] =
+    "SELECT tenant_id, address, reason, extract(epoch FROM created_at)::bigint "
+    "FROM suppressions";
+static const char SQL_LOAD_POOLS[] =
+    "SELECT p.id, p.name, p.is_default, host(a.address), a.helo, a.weight "
+    "FROM pools p LEFT JOIN pool_addresses a ON a.pool_id = p.id ORDER BY p.id, a.id";
+static const char SQL_LOAD_TENANT_POOLS[] =
+    "SELECT id, pool_id FROM tenants WHERE pool_id IS NOT NULL";
+static const char SQL_SUPPRESS[] =
+    "INSERT INTO suppressions (tenant_id, address, reason, message_id) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 static const char SQL_EVENTS[] =
     "INSERT INTO events (type, tenant_id, message_id, data) "
     "SELECT e->>'type', (e->>'tenant_id')::bigint, e->>'message_id', e->'data' "
@@ -407,6 +448,133 @@ int store_signing_keys(struct store *st, const char *domain, time_t now, struct 
 	return n;
 }
 
+static void load_suppr(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	char key[400];
+	int i;
+
+	for (i = 0; i < PQntuples(res); i++) {
+		struct supp *sp = xcalloc(1, sizeof(*sp));
+		snprintf(key, sizeof(key), "%s:%s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+		snprintf(sp->reason, sizeof(sp->reason), "%s", PQgetvalue(res, i, 2));
+		sp->since = (time_t)strtoll(PQgetvalue(res, i, 3), NULL, 10);
+		free(hmap_put(m, key, sp));
+	}
+	hmap_free(st->supp, free);
+	st->supp = m;
+}
+
+static void load_pools(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	int i;
+
+	st->default_pool[0] = '\0';
+	for (i = 0; i < PQntuples(res); i++) {
+		const char *id = PQgetvalue(res, i, 0);
+		struct pool *p = hmap_get(m, id);
+		if (p == NULL) {
+			p = xcalloc(1, sizeof(*p));
+			snprintf(p->name, sizeof(p->name), "%s", PQgetvalue(res, i, 1));
+			p->is_default = PQgetvalue(res, i, 2)[0] == 't';
+			if (p->is_default)
+				snprintf(st->default_pool, sizeof(st->default_pool), "%s", id);
+			hmap_put(m, id, p);
+		}
+		if (PQgetisnull(res, i, 3) || p->n == POOL_MAX_ADDRS)
+			continue;
+		snprintf(p->a[p->n].address, sizeof(p->a[p->n].address), "%s", PQgetvalue(res, i, 3));
+		snprintf(p->a[p->n].helo, sizeof(p->a[p->n].helo), "%s", PQgetvalue(res, i, 4));
+		p->a[p->n].weight = atoi(PQgetvalue(res, i, 5)) > 0 ? atoi(PQgetvalue(res, i, 5)) : 1;
+		p->n++;
+	}
+	hmap_free(st->pools, free);
+	st->pools = m;
+}
+
+static void load_tenant_pools(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	int i;
+
+	for (i = 0; i < PQntuples(res); i++)
+		free(hmap_put(m, PQgetvalue(res, i, 0), xstrdup(PQgetvalue(res, i, 1))));
+	hmap_free(st->tenant_pool, free);
+	st->tenant_pool = m;
+}
+
+int store_suppressed(struct store *st, int64_t tenant_id, const char *addr, char *reason,
+		     size_t reasonlen, time_t *since)
+{
+	char key[400];
+	struct supp *sp;
+
+	snprintf(key, sizeof(key), "%lld:%s", (long long)tenant_id, addr);
+	sp = hmap_get(st->supp, key);
+	if (sp == NULL)
+		return 0;
+	snprintf(reason, reasonlen, "%s", sp->reason);
+	*since = sp->since;
+	return 1;
+}
+
+void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const char *reason,
+		    const char *message_id)
+{
+	struct req *r = req_new(REQ_SUPPRESS);
+	char id[32], key[400];
+	struct supp *sp = xcalloc(1, sizeof(*sp));
+
+	snprintf(id, sizeof(id), "%lld", (long long)tenant_id);
+	r->p[0] = xstrdup(id);
+	r->p[1] = xstrdup(addr);
+	r->p[2] = xstrdup(reason);
+	r->p[3] = message_id ? xstrdup(message_id) : NULL;
+	/* Known at once here; the reload after the insert confirms it. */
+	snprintf(key, sizeof(key), "%s:%s", id, addr);
+	snprintf(sp->reason, sizeof(sp->reason), "%s", reason);
+	sp->since = time(NULL);
+	free(hmap_put(st->supp, key, sp));
+	if (!st->connected) {
+		log_warn("event=suppression_not_saved tenant_id=%s address=%s reason=db_unavailable", id,
+			 addr);
+		req_free(r);
+		return;
+	}
+	req_push(st, r);
+}
+
+int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *out, int max,
+		      char *pool_name, size_t namelen)
+{
+	char id[32];
+	const char *pid;
+	struct pool *p;
+	int i;
+
+	snprintf(id, sizeof(id), "%lld", (long long)tenant_id);
+	pid = hmap_get(st->tenant_pool, id);
+	if (pid == NULL)
+		pid = st->default_pool[0] ? st->default_pool : NULL;
+	p = pid ? hmap_get(st->pools, pid) : NULL;
+	if (p == NULL) {
+		snprintf(pool_name, namelen, "%s", "none");
+		return 0;
+	}
+	snprintf(pool_name, namelen, "%s", p->name);
+	for (i = 0; i < p->n && i < max; i++)
+		out[i] = p->a[i];
+	return i;
+}
+
+int store_return_path_ok(struct store *st, const char *domain)
+{
+	struct dom *d = hmap_get(st->domains, domain);
+
+	return d && d->return_path_verified;
+}
+
 static void queue_reload(struct store *st)
 {
 	if (st->reload_queued)
@@ -417,6 +585,9 @@ static void queue_reload(struct store *st)
 	req_push_front(st, req_new(REQ_LOAD_DOMAINS));
 	if (st->have_master)
 		req_push_front(st, req_new(REQ_LOAD_KEYS));
+	req_push_front(st, req_new(REQ_LOAD_TENANT_POOLS));
+	req_push_front(st, req_new(REQ_LOAD_POOLS));
+	req_push_front(st, req_new(REQ_LOAD_SUPPR));
 	req_push_front(st, req_new(REQ_LOAD_CREDS));
 	store_kick(st);
 }
@@ -467,6 +638,20 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 	case REQ_LOAD_KEYS:
 		if (ok)
 			load_keys(st, res);
+		break;
+	case REQ_LOAD_SUPPR:
+		if (ok)
+			load_suppr(st, res);
+		break;
+	case REQ_LOAD_POOLS:
+		if (ok)
+			load_pools(st, res);
+		break;
+	case REQ_LOAD_TENANT_POOLS:
+		if (ok)
+			load_tenant_pools(st, res);
+		break;
+	case REQ_SUPPRESS:
 		break;
 	case REQ_AUTH: {
 		struct cred *c = ok && PQntuples(res) == 1 ? cred_from_row(res, 0, 1) : NULL;
@@ -577,6 +762,26 @@ static void send_next(struct store *st)
 	case REQ_LOAD_KEYS:
 		sql = SQL_LOAD_KEYS;
 		break;
+	case REQ_LOAD_SUPPR:
+		sql = SQL_LOAD_SUPPR;
+		break;
+	case REQ_LOAD_POOLS:
+		sql = SQL_LOAD_POOLS;
+		break;
+	case REQ_LOAD_TENANT_POOLS:
+		sql = SQL_LOAD_TENANT_POOLS;
+		break;
+	case REQ_SUPPRESS:
+		if (!PQsendQueryParams(st->conn, SQL_SUPPRESS, 4, NULL, (const char *const *)r->p, NULL,
+				       NULL, 0)) {
+			req_push_front(st, r);
+			conn_drop(st, PQerrorMessage(st->conn));
+			return;
+		}
+		st->inflight = r;
+		if (PQflush(st->conn) == 1)
+			event_add(st->ev_write, NULL);
+		return;
 	case REQ_AUTH:
 		sql = SQL_AUTH;
 		params[0] = r->arg;
@@ -819,6 +1024,9 @@ struct store *store_open(struct event_base *base, const char *conninfo)
 	st->creds = hmap_new();
 	st->domains = hmap_new();
 	st->keys = hmap_new();
+	st->supp = hmap_new();
+	st->pools = hmap_new();
+	st->tenant_pool = hmap_new();
 	st->retry_delay = 1;
 	st->grace = 72 * 3600;
 	st->ev_retry = evtimer_new(base, retry_cb, st);
@@ -868,6 +1076,9 @@ void store_close(struct store *st)
 	hmap_free(st->creds, free);
 	hmap_free(st->domains, free);
 	hmap_free(st->keys, key_list_free);
+	hmap_free(st->supp, free);
+	hmap_free(st->pools, free);
+	hmap_free(st->tenant_pool, free);
 	explicit_bzero(st->master, sizeof(st->master));
 	free(st->conninfo);
 	free(st);

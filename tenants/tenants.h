@@ -116,6 +116,34 @@ void signing_key_release(struct signing_key *k);
  */
 int store_key_errors(const struct store *st, int *good);
 
+/* ---- suppression list and pools ---------------------------------------- */
+
+/*
+ * 1 when addr (lower-cased by the caller) is on tenant_id's suppression
+ * list; reason and since (unix time) are filled. Answers from the cache.
+ */
+int store_suppressed(struct store *st, int64_t tenant_id, const char *addr, char *reason,
+		     size_t reasonlen, time_t *since);
+/* Adds addr to the tenant's suppression list (async, idempotent). */
+void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const char *reason,
+		    const char *message_id);
+
+struct pool_address {
+	char address[64]; /* IPv4 or IPv6 text */
+	char helo[256];
+	int weight;
+};
+
+/*
+ * The source addresses of tenant_id's pool (or the default pool when the
+ * tenant has none): fills up to max and returns how many; 0 when there is
+ * no pool at all (deliver from the system's default address).
+ */
+int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *out, int max,
+		      char *pool_name, size_t namelen);
+/* 1 when domain's return-path CNAME is verified (use it for VERP). */
+int store_return_path_ok(struct store *st, const char *domain);
+
 /*
  * Queues an event row (type, tenant, message id, JSON object text) for the
  * next batched insert. Never blocks; the batch is written within ~100 ms.

@@ -20,6 +20,10 @@ CREATE TABLE pool_addresses (
     UNIQUE (pool_id, address)
 );
 
+-- Set by DNS verification: envelope senders use the domain's own return
+-- path only once its CNAME is verified.
+ALTER TABLE domains ADD COLUMN return_path_verified boolean NOT NULL DEFAULT false;
+
 ALTER TABLE tenants ADD COLUMN pool_id bigint REFERENCES pools(id) ON DELETE SET NULL;
 
 CREATE TABLE suppressions (
