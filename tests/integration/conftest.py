@@ -53,8 +53,9 @@ class DaemonSet:
         self.build, self.pg, self.cert, self.base = build, pg, cert, base
         self.daemons = []
 
-    def __call__(self, start=True, **overrides):
-        d = h.Daemon(self.build, self.pg, self.base(), cert=self.cert, start=False, **overrides)
+    def __call__(self, start=True, pg=None, **overrides):
+        d = h.Daemon(self.build, pg or self.pg, self.base(), cert=self.cert, start=False,
+                     **overrides)
         self.daemons.append(d)
         if start:
             d.start()

@@ -111,19 +111,11 @@ class Postgres:
             shutil.chown(self.dir, "postgres", "postgres")
             os.chmod(self.dir, 0o700)
         self.started_here = False
+        self.fsync = fsync
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
             self._pg(["initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
                       "-E", "UTF8", "--locale=C"] + ([] if fsync else ["--no-sync"]), timeout=120)
-        if not self._running():
-            opts = "-c listen_addresses='' -k %s -p %d" % (self.dir, self.port)
-            if not fsync:
-                opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            self._pg(["pg_ctl", "-D", self.data, "-l", self.logfile, "-w", "-t", "60",
-                      "-o", opts, "start"], timeout=90)
-            self.started_here = True
-        r = self.psql("SELECT 1 FROM pg_database WHERE datname = '%s'" % dbname, db="postgres")
-        if not r.strip():
-            self._pg(["createdb", "-h", self.dir, "-p", str(self.port), "-U", "postgres", dbname])
+        self.start()
 
     @property
     def url(self):
@@ -166,15 +158,32 @@ class Postgres:
                 "-p", str(self.port), "-U", "postgres", self.dbname]
         return run(argv, timeout=60).stdout
 
+    def start(self):
+        """Starts the server unless it runs already; creates the database."""
+        if not self._running():
+            opts = "-c listen_addresses='' -k %s -p %d" % (self.dir, self.port)
+            if not self.fsync:
+                opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            self._pg(["pg_ctl", "-D", self.data, "-l", self.logfile, "-w", "-t", "60",
+                      "-o", opts, "start"], timeout=90)
+            self.started_here = True
+        r = self.psql("SELECT 1 FROM pg_database WHERE datname = '%s'" % self.dbname, db="postgres")
+        if not r.strip():
+            self._pg(["createdb", "-h", self.dir, "-p", str(self.port), "-U", "postgres",
+                      self.dbname])
+
+    def halt(self):
+        """Stops the server but keeps the cluster (start() brings it back)."""
+        self._pg(["pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop"], timeout=90)
+
     def stop(self):
         """Stops the cluster if this object started it; removes a temp cluster."""
-        if self.started_here:
+        if self.started_here and self._running():
             try:
-                self._pg(["pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop"],
-                         timeout=90)
+                self.halt()
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
-            self.started_here = False
+        self.started_here = False
         if self.temp:
             shutil.rmtree(self.dir, ignore_errors=True)
 
