@@ -95,57 +95,59 @@ static size_t count_content(struct data_reader *dr, size_t n)
 }
 
 /*
- * Writes n bytes of the current line where its class says (a header line
- * only as far as max_header allows). -1 when a buffer is full.
+ * Writes n bytes of the current line where its class says: body, or hdr
+ * as far as max_header allows (a line not yet classified counts as header
+ * there). An output buffer that refuses bytes is recorded as the size
+ * error of what it holds, so reading always goes on to the real end.
  */
-static int emit(struct data_reader *dr, const void *p, size_t n, struct buf *hdr, struct buf *body)
+static void emit(struct data_reader *dr, const void *p, size_t n, struct buf *hdr, struct buf *body)
 {
-	size_t room;
+	size_t room = SIZE_MAX;
 
-	switch (dr->hclass) {
-	case HC_BODY:
-		return buf_append(body, p, n);
-	case HC_HEADER:
-		room = SIZE_MAX;
-		if (dr->max_header)
-			room = dr->max_header >= dr->hdr_size ? dr->max_header - dr->hdr_size : 0;
-		if (n > room) {
-			set_error(dr, DATA_HEADER_TOO_BIG);
-			n = room;
-		}
-		dr->hdr_size += n;
-		return buf_append(hdr, p, n);
-	default:
-		/* undecided: held in hdr until the line shows what it is */
-		dr->hdr_size += n;
-		dr->line_len_out += n;
-		return buf_append(hdr, p, n);
+	if (n == 0)
+		return;
+	if (dr->hclass == HC_BODY) {
+		if (buf_append(body, p, n) == -1)
+			set_error(dr, DATA_TOO_BIG);
+		return;
 	}
+	if (dr->max_header)
+		room = dr->max_header >= dr->hdr_size ? dr->max_header - dr->hdr_size : 0;
+	if (n > room) {
+		set_error(dr, DATA_HEADER_TOO_BIG);
+		n = room;
+	}
+	if (n == 0)
+		return;
+	if (buf_append(hdr, p, n) == -1) {
+		set_error(dr, DATA_HEADER_TOO_BIG);
+		return;
+	}
+	dr->hdr_size += n;
+	if (dr->hclass != HC_HEADER)
+		dr->line_len_out += n; /* undecided: held in hdr until the line shows what it is */
 }
 
 /* Writes a line's CRLF unless an error stopped output. */
-static int emit_crlf(struct data_reader *dr, struct buf *hdr, struct buf *body)
+static void emit_crlf(struct data_reader *dr, struct buf *hdr, struct buf *body)
 {
-	if (dr->error != DATA_OK)
-		return 0;
-	return emit(dr, "\r\n", 2, hdr, body);
+	if (dr->error == DATA_OK)
+		emit(dr, "\r\n", 2, hdr, body);
 }
 
 /* The current line is a header field (or continuation). */
 static void decide_header(struct data_reader *dr)
 {
 	dr->hclass = HC_HEADER;
-	if (dr->error == DATA_OK && dr->max_header && dr->hdr_size > dr->max_header)
-		set_error(dr, DATA_HEADER_TOO_BIG);
 }
 
 /*
  * The current line is not a header field: the body starts with it. What
  * was held in hdr moves to body, and when a header block came before, the
  * blank line that should have ended it is added to hdr so that hdr + body
- * is a well-formed message. -1 when a buffer is full.
+ * is a well-formed message.
  */
-static int decide_body(struct data_reader *dr, struct buf *hdr, struct buf *body)
+static void decide_body(struct data_reader *dr, struct buf *hdr, struct buf *body)
 {
 	size_t k = dr->line_len_out;
 
@@ -153,21 +155,20 @@ static int decide_body(struct data_reader *dr, struct buf *hdr, struct buf *body
 	dr->hclass = HC_BODY;
 	dr->line_len_out = 0;
 	if (dr->error != DATA_OK)
-		return 0;
+		return;
 	if (k > 0) {
-		if (buf_append(body, hdr->data + hdr->len - k, k) == -1)
-			return -1;
+		emit(dr, hdr->data + hdr->len - k, k, hdr, body);
+		if (dr->error != DATA_OK)
+			return;
 		hdr->len -= k;
 		hdr->data[hdr->len] = '\0';
 		dr->hdr_size -= k;
 	}
 	if (!dr->first_line) {
 		dr->hclass = HC_HEADER;
-		if (emit(dr, "\r\n", 2, hdr, body) == -1)
-			return -1;
+		emit(dr, "\r\n", 2, hdr, body);
 		dr->hclass = HC_BODY;
 	}
-	return 0;
 }
 
 static void begin_line(struct data_reader *dr)
@@ -179,10 +180,8 @@ static void begin_line(struct data_reader *dr)
 }
 
 /* CR LF ended the current line. */
-static int end_line(struct data_reader *dr, struct buf *hdr, struct buf *body)
+static void end_line(struct data_reader *dr, struct buf *hdr, struct buf *body)
 {
-	int r = 0;
-
 	dr->size += 2;
 	if (dr->max_line && dr->line_len + 2 > dr->max_line)
 		set_error(dr, DATA_LINE_TOO_LONG);
@@ -196,66 +195,62 @@ static int end_line(struct data_reader *dr, struct buf *hdr, struct buf *body)
 			dr->hclass = HC_BODY; /* no header block at all */
 		else
 			dr->hclass = HC_HEADER;
-		r = emit_crlf(dr, hdr, body);
+		emit_crlf(dr, hdr, body);
 		break;
 	case HC_NAME:
 		/* "word" CRLF: no colon, so not a field */
-		if (decide_body(dr, hdr, body) == -1)
-			return -1;
-		r = emit_crlf(dr, hdr, body);
+		decide_body(dr, hdr, body);
+		emit_crlf(dr, hdr, body);
 		break;
 	default:
-		r = emit_crlf(dr, hdr, body);
+		emit_crlf(dr, hdr, body);
 		break;
 	}
 	dr->first_line = 0;
 	dr->state = ST_LINE_START;
-	return r;
 }
 
 /*
  * Classifies the current line from its first bytes while the header block
- * lasts. Advances *pp over field-name bytes it held in hdr. -1 when a
- * buffer is full.
+ * lasts. Advances *pp over the field-name bytes it held in hdr.
  */
-static int classify(struct data_reader *dr, const unsigned char **pp, const unsigned char *end,
-		    struct buf *hdr, struct buf *body)
+static void classify(struct data_reader *dr, const unsigned char **pp, const unsigned char *end,
+		     struct buf *hdr, struct buf *body)
 {
 	const unsigned char *p = *pp, *q;
 	unsigned char c = *p;
 
 	if (dr->hclass == HC_START) {
 		if (c == '\r' || c == '\n' || c == '\0')
-			return 0; /* a blank line, or an error: the caller sees */
+			return; /* a blank line, or an error: the caller sees */
 		if (c == ' ' || c == '\t') {
 			if (dr->first_line)
-				return decide_body(dr, hdr, body);
-			decide_header(dr); /* continuation of the previous field */
-			return 0;
+				decide_body(dr, hdr, body);
+			else
+				decide_header(dr); /* continuation of the previous field */
+			return;
 		}
-		if (!is_ftext(c))
-			return decide_body(dr, hdr, body);
+		if (!is_ftext(c)) {
+			decide_body(dr, hdr, body);
+			return;
+		}
 		dr->hclass = HC_NAME;
 	}
 	q = p;
 	while (q < end && is_ftext(*q))
 		q++;
 	if (q > p) {
-		size_t ok = count_content(dr, (size_t)(q - p));
-		if (ok > 0 && emit(dr, p, ok, hdr, body) == -1)
-			return -1;
+		emit(dr, p, count_content(dr, (size_t)(q - p)), hdr, body);
 		*pp = p = q;
 	}
 	if (p == end)
-		return 0;
+		return;
 	c = *p;
-	if (c == ':') {
+	if (c == ':')
 		decide_header(dr);
-		return 0;
-	}
-	if (c == '\r' || c == '\n' || c == '\0')
-		return 0; /* CR may end the line (then: not a field); LF/NUL are errors */
-	return decide_body(dr, hdr, body);
+	else if (c != '\r' && c != '\n' && c != '\0')
+		decide_body(dr, hdr, body);
+	/* CR may end the line (then it is not a field); LF and NUL are errors */
 }
 
 /* A CR not followed by LF: content, and an error. */
@@ -269,7 +264,9 @@ static void bare_cr(struct data_reader *dr)
 /*
  * Consumes up to n bytes of in, appending output to hdr and body (see
  * smtpd.h). Returns the bytes consumed, fewer than n when the end-of-data
- * line was reached; -1 when an output buffer refused bytes.
+ * line was reached. An output buffer that refuses bytes does not stop the
+ * reader: it records DATA_HEADER_TOO_BIG (hdr) or DATA_TOO_BIG (body) and
+ * goes on to the real end, so -1 is returned only for hdr == body.
  */
 ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struct buf *hdr,
 			 struct buf *body)
@@ -312,8 +309,7 @@ ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struc
 		case ST_CR:
 			if (*p == '\n') {
 				p++;
-				if (end_line(dr, hdr, body) == -1)
-					return -1;
+				end_line(dr, hdr, body);
 			} else {
 				bare_cr(dr);
 			}
@@ -324,8 +320,7 @@ ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struc
 
 		/* ST_MID */
 		if (dr->error == DATA_OK && (dr->hclass == HC_START || dr->hclass == HC_NAME)) {
-			if (classify(dr, &p, end, hdr, body) == -1)
-				return -1;
+			classify(dr, &p, end, hdr, body);
 			if (p == end)
 				break;
 		}
@@ -334,9 +329,7 @@ ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struc
 		while (q < end && !(special[*q] & mask))
 			q++;
 		if (q > p) {
-			size_t ok = count_content(dr, (size_t)(q - p));
-			if (ok > 0 && emit(dr, p, ok, hdr, body) == -1)
-				return -1;
+			emit(dr, p, count_content(dr, (size_t)(q - p)), hdr, body);
 			p = q;
 			if (p == end)
 				break;

@@ -139,8 +139,11 @@ void data_reader_init(struct data_reader *dr, size_t max_line, size_t max_size, 
  * Consumes up to n bytes of in, appending output to hdr and body. Returns
  * the number of bytes consumed: all of n, or fewer when the end-of-data
  * line was reached (dr->done = 1; the rest of in is pipelined commands).
- * -1 only when an output buffer refused bytes (its max), which the
- * caller treats as an internal error.
+ * An output buffer that refuses bytes (its max) is recorded as
+ * DATA_HEADER_TOO_BIG (hdr) or DATA_TOO_BIG (body) and reading goes on to
+ * the real end; -1 only when hdr == body (a caller bug). A limit of 0 in
+ * data_reader_init means none. When a header block is not ended by a
+ * blank line, the reader adds that CRLF to hdr before the first body line.
  */
 ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struct buf *hdr,
 			 struct buf *body);

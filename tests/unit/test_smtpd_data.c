@@ -578,19 +578,38 @@ static void test_eight_bit(void **state)
 	result_free(&r);
 }
 
-/* An output buffer that is full is reported, not ignored. */
+/*
+ * An output buffer that is full is recorded as an error, and the reader
+ * still goes on to the real end, so the session never loses its place.
+ */
 static void test_buffer_full(void **state)
 {
-	static const char in[] = "Subject: x\r\n\r\n0123456789\r\n.\r\n";
+	static const char in[] = "Subject: x\r\n\r\n0123456789\r\n.\r\nQUIT\r\n";
 	struct data_reader dr;
 	struct buf hdr, body;
 
 	buf_init(&hdr, 1024);
 	buf_init(&body, 4);
 	data_reader_init(&dr, 0, 0, 0);
-	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body), -1);
+	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body), sizeof(in) - 1 - 6);
+	assert_true(dr.done);
+	assert_int_equal(dr.error, DATA_TOO_BIG);
 	buf_free(&hdr);
 	buf_free(&body);
+
+	buf_init(&hdr, 5);
+	buf_init(&body, 1024);
+	data_reader_init(&dr, 0, 0, 0);
+	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body), sizeof(in) - 1 - 6);
+	assert_true(dr.done);
+	assert_int_equal(dr.error, DATA_HEADER_TOO_BIG);
+	buf_free(&hdr);
+	buf_free(&body);
+
+	/* one buffer for both cannot hold the split */
+	data_reader_init(&dr, 0, 0, 0);
+	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &body, &body), -1);
+
 	assert_string_equal(data_err_text(DATA_BARE_LF),
 			    "bare LF (an LF not preceded by CR) in message content");
 }
