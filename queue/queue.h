@@ -197,4 +197,16 @@ void queue_abort(struct spool_txn *t);
  */
 int queue_list_files(const char *dir, void (*fn)(void *arg, const char *path), void *arg);
 
+/* ---- delivery (deliver*.c, sched.c, client.c, mx.c) ---------------------- */
+
+struct config;
+
+/*
+ * Runs the delivery side until SIGTERM/SIGINT: its own event loop, its own
+ * database connection and DNS resolver, reading the spool the submission
+ * side fills. Started by the daemon as "sendgate --delivery-only".
+ * Returns the process exit code.
+ */
+int delivery_run(struct config *cfg);
+
 #endif

@@ -550,10 +550,11 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
 				     &since)) {
 			gmtime_r(&since, &tm);
 			strftime(when, sizeof(when), "%Y-%m-%d", &tm);
-			reply_err(s,
-				  "550 5.1.1 Recipient <%s> is on the suppression list of tenant %s "
-				  "since %s (%s)",
-				  path.addr, s->who.tenant, when, reason);
+			/* An ordinary refusal, not a protocol error: not counted. */
+			reply(s,
+			      "550 5.1.1 Recipient <%s> is on the suppression list of tenant %s "
+			      "since %s (%s)",
+			      path.addr, s->who.tenant, when, reason);
 			return;
 		}
 	}
