@@ -64,6 +64,15 @@ def main():
     tenant = os.environ.get("DEMO_TENANT", "demo")
     domain = os.environ.get("DEMO_DOMAIN", "demo.example")
 
+    # The DKIM master key seals domain keys in the database: keep it with
+    # the database under ./var so that later runs can still sign.
+    mk = os.path.join(VAR, "dkim-master.key")
+    if not os.path.exists(mk):
+        fd = os.open(mk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+    h._MASTER_KEY = mk
+
     stoppers = []
     pg = None
     url = os.environ.get("SENDGATE_DATABASE_URL")
