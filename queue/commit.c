@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -18,6 +19,8 @@
 #include "queue/spool_int.h"
 
 #define NO_BODY_REC SIZE_MAX
+/* Batches this large are synced with one syncfs (see commit_sync_files). */
+#define SPOOL_SYNCFS_MIN_BATCH 4
 
 /* Writes all n bytes; 0, or -1 with errno (a short write is retried). */
 static int write_full(int fd, const unsigned char *p, size_t n)
@@ -213,22 +216,53 @@ fail: {
 }
 
 /*
- * Makes a batch durable: start writeback of every file, fdatasync each (the
- * first one commits the journal for all), rename each into queue/, then one
- * fsync of queue/ for the whole batch. A failed sync is never retried: the
- * file is removed and the error reported.
+ * Makes the data of every file in a batch durable; sets t->err per file.
+ *
+ * Each fdatasync ends in its own disk cache flush even when the journal
+ * commit it waits for was already done by another file's, so N files cost N
+ * flushes. One syncfs costs one journal commit and one flush for the batch;
+ * measured on the ext4 dev VM with 50 sessions of 5 KB messages it was about
+ * twice the rate of sync_file_range + fdatasync per file, which in turn beat
+ * fdatasync alone and fdatasync from 8-25 threads in parallel. syncfs also
+ * writes unrelated dirty data of the file system, so tiny batches, whose
+ * cost is about the same either way, keep using fdatasync.
  */
-static void commit_batch(struct spool *sp, struct spool_txn *batch)
+static void commit_sync_files(struct spool *sp, struct spool_txn *batch, int sbfd)
+{
+	struct spool_txn *t;
+	size_t n = 0;
+
+	for (t = batch; t != NULL; t = t->next)
+		n++;
+	if (sbfd != -1 && n >= SPOOL_SYNCFS_MIN_BATCH) {
+		/*
+		 * Reports a writeback error anywhere in the file system since
+		 * this thread's last syncfs (Linux >= 5.8): then none of the
+		 * batch is known to be safe.
+		 */
+		int e = syncfs(sbfd) == -1 ? errno : 0;
+		for (t = batch; t != NULL; t = t->next)
+			t->err = e;
+		return;
+	}
+	for (t = batch; t != NULL; t = t->next)
+		sync_file_range(t->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	for (t = batch; t != NULL; t = t->next)
+		t->err = fdatasync(t->fd) == -1 ? errno : 0;
+}
+
+/*
+ * Makes a batch durable: the files' data (commit_sync_files), then each is
+ * renamed into queue/, then one fsync of queue/ for the whole batch. A
+ * failed sync is never retried: the file is removed and the error reported.
+ */
+static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd)
 {
 	struct spool_txn *t;
 	int renamed = 0, dir_synced = 0;
 
-	for (t = batch; t != NULL; t = t->next)
-		sync_file_range(t->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	commit_sync_files(sp, batch, sbfd);
 	for (t = batch; t != NULL; t = t->next) {
-		t->err = 0;
-		if (fdatasync(t->fd) == -1)
-			t->err = errno;
 		if (close(t->fd) == -1 && t->err == 0)
 			t->err = errno;
 		t->fd = -1;
@@ -267,7 +301,14 @@ static void *commit_thread(void *arg)
 	struct spool *sp = arg;
 	struct spool_txn *batch;
 	uint64_t one = 1;
+	int sbfd = -1;
 
+	/*
+	 * syncfs reports errors per open file description: with one of its own,
+	 * this thread cannot consume an error that another thread's batch needs.
+	 */
+	if (sp->use_syncfs)
+		sbfd = openat(sp->tmpfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	pthread_mutex_lock(&sp->lock);
 	for (;;) {
 		while (sp->pending == NULL && !sp->stopping)
@@ -279,7 +320,7 @@ static void *commit_thread(void *arg)
 		sp->pending_tail = &sp->pending;
 		pthread_mutex_unlock(&sp->lock);
 
-		commit_batch(sp, batch);
+		commit_batch(sp, batch, sbfd);
 		/* A failed write here can only be EAGAIN (counter full): already signalled. */
 		if (write(sp->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
 			log_err("event=spool_eventfd_failed error=\"%s\"", strerror(errno));
@@ -287,6 +328,8 @@ static void *commit_thread(void *arg)
 		pthread_mutex_lock(&sp->lock);
 	}
 	pthread_mutex_unlock(&sp->lock);
+	if (sbfd != -1)
+		close(sbfd);
 	return NULL;
 }
 
@@ -325,10 +368,22 @@ static void commit_done_cb(evutil_socket_t fd, short what, void *arg)
 	commit_run_done(sp);
 }
 
+/* 1 when the kernel's syncfs reports writeback errors (Linux 5.8 and later). */
+static int syncfs_reports_errors(void)
+{
+	struct utsname u;
+	int major = 0, minor = 0;
+
+	if (uname(&u) == -1 || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+		return 0;
+	return major > 5 || (major == 5 && minor >= 8);
+}
+
 int commit_start(struct spool *sp, int nthreads, char *err, size_t errlen)
 {
 	int i, rc;
 
+	sp->use_syncfs = syncfs_reports_errors() && getenv("SENDGATE_SPOOL_NO_SYNCFS") == NULL;
 	sp->pending = NULL;
 	sp->pending_tail = &sp->pending;
 	sp->done = NULL;

@@ -155,7 +155,11 @@ typedef void (*queue_commit_cb)(uint64_t cookie, const char *id, int err);
 /*
  * Opens the spool under dir: creates the folders, deletes temp files,
  * quarantines damaged queue files (one log line each) and starts nthreads
- * commit threads whose completions run on base. NULL with err on failure.
+ * commit threads (<= 0: 2) whose completions run on base. Takes an exclusive
+ * lock on dir/lock: a second process opening the same spool fails (it would
+ * delete the first one's temp files). NULL with err on failure.
+ * Batches of commits are made durable with one syncfs() on Linux >= 5.8
+ * (SENDGATE_SPOOL_NO_SYNCFS in the environment: fdatasync per file instead).
  */
 struct spool *spool_open(struct event_base *base, const char *dir, int nthreads, char *err,
 			 size_t errlen);
@@ -171,11 +175,19 @@ int spool_writable(struct spool *sp);
  */
 void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches);
 
-/* Starts a message: a temp file in tmp/. NULL with errno on failure. */
+/*
+ * Starts a message: a temp file in tmp/ (one open descriptor per message
+ * until its commit completes). The txn is the caller's until it is handed
+ * to queue_commit or queue_abort. NULL with errno on failure.
+ */
 struct spool_txn *queue_begin(struct spool *sp);
 /* The queue id chosen for this message (valid until commit completes). */
 const char *queue_txn_id(const struct spool_txn *t);
-/* Appends body bytes (buffered, written as BODY records). 0 or -1 (errno). */
+/*
+ * Appends body bytes (buffered, written as BODY records of up to
+ * QUEUE_BODY_CHUNK bytes). 0, or -1 with errno after a write error, which
+ * then also fails queue_commit (so a caller may check only there).
+ */
 int queue_write_body(struct spool_txn *t, const void *p, size_t n);
 /*
  * Finishes the message: writes HEADERS (hdr, hlen bytes: the complete final
@@ -183,8 +195,11 @@ int queue_write_body(struct spool_txn *t, const void *p, size_t n);
  * END, then hands the file to a commit thread, which fsyncs it, renames it
  * into queue/ and fsyncs the directory; commits in flight together share
  * the directory fsync. cb runs on the loop afterwards. The txn is owned by
- * the spool from here on, whatever the outcome. Returns -1 (and calls no
- * callback) if the commit could not even be started; the txn is then freed.
+ * the spool from here on, whatever the outcome. Returns -1 with errno (and
+ * calls no callback) if the commit could not even be started: an earlier
+ * write error (ENOSPC, EIO...), an envelope that could not be read back
+ * (EINVAL), a record over QREC_MAX_LEN (EFBIG); the txn and its temp file
+ * are then gone. env->id is ignored: the file gets the txn's id.
  */
 int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr, size_t hlen,
 		 queue_commit_cb cb, uint64_t cookie);

@@ -41,6 +41,7 @@ struct spool {
 	pthread_t *threads;
 	int nthreads;
 	int efd; /* eventfd: the threads tell the loop that done is not empty */
+	int use_syncfs; /* big batches: one syncfs instead of an fdatasync per file */
 	struct event *ev;
 
 	size_t count;	  /* files in queue/ (loop thread only) */

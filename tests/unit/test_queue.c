@@ -541,9 +541,8 @@ static void test_commit_failure(void **state)
 
 #define MANY 500
 
-static void test_many_concurrent(void **state)
+static void many_concurrent(struct fixture *f)
 {
-	struct fixture *f = *state;
 	struct spool_txn *t[MANY];
 	struct queue_envelope env;
 	unsigned char *body = make_body(5000);
@@ -582,6 +581,26 @@ static void test_many_concurrent(void **state)
 	assert_true(batches < MANY);
 	print_message("%d commits in %llu batches\n", MANY, (unsigned long long)batches);
 	free(body);
+}
+
+/* Big batches are synced with one syncfs (on Linux >= 5.8). */
+static void test_many_concurrent(void **state)
+{
+	many_concurrent(*state);
+}
+
+/* The same with an fdatasync per file, the path small batches always take. */
+static void test_many_concurrent_fdatasync(void **state)
+{
+	struct fixture *f = *state;
+	char err[256];
+
+	spool_close(f->sp);
+	setenv("SENDGATE_SPOOL_NO_SYNCFS", "1", 1);
+	f->sp = spool_open(f->base, f->dir, 2, err, sizeof(err));
+	unsetenv("SENDGATE_SPOOL_NO_SYNCFS");
+	assert_non_null(f->sp);
+	many_concurrent(f);
 }
 
 /* ---- damage and recovery ------------------------------------------------ */
@@ -713,6 +732,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_commit_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_concurrent, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_many_concurrent_fdatasync, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_damage_every_byte, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_recovery, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_single_owner, setup, teardown),
