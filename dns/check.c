@@ -346,7 +346,7 @@ static void on_dkim_cname(struct run *run, size_t idx, const struct dns_result *
 		return;
 	if (res->status == DNS_NXDOMAIN) {
 		c->status = DNS_CHECK_MISSING;
-		set_detail(c, fmt("%s does not exist: add the CNAME to %s", c->name, s->cname));
+		set_detail(c, fmt("%s does not exist", c->name));
 		return;
 	}
 	if (res->status == DNS_NODATA) {
@@ -442,9 +442,9 @@ static void on_return_path(struct run *run, const struct dns_result *res)
 		return;
 	if (res->status != DNS_OK) {
 		c->status = DNS_CHECK_MISSING;
-		set_detail(c, fmt(res->status == DNS_NXDOMAIN ? "%s does not exist: add the CNAME to %s"
-				  : "%s exists but has no CNAME record: add the CNAME to %s",
-				  c->name, run->rp_domain));
+		set_detail(c, fmt(res->status == DNS_NXDOMAIN ? "%s does not exist"
+							       : "%s exists but has no CNAME record",
+				  c->name));
 		return;
 	}
 	add_value(c, res->rr[0].text);
@@ -530,26 +530,7 @@ static void on_dmarc(struct run *run, int org, const struct dns_result *res)
 
 static void run_free(struct run *run)
 {
-	struct dns_check_report *rep = &run->rep;
-	struct dns_record_check *all[3] = {&rep->spf, &rep->return_path, &rep->dmarc};
-
-	for (size_t i = 0; i < 3 + rep->n_dkim; i++) {
-		struct dns_record_check *c = i < 3 ? all[i] : &rep->dkim[i - 3];
-		free(c->selector);
-		free(c->name);
-		free(c->expected);
-		free(c->found);
-		for (size_t j = 0; j < c->n_values; j++)
-			free(c->values[j]);
-		free(c->values);
-		free(c->detail);
-	}
-	free(rep->dkim);
-	free(rep->domain);
-	free(rep->org_domain);
-	free(rep->dmarc_policy);
-	free(rep->dmarc_rua);
-	free(rep->dmarc_found_at);
+	dns_check_report_clear(&run->rep);
 	for (size_t i = 0; i < run->n_sels; i++) {
 		free(run->sels[i].selector);
 		free(run->sels[i].cname);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 
 struct event_base;
+struct buf;
+struct json_t;
 
 /* ==== resolver.c: lookups =============================================== */
 
@@ -82,6 +84,7 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const struct dns_
 /*
  * Frees the resolver. Every lookup still pending gets its callback first,
  * with DNS_ERROR and detail "cancelled" (so callbacks must tolerate that).
+ * Never call it from inside one of the resolver's callbacks.
  */
 void dns_resolver_free(struct dns_resolver *r);
 
@@ -399,5 +402,50 @@ int dns_check_start(struct dns_resolver *r, const char *domain, const struct dns
 const char *dns_check_status_str(enum dns_check_status s);
 /* 1 when the domain name is syntactically acceptable (LDH labels, length). */
 int dns_domain_is_valid(const char *domain);
+
+/* ==== report.c: verdicts as JSON and in words (pure) ==================== */
+
+/* The records a domain needs verified to send ([verify] required). */
+enum {
+	DNS_REQUIRE_SPF = 1,
+	DNS_REQUIRE_DKIM = 2, /* every selector */
+	DNS_REQUIRE_RETURN_PATH = 4,
+	DNS_REQUIRE_DMARC = 8,
+};
+/* Parses "spf,dkim,return_path,dmarc" into *mask. Returns 0, or -1 with err. */
+int dns_require_parse(const char *list, unsigned *mask, char *err, size_t errlen);
+/*
+ * Counts the required records that verify: *ok of *total (either may be
+ * NULL). Returns 1 when all of them verify (the domain may send), else 0;
+ * ok > 0 with a 0 return is "partially verified".
+ */
+int dns_report_passes(const struct dns_check_report *rep, unsigned required, int *ok, int *total);
+/*
+ * Appends the required records that do not verify to out, for people:
+ * "spf acme.example (missing), dkim s1 s1._domainkey.acme.example (mismatch)".
+ */
+void dns_report_failing(const struct dns_check_report *rep, unsigned required, struct buf *out);
+/* Frees what rep holds (a report from dns_check_report_from_json) and zeroes it. */
+void dns_check_report_clear(struct dns_check_report *rep);
+/*
+ * The report as a JSON object (jansson; the caller owns the reference):
+ * {"domain", "org_domain", "spf": {kind, type, status, name, expected,
+ * found, values[], detail, dns, lookups, void_lookups}, "dkim": [{...,
+ * selector}], "return_path": {...}, "dmarc": {..., policy, rua, found_at}}.
+ */
+struct json_t *dns_check_report_to_json(const struct dns_check_report *rep);
+/* Reads back a report stored as JSON into rep (dns_check_report_clear). Returns 0 or -1. */
+int dns_check_report_from_json(const struct json_t *j, struct dns_check_report *rep);
+/* The records to publish as JSON: {"domain", "zone", "records": [{kind, type,
+ * selector?, name, relative_name, value, current, action}]}. Caller owns it. */
+struct json_t *dns_publish_set_to_json(const struct dns_publish_set *s);
+/*
+ * Appends to out what the customer should do next, one numbered line per
+ * record that is not in place, in the order of the guide: SPF, DKIM,
+ * return path, DMARC. rep (may be NULL) adds what was found. Returns the
+ * number of steps written (0: nothing to do).
+ */
+int dns_publish_explain(const struct dns_publish_set *s, const struct dns_check_report *rep,
+			struct buf *out);
 
 #endif

@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 #include <event2/event.h>
+#include <jansson.h>
 
 #include "common/common.h"
 #include "dns/dns.h"
@@ -417,8 +418,32 @@ struct checked {
 	int lookups, voids;
 	char policy[32], rua[128], found_at[128], org[128];
 	char spf_publish[512], spf_action[16];
+	int passes, ok, total, steps;
+	char failing[1024], explain[4096];
 	const struct dns_platform *p;
 };
+
+/* The report survives JSON and back unchanged (it is stored that way). */
+static void json_roundtrip(const struct dns_check_report *rep)
+{
+	json_t *j = dns_check_report_to_json(rep), *back, *again;
+	char *txt = json_dumps(j, JSON_COMPACT);
+	struct dns_check_report r2;
+
+	assert_non_null(txt);
+	back = json_loads(txt, 0, NULL);
+	assert_non_null(back);
+	assert_int_equal(dns_check_report_from_json(back, &r2), 0);
+	assert_int_equal(r2.spf.status, rep->spf.status);
+	assert_int_equal(r2.n_dkim, rep->n_dkim);
+	again = dns_check_report_to_json(&r2);
+	assert_true(json_equal(j, again));
+	dns_check_report_clear(&r2);
+	json_decref(again);
+	json_decref(back);
+	json_decref(j);
+	free(txt);
+}
 
 static void keep(struct verdict *v, const struct dns_record_check *c)
 {
@@ -451,7 +476,22 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 	assert_int_equal(dns_records_compute(rep->domain, c->p, rep, &set), 0);
 	snprintf(c->spf_publish, sizeof(c->spf_publish), "%s", set.recs[0].value);
 	snprintf(c->spf_action, sizeof(c->spf_action), "%s", dns_action_str(set.recs[0].action));
+	{
+		struct buf b;
+
+		buf_init(&b, 65536);
+		c->steps = dns_publish_explain(&set, rep, &b);
+		snprintf(c->explain, sizeof(c->explain), "%s", b.data ? b.data : "");
+		buf_free(&b);
+		buf_init(&b, 65536);
+		c->passes = dns_report_passes(rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &c->ok,
+					      &c->total);
+		dns_report_failing(rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &b);
+		snprintf(c->failing, sizeof(c->failing), "%s", b.data ? b.data : "");
+		buf_free(&b);
+	}
 	dns_publish_set_free(&set);
+	json_roundtrip(rep);
 	event_base_loopbreak(c->fx->base);
 }
 
@@ -489,6 +529,10 @@ static void test_check_good(void **state)
 	assert_string_equal(c.rua, "mailto:d@good.example");
 	assert_string_equal(c.found_at, "_dmarc.good.example");
 	assert_string_equal(c.spf_action, "none");
+	assert_true(c.passes);
+	assert_int_equal(c.ok, 3);
+	assert_int_equal(c.steps, 0);
+	assert_string_equal(c.failing, "");
 	assert_int_equal(dns_check_start(fx->r, "not a domain", &platform, 0, on_report, &c, 1),
 			 -1);
 	fixture_free(fx);
@@ -506,6 +550,17 @@ static void test_check_spf_only(void **state)
 	assert_string_equal(c.rp.status, "missing");
 	assert_string_equal(c.dmarc.status, "missing");
 	assert_non_null(strstr(c.dmarc.detail, "v=DMARC1; p=none; rua=mailto:dmarc@platform.example"));
+	/* Partially verified: SPF yes, the DKIM selectors no. */
+	assert_false(c.passes);
+	assert_int_equal(c.ok, 1);
+	assert_int_equal(c.total, 3);
+	assert_non_null(strstr(c.failing, "s1._domainkey.spfonly.example (missing)"));
+	assert_null(strstr(c.failing, "spf "));
+	/* Next steps: two DKIM CNAMEs, the return path, DMARC; in that order. */
+	assert_int_equal(c.steps, 4);
+	assert_non_null(strstr(c.explain, "1. DKIM selector s1"));
+	assert_non_null(strstr(c.explain, "s1.spfonly-example.dkim.platform.example"));
+	assert_true(strstr(c.explain, "Return path") < strstr(c.explain, "DMARC"));
 	fixture_free(fx);
 }
 
@@ -555,6 +610,8 @@ static void test_check_merge(void **state)
 	assert_string_equal(c.spf.found, "v=spf1 mx -all");
 	assert_string_equal(c.spf_publish, "v=spf1 mx include:spf.platform.example -all");
 	assert_string_equal(c.spf_action, "replace");
+	assert_non_null(strstr(c.explain, "1. SPF: "));
+	assert_non_null(strstr(c.explain, "with \"v=spf1 mx include:spf.platform.example -all\""));
 	fixture_free(fx);
 }
 
