@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -515,6 +517,41 @@ static void test_commit_refused(void **state)
 	assert_int_equal(outcomes_fired, 0);
 }
 
+/* A real write error (the file size limit) while DATA streams in. */
+static void test_write_error(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(f->sp);
+	unsigned char *body = make_body(4096);
+	struct rlimit old, lim;
+	int i, rc = 0, e = 0;
+
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 100000;
+	signal(SIGXFSZ, SIG_IGN); /* write() then fails with EFBIG */
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	for (i = 0; i < 64 && rc == 0; i++) {
+		rc = queue_write_body(t, body, 4096);
+		e = errno;
+	}
+	assert_int_equal(rc, -1);
+	assert_int_equal(e, EFBIG);
+	/* Later writes keep failing; the commit reports the first error. */
+	assert_int_equal(queue_write_body(t, body, 10), -1);
+	make_env(&env);
+	reset_outcomes(1);
+	assert_int_equal(queue_commit(t, &env, test_hdr, strlen(test_hdr), commit_cb, 0), -1);
+	assert_int_equal(errno, EFBIG);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, SIG_DFL);
+	assert_int_equal(outcomes_fired, 0);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 0);
+	free(body);
+}
+
 static void test_commit_failure(void **state)
 {
 	struct fixture *f = *state;
@@ -730,6 +767,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_concurrent, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_concurrent_fdatasync, setup, teardown),
