@@ -623,7 +623,7 @@ static int rotate_one(struct ctl *c, const struct dom *d, const PGresult *keys,
 }
 
 static void rotate_print(struct ctl *c, const struct dom *d, struct rotation *rots, size_t n,
-                         json_t *recs)
+                         long long delay, json_t *recs)
 {
 	json_t *arr, *e;
 	size_t i, j;
@@ -656,12 +656,20 @@ static void rotate_print(struct ctl *c, const struct dom *d, struct rotation *ro
 			       rots[i].prev_unpublish_at);
 	}
 	if (strcmp(d->mode, "cname") == 0) {
-		printf("the new key is in the platform's DKIM zone now: load 'sendgatectl dkim "
-		       "zone' into its DNS server before it signs\n");
+		if (delay > 0)
+			printf("the new key is in the platform's DKIM zone now: load 'sendgatectl "
+			       "dkim zone' into its DNS server before it signs\n");
+		else
+			printf("the new key signs now: load 'sendgatectl dkim zone' into the DKIM "
+			       "zone's DNS server at once (until then its signatures fail)\n");
 		json_decref(recs);
 		return;
 	}
-	printf("txt mode: the customer must publish the new record before it signs:\n");
+	if (delay > 0)
+		printf("txt mode: the customer must publish the new record before it signs:\n");
+	else
+		printf("txt mode: the new key signs now; its signatures fail until the customer "
+		       "publishes:\n");
 	for (i = 0; i < n; i++) {
 		json_t *one = json_array();
 
@@ -755,7 +763,7 @@ static int dkim_rotate(struct ctl *c, int argc, char **argv)
 		goto out;
 	if (ctl_run(c, "rotating the DKIM key", "COMMIT") == -1)
 		goto out;
-	rotate_print(c, &d, rots, nrot, recs);
+	rotate_print(c, &d, rots, nrot, delay, recs);
 	recs = NULL;
 	rc = CTL_OK;
 out:
@@ -929,7 +937,7 @@ static int import_prepare(struct ctl *c, const struct dom *d, const struct ctl_d
 		return CTL_FAIL;
 	row = row_of_selector(keys, nk->selector);
 	if (row >= 0 && !replace) {
-		ctl_error("selector %s of %s already holds a %s key (%s); add --replace to "
+		ctl_error("selector %s of %s already holds a key (%s, %s); add --replace to "
 		          "replace it",
 		          nk->selector, d->name, PQgetvalue(keys, row, K_ALG),
 		          PQgetvalue(keys, row, K_STATE));
@@ -1009,7 +1017,8 @@ static void import_print(struct ctl *c, const struct dom *d, const struct ctl_dk
 
 static int dkim_import(struct ctl *c, int argc, char **argv)
 {
-	const char *pos[3], *why;
+	const char *pos[3], *why = NULL;
+	char selector[64];
 	long long overlap = c->cfg.dkim_rotation_overlap;
 	struct ctl_dkim_newkey nk;
 	struct dkim_key *k = NULL;
@@ -1037,8 +1046,13 @@ static int dkim_import(struct ctl *c, int argc, char **argv)
 	}
 	if (npos != 3)
 		return ctl_usage(usage_import, "dkim import needs a DOMAIN, a SELECTOR and a PEMFILE");
-	if ((why = ctl_dkim_selector_problem(pos[1])) != NULL) {
-		ctl_error("invalid selector \"%s\": %s", pos[1], why);
+	/* Selectors are DNS labels: case does not matter, so store them in lower case. */
+	snprintf(selector, sizeof(selector), "%s", pos[1]);
+	str_lower(selector);
+	if (strlen(pos[1]) >= sizeof(selector) ||
+	    (why = ctl_dkim_selector_problem(selector)) != NULL) {
+		ctl_error("invalid selector \"%s\": %s", pos[1],
+		          why ? why : "a selector is at most 63 characters");
 		return CTL_FAIL;
 	}
 	ctl_dkim_newkey_init(&nk);
@@ -1047,7 +1061,7 @@ static int dkim_import(struct ctl *c, int argc, char **argv)
 		goto out;
 	if (ctl_dkim_master_key(c, mkey) == -1)
 		goto out;
-	snprintf(nk.selector, sizeof(nk.selector), "%s", pos[1]);
+	snprintf(nk.selector, sizeof(nk.selector), "%s", selector);
 	j = newkey_fill(&nk, k, mkey);
 	OPENSSL_cleanse(mkey, sizeof(mkey));
 	if (j == -1)

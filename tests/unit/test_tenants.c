@@ -241,6 +241,219 @@ static void test_table(void **state)
 	table_free(&t);
 }
 
+/* ---- DKIM selectors and zone records ---------------------------------- */
+
+static void test_dkim_selector_names(void **state)
+{
+	assert_string_equal(ctl_dkim_selector("rsa", 1), "sg1");
+	assert_string_equal(ctl_dkim_selector("rsa", 2), "sg2");
+	assert_string_equal(ctl_dkim_selector("ed25519", 1), "sg1e");
+	assert_string_equal(ctl_dkim_selector("ed25519", 2), "sg2e");
+	assert_null(ctl_dkim_selector("rsa", 0));
+	assert_null(ctl_dkim_selector("rsa", 3));
+	assert_null(ctl_dkim_selector("dsa", 1));
+
+	assert_int_equal(ctl_dkim_selector_slot("rsa", "sg1"), 1);
+	assert_int_equal(ctl_dkim_selector_slot("rsa", "sg2"), 2);
+	assert_int_equal(ctl_dkim_selector_slot("ed25519", "sg2e"), 2);
+	/* A selector belongs to one algorithm's pair only. */
+	assert_int_equal(ctl_dkim_selector_slot("rsa", "sg1e"), 0);
+	assert_int_equal(ctl_dkim_selector_slot("ed25519", "sg1"), 0);
+	assert_int_equal(ctl_dkim_selector_slot("rsa", "google"), 0);
+
+	assert_true(ctl_dkim_is_platform_selector("sg1"));
+	assert_true(ctl_dkim_is_platform_selector("sg2e"));
+	assert_false(ctl_dkim_is_platform_selector("sg3"));
+	assert_false(ctl_dkim_is_platform_selector("google"));
+
+	/* Every platform selector passes the schema's own check. */
+	assert_null(ctl_dkim_selector_problem("sg1"));
+	assert_null(ctl_dkim_selector_problem("sg2e"));
+
+	assert_int_equal(ctl_dkim_algorithms("rsa"), CTL_ALG_RSA);
+	assert_int_equal(ctl_dkim_algorithms("ed25519"), CTL_ALG_ED25519);
+	assert_int_equal(ctl_dkim_algorithms("both"), CTL_ALG_RSA | CTL_ALG_ED25519);
+	assert_int_equal(ctl_dkim_algorithms("RSA"), 0);
+	assert_int_equal(ctl_dkim_algorithms(""), 0);
+}
+
+/* ctl_dkim_selector_problem must agree with the CHECK in 002_dkim.sql. */
+static void test_dkim_selector_matches_schema_regex(void **state)
+{
+	static const char alphabet[] = "az09AZ._-/ \xc3";
+	regex_t re;
+	char s[80];
+	int i, j, n, agree = 0;
+
+	assert_int_equal(regcomp(&re, "^[a-z0-9][a-z0-9-]{0,62}$", REG_EXTENDED | REG_NOSUB), 0);
+	srand(11);
+	for (i = 0; i < 20000; i++) {
+		n = rand() % 70;
+		for (j = 0; j < n; j++)
+			s[j] = alphabet[rand() % (int)(sizeof(alphabet) - 1)];
+		s[n] = '\0';
+		assert_int_equal(ctl_dkim_selector_problem(s) == NULL,
+		                 regexec(&re, s, 0, NULL, 0) == 0);
+		agree += ctl_dkim_selector_problem(s) == NULL;
+	}
+	regfree(&re);
+	assert_true(agree > 100);
+}
+
+static void test_dkim_rotation_slot(void **state)
+{
+	const int free2[2] = {CTL_SLOT_FREE, CTL_SLOT_FREE};
+	const int first_used[2] = {CTL_SLOT_IN_USE, CTL_SLOT_FREE};
+	const int first_used_second_retired[2] = {CTL_SLOT_IN_USE, CTL_SLOT_RETIRED};
+	const int both_used[2] = {CTL_SLOT_IN_USE, CTL_SLOT_IN_USE};
+	const int retired_used[2] = {CTL_SLOT_RETIRED, CTL_SLOT_IN_USE};
+	const int both_retired[2] = {CTL_SLOT_RETIRED, CTL_SLOT_RETIRED};
+	const int retired_free[2] = {CTL_SLOT_RETIRED, CTL_SLOT_FREE};
+
+	/* The idle selector is the other one of the signing key's pair... */
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "sg1", first_used), 2);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "sg1", first_used_second_retired), 2);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "sg2", retired_used), 1);
+	assert_int_equal(ctl_dkim_rotation_slot("ed25519", "sg2e", retired_used), 1);
+	/* ...and never the signing one, even when the other is still published. */
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "sg1", both_used), -1);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "sg2", both_used), -1);
+	/* A signing key on a selector of the customer's own (an import): a free slot first. */
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "google", retired_free), 2);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "google", first_used), 2);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "google", both_retired), 1);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "google", retired_used), 1);
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "google", both_used), -1);
+	/* Nothing signing at all. */
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", NULL, free2), 1);
+	assert_int_equal(ctl_dkim_rotation_slot("ed25519", NULL, first_used), 2);
+	/* The Ed25519 pair's selectors mean nothing to an RSA rotation. */
+	assert_int_equal(ctl_dkim_rotation_slot("rsa", "sg1e", retired_free), 2);
+}
+
+static void test_dkim_txt_value(void **state)
+{
+	struct buf b;
+
+	buf_init(&b, (size_t)-1);
+	ctl_dkim_txt_value("rsa", "MIIB", &b);
+	assert_string_equal(b.data, "v=DKIM1; k=rsa; p=MIIB");
+	buf_reset(&b);
+	ctl_dkim_txt_value("ed25519", "11qY", &b);
+	assert_string_equal(b.data, "v=DKIM1; k=ed25519; p=11qY");
+	buf_free(&b);
+}
+
+/*
+ * Reads back ctl_zone_txt_rdata's ("..." "...") the way a zone-file parser
+ * does: strings[] gets each character-string unescaped. Returns the count,
+ * or -1 when the syntax is wrong.
+ */
+static int parse_rdata(const char *s, char strings[][300], int max)
+{
+	int n = 0;
+	size_t len;
+
+	if (*s++ != '(')
+		return -1;
+	for (;;) {
+		if (*s == ')')
+			return s[1] == '\0' ? n : -1;
+		if (n > 0 && *s++ != ' ')
+			return -1;
+		if (*s++ != '"' || n == max)
+			return -1;
+		len = 0;
+		while (*s != '"') {
+			int ch = (unsigned char)*s++;
+
+			if (ch == '\0' || ch < 0x20 || ch > 0x7e || len >= 299)
+				return -1;
+			if (ch == '\\') {
+				if (s[0] >= '0' && s[0] <= '9') {
+					if (!(s[1] >= '0' && s[1] <= '9' && s[2] >= '0' && s[2] <= '9'))
+						return -1;
+					ch = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+					s += 3;
+				} else {
+					ch = (unsigned char)*s++;
+				}
+			}
+			strings[n][len++] = (char)ch;
+		}
+		strings[n][len] = '\0';
+		s++;
+		n++;
+	}
+}
+
+static void expect_rdata(const char *value, const char *want)
+{
+	struct buf b;
+
+	buf_init(&b, (size_t)-1);
+	ctl_zone_txt_rdata(value, &b);
+	assert_string_equal(b.data, want);
+	buf_free(&b);
+}
+
+static void test_zone_txt_rdata_examples(void **state)
+{
+	expect_rdata("v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+	             "(\"v=DKIM1; k=ed25519; \" "
+	             "\"p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\")");
+	expect_rdata("", "(\"\")");
+	expect_rdata("p=", "(\"p=\")");
+	expect_rdata("no tags", "(\"no tags\")");
+	expect_rdata("a\"b\\c\td\xff", "(\"a\\\"b\\\\c\\009d\\255\")");
+}
+
+/* Long values: every string at most 255 bytes, and together exactly the value. */
+static void test_zone_txt_rdata_split(void **state)
+{
+	static const size_t lens[] = {0, 1, 254, 255, 256, 392, 509, 510, 511, 765, 766, 1200};
+	char strings[8][300], value[1300], joined[1300];
+	struct buf b;
+	size_t i, k, head = strlen("v=DKIM1; k=rsa; ");
+	int n, j;
+
+	buf_init(&b, (size_t)-1);
+	for (i = 0; i < ARRAY_LEN(lens); i++) {
+		/* The tag header, then a p= of lens[i] base64-ish bytes. */
+		snprintf(value, sizeof(value), "v=DKIM1; k=rsa; p=");
+		for (k = 0; k < lens[i]; k++)
+			value[head + 2 + k] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ+/="[k % 29];
+		value[head + 2 + lens[i]] = '\0';
+		buf_reset(&b);
+		ctl_zone_txt_rdata(value, &b);
+		n = parse_rdata(b.data, strings, 8);
+		assert_true(n >= 2);
+		/* The header stands alone; then full 255-byte strings, the last one shorter. */
+		assert_string_equal(strings[0], "v=DKIM1; k=rsa; ");
+		joined[0] = '\0';
+		for (j = 0; j < n; j++) {
+			assert_true(strlen(strings[j]) <= CTL_TXT_STRING_MAX);
+			if (j > 0 && j < n - 1)
+				assert_int_equal(strlen(strings[j]), CTL_TXT_STRING_MAX);
+			strcat(joined, strings[j]);
+		}
+		assert_string_equal(joined, value);
+		assert_int_equal(n, 1 + (int)((lens[i] + 2 + CTL_TXT_STRING_MAX - 1) /
+		                              CTL_TXT_STRING_MAX));
+	}
+	/* A value without "p=" is cut at 255 bytes from its start. */
+	memset(value, 'x', 600);
+	value[600] = '\0';
+	buf_reset(&b);
+	ctl_zone_txt_rdata(value, &b);
+	n = parse_rdata(b.data, strings, 8);
+	assert_int_equal(n, 3);
+	assert_int_equal(strlen(strings[0]), 255);
+	assert_int_equal(strlen(strings[1]), 255);
+	assert_int_equal(strlen(strings[2]), 90);
+	buf_free(&b);
+}
+
 /* ---- credentials ---------------------------------------------------- */
 
 static int is_b64url(char ch)
@@ -350,6 +563,12 @@ int main(void)
 	    cmocka_unit_test(test_format_age),
 	    cmocka_unit_test(test_utf8),
 	    cmocka_unit_test(test_table),
+	    cmocka_unit_test(test_dkim_selector_names),
+	    cmocka_unit_test(test_dkim_selector_matches_schema_regex),
+	    cmocka_unit_test(test_dkim_rotation_slot),
+	    cmocka_unit_test(test_dkim_txt_value),
+	    cmocka_unit_test(test_zone_txt_rdata_examples),
+	    cmocka_unit_test(test_zone_txt_rdata_split),
 	    cmocka_unit_test(test_credential_format),
 	    cmocka_unit_test(test_credential_long_tenant),
 	    cmocka_unit_test(test_credential_unique),
