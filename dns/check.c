@@ -145,15 +145,15 @@ static int dns_failed(struct dns_record_check *c, const struct dns_result *res)
 		return 0;
 	c->status = DNS_CHECK_ERROR;
 	c->dns_status = res->status;
-	set_detail(c, fmt("looking up %s %s failed: %s", dns_type_str(res->type), res->name,
-			  res->detail));
+	set_detail(
+	    c, fmt("looking up %s %s failed: %s", dns_type_str(res->type), res->name, res->detail));
 	return 1;
 }
 
 static void on_answer(const struct dns_result *res, void *arg, uint64_t cookie);
 
 static void ask(struct run *run, const char *name, enum dns_type type, enum query_kind kind,
-		size_t idx, char *found)
+                size_t idx, char *found)
 {
 	struct sub *s = xcalloc(1, sizeof(*s));
 
@@ -219,13 +219,13 @@ static void spf_walk(struct run *run)
 	} else if (ev.lookups > 10) {
 		c->status = DNS_CHECK_TOO_MANY_LOOKUPS;
 		set_detail(c, fmt("the SPF record needs more than 10 DNS lookups (include, a, mx, "
-				  "ptr, exists, redirect, counted through includes); receivers "
-				  "treat it as an error (RFC 7208 4.6.4)"));
+		                  "ptr, exists, redirect, counted through includes); receivers "
+		                  "treat it as an error (RFC 7208 4.6.4)"));
 	} else if (ev.void_lookups > 2) {
 		c->status = DNS_CHECK_TOO_MANY_LOOKUPS;
 		set_detail(c, fmt("the SPF record has %d lookups of names that do not exist "
-				  "(more than 2)",
-				  ev.void_lookups));
+		                  "(more than 2)",
+		                  ev.void_lookups));
 	} else if (ev.invalid) {
 		c->status = DNS_CHECK_INVALID;
 		set_detail(c, xstrdup(ev.detail));
@@ -239,8 +239,8 @@ static void spf_walk(struct run *run)
 		set_detail(c, xstrdup(ev.detail));
 	} else {
 		c->status = DNS_CHECK_VERIFIED;
-		set_detail(c, fmt("the SPF record includes %s (%d of 10 lookups)",
-				  run->spf_include, ev.lookups));
+		set_detail(c, fmt("the SPF record includes %s (%d of 10 lookups)", run->spf_include,
+		                  ev.lookups));
 	}
 }
 
@@ -263,17 +263,17 @@ static void on_spf_root(struct run *run, const struct dns_result *res)
 	if (nspf == 0) {
 		c->status = DNS_CHECK_MISSING;
 		set_detail(c, fmt(res->status == DNS_NXDOMAIN ? "%s does not exist in DNS"
-				  : res->n > 0 ? "%s has TXT records but none is an SPF record"
-					       : "%s has no SPF record",
-				  run->rep.domain));
+		                  : res->n > 0 ? "%s has TXT records but none is an SPF record"
+		                               : "%s has no SPF record",
+		                  run->rep.domain));
 		return;
 	}
 	if (nspf > 1) {
 		c->status = DNS_CHECK_MULTIPLE_RECORDS;
 		set_found(c, one);
 		set_detail(c, fmt("%s has %zu SPF records; receivers then fail SPF for every "
-				  "message: merge them into one",
-				  run->rep.domain, nspf));
+		                  "message: merge them into one",
+		                  run->rep.domain, nspf));
 		return;
 	}
 	run->spf_record = xstrdup(one);
@@ -367,12 +367,11 @@ static void on_dkim_cname(struct run *run, size_t idx, const struct dns_result *
 		return;
 	}
 	c->status = DNS_CHECK_MISMATCH;
-	set_detail(c, fmt("%s is a CNAME to %s instead of %s", c->name, res->rr[0].text,
-			  s->cname));
+	set_detail(c, fmt("%s is a CNAME to %s instead of %s", c->name, res->rr[0].text, s->cname));
 }
 
 static void on_dkim_txt(struct run *run, size_t idx, const char *cname_found,
-			const struct dns_result *res)
+                        const struct dns_result *res)
 {
 	struct dns_record_check *c = &run->rep.dkim[idx];
 	const struct selector *s = &run->sels[idx];
@@ -393,7 +392,7 @@ static void on_dkim_txt(struct run *run, size_t idx, const char *cname_found,
 		if (cname_found) {
 			c->status = DNS_CHECK_MISMATCH;
 			set_detail(c, fmt("%s is a CNAME to %s, where no DKIM key is published",
-					  c->name, cname_found));
+			                  c->name, cname_found));
 		} else {
 			c->status = DNS_CHECK_MISSING;
 			set_detail(c, fmt("%s has no DKIM record", c->name));
@@ -403,8 +402,8 @@ static void on_dkim_txt(struct run *run, size_t idx, const char *cname_found,
 	if (nkeys > 1) {
 		c->status = DNS_CHECK_MULTIPLE_RECORDS;
 		set_found(c, key);
-		set_detail(c, fmt("%s has %zu DKIM key records; publish exactly one", c->name,
-				  nkeys));
+		set_detail(c,
+		           fmt("%s has %zu DKIM key records; publish exactly one", c->name, nkeys));
 		return;
 	}
 	if (cname_found == NULL)
@@ -420,15 +419,15 @@ static void on_dkim_txt(struct run *run, size_t idx, const char *cname_found,
 		} else {
 			c->status = DNS_CHECK_MISMATCH;
 			set_detail(c, fmt("%s publishes a different DKIM key (p=) than this "
-					  "domain's",
-					  c->name));
+			                  "domain's",
+			                  c->name));
 		}
 		return;
 	}
 	c->status = DNS_CHECK_MISMATCH;
 	set_detail(c, fmt("%s holds a TXT key where a CNAME to %s is expected (with a TXT copy "
-			  "the key cannot be rotated)",
-			  c->name, s->cname));
+	                  "the key cannot be rotated)",
+	                  c->name, s->cname));
 }
 
 /* ---- return path ---------------------------------------------------------- */
@@ -443,8 +442,8 @@ static void on_return_path(struct run *run, const struct dns_result *res)
 	if (res->status != DNS_OK) {
 		c->status = DNS_CHECK_MISSING;
 		set_detail(c, fmt(res->status == DNS_NXDOMAIN ? "%s does not exist"
-							       : "%s exists but has no CNAME record",
-				  c->name));
+		                                              : "%s exists but has no CNAME record",
+		                  c->name));
 		return;
 	}
 	add_value(c, res->rr[0].text);
@@ -455,7 +454,7 @@ static void on_return_path(struct run *run, const struct dns_result *res)
 	} else {
 		c->status = DNS_CHECK_MISMATCH;
 		set_detail(c, fmt("%s is a CNAME to %s instead of %s", c->name, res->rr[0].text,
-				  run->rp_domain));
+		                  run->rp_domain));
 	}
 }
 
@@ -503,7 +502,7 @@ static void on_dmarc(struct run *run, int org, const struct dns_result *res)
 		}
 		c->status = DNS_CHECK_MISSING;
 		set_detail(c, fmt("no DMARC policy applies to %s: publish %s TXT \"%s\"",
-				  run->rep.domain, c->name, c->expected));
+		                  run->rep.domain, c->name, c->expected));
 		return;
 	}
 	free(run->rep.dmarc_found_at);
@@ -512,7 +511,7 @@ static void on_dmarc(struct run *run, int org, const struct dns_result *res)
 		c->status = DNS_CHECK_MULTIPLE_RECORDS;
 		set_found(c, one);
 		set_detail(c, fmt("%s has %zu DMARC records, so receivers apply none of them",
-				  res->name, n));
+		                  res->name, n));
 		return;
 	}
 	set_found(c, one);
@@ -522,8 +521,8 @@ static void on_dmarc(struct run *run, int org, const struct dns_result *res)
 	run->rep.dmarc_rua = dns_tag_value(one, "rua");
 	c->status = DNS_CHECK_VERIFIED;
 	set_detail(c, fmt("DMARC policy %s published at %s%s",
-			  run->rep.dmarc_policy ? run->rep.dmarc_policy : "(none given)", res->name,
-			  org ? " (the organizational domain)" : ""));
+	                  run->rep.dmarc_policy ? run->rep.dmarc_policy : "(none given)", res->name,
+	                  org ? " (the organizational domain)" : ""));
 }
 
 /* ---- the run ------------------------------------------------------------ */
@@ -592,7 +591,7 @@ static char *xstrdup_or_null(const char *s)
 }
 
 static void init_check(struct dns_record_check *c, const char *kind, const char *type, char *name,
-		       char *expected)
+                       char *expected)
 {
 	c->kind = kind;
 	c->type = type;
@@ -604,7 +603,7 @@ static void init_check(struct dns_record_check *c, const char *kind, const char 
 }
 
 int dns_check_start(struct dns_resolver *r, const char *domain, const struct dns_platform *p,
-		    int flags, dns_check_cb cb, void *arg, uint64_t cookie)
+                    int flags, dns_check_cb cb, void *arg, uint64_t cookie)
 {
 	struct run *run;
 	char *dom;
@@ -649,21 +648,21 @@ int dns_check_start(struct dns_resolver *r, const char *domain, const struct dns
 		s->txt_p = xstrdup_or_null(ps->txt_p);
 		if (!txt_mode)
 			s->cname = ps->cname_target
-					   ? xstrdup(ps->cname_target)
-					   : dns_dkim_cname_target(ps->selector, dom,
-								   p->dkim_zone ? p->dkim_zone : "");
+			               ? xstrdup(ps->cname_target)
+			               : dns_dkim_cname_target(ps->selector, dom,
+			                                       p->dkim_zone ? p->dkim_zone : "");
 		init_check(&run->rep.dkim[i], "dkim", txt_mode ? "TXT" : "CNAME",
-			   fmt("%s._domainkey.%s", ps->selector, dom),
-			   xstrdup(txt_mode ? s->txt_p : s->cname));
+		           fmt("%s._domainkey.%s", ps->selector, dom),
+		           xstrdup(txt_mode ? s->txt_p : s->cname));
 		run->rep.dkim[i].selector = xstrdup(ps->selector);
 	}
 	if (run->rp_prefix && run->rp_prefix[0] && run->rp_domain)
 		init_check(&run->rep.return_path, "return_path", "CNAME",
-			   fmt("%s.%s", run->rp_prefix, dom), xstrdup(run->rp_domain));
+		           fmt("%s.%s", run->rp_prefix, dom), xstrdup(run->rp_domain));
 	else
 		init_check(&run->rep.return_path, "return_path", "CNAME", NULL, NULL);
 	init_check(&run->rep.dmarc, "dmarc", "TXT", fmt("_dmarc.%s", dom),
-		   dns_dmarc_recommended(run->dmarc_rua));
+	           dns_dmarc_recommended(run->dmarc_rua));
 
 	/* Every lookup is queued before any can answer (answers come from the loop). */
 	ask(run, dom, DNS_TXT, Q_SPF_ROOT, 0, NULL);

@@ -80,7 +80,7 @@ struct dns_resolver;
  * a bad server list. The caller owns the resolver (dns_resolver_free).
  */
 struct dns_resolver *dns_resolver_new(struct event_base *base, const struct dns_config *cfg,
-				      char *err, size_t errlen);
+                                      char *err, size_t errlen);
 /*
  * Frees the resolver. Every lookup still pending gets its callback first,
  * with DNS_ERROR and detail "cancelled" (so callbacks must tolerate that).
@@ -106,7 +106,7 @@ enum {
  * immediate failures are delivered from the loop too).
  */
 void dns_query(struct dns_resolver *r, const char *name, enum dns_type type, int flags, dns_cb cb,
-	       void *arg, uint64_t cookie);
+               void *arg, uint64_t cookie);
 
 struct dns_stats {
 	uint64_t queries;    /* dns_query calls */
@@ -140,7 +140,7 @@ const char *dns_type_str(enum dns_type t);
  * res->status is DNS_ERROR).
  */
 int dns_answer_parse(const unsigned char *abuf, size_t alen, enum dns_type type,
-		     struct dns_result *res);
+                     struct dns_result *res);
 /* Frees what res holds (not res itself) and zeroes it. */
 void dns_result_clear(struct dns_result *res);
 
@@ -239,7 +239,7 @@ struct spf_eval {
  * 10 is passed, so self-including records end. our_include may be NULL.
  */
 void spf_evaluate(const char *domain, const char *record, const char *our_include,
-		  spf_fetch_fn fetch, void *ctx, struct spf_eval *out);
+                  spf_fetch_fn fetch, void *ctx, struct spf_eval *out);
 
 /* ==== records.c: what a customer publishes (pure) ======================= */
 
@@ -249,7 +249,7 @@ struct dns_dkim_selector {
 	const char *cname_target; /* CNAME mode: expected target, or NULL */
 	const char *txt_p;        /* TXT mode: expected p= (base64), or NULL */
 	const char *txt_record;   /* TXT mode: the record to publish ("v=DKIM1; k=rsa; p=..."),
-				     NULL = "v=DKIM1; p=<txt_p>" */
+	                             NULL = "v=DKIM1; p=<txt_p>" */
 };
 
 /* The platform's settings ([platform] in the config), borrowed. */
@@ -329,7 +329,7 @@ struct dns_check_report;
  * Returns 0, or -1 for an invalid domain. The caller frees out.
  */
 int dns_records_compute(const char *domain, const struct dns_platform *p,
-			const struct dns_check_report *found, struct dns_publish_set *out);
+                        const struct dns_check_report *found, struct dns_publish_set *out);
 void dns_publish_set_free(struct dns_publish_set *s);
 /* "add", "replace", "none". */
 const char *dns_action_str(enum dns_action a);
@@ -357,7 +357,7 @@ struct dns_record_check {
 	char *found;    /* the relevant value found, or NULL */
 	char **values;  /* every value found at name (TXT records, CNAME target) */
 	size_t n_values;
-	char *detail;   /* one sentence for people: what is wrong, or what is there */
+	char *detail;               /* one sentence for people: what is wrong, or what is there */
 	enum dns_status dns_status; /* the lookup's outcome (which failure for ERROR) */
 };
 
@@ -372,8 +372,8 @@ struct dns_check_report {
 	struct dns_record_check return_path;
 	/* DMARC: VERIFIED when a policy applies (here or at the org domain). */
 	struct dns_record_check dmarc;
-	char *dmarc_policy;  /* the policy that applies (sp= at the org domain), or NULL */
-	char *dmarc_rua;     /* rua= of that record, or NULL */
+	char *dmarc_policy;   /* the policy that applies (sp= at the org domain), or NULL */
+	char *dmarc_rua;      /* rua= of that record, or NULL */
 	char *dmarc_found_at; /* "_dmarc.acme.example", or NULL */
 };
 
@@ -395,7 +395,7 @@ enum {
  * Returns 0, or -1 for an invalid domain name (no callback then).
  */
 int dns_check_start(struct dns_resolver *r, const char *domain, const struct dns_platform *p,
-		    int flags, dns_check_cb cb, void *arg, uint64_t cookie);
+                    int flags, dns_check_cb cb, void *arg, uint64_t cookie);
 
 /* "verified", "missing", "mismatch", "error", "multiple_records",
  * "too_many_lookups", "invalid". */
@@ -446,6 +446,6 @@ struct json_t *dns_publish_set_to_json(const struct dns_publish_set *s);
  * number of steps written (0: nothing to do).
  */
 int dns_publish_explain(const struct dns_publish_set *s, const struct dns_check_report *rep,
-			struct buf *out);
+                        struct buf *out);
 
 #endif

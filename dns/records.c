@@ -78,7 +78,7 @@ int dns_dkim_label(const char *domain, char *out, size_t outlen)
 	out[o] = '\0';
 	return 0;
 
-hashed: {
+hashed : {
 	/* Too long for one label: a digest, which never holds a '-'. */
 	unsigned char md[32];
 	char hex[65];
@@ -201,7 +201,7 @@ static char *relative_name(const char *name, const char *zone)
 }
 
 static struct dns_publish *add_rec(struct dns_publish_set *s, const char *kind, const char *type,
-				   char *name, char *value)
+                                   char *name, char *value)
 {
 	struct dns_publish *r;
 
@@ -234,8 +234,8 @@ static void apply_check(struct dns_publish *rec, const struct dns_record_check *
 		return;
 	if (c->status == DNS_CHECK_VERIFIED) {
 		rec->action = DNS_ACTION_NONE;
-	} else if (c->found != NULL && (c->status == DNS_CHECK_MISMATCH ||
-					c->status == DNS_CHECK_MULTIPLE_RECORDS)) {
+	} else if (c->found != NULL &&
+	           (c->status == DNS_CHECK_MISMATCH || c->status == DNS_CHECK_MULTIPLE_RECORDS)) {
 		rec->action = DNS_ACTION_REPLACE;
 		rec->current = xstrdup(c->found);
 	}
@@ -250,7 +250,7 @@ char *dns_dmarc_recommended(const char *rua)
 }
 
 int dns_records_compute(const char *domain, const struct dns_platform *p,
-			const struct dns_check_report *found, struct dns_publish_set *out)
+                        const struct dns_check_report *found, struct dns_publish_set *out)
 {
 	char *dom;
 	size_t n = strlen(domain);
@@ -297,12 +297,13 @@ int dns_records_compute(const char *domain, const struct dns_platform *p,
 				for (size_t i = 0; i < c->n_values; i++)
 					if (spf_is_record(c->values[i]) &&
 					    buf_printf(&all, "%s%s", all.len ? "\n" : "",
-						       c->values[i]) < 0)
+					               c->values[i]) < 0)
 						abort();
 				free(rec->current);
 				rec->current = all.data;
 			} else if (strcmp(merged, existing) == 0) {
-				/* Our include is there; the problem is elsewhere (lookups, syntax). */
+				/* Our include is there; the problem is elsewhere (lookups, syntax).
+				 */
 				rec->action = DNS_ACTION_NONE;
 			}
 		} else {
@@ -317,12 +318,13 @@ int dns_records_compute(const char *domain, const struct dns_platform *p,
 
 		if (s->cname_target == NULL && s->txt_p != NULL) {
 			char *v = s->txt_record ? xstrdup(s->txt_record)
-						: joinf("v=DKIM1; p=%s%s", s->txt_p, "");
+			                        : joinf("v=DKIM1; p=%s%s", s->txt_p, "");
 			rec = add_rec(out, "dkim", "TXT", name, v);
 		} else {
-			char *v = s->cname_target ? xstrdup(s->cname_target)
-						  : dns_dkim_cname_target(s->selector, dom,
-									  p->dkim_zone ? p->dkim_zone : "");
+			char *v = s->cname_target
+			              ? xstrdup(s->cname_target)
+			              : dns_dkim_cname_target(s->selector, dom,
+			                                      p->dkim_zone ? p->dkim_zone : "");
 			rec = add_rec(out, "dkim", "CNAME", name, v);
 		}
 		rec->selector = xstrdup(s->selector);
@@ -332,16 +334,16 @@ int dns_records_compute(const char *domain, const struct dns_platform *p,
 
 	/* Return path: the envelope sender's domain, delegated to the bounce handler. */
 	if (p->return_path_prefix && p->return_path_prefix[0] && p->return_path_domain) {
-		rec = add_rec(out, "return_path", "CNAME",
-			      joinf("%s.%s", p->return_path_prefix, dom),
-			      xstrdup(p->return_path_domain));
+		rec =
+		    add_rec(out, "return_path", "CNAME", joinf("%s.%s", p->return_path_prefix, dom),
+		            xstrdup(p->return_path_domain));
 		if (found)
 			apply_check(rec, &found->return_path);
 	}
 
 	/* DMARC: recommended when none applies; an existing policy is kept. */
 	rec = add_rec(out, "dmarc", "TXT", joinf("_dmarc.%s%s", dom, ""),
-		      dns_dmarc_recommended(p->dmarc_rua));
+	              dns_dmarc_recommended(p->dmarc_rua));
 	if (found && found->dmarc.status == DNS_CHECK_VERIFIED) {
 		rec->action = DNS_ACTION_NONE;
 		if (found->dmarc.found)

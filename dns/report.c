@@ -13,10 +13,10 @@
 #include "dns/dns.h"
 
 static const char *const check_statuses[] = {
-	"verified", "missing", "mismatch", "error", "multiple_records", "too_many_lookups", "invalid",
+    "verified", "missing", "mismatch", "error", "multiple_records", "too_many_lookups", "invalid",
 };
-static const char *const dns_statuses[] = {"ok", "nxdomain", "nodata", "servfail", "timeout",
-					   "error"};
+static const char *const dns_statuses[] = {"ok",       "nxdomain", "nodata",
+                                           "servfail", "timeout",  "error"};
 
 /* ---- freeing --------------------------------------------------------------- */
 
@@ -77,8 +77,9 @@ int dns_require_parse(const char *list, unsigned *mask, char *err, size_t errlen
 		else if (n == 5 && strncmp(p, "dmarc", 5) == 0)
 			*mask |= DNS_REQUIRE_DMARC;
 		else if (n > 0) {
-			snprintf(err, errlen, "unknown record \"%.*s\" (spf, dkim, return_path, dmarc)",
-				 (int)n, p);
+			snprintf(err, errlen,
+			         "unknown record \"%.*s\" (spf, dkim, return_path, dmarc)", (int)n,
+			         p);
 			return -1;
 		}
 		p = end ? end + 1 : NULL;
@@ -88,7 +89,7 @@ int dns_require_parse(const char *list, unsigned *mask, char *err, size_t errlen
 
 /* Calls fn for each required record check, in the guide's order. */
 static void each_required(const struct dns_check_report *rep, unsigned required,
-			  void (*fn)(void *arg, const struct dns_record_check *c), void *arg)
+                          void (*fn)(void *arg, const struct dns_record_check *c), void *arg)
 {
 	if (required & DNS_REQUIRE_SPF)
 		fn(arg, &rep->spf);
@@ -122,10 +123,10 @@ static void tally_one(void *arg, const struct dns_record_check *c)
 		buf_puts(t->out, ", ");
 	if (c->selector)
 		buf_printf(t->out, "%s %s %s (%s)", c->kind, c->selector, c->name ? c->name : "",
-			   dns_check_status_str(c->status));
+		           dns_check_status_str(c->status));
 	else
 		buf_printf(t->out, "%s %s (%s)", c->kind, c->name ? c->name : "",
-			   dns_check_status_str(c->status));
+		           dns_check_status_str(c->status));
 }
 
 int dns_report_passes(const struct dns_check_report *rep, unsigned required, int *ok, int *total)
@@ -183,7 +184,7 @@ struct json_t *dns_check_report_to_json(const struct dns_check_report *rep)
 	json_object_set_new(o, "spf", check_to_json(&rep->spf));
 	json_object_set_new(json_object_get(o, "spf"), "lookups", json_integer(rep->spf_lookups));
 	json_object_set_new(json_object_get(o, "spf"), "void_lookups",
-			    json_integer(rep->spf_void_lookups));
+	                    json_integer(rep->spf_void_lookups));
 	for (size_t i = 0; i < rep->n_dkim; i++)
 		json_array_append_new(dkim, check_to_json(&rep->dkim[i]));
 	json_object_set_new(o, "dkim", dkim);
@@ -238,9 +239,9 @@ static int check_from_json(const json_t *o, struct dns_record_check *c)
 	c->kind = static_kind(json_string_value(json_object_get(o, "kind")));
 	c->type = static_type(json_string_value(json_object_get(o, "type")));
 	st = lookup_name(check_statuses, ARRAY_LEN(check_statuses),
-			 json_string_value(json_object_get(o, "status")));
+	                 json_string_value(json_object_get(o, "status")));
 	ds = lookup_name(dns_statuses, ARRAY_LEN(dns_statuses),
-			 json_string_value(json_object_get(o, "dns")));
+	                 json_string_value(json_object_get(o, "dns")));
 	if (c->kind == NULL || st < 0)
 		return -1;
 	c->status = (enum dns_check_status)st;
@@ -326,7 +327,7 @@ struct json_t *dns_publish_set_to_json(const struct dns_publish_set *s)
 
 /* The check that goes with a record to publish, if any. */
 static const struct dns_record_check *check_for(const struct dns_check_report *rep,
-						const struct dns_publish *r)
+                                                const struct dns_publish *r)
 {
 	if (rep == NULL)
 		return NULL;
@@ -344,32 +345,34 @@ static const struct dns_record_check *check_for(const struct dns_check_report *r
 }
 
 static int explain_one(const struct dns_publish *r, const struct dns_record_check *c,
-		       const char *zone, int step, struct buf *out)
+                       const char *zone, int step, struct buf *out)
 {
-	const char *what = strcmp(r->kind, "spf") == 0	   ? "SPF"
-			   : strcmp(r->kind, "dkim") == 0  ? "DKIM"
-			   : strcmp(r->kind, "dmarc") == 0 ? "DMARC"
-							   : "Return path";
+	const char *what = strcmp(r->kind, "spf") == 0     ? "SPF"
+	                   : strcmp(r->kind, "dkim") == 0  ? "DKIM"
+	                   : strcmp(r->kind, "dmarc") == 0 ? "DMARC"
+	                                                   : "Return path";
 
 	if (c && c->status == DNS_CHECK_VERIFIED && r->action == DNS_ACTION_NONE)
 		return 0;
 	if (r->action == DNS_ACTION_NONE && (c == NULL || strcmp(r->kind, "dmarc") == 0))
 		return 0;
 	buf_printf(out, "%d. %s%s%s: ", step, what, r->selector ? " selector " : "",
-		   r->selector ? r->selector : "");
+	           r->selector ? r->selector : "");
 	if (c && c->detail && c->status != DNS_CHECK_VERIFIED)
 		buf_printf(out, "%s. ", c->detail);
 	switch (r->action) {
 	case DNS_ACTION_ADD:
-		buf_printf(out, "Add a %s record named %s (\"%s\" in the %s zone) with the value "
-				"%s%s%s.\n",
-			   r->type, r->name, r->rel_name, zone, strcmp(r->type, "TXT") == 0 ? "\"" : "",
-			   r->value, strcmp(r->type, "TXT") == 0 ? "\"" : "");
+		buf_printf(out,
+		           "Add a %s record named %s (\"%s\" in the %s zone) with the value "
+		           "%s%s%s.\n",
+		           r->type, r->name, r->rel_name, zone,
+		           strcmp(r->type, "TXT") == 0 ? "\"" : "", r->value,
+		           strcmp(r->type, "TXT") == 0 ? "\"" : "");
 		break;
 	case DNS_ACTION_REPLACE:
-		buf_printf(out, "Replace the %s record of %s (now \"%s\") with \"%s\"%s.\n", r->type,
-			   r->name, r->current ? r->current : "", r->value,
-			   strcmp(r->kind, "spf") == 0 ? "; keep exactly one SPF record" : "");
+		buf_printf(out, "Replace the %s record of %s (now \"%s\") with \"%s\"%s.\n",
+		           r->type, r->name, r->current ? r->current : "", r->value,
+		           strcmp(r->kind, "spf") == 0 ? "; keep exactly one SPF record" : "");
 		break;
 	case DNS_ACTION_NONE:
 		buf_printf(out, "The record is in place; fix what is described above.\n");
@@ -379,7 +382,7 @@ static int explain_one(const struct dns_publish *r, const struct dns_record_chec
 }
 
 int dns_publish_explain(const struct dns_publish_set *s, const struct dns_check_report *rep,
-			struct buf *out)
+                        struct buf *out)
 {
 	static const char *const order[] = {"spf", "dkim", "return_path", "dmarc"};
 	int step = 0;

@@ -30,7 +30,7 @@ struct fd_watch {
 struct cache_entry {
 	char *key;
 	struct dns_result res;
-	uint64_t expires; /* now_usec() clock */
+	uint64_t expires;                /* now_usec() clock */
 	struct cache_entry *prev, *next; /* LRU list, most recent first */
 };
 
@@ -242,7 +242,7 @@ void dns_cache_clear(struct dns_resolver *r)
 /* ---- delivering results from the loop ---------------------------------- */
 
 static void enqueue_done(struct dns_resolver *r, struct dns_result *res, dns_cb cb, void *arg,
-			 uint64_t cookie)
+                         uint64_t cookie)
 {
 	struct done *d = xcalloc(1, sizeof(*d));
 
@@ -282,8 +282,8 @@ static void done_cb(evutil_socket_t fd, short what, void *arg)
 
 /* Queues a failure result for delivery from the loop. */
 static void enqueue_failure(struct dns_resolver *r, const char *name, enum dns_type type,
-			    enum dns_status st, const char *detail, dns_cb cb, void *arg,
-			    uint64_t cookie)
+                            enum dns_status st, const char *detail, dns_cb cb, void *arg,
+                            uint64_t cookie)
 {
 	struct dns_result *res = xcalloc(1, sizeof(*res));
 
@@ -314,7 +314,7 @@ static void fd_cb(evutil_socket_t fd, short what, void *arg)
 	struct dns_resolver *r = arg;
 
 	ares_process_fd(r->channel, (what & EV_READ) ? fd : ARES_SOCKET_BAD,
-			(what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
+	                (what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
 	rearm_timer(r);
 }
 
@@ -351,8 +351,9 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writab
 	} else {
 		event_free(w->ev);
 	}
-	w->ev = event_new(r->base, fd, (readable ? EV_READ : 0) | (writable ? EV_WRITE : 0) | EV_PERSIST,
-			  fd_cb, r);
+	w->ev =
+	    event_new(r->base, fd,
+	              (readable ? EV_READ : 0) | (writable ? EV_WRITE : 0) | EV_PERSIST, fd_cb, r);
 	if (w->ev == NULL || event_add(w->ev, NULL) < 0)
 		abort();
 }
@@ -459,7 +460,7 @@ static int normalize_name(const char *name, char *out, size_t outlen)
 }
 
 void dns_query(struct dns_resolver *r, const char *name, enum dns_type type, int flags, dns_cb cb,
-	       void *arg, uint64_t cookie)
+               void *arg, uint64_t cookie)
 {
 	char norm[256], key[300];
 	struct pending *p;
@@ -505,7 +506,7 @@ void dns_query(struct dns_resolver *r, const char *name, enum dns_type type, int
 }
 
 struct dns_resolver *dns_resolver_new(struct event_base *base, const struct dns_config *cfg,
-				      char *err, size_t errlen)
+                                      char *err, size_t errlen)
 {
 	struct dns_resolver *r;
 	struct ares_options opt;
@@ -559,7 +560,7 @@ struct dns_resolver *dns_resolver_new(struct event_base *base, const struct dns_
 		rc = ares_set_servers_ports_csv(r->channel, cfg->servers);
 		if (rc != ARES_SUCCESS) {
 			snprintf(err, errlen, "dns servers \"%s\": %s", cfg->servers,
-				 ares_strerror(rc));
+			         ares_strerror(rc));
 			goto fail;
 		}
 	}

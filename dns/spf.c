@@ -29,7 +29,7 @@ int spf_is_record(const char *txt)
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -453,8 +453,8 @@ int spf_merge(const char *existing, const char *include_domain, char **out)
 	if (!spf_is_record(existing))
 		return -1;
 	include_domain = bare_include(include_domain);
-	p = existing;
-	for (;;) {
+	/* Already there, however long the record: nothing to change. */
+	for (p = existing;;) {
 		const char *start;
 
 		while (is_ws(*p))
@@ -464,14 +464,26 @@ int spf_merge(const char *existing, const char *include_domain, char **out)
 		start = p;
 		while (*p != '\0' && !is_ws(*p))
 			p++;
-		if (nt == ARRAY_LEN(toks))
-			return -1;
-		toks[nt] = start;
-		lens[nt] = (size_t)(p - start);
-		if (nt > 0 && token_is_include(start, lens[nt], include_domain)) {
+		if (start != existing &&
+		    token_is_include(start, (size_t)(p - start), include_domain)) {
 			*out = xstrdup(existing);
 			return 0;
 		}
+	}
+	for (p = existing;;) {
+		const char *start;
+
+		while (is_ws(*p))
+			p++;
+		if (*p == '\0')
+			break;
+		start = p;
+		while (*p != '\0' && !is_ws(*p))
+			p++;
+		if (nt == ARRAY_LEN(toks) - 1)
+			return -1; /* more terms than a valid record holds */
+		toks[nt] = start;
+		lens[nt] = (size_t)(p - start);
 		nt++;
 	}
 	at = nt;
@@ -529,7 +541,7 @@ static void note(struct spf_eval *e, const char *fmt, ...)
 }
 
 static void walk_record(struct walk *w, const char *domain, const struct spf_record *rec,
-			int depth);
+                        int depth);
 
 /* Fetches the record of target (reached through "how") and walks it. */
 static void follow(struct walk *w, const char *how, const struct spf_term *t, int depth)
@@ -587,8 +599,7 @@ static void follow(struct walk *w, const char *how, const struct spf_term *t, in
 	}
 }
 
-static void walk_record(struct walk *w, const char *domain, const struct spf_record *rec,
-			int depth)
+static void walk_record(struct walk *w, const char *domain, const struct spf_record *rec, int depth)
 {
 	struct spf_eval *e = w->e;
 	const struct spf_term *redirect = NULL;
@@ -611,7 +622,8 @@ static void walk_record(struct walk *w, const char *domain, const struct spf_rec
 			break;
 		case SPF_INCLUDE:
 			e->lookups++;
-			if (w->our_include && t->qualifier == '+' && domain_eq(t->arg, w->our_include))
+			if (w->our_include && t->qualifier == '+' &&
+			    domain_eq(t->arg, w->our_include))
 				e->has_include = 1;
 			follow(w, "include", t, depth);
 			break;
@@ -632,7 +644,7 @@ static void walk_record(struct walk *w, const char *domain, const struct spf_rec
 }
 
 void spf_evaluate(const char *domain, const char *record, const char *our_include,
-		  spf_fetch_fn fetch, void *ctx, struct spf_eval *out)
+                  spf_fetch_fn fetch, void *ctx, struct spf_eval *out)
 {
 	struct spf_record rec;
 	struct walk w;

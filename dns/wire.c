@@ -116,7 +116,7 @@ static int read_rr(const unsigned char *m, size_t mlen, size_t *off, struct raw_
 
 /* Decodes the rdata of rr (of the asked type) into out. Returns 0 or -1. */
 static int decode_rdata(const unsigned char *m, size_t mlen, const struct raw_rr *rr,
-			struct dns_rr *out)
+                        struct dns_rr *out)
 {
 	char name[256];
 	size_t off = rr->rdoff, end = rr->rdoff + rr->rdlen;
@@ -220,7 +220,7 @@ static int fail_with(struct dns_result *res, enum dns_status st, const char *det
 }
 
 int dns_answer_parse(const unsigned char *m, size_t mlen, enum dns_type type,
-		     struct dns_result *res)
+                     struct dns_result *res)
 {
 	struct raw_rr *rrs = NULL;
 	size_t nrr = 0, off = DNS_HDR_LEN;
@@ -283,7 +283,8 @@ int dns_answer_parse(const unsigned char *m, size_t mlen, enum dns_type type,
 					continue;
 				if (decode_rdata(m, mlen, &rrs[i], &res->rr[res->n]) < 0) {
 					free(rrs);
-					return fail_with(res, DNS_ERROR, "malformed record in reply");
+					return fail_with(res, DNS_ERROR,
+					                 "malformed record in reply");
 				}
 				if (rrs[i].ttl < ttl)
 					ttl = rrs[i].ttl;
@@ -300,7 +301,8 @@ int dns_answer_parse(const unsigned char *m, size_t mlen, enum dns_type type,
 
 				if (decode_rdata(m, mlen, &rrs[i], &tmp) < 0) {
 					free(rrs);
-					return fail_with(res, DNS_ERROR, "malformed record in reply");
+					return fail_with(res, DNS_ERROR,
+					                 "malformed record in reply");
 				}
 				if (rrs[i].ttl < ttl)
 					ttl = rrs[i].ttl;

@@ -13,22 +13,22 @@
 #include "dns/dns.h"
 
 static const struct dns_dkim_selector sels[] = {
-	{"s1", NULL, NULL, NULL},
-	{"s2", NULL, NULL, NULL},
+    {"s1", NULL, NULL, NULL},
+    {"s2", NULL, NULL, NULL},
 };
 
 static const struct dns_platform platform = {
-	.spf_include = "spf.platform.example",
-	.dkim_zone = "dkim.platform.example",
-	.return_path_prefix = "rp",
-	.return_path_domain = "rp.platform.example",
-	.dmarc_rua = "dmarc@platform.example",
-	.dkim = sels,
-	.n_dkim = 2,
+    .spf_include = "spf.platform.example",
+    .dkim_zone = "dkim.platform.example",
+    .return_path_prefix = "rp",
+    .return_path_domain = "rp.platform.example",
+    .dmarc_rua = "dmarc@platform.example",
+    .dkim = sels,
+    .n_dkim = 2,
 };
 
 static const struct dns_publish *find(const struct dns_publish_set *s, const char *kind,
-				      const char *sel)
+                                      const char *sel)
 {
 	for (size_t i = 0; i < s->n; i++)
 		if (strcmp(s->recs[i].kind, kind) == 0 &&
@@ -197,7 +197,7 @@ static void test_compute_with_found(void **state)
 	char *spf_values[] = {"google-site-verification=xyz", "v=spf1 mx -all"};
 	const struct dns_publish *r;
 	static const struct dns_dkim_selector txt_sel[] = {
-		{"s1", NULL, "MIIBIjAN", "v=DKIM1; k=rsa; p=MIIBIjAN"},
+	    {"s1", NULL, "MIIBIjAN", "v=DKIM1; k=rsa; p=MIIBIjAN"},
 	};
 	struct dns_platform p2 = platform;
 
@@ -354,17 +354,67 @@ static void test_wire(void **state)
 	assert_string_equal(dns_check_status_str(DNS_CHECK_MULTIPLE_RECORDS), "multiple_records");
 }
 
+static void test_require(void **state)
+{
+	unsigned mask;
+	char err[128];
+	struct dns_check_report rep;
+	struct dns_record_check dk[2];
+	struct buf b;
+	int ok, total;
+
+	assert_int_equal(dns_require_parse("spf,dkim", &mask, err, sizeof(err)), 0);
+	assert_int_equal(mask, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM);
+	assert_int_equal(dns_require_parse(" spf , return_path,dmarc ", &mask, err, sizeof(err)),
+	                 0);
+	assert_int_equal(mask, DNS_REQUIRE_SPF | DNS_REQUIRE_RETURN_PATH | DNS_REQUIRE_DMARC);
+	assert_int_equal(dns_require_parse("", &mask, err, sizeof(err)), 0);
+	assert_int_equal(mask, 0);
+	assert_int_equal(dns_require_parse("spf,dkimm", &mask, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "dkimm"));
+
+	memset(&rep, 0, sizeof(rep));
+	memset(dk, 0, sizeof(dk));
+	rep.spf.kind = "spf";
+	rep.spf.name = "acme.example";
+	rep.spf.status = DNS_CHECK_VERIFIED;
+	dk[0].kind = dk[1].kind = "dkim";
+	dk[0].selector = "s1";
+	dk[1].selector = "s2";
+	dk[0].name = "s1._domainkey.acme.example";
+	dk[1].name = "s2._domainkey.acme.example";
+	dk[0].status = DNS_CHECK_VERIFIED;
+	dk[1].status = DNS_CHECK_MISMATCH;
+	rep.dkim = dk;
+	rep.n_dkim = 2;
+	rep.return_path.status = DNS_CHECK_MISSING;
+	rep.dmarc.status = DNS_CHECK_MISSING;
+	/* One DKIM selector off: partially verified. */
+	assert_false(dns_report_passes(&rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &ok, &total));
+	assert_int_equal(ok, 2);
+	assert_int_equal(total, 3);
+	buf_init(&b, 4096);
+	dns_report_failing(&rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &b);
+	assert_string_equal(b.data, "dkim s2 s2._domainkey.acme.example (mismatch)");
+	buf_free(&b);
+	dk[1].status = DNS_CHECK_VERIFIED;
+	assert_true(dns_report_passes(&rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, NULL, NULL));
+	/* The return path is not required by default; when it is, it counts. */
+	assert_false(
+	    dns_report_passes(&rep, DNS_REQUIRE_SPF | DNS_REQUIRE_RETURN_PATH, NULL, NULL));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_label),
-		cmocka_unit_test(test_org_domain),
-		cmocka_unit_test(test_tags),
-		cmocka_unit_test(test_valid),
-		cmocka_unit_test(test_compute_domain),
-		cmocka_unit_test(test_compute_subdomain),
-		cmocka_unit_test(test_compute_with_found),
-		cmocka_unit_test(test_wire),
+	    cmocka_unit_test(test_label),
+	    cmocka_unit_test(test_org_domain),
+	    cmocka_unit_test(test_tags),
+	    cmocka_unit_test(test_valid),
+	    cmocka_unit_test(test_compute_domain),
+	    cmocka_unit_test(test_compute_subdomain),
+	    cmocka_unit_test(test_compute_with_found),
+	    cmocka_unit_test(test_wire),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,63 +29,72 @@ static char zone_path[256];
 /* ---- the zone ------------------------------------------------------------ */
 
 static const char *zone_base =
-	"\"spf.platform.example\": {\"TXT\": [\"v=spf1 ip4:192.0.2.0/24 -all\"]},\n"
-	/* everything right */
-	"\"good.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example ~all\"],"
-	"  \"MX\": [\"20 mx2.good.example\", \"10 mx1.good.example\"]},\n"
-	"\"s1._domainkey.good.example\": {\"CNAME\": [\"s1.good-example.dkim.platform.example\"]},\n"
-	"\"s2._domainkey.good.example\": {\"CNAME\": [\"s2.good-example.dkim.platform.example\"]},\n"
-	"\"rp.good.example\": {\"CNAME\": [\"rp.platform.example\"]},\n"
-	"\"_dmarc.good.example\": {\"TXT\": [\"v=DMARC1; p=quarantine; rua=mailto:d@good.example\"]},\n"
-	"\"mx1.good.example\": {\"A\": [\"127.0.0.2\"], \"AAAA\": [\"::1\"]},\n"
-	"\"www.good.example\": {\"CNAME\": [\"mx1.good.example\"]},\n"
-	"\"multi.good.example\": {\"TXT\": [[\"v=spf1 \", \"include:spf.platform.example\", \" -all\"]]},\n"
-	/* SPF only */
-	"\"spfonly.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
-	/* DKIM only */
-	"\"s1._domainkey.dkimonly.example\": {\"CNAME\": [\"s1.dkimonly-example.dkim.platform.example\"]},\n"
-	"\"s2._domainkey.dkimonly.example\": {\"CNAME\": [\"s2.dkimonly-example.dkim.platform.example\"]},\n"
-	/* CNAMEs with the wrong targets */
-	"\"s1._domainkey.wrong.example\": {\"CNAME\": [\"s1.other.example\"]},\n"
-	"\"s2._domainkey.wrong.example\": {\"TXT\": [\"v=DKIM1; k=rsa; p=MIIBold\"]},\n"
-	"\"rp.wrong.example\": {\"CNAME\": [\"bounces.elsewhere.example\"]},\n"
-	"\"wrong.example\": {\"A\": [\"192.0.2.7\"]},\n"
-	/* an SPF record to merge with */
-	"\"merge.example\": {\"TXT\": [\"google-site-verification=abc\", \"v=spf1 mx -all\"]},\n"
-	/* two SPF records */
-	"\"twospf.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\", \"v=spf1 mx -all\"]},\n"
-	/* an include chain: c1 -> c2 -> ... -> c8 -> c9 (a) */
-	"\"c1.example\": {\"TXT\": [\"v=spf1 include:c2.example -all\"]},\n"
-	"\"c2.example\": {\"TXT\": [\"v=spf1 include:c3.example -all\"]},\n"
-	"\"c3.example\": {\"TXT\": [\"v=spf1 include:c4.example -all\"]},\n"
-	"\"c4.example\": {\"TXT\": [\"v=spf1 include:c5.example -all\"]},\n"
-	"\"c5.example\": {\"TXT\": [\"v=spf1 include:c6.example -all\"]},\n"
-	"\"c6.example\": {\"TXT\": [\"v=spf1 include:c7.example -all\"]},\n"
-	"\"c7.example\": {\"TXT\": [\"v=spf1 include:c8.example -all\"]},\n"
-	"\"c8.example\": {\"TXT\": [\"v=spf1 include:c9.example -all\"]},\n"
-	"\"c9.example\": {\"TXT\": [\"v=spf1 a -all\"]},\n"
-	/* 1 (ours) + 1 (c1) + 8 (the includes in c1..c8) + 1 (c9's a) = 11 */
-	"\"chain11.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:c1.example -all\"]},\n"
-	/* 1 + 1 (c2) + 7 (c2..c8) + 1 = 10 */
-	"\"chain10.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:c2.example -all\"]},\n"
-	/* includes of names that do not exist */
-	"\"voids.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:gone1.example include:gone2.example include:gone3.example -all\"]},\n"
-	/* failures */
-	"\"sf.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
-	"\"slow.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
-	"\"tc.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
-	"\"s1._domainkey.tc.example\": {\"CNAME\": [\"s1.tc-example.dkim.platform.example\"]},\n"
-	/* DMARC at the organizational domain only */
-	"\"acme.example\": {\"TXT\": [\"v=spf1 -all\"]},\n"
-	"\"_dmarc.acme.example\": {\"TXT\": [\"v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@acme.example\"]},\n"
-	"\"mail.acme.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
-	/* DKIM keys as TXT, split over several strings */
-	"\"s1._domainkey.txtkey.example\": {\"TXT\": [[\"v=DKIM1; k=rsa; \", \"p=MIIBkey\", \"part2\"]]},\n"
-	"\"s2._domainkey.txtkey.example\": {\"TXT\": [\"v=DKIM1; k=rsa; p=MIIBother\"]},\n"
-	/* a TTL long enough to see the cache */
-	"\"cached.example\": {\"TTL\": 60, \"TXT\": [\"first\"]},\n"
-	/* larger than 512 bytes over UDP */
-	"\"big.example\": {\"TXT\": [\"%s\", \"%s\", \"%s\"]}";
+    "\"spf.platform.example\": {\"TXT\": [\"v=spf1 ip4:192.0.2.0/24 -all\"]},\n"
+    /* everything right */
+    "\"good.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example ~all\"],"
+    "  \"MX\": [\"20 mx2.good.example\", \"10 mx1.good.example\"]},\n"
+    "\"s1._domainkey.good.example\": {\"CNAME\": [\"s1.good-example.dkim.platform.example\"]},\n"
+    "\"s2._domainkey.good.example\": {\"CNAME\": [\"s2.good-example.dkim.platform.example\"]},\n"
+    "\"rp.good.example\": {\"CNAME\": [\"rp.platform.example\"]},\n"
+    "\"_dmarc.good.example\": {\"TXT\": [\"v=DMARC1; p=quarantine; rua=mailto:d@good.example\"]},\n"
+    "\"mx1.good.example\": {\"A\": [\"127.0.0.2\"], \"AAAA\": [\"::1\"]},\n"
+    "\"www.good.example\": {\"CNAME\": [\"mx1.good.example\"]},\n"
+    "\"multi.good.example\": {\"TXT\": [[\"v=spf1 \", \"include:spf.platform.example\", \" "
+    "-all\"]]},\n"
+    /* SPF only */
+    "\"spfonly.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
+    /* DKIM only */
+    "\"s1._domainkey.dkimonly.example\": {\"CNAME\": "
+    "[\"s1.dkimonly-example.dkim.platform.example\"]},\n"
+    "\"s2._domainkey.dkimonly.example\": {\"CNAME\": "
+    "[\"s2.dkimonly-example.dkim.platform.example\"]},\n"
+    /* CNAMEs with the wrong targets */
+    "\"s1._domainkey.wrong.example\": {\"CNAME\": [\"s1.other.example\"]},\n"
+    "\"s2._domainkey.wrong.example\": {\"TXT\": [\"v=DKIM1; k=rsa; p=MIIBold\"]},\n"
+    "\"rp.wrong.example\": {\"CNAME\": [\"bounces.elsewhere.example\"]},\n"
+    "\"wrong.example\": {\"A\": [\"192.0.2.7\"]},\n"
+    /* an SPF record to merge with */
+    "\"merge.example\": {\"TXT\": [\"google-site-verification=abc\", \"v=spf1 mx -all\"]},\n"
+    /* two SPF records */
+    "\"twospf.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\", \"v=spf1 mx "
+    "-all\"]},\n"
+    /* an include chain: c1 -> c2 -> ... -> c8 -> c9 (a) */
+    "\"c1.example\": {\"TXT\": [\"v=spf1 include:c2.example -all\"]},\n"
+    "\"c2.example\": {\"TXT\": [\"v=spf1 include:c3.example -all\"]},\n"
+    "\"c3.example\": {\"TXT\": [\"v=spf1 include:c4.example -all\"]},\n"
+    "\"c4.example\": {\"TXT\": [\"v=spf1 include:c5.example -all\"]},\n"
+    "\"c5.example\": {\"TXT\": [\"v=spf1 include:c6.example -all\"]},\n"
+    "\"c6.example\": {\"TXT\": [\"v=spf1 include:c7.example -all\"]},\n"
+    "\"c7.example\": {\"TXT\": [\"v=spf1 include:c8.example -all\"]},\n"
+    "\"c8.example\": {\"TXT\": [\"v=spf1 include:c9.example -all\"]},\n"
+    "\"c9.example\": {\"TXT\": [\"v=spf1 a -all\"]},\n"
+    /* 1 (ours) + 1 (c1) + 8 (the includes in c1..c8) + 1 (c9's a) = 11 */
+    "\"chain11.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:c1.example "
+    "-all\"]},\n"
+    /* 1 + 1 (c2) + 7 (c2..c8) + 1 = 10 */
+    "\"chain10.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:c2.example "
+    "-all\"]},\n"
+    /* includes of names that do not exist */
+    "\"voids.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:gone1.example "
+    "include:gone2.example include:gone3.example -all\"]},\n"
+    /* failures */
+    "\"sf.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
+    "\"slow.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
+    "\"tc.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
+    "\"s1._domainkey.tc.example\": {\"CNAME\": [\"s1.tc-example.dkim.platform.example\"]},\n"
+    /* DMARC at the organizational domain only */
+    "\"acme.example\": {\"TXT\": [\"v=spf1 -all\"]},\n"
+    "\"_dmarc.acme.example\": {\"TXT\": [\"v=DMARC1; p=reject; sp=quarantine; "
+    "rua=mailto:d@acme.example\"]},\n"
+    "\"mail.acme.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
+    /* DKIM keys as TXT, split over several strings */
+    "\"s1._domainkey.txtkey.example\": {\"TXT\": [[\"v=DKIM1; k=rsa; \", \"p=MIIBkey\", "
+    "\"part2\"]]},\n"
+    "\"s2._domainkey.txtkey.example\": {\"TXT\": [\"v=DKIM1; k=rsa; p=MIIBother\"]},\n"
+    /* a TTL long enough to see the cache */
+    "\"cached.example\": {\"TTL\": 60, \"TXT\": [\"first\"]},\n"
+    /* larger than 512 bytes over UDP */
+    "\"big.example\": {\"TXT\": [\"%s\", \"%s\", \"%s\"]}";
 
 static void write_zone(const char *extra_records)
 {
@@ -99,9 +108,10 @@ static void write_zone(const char *extra_records)
 	assert_non_null(f);
 	fprintf(f, "{\"ttl\": 1, \"records\": {\n");
 	fprintf(f, zone_base, big, big, big);
-	fprintf(f, "%s\n}, \"servfail\": [\"sf.example\"], \"timeout\": [\"slow.example\"], "
-		   "\"truncate\": [\"tc.example\", \"s1._domainkey.tc.example\"]}\n",
-		extra_records);
+	fprintf(f,
+	        "%s\n}, \"servfail\": [\"sf.example\"], \"timeout\": [\"slow.example\"], "
+	        "\"truncate\": [\"tc.example\", \"s1._domainkey.tc.example\"]}\n",
+	        extra_records);
 	fclose(f);
 	assert_int_equal(rename(tmp, zone_path), 0);
 }
@@ -120,7 +130,7 @@ static int start_server(void **state)
 	snprintf(script, sizeof(script), "%s/tests/integration/dnsserver.py", src ? src : ".");
 	if (access(script, R_OK) != 0) {
 		fprintf(stderr, "cannot find %s (run from the source tree or set SENDGATE_SRC)\n",
-			script);
+		        script);
 		return -1;
 	}
 	if (pipe(fds) < 0)
@@ -227,7 +237,7 @@ static void on_result(const struct dns_result *res, void *arg, uint64_t cookie)
 }
 
 static const struct dns_result *lookup(struct fixture *fx, struct got *g, const char *name,
-				       enum dns_type type, int flags)
+                                       enum dns_type type, int flags)
 {
 	g->fx = fx;
 	g->outstanding = 1;
@@ -388,18 +398,18 @@ static void test_free_pending(void **state)
 /* ---- record checks -------------------------------------------------------- */
 
 static const struct dns_dkim_selector sels[] = {
-	{"s1", NULL, NULL, NULL},
-	{"s2", NULL, NULL, NULL},
+    {"s1", NULL, NULL, NULL},
+    {"s2", NULL, NULL, NULL},
 };
 
 static const struct dns_platform platform = {
-	.spf_include = "spf.platform.example",
-	.dkim_zone = "dkim.platform.example",
-	.return_path_prefix = "rp",
-	.return_path_domain = "rp.platform.example",
-	.dmarc_rua = "dmarc@platform.example",
-	.dkim = sels,
-	.n_dkim = 2,
+    .spf_include = "spf.platform.example",
+    .dkim_zone = "dkim.platform.example",
+    .return_path_prefix = "rp",
+    .return_path_domain = "rp.platform.example",
+    .dmarc_rua = "dmarc@platform.example",
+    .dkim = sels,
+    .n_dkim = 2,
 };
 
 /* A copy of what the tests look at in a report. */
@@ -470,7 +480,7 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 	snprintf(c->policy, sizeof(c->policy), "%s", rep->dmarc_policy ? rep->dmarc_policy : "");
 	snprintf(c->rua, sizeof(c->rua), "%s", rep->dmarc_rua ? rep->dmarc_rua : "");
 	snprintf(c->found_at, sizeof(c->found_at), "%s",
-		 rep->dmarc_found_at ? rep->dmarc_found_at : "");
+	         rep->dmarc_found_at ? rep->dmarc_found_at : "");
 	snprintf(c->org, sizeof(c->org), "%s", rep->org_domain);
 	/* What the customer must publish, given what was found. */
 	assert_int_equal(dns_records_compute(rep->domain, c->p, rep, &set), 0);
@@ -484,8 +494,8 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 		snprintf(c->explain, sizeof(c->explain), "%s", b.data ? b.data : "");
 		buf_free(&b);
 		buf_init(&b, 65536);
-		c->passes = dns_report_passes(rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &c->ok,
-					      &c->total);
+		c->passes =
+		    dns_report_passes(rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &c->ok, &c->total);
 		dns_report_failing(rep, DNS_REQUIRE_SPF | DNS_REQUIRE_DKIM, &b);
 		snprintf(c->failing, sizeof(c->failing), "%s", b.data ? b.data : "");
 		buf_free(&b);
@@ -496,7 +506,7 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 }
 
 static void check_with(struct fixture *fx, const struct dns_platform *p, const char *domain,
-		       int flags, struct checked *c)
+                       int flags, struct checked *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->fx = fx;
@@ -534,7 +544,7 @@ static void test_check_good(void **state)
 	assert_int_equal(c.steps, 0);
 	assert_string_equal(c.failing, "");
 	assert_int_equal(dns_check_start(fx->r, "not a domain", &platform, 0, on_report, &c, 1),
-			 -1);
+	                 -1);
 	fixture_free(fx);
 }
 
@@ -549,7 +559,8 @@ static void test_check_spf_only(void **state)
 	assert_string_equal(c.dkim[1].status, "missing");
 	assert_string_equal(c.rp.status, "missing");
 	assert_string_equal(c.dmarc.status, "missing");
-	assert_non_null(strstr(c.dmarc.detail, "v=DMARC1; p=none; rua=mailto:dmarc@platform.example"));
+	assert_non_null(
+	    strstr(c.dmarc.detail, "v=DMARC1; p=none; rua=mailto:dmarc@platform.example"));
 	/* Partially verified: SPF yes, the DKIM selectors no. */
 	assert_false(c.passes);
 	assert_int_equal(c.ok, 1);
@@ -684,8 +695,8 @@ static void test_check_subdomain(void **state)
 static void test_check_txt_keys(void **state)
 {
 	static const struct dns_dkim_selector txt_sels[] = {
-		{"s1", NULL, "MIIBkeypart2", NULL},
-		{"s2", NULL, "MIIBkey", NULL},
+	    {"s1", NULL, "MIIBkeypart2", NULL},
+	    {"s2", NULL, "MIIBkey", NULL},
 	};
 	struct dns_platform p = platform;
 	struct fixture *fx = fixture_new(1000, 2);
@@ -708,7 +719,8 @@ static void test_check_late_records(void **state)
 	assert_string_equal(c.spf.status, "missing");
 	assert_string_equal(c.dkim[0].status, "missing");
 	write_zone(",\"late.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},"
-		   "\"s1._domainkey.late.example\": {\"CNAME\": [\"s1.late-example.dkim.platform.example\"]}");
+	           "\"s1._domainkey.late.example\": {\"CNAME\": "
+	           "[\"s1.late-example.dkim.platform.example\"]}");
 	check(fx, "late.example", &c);
 	assert_string_equal(c.spf.status, "verified");
 	assert_string_equal(c.dkim[0].status, "verified");
@@ -723,21 +735,21 @@ static void test_check_late_records(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_lookups),
-		cmocka_unit_test(test_timeout),
-		cmocka_unit_test(test_cache),
-		cmocka_unit_test(test_free_pending),
-		cmocka_unit_test(test_check_good),
-		cmocka_unit_test(test_check_spf_only),
-		cmocka_unit_test(test_check_dkim_only),
-		cmocka_unit_test(test_check_wrong_cname),
-		cmocka_unit_test(test_check_merge),
-		cmocka_unit_test(test_check_two_spf),
-		cmocka_unit_test(test_check_lookup_limit),
-		cmocka_unit_test(test_check_failures),
-		cmocka_unit_test(test_check_subdomain),
-		cmocka_unit_test(test_check_txt_keys),
-		cmocka_unit_test(test_check_late_records),
+	    cmocka_unit_test(test_lookups),
+	    cmocka_unit_test(test_timeout),
+	    cmocka_unit_test(test_cache),
+	    cmocka_unit_test(test_free_pending),
+	    cmocka_unit_test(test_check_good),
+	    cmocka_unit_test(test_check_spf_only),
+	    cmocka_unit_test(test_check_dkim_only),
+	    cmocka_unit_test(test_check_wrong_cname),
+	    cmocka_unit_test(test_check_merge),
+	    cmocka_unit_test(test_check_two_spf),
+	    cmocka_unit_test(test_check_lookup_limit),
+	    cmocka_unit_test(test_check_failures),
+	    cmocka_unit_test(test_check_subdomain),
+	    cmocka_unit_test(test_check_txt_keys),
+	    cmocka_unit_test(test_check_late_records),
 	};
 	return cmocka_run_group_tests(tests, start_server, stop_server);
 }

@@ -30,11 +30,11 @@ static void test_parse_terms(void **state)
 	char err[256];
 
 	assert_int_equal(spf_parse("v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32  a "
-				   "-mx:mail.example.com/24//64 ~include:_spf.example.net "
-				   "?exists:%{i}._spf.%{d} ptr a//64 redirect=other.example "
-				   "exp=explain.example foo.bar=baz -all",
-				   &r, err, sizeof(err)),
-			 0);
+	                           "-mx:mail.example.com/24//64 ~include:_spf.example.net "
+	                           "?exists:%{i}._spf.%{d} ptr a//64 redirect=other.example "
+	                           "exp=explain.example foo.bar=baz -all",
+	                           &r, err, sizeof(err)),
+	                 0);
 	assert_int_equal(r.n, 12);
 	assert_int_equal(r.terms[0].kind, SPF_IP4);
 	assert_string_equal(r.terms[0].arg, "192.0.2.0");
@@ -70,26 +70,26 @@ static void test_parse_terms(void **state)
 static void test_parse_errors(void **state)
 {
 	static const char *bad[] = {
-		"v=spf1 foo",
-		"v=spf1 include:",
-		"v=spf1 include",
-		"v=spf1 include:localhost",
-		"v=spf1 include:a..example",
-		"v=spf1 ip4:300.1.1.1",
-		"v=spf1 ip4:192.0.2.1/33",
-		"v=spf1 ip4:192.0.2.1/024",
-		"v=spf1 ip6:2001:db8::/129",
-		"v=spf1 ip4:2001:db8::1",
-		"v=spf1 redirect=a.example redirect=b.example",
-		"v=spf1 exp=a.example exp=b.example",
-		"v=spf1 all:foo",
-		"v=spf1 ptr/24",
-		"v=spf1 a:example.com/",
-		"v=spf1 exists:%{z}.example.com",
-		"v=spf1 exists:%x.example.com",
-		"v=spf1 include:example.123",
-		"v=spf1 !all",
-		"v=spf2 -all",
+	    "v=spf1 foo",
+	    "v=spf1 include:",
+	    "v=spf1 include",
+	    "v=spf1 include:localhost",
+	    "v=spf1 include:a..example",
+	    "v=spf1 ip4:300.1.1.1",
+	    "v=spf1 ip4:192.0.2.1/33",
+	    "v=spf1 ip4:192.0.2.1/024",
+	    "v=spf1 ip6:2001:db8::/129",
+	    "v=spf1 ip4:2001:db8::1",
+	    "v=spf1 redirect=a.example redirect=b.example",
+	    "v=spf1 exp=a.example exp=b.example",
+	    "v=spf1 all:foo",
+	    "v=spf1 ptr/24",
+	    "v=spf1 a:example.com/",
+	    "v=spf1 exists:%{z}.example.com",
+	    "v=spf1 exists:%x.example.com",
+	    "v=spf1 include:example.123",
+	    "v=spf1 !all",
+	    "v=spf2 -all",
 	};
 	struct spf_record r;
 	char err[256];
@@ -102,9 +102,9 @@ static void test_parse_errors(void **state)
 		spf_record_free(&r);
 	}
 	/* Case does not matter; unknown modifiers are ignored. */
-	assert_int_equal(spf_parse("v=spf1 INCLUDE:Example.COM. IP4:192.0.2.1 x-y=z ~ALL", &r, err,
-				   sizeof(err)),
-			 0);
+	assert_int_equal(
+	    spf_parse("v=spf1 INCLUDE:Example.COM. IP4:192.0.2.1 x-y=z ~ALL", &r, err, sizeof(err)),
+	    0);
 	assert_int_equal(r.n, 4);
 	spf_record_free(&r);
 	assert_int_equal(spf_parse("v=spf1", &r, err, sizeof(err)), 0);
@@ -129,8 +129,8 @@ static void test_count_terms(void **state)
 {
 	assert_int_equal(count("v=spf1 ip4:192.0.2.1 ip6:2001:db8::1 -all"), 0);
 	assert_int_equal(count("v=spf1 a mx ptr exists:x.example include:y.example "
-			       "redirect=z.example"),
-			 6);
+	                       "redirect=z.example"),
+	                 6);
 	/* With "all", redirect is never evaluated. */
 	assert_int_equal(count("v=spf1 include:y.example redirect=z.example -all"), 1);
 	assert_int_equal(count("v=spf1 exp=e.example -all"), 0);
@@ -162,33 +162,33 @@ static enum spf_fetch fake_fetch(void *ctx, const char *domain, const char **rec
 	return SPF_FETCH_VOID;
 }
 
-#define EVAL(zone, rec, ours, out)                                                         \
-	do {                                                                               \
-		struct fake_zone fz_ = {zone, ARRAY_LEN(zone), 0};                         \
-		spf_evaluate("acme.example", rec, ours, fake_fetch, &fz_, out);            \
+#define EVAL(zone, rec, ours, out)                                                                 \
+	do {                                                                                       \
+		struct fake_zone fz_ = {zone, ARRAY_LEN(zone), 0};                                 \
+		spf_evaluate("acme.example", rec, ours, fake_fetch, &fz_, out);                    \
 	} while (0)
 
 static const struct fake chain[] = {
-	{"spf.platform.example", SPF_FETCH_RECORD, "v=spf1 ip4:192.0.2.0/24 -all"},
-	{"i1.example", SPF_FETCH_RECORD, "v=spf1 include:i2.example -all"},
-	{"i2.example", SPF_FETCH_RECORD, "v=spf1 include:i3.example -all"},
-	{"i3.example", SPF_FETCH_RECORD, "v=spf1 include:i4.example -all"},
-	{"i4.example", SPF_FETCH_RECORD, "v=spf1 include:i5.example -all"},
-	{"i5.example", SPF_FETCH_RECORD, "v=spf1 include:i6.example -all"},
-	{"i6.example", SPF_FETCH_RECORD, "v=spf1 include:i7.example -all"},
-	{"i7.example", SPF_FETCH_RECORD, "v=spf1 include:i8.example -all"},
-	{"i8.example", SPF_FETCH_RECORD, "v=spf1 include:i9.example -all"},
-	{"i9.example", SPF_FETCH_RECORD, "v=spf1 include:i10.example -all"},
-	{"i10.example", SPF_FETCH_RECORD, "v=spf1 a -all"},
-	{"mxs.example", SPF_FETCH_RECORD, "v=spf1 mx a ip4:192.0.2.9 -all"},
-	{"red.example", SPF_FETCH_RECORD, "v=spf1 a mx redirect=mxs.example"},
-	{"self.example", SPF_FETCH_RECORD, "v=spf1 include:self.example -all"},
-	{"bad.example", SPF_FETCH_RECORD, "v=spf1 includ:x.example -all"},
-	{"two.example", SPF_FETCH_MULTIPLE, NULL},
-	{"nospf.example", SPF_FETCH_NOSPF, NULL},
-	{"fail.example", SPF_FETCH_ERROR, NULL},
-	{"wait.example", SPF_FETCH_PENDING, NULL},
-	{"ten.example", SPF_FETCH_RECORD, "v=spf1 a a a a a a a a a a -all"},
+    {"spf.platform.example", SPF_FETCH_RECORD, "v=spf1 ip4:192.0.2.0/24 -all"},
+    {"i1.example", SPF_FETCH_RECORD, "v=spf1 include:i2.example -all"},
+    {"i2.example", SPF_FETCH_RECORD, "v=spf1 include:i3.example -all"},
+    {"i3.example", SPF_FETCH_RECORD, "v=spf1 include:i4.example -all"},
+    {"i4.example", SPF_FETCH_RECORD, "v=spf1 include:i5.example -all"},
+    {"i5.example", SPF_FETCH_RECORD, "v=spf1 include:i6.example -all"},
+    {"i6.example", SPF_FETCH_RECORD, "v=spf1 include:i7.example -all"},
+    {"i7.example", SPF_FETCH_RECORD, "v=spf1 include:i8.example -all"},
+    {"i8.example", SPF_FETCH_RECORD, "v=spf1 include:i9.example -all"},
+    {"i9.example", SPF_FETCH_RECORD, "v=spf1 include:i10.example -all"},
+    {"i10.example", SPF_FETCH_RECORD, "v=spf1 a -all"},
+    {"mxs.example", SPF_FETCH_RECORD, "v=spf1 mx a ip4:192.0.2.9 -all"},
+    {"red.example", SPF_FETCH_RECORD, "v=spf1 a mx redirect=mxs.example"},
+    {"self.example", SPF_FETCH_RECORD, "v=spf1 include:self.example -all"},
+    {"bad.example", SPF_FETCH_RECORD, "v=spf1 includ:x.example -all"},
+    {"two.example", SPF_FETCH_MULTIPLE, NULL},
+    {"nospf.example", SPF_FETCH_NOSPF, NULL},
+    {"fail.example", SPF_FETCH_ERROR, NULL},
+    {"wait.example", SPF_FETCH_PENDING, NULL},
+    {"ten.example", SPF_FETCH_RECORD, "v=spf1 a a a a a a a a a a -all"},
 };
 
 static void test_evaluate_limits(void **state)
@@ -264,9 +264,8 @@ static void test_evaluate_problems(void **state)
 	/* Our include reached through another include counts as present. */
 	{
 		static const struct fake nested[] = {
-			{"corp.example", SPF_FETCH_RECORD,
-			 "v=spf1 include:spf.platform.example -all"},
-			{"spf.platform.example", SPF_FETCH_RECORD, "v=spf1 ip4:192.0.2.0/24 -all"},
+		    {"corp.example", SPF_FETCH_RECORD, "v=spf1 include:spf.platform.example -all"},
+		    {"spf.platform.example", SPF_FETCH_RECORD, "v=spf1 ip4:192.0.2.0/24 -all"},
 		};
 		EVAL(nested, "v=spf1 include:corp.example -all", "spf.platform.example", &e);
 		assert_true(e.has_include);
@@ -295,23 +294,23 @@ static void test_merge(void **state)
 
 	check_merge("v=spf1 mx -all", inc, 1, "v=spf1 mx include:spf.platform.example -all");
 	check_merge("v=spf1 include:_spf.google.com ~all", inc, 1,
-		    "v=spf1 include:_spf.google.com include:spf.platform.example ~all");
+	            "v=spf1 include:_spf.google.com include:spf.platform.example ~all");
 	check_merge("v=spf1 a   ?all", "include:spf.platform.example", 1,
-		    "v=spf1 a include:spf.platform.example ?all");
+	            "v=spf1 a include:spf.platform.example ?all");
 	check_merge("v=spf1 a redirect=corp.example", inc, 1,
-		    "v=spf1 a include:spf.platform.example redirect=corp.example");
+	            "v=spf1 a include:spf.platform.example redirect=corp.example");
 	check_merge("v=spf1 a", inc, 1, "v=spf1 a include:spf.platform.example");
 	check_merge("v=spf1", inc, 1, "v=spf1 include:spf.platform.example");
 	check_merge("v=spf1 a -all exp=x.example", inc, 1,
-		    "v=spf1 a include:spf.platform.example -all exp=x.example");
+	            "v=spf1 a include:spf.platform.example -all exp=x.example");
 	/* Already there (any case, trailing dot, explicit '+'): unchanged. */
 	check_merge("v=spf1 include:SPF.Platform.Example. ~all", inc, 0,
-		    "v=spf1 include:SPF.Platform.Example. ~all");
+	            "v=spf1 include:SPF.Platform.Example. ~all");
 	check_merge("v=spf1  +include:spf.platform.example  -all", inc, 0,
-		    "v=spf1  +include:spf.platform.example  -all");
+	            "v=spf1  +include:spf.platform.example  -all");
 	/* A look-alike is not ours. */
 	check_merge("v=spf1 include:spf.platform.example.evil -all", inc, 1,
-		    "v=spf1 include:spf.platform.example.evil include:spf.platform.example -all");
+	            "v=spf1 include:spf.platform.example.evil include:spf.platform.example -all");
 	check_merge("google-site-verification=abc", inc, -1, NULL);
 
 	{
@@ -326,8 +325,8 @@ static void test_has_include(void **state)
 	struct spf_record r;
 	char err[128];
 
-	assert_int_equal(spf_parse("v=spf1 include:spf.platform.example -all", &r, err, sizeof(err)),
-			 0);
+	assert_int_equal(
+	    spf_parse("v=spf1 include:spf.platform.example -all", &r, err, sizeof(err)), 0);
 	assert_true(spf_has_include(&r, "spf.platform.example"));
 	assert_true(spf_has_include(&r, "include:SPF.platform.example."));
 	assert_false(spf_has_include(&r, "platform.example"));
@@ -337,10 +336,10 @@ static void test_has_include(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_is_record),   cmocka_unit_test(test_parse_terms),
-		cmocka_unit_test(test_parse_errors), cmocka_unit_test(test_count_terms),
-		cmocka_unit_test(test_evaluate_limits), cmocka_unit_test(test_evaluate_problems),
-		cmocka_unit_test(test_merge),        cmocka_unit_test(test_has_include),
+	    cmocka_unit_test(test_is_record),       cmocka_unit_test(test_parse_terms),
+	    cmocka_unit_test(test_parse_errors),    cmocka_unit_test(test_count_terms),
+	    cmocka_unit_test(test_evaluate_limits), cmocka_unit_test(test_evaluate_problems),
+	    cmocka_unit_test(test_merge),           cmocka_unit_test(test_has_include),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
