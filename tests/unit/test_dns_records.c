@@ -415,6 +415,7 @@ int main(void)
 	    cmocka_unit_test(test_compute_subdomain),
 	    cmocka_unit_test(test_compute_with_found),
 	    cmocka_unit_test(test_wire),
+	    cmocka_unit_test(test_require),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
