@@ -395,6 +395,25 @@ static void test_free_pending(void **state)
 	free(fx);
 }
 
+static void test_config(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct dns_config cfg;
+	struct dns_resolver *r;
+	char err[256];
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.servers = "127.0.0.1:5353,[::1]:5353";
+	r = dns_resolver_new(base, &cfg, err, sizeof(err));
+	assert_non_null(r);
+	dns_resolver_free(r);
+	err[0] = '\0';
+	cfg.servers = "dns.example.com:53";
+	assert_null(dns_resolver_new(base, &cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "dns.example.com"));
+	event_base_free(base);
+}
+
 /* ---- record checks -------------------------------------------------------- */
 
 static const struct dns_dkim_selector sels[] = {
@@ -739,6 +758,7 @@ int main(void)
 	    cmocka_unit_test(test_timeout),
 	    cmocka_unit_test(test_cache),
 	    cmocka_unit_test(test_free_pending),
+	    cmocka_unit_test(test_config),
 	    cmocka_unit_test(test_check_good),
 	    cmocka_unit_test(test_check_spf_only),
 	    cmocka_unit_test(test_check_dkim_only),
