@@ -751,6 +751,29 @@ static void test_check_late_records(void **state)
 	fixture_free(fx);
 }
 
+/* Freeing the resolver mid-check: the check still reports, once, with errors. */
+static void test_check_cancelled(void **state)
+{
+	struct fixture *fx = fixture_new(2000, 3);
+	struct checked c;
+
+	memset(&c, 0, sizeof(c));
+	c.fx = fx;
+	c.p = &platform;
+	assert_int_equal(dns_check_start(fx->r, "slow.example", &platform, 0, on_report, &c, 5), 0);
+	event_base_loop(fx->base, EVLOOP_NONBLOCK);
+	assert_int_equal(c.calls, 0);
+	dns_resolver_free(fx->r);
+	fx->r = NULL;
+	assert_int_equal(c.calls, 1);
+	assert_int_equal(c.cookie, 5);
+	assert_string_equal(c.spf.status, "error");
+	assert_non_null(strstr(c.spf.detail, "cancelled"));
+	event_free(fx->guard);
+	event_base_free(fx->base);
+	free(fx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -770,6 +793,7 @@ int main(void)
 	    cmocka_unit_test(test_check_subdomain),
 	    cmocka_unit_test(test_check_txt_keys),
 	    cmocka_unit_test(test_check_late_records),
+	    cmocka_unit_test(test_check_cancelled),
 	};
 	return cmocka_run_group_tests(tests, start_server, stop_server);
 }
