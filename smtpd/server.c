@@ -72,7 +72,7 @@ void server_session_gone(struct server *srv, struct session *s, uint64_t id, con
 				       time(NULL) - ca->last_failure > FAILURE_MEMORY))
 			free(hmap_del(srv->clients, addr));
 	}
-	if (srv->stopping && srv->nsessions == 0)
+	if (srv->stopping && srv->nsessions == 0 && !child_running(srv))
 		event_base_loopexit(srv->base, NULL);
 }
 
@@ -188,10 +188,11 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	srv->stopping = 1;
 	log_info("event=stopping signal=%d sessions=%d", (int)sig, srv->nsessions);
 	stop_listening(srv);
+	child_signal(srv, SIGTERM);
 	for (i = 0; i < srv->nslots; i++)
 		if (srv->slots[i])
 			session_shutdown(srv->slots[i]);
-	if (srv->nsessions == 0) {
+	if (srv->nsessions == 0 && !child_running(srv)) {
 		event_base_loopexit(srv->base, NULL);
 		return;
 	}
@@ -295,9 +296,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
  * Gives up root once every privileged port is bound: to [server] user,
  * after handing it the spool. Running as root without a user is refused.
  */
-static void drop_privileges(struct server *srv)
+void smtpd_drop_privileges(const struct config *cfg)
 {
-	const struct config *cfg = srv->cfg;
 	static const char *const sub[] = {"", "/tmp", "/queue", "/quarantine"};
 	struct passwd *pw;
 	size_t i;
@@ -401,7 +401,9 @@ int smtpd_run(struct config *cfg, const char *config_path)
 			fatal("event=start_failed error=\"%s\"", err);
 	if (cfg->has_admin_listen && admin_start(&srv, err, sizeof(err)) == -1)
 		fatal("event=start_failed error=\"%s\"", err);
-	drop_privileges(&srv);
+	smtpd_drop_privileges(cfg);
+	if (cfg->delivery_enabled)
+		child_start(&srv);
 	srv.ev_sigterm = evsignal_new(srv.base, SIGTERM, on_stop_signal, &srv);
 	srv.ev_sigint = evsignal_new(srv.base, SIGINT, on_stop_signal, &srv);
 	srv.ev_sighup = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
@@ -418,6 +420,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 
 	log_info("event=stopped sessions=%d", srv.nsessions);
 	stop_listening(&srv);
+	child_finish(&srv, STOP_GRACE);
 	admin_stop(&srv);
 	signer_free(srv.signer);
 	spool_close(srv.spool);

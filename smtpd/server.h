@@ -56,6 +56,13 @@ struct server {
 	struct event *ev_sighup;
 	struct event *ev_stop_timer;
 	int ready_logged;
+
+	/* the delivery process (child.c) */
+	pid_t child_pid;
+	time_t child_started;
+	int child_backoff;
+	struct event *ev_sigchld;
+	struct event *ev_child_restart;
 };
 
 /* signer.c */
@@ -71,6 +78,14 @@ void signer_free(struct signer *sg);
 int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
 		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
 		  signer_cb cb, uint64_t cookie);
+
+/* child.c */
+/* Starts the delivery process and restarts it whenever it dies. */
+void child_start(struct server *srv);
+void child_signal(struct server *srv, int sig);
+int child_running(const struct server *srv);
+/* At exit: SIGTERM, wait up to timeout seconds, then SIGKILL. */
+void child_finish(struct server *srv, int timeout);
 
 /* admin.c */
 /* Serves /healthz and /readyz on [admin] listen. 0, or -1 with err. */

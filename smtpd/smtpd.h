@@ -194,5 +194,10 @@ struct config;
  * process exit code.
  */
 int smtpd_run(struct config *cfg, const char *config_path);
+/*
+ * Gives up root for [server] user (handing it the spool first); refuses
+ * (exits) when running as root without one. No-op when not root.
+ */
+void smtpd_drop_privileges(const struct config *cfg);
 
 #endif
