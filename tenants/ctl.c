@@ -39,7 +39,9 @@ static const char help_text[] =
     "  domain show DOMAIN                    one domain and the DKIM records to publish\n"
     "  dkim list DOMAIN                      a domain's DKIM keys and their states\n"
     "  dkim rotate DOMAIN [--algorithm rsa|ed25519|both] [--publish-delay DURATION]\n"
-    "             [--overlap DURATION]       new key on the idle selector\n"
+    "             [--overlap DURATION]\n"
+    "                                        a new key on the idle selector, signing\n"
+    "                                        after the publish delay\n"
     "  dkim zone                             TXT records of the platform's DKIM zone\n"
     "  dkim import DOMAIN SELECTOR PEMFILE [--replace] [--overlap DURATION]\n"
     "                                        sign with an existing private key\n"
@@ -232,9 +234,12 @@ static const struct {
 	ctl_cmd_fn fn;
 	int needs_config;
 } commands[] = {
-    {"migrate", ctl_cmd_migrate, 1},       {"tenant", ctl_cmd_tenant, 1},
-    {"credential", ctl_cmd_credential, 1}, {"domain", ctl_cmd_domain, 1},
-    {"queue", ctl_cmd_queue, 1},           {"dkim", ctl_cmd_dkim, 1},
+    {"migrate", ctl_cmd_migrate, 1},
+    {"tenant", ctl_cmd_tenant, 1},
+    {"credential", ctl_cmd_credential, 1},
+    {"domain", ctl_cmd_domain, 1},
+    {"queue", ctl_cmd_queue, 1},
+    {"dkim", ctl_cmd_dkim, 1},
     {"help", cmd_help, 0},
     {"version", cmd_version, 0},
 };

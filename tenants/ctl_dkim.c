@@ -139,7 +139,8 @@ static int newkey_fill(struct ctl_dkim_newkey *nk, struct dkim_key *k, const uns
 	nk->bits = dkim_key_bits(k);
 	snprintf(nk->alg, sizeof(nk->alg), "%s",
 	         dkim_key_alg(k) == DKIM_ALG_ED25519_SHA256 ? "ed25519" : "rsa");
-	if (dkim_key_private_pem(k, &pem) == -1 || dkim_seal(mkey, pem.data, pem.len, &sealed) == -1 ||
+	if (dkim_key_private_pem(k, &pem) == -1 ||
+	    dkim_seal(mkey, pem.data, pem.len, &sealed) == -1 ||
 	    dkim_key_public_b64(k, &nk->public_b64) == -1) {
 		ctl_error("cannot seal the new DKIM key");
 		goto fail;
@@ -174,7 +175,8 @@ void ctl_dkim_newkey_free(struct ctl_dkim_newkey *nk)
 int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const unsigned char mkey[32],
                              struct ctl_dkim_newkey *nk)
 {
-	enum dkim_alg a = strcmp(alg, "ed25519") == 0 ? DKIM_ALG_ED25519_SHA256 : DKIM_ALG_RSA_SHA256;
+	enum dkim_alg a =
+	    strcmp(alg, "ed25519") == 0 ? DKIM_ALG_ED25519_SHA256 : DKIM_ALG_RSA_SHA256;
 	struct dkim_key *k;
 	char err[256];
 	int rc;
@@ -193,9 +195,9 @@ int ctl_dkim_key_insert(struct ctl *c, const char *domain_id, const struct ctl_d
                         long long delay, int imported, char sign_from[40])
 {
 	char bits[16], delay_s[24];
-	const char *params[8] = {domain_id,          nk->selector,         nk->alg,
-	                         bits,               nk->sealed_hex.data,  nk->public_b64.data,
-	                         delay_s,            imported ? "t" : "f"};
+	const char *params[8] = {domain_id, nk->selector,        nk->alg,
+	                         bits,      nk->sealed_hex.data, nk->public_b64.data,
+	                         delay_s,   imported ? "t" : "f"};
 	PGresult *r;
 
 	snprintf(bits, sizeof(bits), "%d", nk->bits);
@@ -294,8 +296,8 @@ static json_t *txt_entry(const PGresult *r, int row, const char *domain)
 	return e;
 }
 
-static json_t *cname_entry(struct ctl *c, const PGresult *r, const char *selector,
-                           const char *alg, const char *domain)
+static json_t *cname_entry(struct ctl *c, const PGresult *r, const char *selector, const char *alg,
+                           const char *domain)
 {
 	char *target = dns_dkim_cname_target(selector, domain, c->cfg.platform_dkim_zone);
 	struct buf name;
@@ -334,7 +336,8 @@ static json_t *records_from_keys(struct ctl *c, const PGresult *r, const char *d
 			for (i = 0; i < PQntuples(r); i++)
 				if (!row_retired(r, i) &&
 				    (strcmp(PQgetvalue(r, i, K_ALG), all_algs[a]) == 0 ||
-				     ctl_dkim_selector_slot(all_algs[a], PQgetvalue(r, i, K_SELECTOR))))
+				     ctl_dkim_selector_slot(all_algs[a],
+				                            PQgetvalue(r, i, K_SELECTOR))))
 					live = 1;
 			if (!live)
 				continue;
@@ -355,8 +358,7 @@ static json_t *records_from_keys(struct ctl *c, const PGresult *r, const char *d
 	return arr;
 }
 
-json_t *ctl_dkim_records(struct ctl *c, const char *domain_id, const char *domain,
-                         const char *mode)
+json_t *ctl_dkim_records(struct ctl *c, const char *domain_id, const char *domain, const char *mode)
 {
 	PGresult *r = domain_keys(c, domain_id);
 	json_t *arr;
@@ -374,16 +376,17 @@ static void records_print_lines(const json_t *recs, FILE *fp)
 	size_t i;
 	json_t *e;
 
-	json_array_foreach (recs, i, e)
-		fprintf(fp, "  %s %s %s\n", json_string_value(json_object_get(e, "name")),
-		        json_string_value(json_object_get(e, "record_type")),
-		        json_string_value(json_object_get(e, "value")));
+	json_array_foreach(recs, i, e)
+	    fprintf(fp, "  %s %s %s\n", json_string_value(json_object_get(e, "name")),
+	            json_string_value(json_object_get(e, "record_type")),
+	            json_string_value(json_object_get(e, "value")));
 }
 
 void ctl_dkim_records_print(const json_t *recs, const char *domain, const char *mode, FILE *fp)
 {
 	if (json_array_size(recs) == 0) {
-		fprintf(fp, "DKIM: no keys; create one with 'sendgatectl dkim rotate %s'\n", domain);
+		fprintf(fp, "DKIM: no keys; create one with 'sendgatectl dkim rotate %s'\n",
+		        domain);
 		return;
 	}
 	if (strcmp(mode, "cname") == 0)
@@ -457,9 +460,9 @@ static void rollback(struct ctl *c)
 
 static int dkim_list(struct ctl *c, const char *arg)
 {
-	static const char *const head[] = {"SELECTOR",   "ALGORITHM",    "BITS",   "STATE",
-	                                   "CREATED",    "SIGN_FROM",    "SIGN_UNTIL",
-	                                   "UNPUBLISH_AT", "IMPORTED"};
+	static const char *const head[] = {"SELECTOR",   "ALGORITHM",    "BITS",
+	                                   "STATE",      "CREATED",      "SIGN_FROM",
+	                                   "SIGN_UNTIL", "UNPUBLISH_AT", "IMPORTED"};
 	struct dom d;
 	struct table t;
 	json_t *arr;
@@ -475,18 +478,18 @@ static int dkim_list(struct ctl *c, const char *arg)
 		arr = json_array();
 		for (i = 0; i < PQntuples(r); i++)
 			json_array_append_new(
-			    arr,
-			    json_pack("{s:s, s:s, s:o, s:s, s:b, s:s, s:s, s:o, s:o}", "selector",
-			              PQgetvalue(r, i, K_SELECTOR), "algorithm",
-			              PQgetvalue(r, i, K_ALG), "bits",
-			              PQgetisnull(r, i, K_BITS) ? json_null()
-			                                        : ctl_json_int(PQgetvalue(r, i, K_BITS)),
-			              "state", PQgetvalue(r, i, K_STATE), "imported",
-			              ctl_pq_bool(r, i, K_IMPORTED), "created_at",
-			              PQgetvalue(r, i, K_CREATED), "sign_from",
-			              PQgetvalue(r, i, K_SIGN_FROM), "sign_until",
-			              ctl_json_str_or_null(r, i, K_SIGN_UNTIL), "unpublish_at",
-			              ctl_json_str_or_null(r, i, K_UNPUBLISH)));
+			    arr, json_pack("{s:s, s:s, s:o, s:s, s:b, s:s, s:s, s:o, s:o}",
+			                   "selector", PQgetvalue(r, i, K_SELECTOR), "algorithm",
+			                   PQgetvalue(r, i, K_ALG), "bits",
+			                   PQgetisnull(r, i, K_BITS)
+			                       ? json_null()
+			                       : ctl_json_int(PQgetvalue(r, i, K_BITS)),
+			                   "state", PQgetvalue(r, i, K_STATE), "imported",
+			                   ctl_pq_bool(r, i, K_IMPORTED), "created_at",
+			                   PQgetvalue(r, i, K_CREATED), "sign_from",
+			                   PQgetvalue(r, i, K_SIGN_FROM), "sign_until",
+			                   ctl_json_str_or_null(r, i, K_SIGN_UNTIL), "unpublish_at",
+			                   ctl_json_str_or_null(r, i, K_UNPUBLISH)));
 		ctl_json_print(arr);
 	} else if (PQntuples(r) == 0) {
 		printf("no DKIM keys for %s\n", d.name);
@@ -555,16 +558,16 @@ static int rotate_one(struct ctl *c, const struct dom *d, const PGresult *keys,
 	}
 	for (slot = 1; slot <= 2; slot++) {
 		row = row_of_selector(keys, ctl_dkim_selector(rot->alg, slot));
-		use[slot - 1] = row < 0            ? CTL_SLOT_FREE
+		use[slot - 1] = row < 0                  ? CTL_SLOT_FREE
 		                : row_retired(keys, row) ? CTL_SLOT_RETIRED
 		                                         : CTL_SLOT_IN_USE;
 	}
 	slot = ctl_dkim_rotation_slot(rot->alg, signing, use);
 	if (slot == -1) {
-		const char *sel = signing && ctl_dkim_selector_slot(rot->alg, signing)
-		                      ? ctl_dkim_selector(rot->alg,
-		                                          3 - ctl_dkim_selector_slot(rot->alg, signing))
-		                      : NULL;
+		const char *sel =
+		    signing && ctl_dkim_selector_slot(rot->alg, signing)
+		        ? ctl_dkim_selector(rot->alg, 3 - ctl_dkim_selector_slot(rot->alg, signing))
+		        : NULL;
 
 		row = sel ? row_of_selector(keys, sel) : -1;
 		if (row >= 0 && !PQgetisnull(keys, row, K_UNPUBLISH))
@@ -572,10 +575,11 @@ static int rotate_one(struct ctl *c, const struct dom *d, const PGresult *keys,
 			          "until %s; rotate again after that",
 			          sel, d->name, rot->alg, PQgetvalue(keys, row, K_UNPUBLISH));
 		else if (row >= 0)
-			ctl_error("selector %s of %s still holds a %s key (%s); rotate again once it "
-			          "is retired",
-			          sel, d->name, PQgetvalue(keys, row, K_ALG),
-			          PQgetvalue(keys, row, K_STATE));
+			ctl_error(
+			    "selector %s of %s still holds a %s key (%s); rotate again once it "
+			    "is retired",
+			    sel, d->name, PQgetvalue(keys, row, K_ALG),
+			    PQgetvalue(keys, row, K_STATE));
 		else
 			ctl_error("both %s selectors of %s (%s, %s) hold keys still in use",
 			          rot->alg, d->name, ctl_dkim_selector(rot->alg, 1),
@@ -602,14 +606,15 @@ static int rotate_one(struct ctl *c, const struct dom *d, const PGresult *keys,
 
 		snprintf(delay_s, sizeof(delay_s), "%lld", delay);
 		snprintf(overlap_s, sizeof(overlap_s), "%lld", overlap);
-		r = ctl_exec(c, "retiring the old DKIM key",
-		             "UPDATE dkim_keys SET"
-		             " sign_until = now() + $2::bigint * interval '1 second',"
-		             " unpublish_at = now() + ($2::bigint + $3::bigint) * interval '1 second'"
-		             " WHERE id = $1"
-		             " RETURNING selector, " CTL_SQL_TIME("sign_until") ", " CTL_SQL_TIME(
-		                 "unpublish_at"),
-		             3, params, NULL, NULL);
+		r = ctl_exec(
+		    c, "retiring the old DKIM key",
+		    "UPDATE dkim_keys SET"
+		    " sign_until = now() + $2::bigint * interval '1 second',"
+		    " unpublish_at = now() + ($2::bigint + $3::bigint) * interval '1 second'"
+		    " WHERE id = $1"
+		    " RETURNING selector, " CTL_SQL_TIME("sign_until") ", " CTL_SQL_TIME(
+		        "unpublish_at"),
+		    3, params, NULL, NULL);
 		if (r == NULL)
 			return CTL_FAIL;
 		snprintf(rot->prev_selector, sizeof(rot->prev_selector), "%s", PQgetvalue(r, 0, 0));
@@ -673,10 +678,9 @@ static void rotate_print(struct ctl *c, const struct dom *d, struct rotation *ro
 	for (i = 0; i < n; i++) {
 		json_t *one = json_array();
 
-		json_array_foreach (recs, j, e)
-			if (strcmp(json_string_value(json_object_get(e, "selector")),
-			           rots[i].nk.selector) == 0)
-				json_array_append(one, e);
+		json_array_foreach(
+		    recs, j, e) if (strcmp(json_string_value(json_object_get(e, "selector")),
+		                           rots[i].nk.selector) == 0) json_array_append(one, e);
 		records_print_lines(one, stdout);
 		json_decref(one);
 	}
@@ -709,7 +713,8 @@ static int dkim_rotate(struct ctl *c, int argc, char **argv)
 				return rc;
 			j++;
 		} else if (argv[j][0] == '-') {
-			return ctl_usage(usage_rotate, "unknown option \"%s\" (or its value is missing)",
+			return ctl_usage(usage_rotate,
+			                 "unknown option \"%s\" (or its value is missing)",
 			                 argv[j]);
 		} else if (domain == NULL) {
 			domain = argv[j];
@@ -801,11 +806,11 @@ static int dkim_zone(struct ctl *c, int argc, char **argv)
 	 * publish delay is for); retiring ones until their unpublish_at.
 	 */
 	r = ctl_exec(c, "reading the DKIM keys",
-	             "SELECT d.name, k.selector, k.algorithm, k.public_b64, " CTL_SQL_TIME("now()")
-	             " FROM dkim_keys k JOIN domains d ON d.id = k.domain_id"
-	             " WHERE d.dkim_mode = 'cname' AND k.created_at <= now()"
-	             " AND (k.unpublish_at IS NULL OR k.unpublish_at > now())"
-	             " ORDER BY d.name, k.selector",
+	             "SELECT d.name, k.selector, k.algorithm, k.public_b64, " CTL_SQL_TIME(
+	                 "now()") " FROM dkim_keys k JOIN domains d ON d.id = k.domain_id"
+	                          " WHERE d.dkim_mode = 'cname' AND k.created_at <= now()"
+	                          " AND (k.unpublish_at IS NULL OR k.unpublish_at > now())"
+	                          " ORDER BY d.name, k.selector",
 	             0, NULL, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
@@ -815,14 +820,16 @@ static int dkim_zone(struct ctl *c, int argc, char **argv)
 		arr = json_array();
 	} else {
 		/* now() of an empty result: ask again rather than guess the clock. */
-		PGresult *t = PQntuples(r) ? NULL
-		                           : ctl_exec(c, "reading the time",
-		                                      "SELECT " CTL_SQL_TIME("now()"), 0, NULL,
-		                                      NULL, NULL);
+		PGresult *t = PQntuples(r)
+		                  ? NULL
+		                  : ctl_exec(c, "reading the time", "SELECT " CTL_SQL_TIME("now()"),
+		                             0, NULL, NULL, NULL);
 
 		printf("; DKIM keys in the sendgate platform zone %.*s\n", (int)zn, zone);
 		printf("; generated %s by sendgatectl %s: %d record%s\n",
-		       PQntuples(r) ? PQgetvalue(r, 0, 4) : t ? PQgetvalue(t, 0, 0) : "?",
+		       PQntuples(r) ? PQgetvalue(r, 0, 4)
+		       : t          ? PQgetvalue(t, 0, 0)
+		                    : "?",
 		       SENDGATE_VERSION, PQntuples(r), PQntuples(r) == 1 ? "" : "s");
 		PQclear(t);
 	}
@@ -832,11 +839,10 @@ static int dkim_zone(struct ctl *c, int argc, char **argv)
 		buf_reset(&value);
 		ctl_dkim_txt_value(PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), &value);
 		if (arr) {
-			json_array_append_new(arr, json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "name",
-			                                     name, "type", "TXT", "ttl", ZONE_TTL,
-			                                     "value", value.data, "domain",
-			                                     PQgetvalue(r, i, 0), "selector",
-			                                     PQgetvalue(r, i, 1)));
+			json_array_append_new(
+			    arr, json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "name", name, "type",
+			                   "TXT", "ttl", ZONE_TTL, "value", value.data, "domain",
+			                   PQgetvalue(r, i, 0), "selector", PQgetvalue(r, i, 1)));
 		} else {
 			buf_reset(&rdata);
 			ctl_zone_txt_rdata(value.data, &rdata);
@@ -946,10 +952,11 @@ static int import_prepare(struct ctl *c, const struct dom *d, const struct ctl_d
 	for (i = 0; i < PQntuples(keys); i++)
 		if (i != row && strcmp(PQgetvalue(keys, i, K_ALG), nk->alg) == 0 &&
 		    strcmp(PQgetvalue(keys, i, K_STATE), "pending") == 0) {
-			ctl_error("a rotation of the %s key of %s is pending (selector %s signs from "
-			          "%s); import after it",
-			          nk->alg, d->name, PQgetvalue(keys, i, K_SELECTOR),
-			          PQgetvalue(keys, i, K_SIGN_FROM));
+			ctl_error(
+			    "a rotation of the %s key of %s is pending (selector %s signs from "
+			    "%s); import after it",
+			    nk->alg, d->name, PQgetvalue(keys, i, K_SELECTOR),
+			    PQgetvalue(keys, i, K_SIGN_FROM));
 			goto out;
 		}
 	if (row >= 0) {
@@ -988,9 +995,8 @@ static void import_print(struct ctl *c, const struct dom *d, const struct ctl_dk
 	json_t *rec = NULL, *e;
 	size_t i;
 
-	json_array_foreach (recs, i, e)
-		if (strcmp(json_string_value(json_object_get(e, "selector")), nk->selector) == 0)
-			rec = e;
+	json_array_foreach(recs, i, e) if (strcmp(json_string_value(json_object_get(e, "selector")),
+	                                          nk->selector) == 0) rec = e;
 	if (c->json) {
 		ctl_json_print(json_pack("{s:s, s:s, s:s, s:i, s:b, s:s, s:O?, s:o}", "domain",
 		                         d->name, "selector", nk->selector, "algorithm", nk->alg,
@@ -1036,7 +1042,8 @@ static int dkim_import(struct ctl *c, int argc, char **argv)
 				return rc;
 			j++;
 		} else if (argv[j][0] == '-' && argv[j][1] != '\0') {
-			return ctl_usage(usage_import, "unknown option \"%s\" (or its value is missing)",
+			return ctl_usage(usage_import,
+			                 "unknown option \"%s\" (or its value is missing)",
 			                 argv[j]);
 		} else if (npos < 3) {
 			pos[npos++] = argv[j];
@@ -1045,7 +1052,8 @@ static int dkim_import(struct ctl *c, int argc, char **argv)
 		}
 	}
 	if (npos != 3)
-		return ctl_usage(usage_import, "dkim import needs a DOMAIN, a SELECTOR and a PEMFILE");
+		return ctl_usage(usage_import,
+		                 "dkim import needs a DOMAIN, a SELECTOR and a PEMFILE");
 	/* Selectors are DNS labels: case does not matter, so store them in lower case. */
 	snprintf(selector, sizeof(selector), "%s", pos[1]);
 	str_lower(selector);

@@ -27,7 +27,7 @@ struct domain_add {
 	const char *tenant;
 	char name[254];
 	int operator_verified;
-	const char *note; /* NULL when not given */
+	const char *note;      /* NULL when not given */
 	const char *dkim_mode; /* "cname" or "txt" */
 	int algs;              /* CTL_ALG_* mask */
 	unsigned char mkey[32];
@@ -151,12 +151,11 @@ static int domain_add_keys(struct ctl *c, struct domain_add *da)
 static void domain_add_print(struct ctl *c, const struct domain_add *da, json_t *recs)
 {
 	if (c->json) {
-		ctl_json_print(json_pack("{s:o, s:s, s:s, s:s, s:b, s:s?, s:s, s:s, s:o}", "id",
-		                         ctl_json_int(da->id), "name", da->name, "tenant",
-		                         da->tenant, "state", da->state, "operator_verified",
-		                         da->operator_verified, "operator_note", da->note,
-		                         "created_at", da->created_at, "dkim_mode", da->dkim_mode,
-		                         "dkim", recs));
+		ctl_json_print(json_pack(
+		    "{s:o, s:s, s:s, s:s, s:b, s:s?, s:s, s:s, s:o}", "id", ctl_json_int(da->id),
+		    "name", da->name, "tenant", da->tenant, "state", da->state, "operator_verified",
+		    da->operator_verified, "operator_note", da->note, "created_at", da->created_at,
+		    "dkim_mode", da->dkim_mode, "dkim", recs));
 		return;
 	}
 	printf("added domain %s to tenant %s (state %s%s)\n", da->name, da->tenant, da->state,
@@ -181,7 +180,8 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 			da.dkim_mode = argv[++i];
 		} else if (strcmp(argv[i], "--algorithm") == 0) {
 			if (i + 1 >= argc)
-				return ctl_usage(usage_add, "--algorithm needs rsa, ed25519 or both");
+				return ctl_usage(usage_add,
+				                 "--algorithm needs rsa, ed25519 or both");
 			algopt = argv[++i];
 		} else if (strcmp(argv[i], "--operator-verified") == 0) {
 			da.operator_verified = 1;
@@ -265,12 +265,13 @@ static json_t *domain_describe(struct ctl *c, const char *arg)
 		ctl_error("no domain named \"%s\"", arg);
 		return NULL;
 	}
-	r = ctl_exec(c, "reading the domain",
-	             "SELECT d.id, d.name, t.name, d.state, d.operator_verified, d.operator_note,"
-	             " d.dkim_mode, " CTL_SQL_TIME("d.created_at") ", " CTL_SQL_TIME(
-	                 "d.state_changed_at") " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
-	                                       " WHERE d.name = $1",
-	             1, params, NULL, NULL);
+	r = ctl_exec(
+	    c, "reading the domain",
+	    "SELECT d.id, d.name, t.name, d.state, d.operator_verified, d.operator_note,"
+	    " d.dkim_mode, " CTL_SQL_TIME("d.created_at") ", " CTL_SQL_TIME(
+	        "d.state_changed_at") " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+	                              " WHERE d.name = $1",
+	    1, params, NULL, NULL);
 	if (r == NULL)
 		return NULL;
 	if (PQntuples(r) == 0) {
@@ -346,7 +347,8 @@ static int domain_list(struct ctl *c, const char *tenant)
 		return CTL_FAIL;
 	r = ctl_exec(c, "listing domains",
 	             "SELECT d.name, t.name, d.state, d.operator_verified, " CTL_SQL_TIME(
-	                 "d.created_at") " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+	                 "d.created_at") ", d.dkim_mode"
+	                                 " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
 	                                 " WHERE $1::bigint IS NULL OR d.tenant_id = $1::bigint"
 	                                 " ORDER BY d.name",
 	             1, tenant ? params : (const char *const[]){NULL}, NULL, NULL);
@@ -357,10 +359,10 @@ static int domain_list(struct ctl *c, const char *tenant)
 		for (i = 0; i < PQntuples(r); i++)
 			json_array_append_new(
 			    arr,
-			    json_pack("{s:s, s:s, s:s, s:b, s:s}", "name", PQgetvalue(r, i, 0),
+			    json_pack("{s:s, s:s, s:s, s:b, s:s, s:s}", "name", PQgetvalue(r, i, 0),
 			              "tenant", PQgetvalue(r, i, 1), "state", PQgetvalue(r, i, 2),
 			              "operator_verified", ctl_pq_bool(r, i, 3), "created_at",
-			              PQgetvalue(r, i, 4)));
+			              PQgetvalue(r, i, 4), "dkim_mode", PQgetvalue(r, i, 5)));
 		ctl_json_print(arr);
 	} else if (PQntuples(r) == 0) {
 		printf("no domains\n");

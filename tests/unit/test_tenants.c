@@ -371,7 +371,8 @@ static int parse_rdata(const char *s, char strings[][300], int max)
 				return -1;
 			if (ch == '\\') {
 				if (s[0] >= '0' && s[0] <= '9') {
-					if (!(s[1] >= '0' && s[1] <= '9' && s[2] >= '0' && s[2] <= '9'))
+					if (!(s[1] >= '0' && s[1] <= '9' && s[2] >= '0' &&
+					      s[2] <= '9'))
 						return -1;
 					ch = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
 					s += 3;
@@ -438,8 +439,8 @@ static void test_zone_txt_rdata_split(void **state)
 			strcat(joined, strings[j]);
 		}
 		assert_string_equal(joined, value);
-		assert_int_equal(n, 1 + (int)((lens[i] + 2 + CTL_TXT_STRING_MAX - 1) /
-		                              CTL_TXT_STRING_MAX));
+		assert_int_equal(
+		    n, 1 + (int)((lens[i] + 2 + CTL_TXT_STRING_MAX - 1) / CTL_TXT_STRING_MAX));
 	}
 	/* A value without "p=" is cut at 255 bytes from its start. */
 	memset(value, 'x', 600);
