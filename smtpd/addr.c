@@ -32,7 +32,7 @@ static void echo_sanitize(char *out, size_t outlen, const unsigned char *s, size
 }
 
 static int set_err(struct smtp_error *err, int code, const char *enh, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static int set_err(struct smtp_error *err, int code, const char *enh, const char *fmt, ...)
 {
@@ -180,7 +180,7 @@ struct path_ctx {
  * just past '>'. 0 or -1 + err.
  */
 static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_path *path,
-		      size_t *end, struct smtp_error *err)
+                      size_t *end, struct smtp_error *err)
 {
 	const unsigned char *s = c->s;
 	size_t len = c->len, i, lstart, lend, dstart, dend, plen, k;
@@ -196,13 +196,13 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 
 	if (len == 0 || s[0] != '<')
 		return set_err(err, 501, c->enh,
-			       "Angle brackets are required around the address: %s:<address>",
-			       c->is_mail ? "MAIL FROM" : "RCPT TO");
+		               "Angle brackets are required around the address: %s:<address>",
+		               c->is_mail ? "MAIL FROM" : "RCPT TO");
 	i = 1;
 	if (i < len && s[i] == '>') {
 		if (!c->is_mail)
 			return set_err(err, 501, c->enh,
-				       "The null path <> is not a valid recipient");
+			               "The null path <> is not a valid recipient");
 		path->is_null = 1;
 		*end = 2;
 		return 0;
@@ -217,13 +217,13 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 		for (;;) {
 			if (i >= len)
 				return set_err(err, 501, c->enh,
-					       "Unterminated quoted local part in %s", echo);
+				               "Unterminated quoted local part in %s", echo);
 			if (s[i] == '"')
 				break;
 			if (s[i] == '\\') {
 				if (i + 1 >= len || s[i + 1] < 32 || s[i + 1] > 126)
 					return set_err(err, 501, c->enh,
-						       "Invalid backslash escape in %s", echo);
+					               "Invalid backslash escape in %s", echo);
 				if (s[i + 1] == '%' || s[i + 1] == '!')
 					relay = 1;
 				i += 2;
@@ -232,14 +232,14 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 			if (s[i] >= 0x80) {
 				if ((k = utf8_seq(s + i, len - i)) == 0)
 					return set_err(err, 501, c->enh,
-						       "Malformed UTF-8 in the address %s", echo);
+					               "Malformed UTF-8 in the address %s", echo);
 				utf8 = 1;
 				i += k;
 				continue;
 			}
 			if (s[i] < 32 || s[i] > 126)
 				return set_err(err, 501, c->enh,
-					       "Control character in the address %s", echo);
+				               "Control character in the address %s", echo);
 			if (s[i] == '%' || s[i] == '!')
 				relay = 1;
 			i++;
@@ -252,8 +252,8 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 			if (ch == '.') {
 				if (need_atom)
 					return set_err(err, 501, c->enh,
-						       "Misplaced dot in the local part of %s",
-						       echo);
+					               "Misplaced dot in the local part of %s",
+					               echo);
 				need_atom = 1;
 				i++;
 				continue;
@@ -261,7 +261,7 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 			if (ch >= 0x80) {
 				if ((k = utf8_seq(s + i, len - i)) == 0)
 					return set_err(err, 501, c->enh,
-						       "Malformed UTF-8 in the address %s", echo);
+					               "Malformed UTF-8 in the address %s", echo);
 				utf8 = 1;
 				i += k;
 				need_atom = 0;
@@ -278,7 +278,7 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 			return set_err(err, 501, c->enh, "Empty local part in %s", echo);
 		if (need_atom)
 			return set_err(err, 501, c->enh, "Misplaced dot in the local part of %s",
-				       echo);
+			               echo);
 	}
 	lend = i;
 	if (i >= len)
@@ -288,14 +288,13 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 	if (s[i] == ':' || s[i] == ',')
 		return set_err(err, 553, c->enh, "Source routes are not accepted in %s", echo);
 	if (s[i] != '@')
-		return set_err(err, 501, c->enh, "Invalid character in the local part of %s",
-			       echo);
+		return set_err(err, 501, c->enh, "Invalid character in the local part of %s", echo);
 	if (relay)
 		return set_err(err, 553, c->enh,
-			       "Relay forms with '%%' or '!' are not accepted in %s", echo);
+		               "Relay forms with '%%' or '!' are not accepted in %s", echo);
 	if (lend - lstart > LOCAL_MAX)
 		return set_err(err, 501, c->enh, "The local part of %s is longer than %d octets",
-			       echo, LOCAL_MAX);
+		               echo, LOCAL_MAX);
 
 	/* Domain or address literal */
 	i++;
@@ -324,7 +323,7 @@ static int parse_path(const struct path_ctx *c, size_t max_path, struct smtp_pat
 	plen = i; /* "<" mailbox ">" */
 	if (plen > max_path || plen - 2 > SMTP_ADDR_MAX)
 		return set_err(err, 501, c->enh, "The address %s is longer than %zu octets", echo,
-			       max_path);
+		               max_path);
 	memcpy(path->addr, s + lstart, lend - lstart);
 	path->addr[lend - lstart] = '@';
 	memcpy(path->addr + (lend - lstart) + 1, s + dstart, dend - dstart);
@@ -370,7 +369,7 @@ struct param {
  * was found, 0 at the end, -1 + err when it is malformed.
  */
 static int next_param(const unsigned char *s, size_t len, size_t *pos, struct param *p,
-		      struct smtp_error *err)
+                      struct smtp_error *err)
 {
 	size_t i = *pos, start;
 	char echo[80];
@@ -413,7 +412,7 @@ malformed_at:
 	return set_err(err, 501, "5.5.4", "Malformed parameter %s", echo);
 malformed:
 	return set_err(err, 501, "5.5.4", "A space is required between the address and %s",
-		       "the parameters");
+	               "the parameters");
 }
 
 static int kw_is(const struct param *p, const char *name)
@@ -433,7 +432,7 @@ static int val_is(const struct param *p, const char *v)
  * 0, or -1 with err filled.
  */
 int smtp_parse_mail_from(const char *arg, size_t len, size_t max_path, struct smtp_path *path,
-			 struct smtp_mail_params *params, struct smtp_error *err)
+                         struct smtp_mail_params *params, struct smtp_error *err)
 {
 	struct path_ctx c;
 	struct param p;
@@ -467,8 +466,8 @@ int smtp_parse_mail_from(const char *arg, size_t len, size_t max_path, struct sm
 		else if (kw_is(&p, "AUTH"))
 			bit = 8; /* RFC 4954 5: accepted, and ignored */
 		else
-			return set_err(err, 555, "5.5.4", "The MAIL FROM parameter %s is not supported",
-				       echo);
+			return set_err(err, 555, "5.5.4",
+			               "The MAIL FROM parameter %s is not supported", echo);
 		if (seen & bit)
 			return set_err(err, 501, "5.5.4", "The parameter %s was given twice", echo);
 		seen |= bit;
@@ -476,14 +475,15 @@ int smtp_parse_mail_from(const char *arg, size_t len, size_t max_path, struct sm
 			long long v = 0;
 			size_t k;
 			if (p.val == NULL)
-				return set_err(err, 501, "5.5.4", "SIZE needs a value: SIZE=<octets>");
+				return set_err(err, 501, "5.5.4",
+				               "SIZE needs a value: SIZE=<octets>");
 			for (k = 0; k < p.vallen; k++) {
 				if (!is_digit(p.val[k]))
 					return set_err(err, 501, "5.5.4",
-						       "SIZE must be a number of octets");
+					               "SIZE must be a number of octets");
 				if (v > (9223372036854775807LL - 9) / 10)
 					return set_err(err, 501, "5.5.4",
-						       "The SIZE value is out of range");
+					               "The SIZE value is out of range");
 				v = v * 10 + (p.val[k] - '0');
 			}
 			params->size = v;
@@ -493,8 +493,7 @@ int smtp_parse_mail_from(const char *arg, size_t len, size_t max_path, struct sm
 			else if (val_is(&p, "8BITMIME"))
 				params->body = 8;
 			else
-				return set_err(err, 501, "5.5.4",
-					       "BODY must be 7BIT or 8BITMIME");
+				return set_err(err, 501, "5.5.4", "BODY must be 7BIT or 8BITMIME");
 		} else if (bit == 4) {
 			if (p.val != NULL)
 				return set_err(err, 501, "5.5.4", "SMTPUTF8 takes no value");
@@ -508,8 +507,8 @@ int smtp_parse_mail_from(const char *arg, size_t len, size_t max_path, struct sm
 	if (path->utf8 && !params->smtputf8) {
 		echo_sanitize(echo, sizeof(echo), c.s, path_end);
 		return set_err(err, 553, "5.6.7",
-			       "The address %s has non-ASCII characters, which requires SMTPUTF8",
-			       echo);
+		               "The address %s has non-ASCII characters, which requires SMTPUTF8",
+		               echo);
 	}
 	return 0;
 }
@@ -519,7 +518,7 @@ int smtp_parse_mail_from(const char *arg, size_t len, size_t max_path, struct sm
  * err filled.
  */
 int smtp_parse_rcpt_to(const char *arg, size_t len, size_t max_path, int utf8_ok,
-		       struct smtp_path *path, struct smtp_error *err)
+                       struct smtp_path *path, struct smtp_error *err)
 {
 	struct path_ctx c;
 	struct param p;
@@ -542,13 +541,14 @@ int smtp_parse_rcpt_to(const char *arg, size_t len, size_t max_path, int utf8_ok
 		return -1;
 	if (r == 1) {
 		echo_sanitize(echo, sizeof(echo), p.kw, p.kwlen);
-		return set_err(err, 555, "5.5.4", "The RCPT TO parameter %s is not supported", echo);
+		return set_err(err, 555, "5.5.4", "The RCPT TO parameter %s is not supported",
+		               echo);
 	}
 	if (path->utf8 && !utf8_ok) {
 		echo_sanitize(echo, sizeof(echo), c.s, path_end);
 		return set_err(err, 553, "5.6.7",
-			       "The address %s has non-ASCII characters, which requires SMTPUTF8",
-			       echo);
+		               "The address %s has non-ASCII characters, which requires SMTPUTF8",
+		               echo);
 	}
 	return 0;
 }

@@ -18,10 +18,10 @@
 /* where in the line we are */
 enum {
 	ST_LINE_START, /* nothing of this line seen yet */
-	ST_DOT,	       /* a '.' at the line start: stuffing, or the end line */
+	ST_DOT,        /* a '.' at the line start: stuffing, or the end line */
 	ST_DOT_CR,     /* ".\r" at the line start */
-	ST_MID,	       /* inside the line */
-	ST_CR,	       /* inside the line, a CR waits for its LF */
+	ST_MID,        /* inside the line */
+	ST_CR,         /* inside the line, a CR waits for its LF */
 	ST_DONE,       /* the end-of-data line was read */
 };
 
@@ -35,10 +35,10 @@ enum {
 
 /* 1: CR, LF, NUL stop a run; 2: bytes >= 0x80 stop it until eight_bit is set */
 static const unsigned char special[256] = {
-	[0] = 1,
-	['\n'] = 1,
-	['\r'] = 1,
-	[0x80 ... 0xff] = 2,
+    [0] = 1,
+    ['\n'] = 1,
+    ['\r'] = 1,
+    [0x80 ... 0xff] = 2,
 };
 
 /* RFC 5322 ftext: printable US-ASCII except ':' */
@@ -215,7 +215,7 @@ static void end_line(struct data_reader *dr, struct buf *hdr, struct buf *body)
  * lasts. Advances *pp over the field-name bytes it held in hdr.
  */
 static void classify(struct data_reader *dr, const unsigned char **pp, const unsigned char *end,
-		     struct buf *hdr, struct buf *body)
+                     struct buf *hdr, struct buf *body)
 {
 	const unsigned char *p = *pp, *q;
 	unsigned char c = *p;
@@ -269,7 +269,7 @@ static void bare_cr(struct data_reader *dr)
  * goes on to the real end, so -1 is returned only for hdr == body.
  */
 ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struct buf *hdr,
-			 struct buf *body)
+                         struct buf *body)
 {
 	const unsigned char *p = (const unsigned char *)in, *end = p + n, *q;
 	unsigned char mask;

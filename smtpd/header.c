@@ -19,7 +19,7 @@ static int is_ftext(unsigned char c)
 
 /* Calls fn for the field [f, f+flen); <0 → -1, >0 → stop (1), 0 → go on (0). */
 static int walk_emit(int (*fn)(void *, const char *, size_t, size_t), void *arg, const char *f,
-		     size_t flen, size_t namelen)
+                     size_t flen, size_t namelen)
 {
 	int r = fn(arg, f, flen, namelen);
 	if (r < 0)
@@ -36,7 +36,7 @@ static int walk_emit(int (*fn)(void *, const char *, size_t, size_t), void *arg,
  * field nor a continuation, or ends in a bare LF.
  */
 int header_walk(const char *hdr, size_t len,
-		int (*fn)(void *arg, const char *field, size_t flen, size_t namelen), void *arg)
+                int (*fn)(void *arg, const char *field, size_t flen, size_t namelen), void *arg)
 {
 	size_t pos = 0, fstart = 0, namelen = 0;
 	int have = 0, r;
@@ -110,7 +110,7 @@ enum tok_type { T_END, T_ATOM, T_QSTR, T_DLIT, T_SPECIAL, T_ERR };
 
 struct token {
 	enum tok_type type;
-	unsigned char ch;	/* T_SPECIAL: one of <>@,;:. */
+	unsigned char ch;       /* T_SPECIAL: one of <>@,;:. */
 	const unsigned char *p; /* the token's raw bytes (quotes/brackets included) */
 	size_t n;
 	int space_before; /* CFWS came right before it */
@@ -280,7 +280,7 @@ struct mbox_out {
  * address.
  */
 static int store(struct mbox_out *o, const unsigned char *local, size_t llen,
-		 const unsigned char *dom, size_t dlen)
+                 const unsigned char *dom, size_t dlen)
 {
 	char tmp[SMTP_ADDR_MAX + 1];
 	size_t n = 0, i;
@@ -311,7 +311,7 @@ static int store(struct mbox_out *o, const unsigned char *local, size_t llen,
  * mailbox. The domain is a dot-atom without inner CFWS, or a literal.
  */
 static int parse_domain_and_store(struct lexer *lx, struct mbox_out *o, const unsigned char *lp,
-				  size_t llen)
+                                  size_t llen)
 {
 	struct token t;
 	const unsigned char *d;
@@ -399,7 +399,7 @@ static int parse_address(struct lexer *lx, struct mbox_out *o, int allow_group)
 				if (t.type == T_QSTR)
 					local_ok = 2; /* a quoted local part stands alone */
 			} else if (t.space_before || !prev_dot || local_ok == 2 ||
-				   t.type == T_QSTR) {
+			           t.type == T_QSTR) {
 				local_ok = 0;
 			}
 			llen = (size_t)(t.p + t.n - lp);

@@ -10,13 +10,16 @@ struct verb_name {
 	enum smtp_verb verb;
 };
 
-#define VERB(s, v) {s, sizeof(s) - 1, v}
+#define VERB(s, v)                                                                                 \
+	{                                                                                          \
+		s, sizeof(s) - 1, v                                                                \
+	}
 static const struct verb_name verbs[] = {
-	VERB("HELO", SMTP_HELO), VERB("EHLO", SMTP_EHLO),	  VERB("MAIL", SMTP_MAIL),
-	VERB("RCPT", SMTP_RCPT), VERB("DATA", SMTP_DATA),	  VERB("BDAT", SMTP_BDAT),
-	VERB("RSET", SMTP_RSET), VERB("NOOP", SMTP_NOOP),	  VERB("QUIT", SMTP_QUIT),
-	VERB("VRFY", SMTP_VRFY), VERB("EXPN", SMTP_EXPN),	  VERB("HELP", SMTP_HELP),
-	VERB("AUTH", SMTP_AUTH), VERB("STARTTLS", SMTP_STARTTLS),
+    VERB("HELO", SMTP_HELO), VERB("EHLO", SMTP_EHLO),         VERB("MAIL", SMTP_MAIL),
+    VERB("RCPT", SMTP_RCPT), VERB("DATA", SMTP_DATA),         VERB("BDAT", SMTP_BDAT),
+    VERB("RSET", SMTP_RSET), VERB("NOOP", SMTP_NOOP),         VERB("QUIT", SMTP_QUIT),
+    VERB("VRFY", SMTP_VRFY), VERB("EXPN", SMTP_EXPN),         VERB("HELP", SMTP_HELP),
+    VERB("AUTH", SMTP_AUTH), VERB("STARTTLS", SMTP_STARTTLS),
 };
 #undef VERB
 

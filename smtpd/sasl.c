@@ -16,7 +16,7 @@
  * message holds exactly two NULs. 0, or -1 (user/pass are then empty).
  */
 int sasl_plain_decode(const char *b64, size_t len, char user[SASL_MAX_FIELD + 1],
-		      char pass[SASL_MAX_FIELD + 1])
+                      char pass[SASL_MAX_FIELD + 1])
 {
 	unsigned char raw[PLAIN_B64_MAX / 4 * 3];
 	const unsigned char *nul1, *nul2, *authz, *authc, *pw;

@@ -30,7 +30,7 @@ struct run {
 };
 
 static void feed(const char *in, size_t n, size_t cut, int bytewise, const size_t lim[3],
-		 struct run *r)
+                 struct run *r)
 {
 	struct data_reader dr;
 	size_t pos = 0;
@@ -62,7 +62,8 @@ static void same(const struct run *a, const struct run *b)
 	CHECK(a->error == b->error);
 	CHECK(a->size == b->size);
 	CHECK(a->eight_bit == b->eight_bit);
-	CHECK(a->hdr.len == b->hdr.len && (a->hdr.len == 0 || !memcmp(a->hdr.data, b->hdr.data, a->hdr.len)));
+	CHECK(a->hdr.len == b->hdr.len &&
+	      (a->hdr.len == 0 || !memcmp(a->hdr.data, b->hdr.data, a->hdr.len)));
 	CHECK(a->body.len == b->body.len &&
 	      (a->body.len == 0 || !memcmp(a->body.data, b->body.data, a->body.len)));
 }
@@ -76,7 +77,7 @@ static void done_run(struct run *r)
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
 	static const size_t limits[4][3] = {
-		{0, 0, 0}, {1000, 1 << 20, 64 << 10}, {12, 200, 40}, {3, 30, 5}};
+	    {0, 0, 0}, {1000, 1 << 20, 64 << 10}, {12, 200, 40}, {3, 30, 5}};
 	const char *in;
 	size_t n, cut, end, i;
 	int found = 0;

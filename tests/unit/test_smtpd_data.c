@@ -41,7 +41,7 @@ static void result_free(struct result *r)
  * the rest; stops feeding once the reader is done.
  */
 static void feed_cuts(const char *in, size_t n, const size_t *cuts, int ncuts,
-		      const struct limits *lim, struct result *r)
+                      const struct limits *lim, struct result *r)
 {
 	struct data_reader dr;
 	size_t start = 0;
@@ -63,9 +63,8 @@ static void feed_cuts(const char *in, size_t n, const size_t *cuts, int ncuts,
 	}
 	/* once done, the reader takes nothing more */
 	if (dr.done && r->consumed < n)
-		assert_int_equal(data_reader_feed(&dr, in + r->consumed, n - r->consumed, &r->hdr,
-						  &r->body),
-				 0);
+		assert_int_equal(
+		    data_reader_feed(&dr, in + r->consumed, n - r->consumed, &r->hdr, &r->body), 0);
 	r->done = dr.done;
 	r->error = dr.error;
 	r->size = dr.size;
@@ -108,7 +107,7 @@ static void assert_same(const struct result *a, const struct result *b)
  * byte by byte) gives exactly the result of feeding it whole.
  */
 static void assert_split_invariant(const char *in, size_t n, const struct limits *lim,
-				   const struct result *whole)
+                                   const struct result *whole)
 {
 	struct result r;
 	size_t cuts[2];
@@ -144,31 +143,34 @@ struct smuggle {
 	size_t len;
 	enum data_err want;
 };
-#define SM(name, lit, err) {name, lit, sizeof(lit) - 1, err}
+#define SM(name, lit, err)                                                                         \
+	{                                                                                          \
+		name, lit, sizeof(lit) - 1, err                                                    \
+	}
 
 static const struct smuggle smuggles[] = {
-	SM("LF.CRLF", "\n.\r\n", DATA_BARE_LF),
-	SM("LF.LF", "\n.\n", DATA_BARE_LF),
-	SM("CRLF.LF", "\r\n.\n", DATA_BARE_LF),
-	SM("CR.CRLF", "\r.\r\n", DATA_BARE_CR),
-	SM("CRLF.CR", "\r\n.\r", DATA_BARE_CR),
-	SM("CRLF NUL.CRLF", "\r\n\x00.\r\n", DATA_NUL),
-	SM("CR.LF", "\r.\n", DATA_BARE_CR),
-	SM("LF.CR", "\n.\r", DATA_BARE_LF),
-	SM("CR.CR", "\r.\r", DATA_BARE_CR),
-	SM("CRLF.CRCRLF", "\r\n.\r\r\n", DATA_BARE_CR),
-	SM("CRCR.CRLF", "\r\r.\r\n", DATA_BARE_CR),
-	SM("LFLF.CRLF", "\n\n.\r\n", DATA_BARE_LF),
-	SM("CRLF NUL CRLF.LF", "\r\n\x00\r\n.\n", DATA_NUL),
-	SM("CRLF.NUL CRLF", "\r\n.\x00\r\n", DATA_NUL),
-	SM("LFLF.LF", "\n\n.\n", DATA_BARE_LF),
-	SM("CRLF.LFCRLF", "\r\n.\n\r\n", DATA_BARE_LF),
-	SM("LFCR.CRLF", "\n\r.\r\n", DATA_BARE_LF),
+    SM("LF.CRLF", "\n.\r\n", DATA_BARE_LF),
+    SM("LF.LF", "\n.\n", DATA_BARE_LF),
+    SM("CRLF.LF", "\r\n.\n", DATA_BARE_LF),
+    SM("CR.CRLF", "\r.\r\n", DATA_BARE_CR),
+    SM("CRLF.CR", "\r\n.\r", DATA_BARE_CR),
+    SM("CRLF NUL.CRLF", "\r\n\x00.\r\n", DATA_NUL),
+    SM("CR.LF", "\r.\n", DATA_BARE_CR),
+    SM("LF.CR", "\n.\r", DATA_BARE_LF),
+    SM("CR.CR", "\r.\r", DATA_BARE_CR),
+    SM("CRLF.CRCRLF", "\r\n.\r\r\n", DATA_BARE_CR),
+    SM("CRCR.CRLF", "\r\r.\r\n", DATA_BARE_CR),
+    SM("LFLF.CRLF", "\n\n.\r\n", DATA_BARE_LF),
+    SM("CRLF NUL CRLF.LF", "\r\n\x00\r\n.\n", DATA_NUL),
+    SM("CRLF.NUL CRLF", "\r\n.\x00\r\n", DATA_NUL),
+    SM("LFLF.LF", "\n\n.\n", DATA_BARE_LF),
+    SM("CRLF.LFCRLF", "\r\n.\n\r\n", DATA_BARE_LF),
+    SM("LFCR.CRLF", "\n\r.\r\n", DATA_BARE_LF),
 };
 
 static const char smuggle_head[] = "From: a@example.com\r\nSubject: t\r\n\r\nhello";
 static const char smuggle_tail[] = "MAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\nDATA\r\n"
-				   "From: x@y\r\n\r\nevil\r\n.\r\n";
+                                   "From: x@y\r\n\r\nevil\r\n.\r\n";
 static const char after_end[] = "QUIT\r\n";
 
 static void test_smuggling_variants(void **state)
@@ -271,11 +273,11 @@ static void test_dot_unstuffing(void **state)
 	static const struct {
 		const char *in, *body;
 	} cases[] = {
-		{"..\r\n.\r\n", ".\r\n"},
-		{"...x\r\n.\r\n", "..x\r\n"},
-		{".x\r\n.\r\n", "x\r\n"},
-		{"a\r\n.b\r\n..\r\n.\r\n", "a\r\nb\r\n.\r\n"},
-		{"a.\r\n .\r\n.\r\n", "a.\r\n .\r\n"},
+	    {"..\r\n.\r\n", ".\r\n"},
+	    {"...x\r\n.\r\n", "..x\r\n"},
+	    {".x\r\n.\r\n", "x\r\n"},
+	    {"a\r\n.b\r\n..\r\n.\r\n", "a\r\nb\r\n.\r\n"},
+	    {"a.\r\n .\r\n.\r\n", "a.\r\n .\r\n"},
 	};
 	size_t i;
 
@@ -448,7 +450,8 @@ static void test_header_limit(void **state)
 
 	/* a big body does not count against the header limit */
 	{
-		static const char in2[] = "From: a@b\r\n\r\n0123456789012345678901234567890\r\n.\r\n";
+		static const char in2[] =
+		    "From: a@b\r\n\r\n0123456789012345678901234567890\r\n.\r\n";
 		struct limits l2 = {1000, 0, 20};
 		feed_whole(in2, sizeof(in2) - 1, &l2, &r);
 		assert_int_equal(r.error, DATA_OK);
@@ -463,15 +466,21 @@ static void test_header_limit(void **state)
 static void test_limits_split_invariant(void **state)
 {
 	static const struct limits lims[] = {{12, 200, 40}, {3, 30, 5}, {20, 45, 25}, {0, 0, 18}};
-#define IN(lit) {lit, sizeof(lit) - 1}
+#define IN(lit)                                                                                    \
+	{                                                                                          \
+		lit, sizeof(lit) - 1                                                               \
+	}
 	static const struct {
 		const char *s;
 		size_t n;
 	} inputs[] = {
-		IN(": \x01mosa@b\r\nSubject: \xff\xff_`\x00\x00\xe1\x82x\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT"),
-		IN("From: a@b.example\r\nSubject: a longer subject\r\n folded\r\n\r\nbody line\r\n.\r\n"),
-		IN("Subject: caf\xc3\xa9 \xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\r\n\r\n\xc3\xa9\xc3\xa9\xc3\xa9\r\n.\r\n"),
-		IN("X-Long-Field-Name-That-Goes-On: v\r\n\r\n.\r\n"),
+	    IN(": \x01mosa@b\r\nSubject: "
+	       "\xff\xff_`\x00\x00\xe1\x82x\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT"),
+	    IN("From: a@b.example\r\nSubject: a longer subject\r\n folded\r\n\r\nbody "
+	       "line\r\n.\r\n"),
+	    IN("Subject: caf\xc3\xa9 "
+	       "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\r\n\r\n\xc3\xa9\xc3\xa9\xc3\xa9\r\n.\r\n"),
+	    IN("X-Long-Field-Name-That-Goes-On: v\r\n\r\n.\r\n"),
 	};
 #undef IN
 	size_t i, j;
@@ -509,28 +518,28 @@ static void test_split_cases(void **state)
 	static const struct {
 		const char *name, *in, *hdr, *body;
 	} cases[] = {
-		{"headers and body", "From: a@b\r\nSubject: s\r\n\r\nhi\r\n.\r\n",
-		 "From: a@b\r\nSubject: s\r\n\r\n", "hi\r\n"},
-		{"no body, blank line", "From: a@b\r\n\r\n.\r\n", "From: a@b\r\n\r\n", ""},
-		{"no body, no blank line", "From: a@b\r\nSubject: s\r\n.\r\n",
-		 "From: a@b\r\nSubject: s\r\n", ""},
-		{"body without headers", "hello world\r\nsecond: line\r\n.\r\n", "",
-		 "hello world\r\nsecond: line\r\n"},
-		{"first line blank", "\r\nFrom: a@b\r\n.\r\n", "", "\r\nFrom: a@b\r\n"},
-		{"first line starts with space", " From: a@b\r\n\r\nx\r\n.\r\n", "",
-		 " From: a@b\r\n\r\nx\r\n"},
-		{"first line colon first", ":x\r\n.\r\n", "", ":x\r\n"},
-		{"space before colon is not a field", "From : a@b\r\n.\r\n", "", "From : a@b\r\n"},
-		{"folded fields", "Subject: a\r\n b\r\n\tc\r\nTo: d\r\n\r\nbody\r\n.\r\n",
-		 "Subject: a\r\n b\r\n\tc\r\nTo: d\r\n\r\n", "body\r\n"},
-		{"missing blank line is added", "From: a@b\r\nnot a header\r\nx: y\r\n.\r\n",
-		 "From: a@b\r\n\r\n", "not a header\r\nx: y\r\n"},
-		{"missing blank line, word only", "From: a@b\r\nword\r\n.\r\n", "From: a@b\r\n\r\n",
-		 "word\r\n"},
-		{"stuffed dot in a field name", "..x: y\r\n\r\n.\r\n", ".x: y\r\n\r\n", ""},
-		{"empty field name", "From: a\r\n: y\r\n.\r\n", "From: a\r\n\r\n", ": y\r\n"},
-		{"blank lines in body", "A: b\r\n\r\n\r\n\r\nz\r\n.\r\n", "A: b\r\n\r\n",
-		 "\r\n\r\nz\r\n"},
+	    {"headers and body", "From: a@b\r\nSubject: s\r\n\r\nhi\r\n.\r\n",
+	     "From: a@b\r\nSubject: s\r\n\r\n", "hi\r\n"},
+	    {"no body, blank line", "From: a@b\r\n\r\n.\r\n", "From: a@b\r\n\r\n", ""},
+	    {"no body, no blank line", "From: a@b\r\nSubject: s\r\n.\r\n",
+	     "From: a@b\r\nSubject: s\r\n", ""},
+	    {"body without headers", "hello world\r\nsecond: line\r\n.\r\n", "",
+	     "hello world\r\nsecond: line\r\n"},
+	    {"first line blank", "\r\nFrom: a@b\r\n.\r\n", "", "\r\nFrom: a@b\r\n"},
+	    {"first line starts with space", " From: a@b\r\n\r\nx\r\n.\r\n", "",
+	     " From: a@b\r\n\r\nx\r\n"},
+	    {"first line colon first", ":x\r\n.\r\n", "", ":x\r\n"},
+	    {"space before colon is not a field", "From : a@b\r\n.\r\n", "", "From : a@b\r\n"},
+	    {"folded fields", "Subject: a\r\n b\r\n\tc\r\nTo: d\r\n\r\nbody\r\n.\r\n",
+	     "Subject: a\r\n b\r\n\tc\r\nTo: d\r\n\r\n", "body\r\n"},
+	    {"missing blank line is added", "From: a@b\r\nnot a header\r\nx: y\r\n.\r\n",
+	     "From: a@b\r\n\r\n", "not a header\r\nx: y\r\n"},
+	    {"missing blank line, word only", "From: a@b\r\nword\r\n.\r\n", "From: a@b\r\n\r\n",
+	     "word\r\n"},
+	    {"stuffed dot in a field name", "..x: y\r\n\r\n.\r\n", ".x: y\r\n\r\n", ""},
+	    {"empty field name", "From: a\r\n: y\r\n.\r\n", "From: a\r\n\r\n", ": y\r\n"},
+	    {"blank lines in body", "A: b\r\n\r\n\r\n\r\nz\r\n.\r\n", "A: b\r\n\r\n",
+	     "\r\n\r\nz\r\n"},
 	};
 	size_t i;
 
@@ -591,7 +600,8 @@ static void test_buffer_full(void **state)
 	buf_init(&hdr, 1024);
 	buf_init(&body, 4);
 	data_reader_init(&dr, 0, 0, 0);
-	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body), sizeof(in) - 1 - 6);
+	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body),
+	                 sizeof(in) - 1 - 6);
 	assert_true(dr.done);
 	assert_int_equal(dr.error, DATA_TOO_BIG);
 	buf_free(&hdr);
@@ -600,7 +610,8 @@ static void test_buffer_full(void **state)
 	buf_init(&hdr, 5);
 	buf_init(&body, 1024);
 	data_reader_init(&dr, 0, 0, 0);
-	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body), sizeof(in) - 1 - 6);
+	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &hdr, &body),
+	                 sizeof(in) - 1 - 6);
 	assert_true(dr.done);
 	assert_int_equal(dr.error, DATA_HEADER_TOO_BIG);
 	buf_free(&hdr);
@@ -611,7 +622,7 @@ static void test_buffer_full(void **state)
 	assert_int_equal(data_reader_feed(&dr, in, sizeof(in) - 1, &body, &body), -1);
 
 	assert_string_equal(data_err_text(DATA_BARE_LF),
-			    "bare LF (an LF not preceded by CR) in message content");
+	                    "bare LF (an LF not preceded by CR) in message content");
 }
 
 /* ---- randomized, against a slow reference model ------------------------ */
@@ -720,8 +731,8 @@ static void reference(const unsigned char *in, size_t n, struct ref *r)
 
 static void test_random_against_reference(void **state)
 {
-	static const unsigned char alphabet[] = {'\r', '\n', '.', 'a', ':', ' ', '\r', '\n',
-						 '.',  0,    0x80, 'B', '\t', '.', '\r', '\n'};
+	static const unsigned char alphabet[] = {'\r', '\n', '.',  'a', ':',  ' ', '\r', '\n',
+	                                         '.',  0,    0x80, 'B', '\t', '.', '\r', '\n'};
 	unsigned char in[64];
 	unsigned seed = 12345;
 	int iter;
@@ -742,7 +753,8 @@ static void test_random_against_reference(void **state)
 		mode = iter % 3;
 		if (mode == 0)
 			for (i = 0; i < n; i++)
-				if (in[i] == 0 || in[i] == 0x80 || (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')))
+				if (in[i] == 0 || in[i] == 0x80 ||
+				    (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')))
 					in[i] = 'a';
 		if (mode == 0) {
 			for (i = 0; i < n; i++)
@@ -784,23 +796,23 @@ static void test_random_against_reference(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_smuggling_variants),
-		cmocka_unit_test(test_lookalikes_are_content),
-		cmocka_unit_test(test_pipelined_after_end),
-		cmocka_unit_test(test_not_done_without_end),
-		cmocka_unit_test(test_true_end_after_error),
-		cmocka_unit_test(test_dot_unstuffing),
-		cmocka_unit_test(test_line_length_limit),
-		cmocka_unit_test(test_size_limit_counts_to_end),
-		cmocka_unit_test(test_nul),
-		cmocka_unit_test(test_bare_cr_lf_in_header),
-		cmocka_unit_test(test_header_limit),
-		cmocka_unit_test(test_limits_split_invariant),
-		cmocka_unit_test(test_empty_message),
-		cmocka_unit_test(test_split_cases),
-		cmocka_unit_test(test_eight_bit),
-		cmocka_unit_test(test_buffer_full),
-		cmocka_unit_test(test_random_against_reference),
+	    cmocka_unit_test(test_smuggling_variants),
+	    cmocka_unit_test(test_lookalikes_are_content),
+	    cmocka_unit_test(test_pipelined_after_end),
+	    cmocka_unit_test(test_not_done_without_end),
+	    cmocka_unit_test(test_true_end_after_error),
+	    cmocka_unit_test(test_dot_unstuffing),
+	    cmocka_unit_test(test_line_length_limit),
+	    cmocka_unit_test(test_size_limit_counts_to_end),
+	    cmocka_unit_test(test_nul),
+	    cmocka_unit_test(test_bare_cr_lf_in_header),
+	    cmocka_unit_test(test_header_limit),
+	    cmocka_unit_test(test_limits_split_invariant),
+	    cmocka_unit_test(test_empty_message),
+	    cmocka_unit_test(test_split_cases),
+	    cmocka_unit_test(test_eight_bit),
+	    cmocka_unit_test(test_buffer_full),
+	    cmocka_unit_test(test_random_against_reference),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,79 +14,81 @@
 
 struct mb_case {
 	const char *value;
-	int count;		/* -1: must not parse */
-	const char *addrs[4];	/* the first ones, in order */
+	int count;            /* -1: must not parse */
+	const char *addrs[4]; /* the first ones, in order */
 };
 
 static const struct mb_case mb_cases[] = {
-	/* the shapes the brief names */
-	{"\"Doe, John\" <j@x.com>", 1, {"j@x.com"}},
-	{"j@x.com (comment)", 1, {"j@x.com"}},
-	{"=?UTF-8?B?SsO2cmc=?= <a@b.c>", 1, {"a@b.c"}},
-	{"=?utf-8?Q?J=2E_Q.?= <a@b.c>", 1, {"a@b.c"}},
-	{"a@x.com, b@y.com", 2, {"a@x.com", "b@y.com"}},
-	{"<a@x.com>", 1, {"a@x.com"}},
-	{"\"a@evil.com\" <b@good.com>", 1, {"b@good.com"}},
-	{"a@x.com <b@y.com>", -1, {NULL}},
-	{"a@", -1, {NULL}},
-	{"a", -1, {NULL}},
-	{"<a>", -1, {NULL}},
-	{"<a@>", -1, {NULL}},
-	{"John Doe", -1, {NULL}},
-	/* RFC 5322 appendix A */
-	{"\"Joe Q. Public\" <john.q.public@example.com>", 1, {"john.q.public@example.com"}},
-	{"Mary Smith <mary@x.test>, jdoe@example.org, Who? <one@y.test>", 3,
-	 {"mary@x.test", "jdoe@example.org", "one@y.test"}},
-	{"<boss@nil.test>, \"Giant; \\\"Big\\\" Box\" <sysservices@example.net>", 2,
-	 {"boss@nil.test", "sysservices@example.net"}},
-	{"A Group:Ed Jones <c@a.test>,joe@where.test,John <jdoe@one.test>;", 3,
-	 {"c@a.test", "joe@where.test", "jdoe@one.test"}},
-	{"Undisclosed recipients:;", 0, {NULL}},
-	{"Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>", 1,
-	 {"pete@silly.test"}},
-	{"(Empty list)(start)Hidden recipients  :(nobody(that I know))  ;", 0, {NULL}},
-	{"John Q. Public <jqp@example.com>", 1, {"jqp@example.com"}},
-	/* groups mixed with mailboxes */
-	{"friends: a@x.com, \"b c\"@y.com;, d@z.com", 3, {"a@x.com", "\"b c\"@y.com", "d@z.com"}},
-	{"g1:;, g2: a@b.c;", 1, {"a@b.c"}},
-	{"g: a@b.c", -1, {NULL}},	      /* unterminated group */
-	{"g: h: a@b.c;;", -1, {NULL}},    /* nested group */
-	{"a@b.c;", -1, {NULL}},	      /* ';' outside a group */
-	/* domains are lower-cased, local parts kept */
-	{"Big <John.Doe@EXAMPLE.COM>", 1, {"John.Doe@example.com"}},
-	{"a@[192.0.2.1]", 1, {"a@[192.0.2.1]"}},
-	{"\"quoted local\"@x.com", 1, {"\"quoted local\"@x.com"}},
-	{"\"a@evil.com\"@good.com", 1, {"\"a@evil.com\"@good.com"}},
-	/* comments nest, folding is white space */
-	{"J (a (nested (comment)) here) <j@x.com> (trailing)", 1, {"j@x.com"}},
-	{"\"Doe, John\"\r\n <j@x.com>\r\n", 1, {"j@x.com"}},
-	{" j@x.com\r\n", 1, {"j@x.com"}},
-	{"J\xc3\xb6rg <j@x.com>", 1, {"j@x.com"}},
-	/* malformed */
-	{"", -1, {NULL}},
-	{"   ", -1, {NULL}},
-	{"(only a comment)", -1, {NULL}},
-	{"<a@x.com", -1, {NULL}},
-	{"\"unterminated <a@x.com>", -1, {NULL}},
-	{"(unterminated <a@x.com>", -1, {NULL}},
-	{"Name <a@x.com> junk", -1, {NULL}},
-	{"<@route.test:a@x.com>", -1, {NULL}},
-	{"a@b@c.com", -1, {NULL}},
-	{"a..b@x.com", -1, {NULL}},
-	{".a@x.com", -1, {NULL}},
-	{"a.@x.com", -1, {NULL}},
-	{"a . b@x.com", -1, {NULL}},
-	{"a@x..com", -1, {NULL}},
-	{"a@x.com.", -1, {NULL}},
-	{"a@.x.com", -1, {NULL}},
-	{"\"x\" a@b.c", -1, {NULL}},
-	{"x \"a\"@b.c", -1, {NULL}},
-	{"<a@b.c> <d@e.f>", -1, {NULL}},
-	{"a@b.c d@e.f", -1, {NULL}},
-	{"<>", -1, {NULL}},
-	{"Name <a@x.com>>", -1, {NULL}},
-	{"a@x.com)", -1, {NULL}},
-	{"a@[1.2.3.4", -1, {NULL}},
+    /* the shapes the brief names */
+    {"\"Doe, John\" <j@x.com>", 1, {"j@x.com"}},
+    {"j@x.com (comment)", 1, {"j@x.com"}},
+    {"=?UTF-8?B?SsO2cmc=?= <a@b.c>", 1, {"a@b.c"}},
+    {"=?utf-8?Q?J=2E_Q.?= <a@b.c>", 1, {"a@b.c"}},
+    {"a@x.com, b@y.com", 2, {"a@x.com", "b@y.com"}},
+    {"<a@x.com>", 1, {"a@x.com"}},
+    {"\"a@evil.com\" <b@good.com>", 1, {"b@good.com"}},
+    {"a@x.com <b@y.com>", -1, {NULL}},
+    {"a@", -1, {NULL}},
+    {"a", -1, {NULL}},
+    {"<a>", -1, {NULL}},
+    {"<a@>", -1, {NULL}},
+    {"John Doe", -1, {NULL}},
+    /* RFC 5322 appendix A */
+    {"\"Joe Q. Public\" <john.q.public@example.com>", 1, {"john.q.public@example.com"}},
+    {"Mary Smith <mary@x.test>, jdoe@example.org, Who? <one@y.test>",
+     3,
+     {"mary@x.test", "jdoe@example.org", "one@y.test"}},
+    {"<boss@nil.test>, \"Giant; \\\"Big\\\" Box\" <sysservices@example.net>",
+     2,
+     {"boss@nil.test", "sysservices@example.net"}},
+    {"A Group:Ed Jones <c@a.test>,joe@where.test,John <jdoe@one.test>;",
+     3,
+     {"c@a.test", "joe@where.test", "jdoe@one.test"}},
+    {"Undisclosed recipients:;", 0, {NULL}},
+    {"Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>", 1, {"pete@silly.test"}},
+    {"(Empty list)(start)Hidden recipients  :(nobody(that I know))  ;", 0, {NULL}},
+    {"John Q. Public <jqp@example.com>", 1, {"jqp@example.com"}},
+    /* groups mixed with mailboxes */
+    {"friends: a@x.com, \"b c\"@y.com;, d@z.com", 3, {"a@x.com", "\"b c\"@y.com", "d@z.com"}},
+    {"g1:;, g2: a@b.c;", 1, {"a@b.c"}},
+    {"g: a@b.c", -1, {NULL}},      /* unterminated group */
+    {"g: h: a@b.c;;", -1, {NULL}}, /* nested group */
+    {"a@b.c;", -1, {NULL}},        /* ';' outside a group */
+    /* domains are lower-cased, local parts kept */
+    {"Big <John.Doe@EXAMPLE.COM>", 1, {"John.Doe@example.com"}},
+    {"a@[192.0.2.1]", 1, {"a@[192.0.2.1]"}},
+    {"\"quoted local\"@x.com", 1, {"\"quoted local\"@x.com"}},
+    {"\"a@evil.com\"@good.com", 1, {"\"a@evil.com\"@good.com"}},
+    /* comments nest, folding is white space */
+    {"J (a (nested (comment)) here) <j@x.com> (trailing)", 1, {"j@x.com"}},
+    {"\"Doe, John\"\r\n <j@x.com>\r\n", 1, {"j@x.com"}},
+    {" j@x.com\r\n", 1, {"j@x.com"}},
+    {"J\xc3\xb6rg <j@x.com>", 1, {"j@x.com"}},
+    /* malformed */
+    {"", -1, {NULL}},
+    {"   ", -1, {NULL}},
+    {"(only a comment)", -1, {NULL}},
+    {"<a@x.com", -1, {NULL}},
+    {"\"unterminated <a@x.com>", -1, {NULL}},
+    {"(unterminated <a@x.com>", -1, {NULL}},
+    {"Name <a@x.com> junk", -1, {NULL}},
+    {"<@route.test:a@x.com>", -1, {NULL}},
+    {"a@b@c.com", -1, {NULL}},
+    {"a..b@x.com", -1, {NULL}},
+    {".a@x.com", -1, {NULL}},
+    {"a.@x.com", -1, {NULL}},
+    {"a . b@x.com", -1, {NULL}},
+    {"a@x..com", -1, {NULL}},
+    {"a@x.com.", -1, {NULL}},
+    {"a@.x.com", -1, {NULL}},
+    {"\"x\" a@b.c", -1, {NULL}},
+    {"x \"a\"@b.c", -1, {NULL}},
+    {"<a@b.c> <d@e.f>", -1, {NULL}},
+    {"a@b.c d@e.f", -1, {NULL}},
+    {"<>", -1, {NULL}},
+    {"Name <a@x.com>>", -1, {NULL}},
+    {"a@x.com)", -1, {NULL}},
+    {"a@[1.2.3.4", -1, {NULL}},
 };
 
 static void test_mailboxes_table(void **state)
@@ -169,7 +171,7 @@ static int collect(void *arg, const char *field, size_t flen, size_t namelen)
 static void test_walk(void **state)
 {
 	static const char hdr[] = "From: \"Doe, John\"\r\n <j@x.com>\r\nSubject: hi\r\n"
-				  "X-Empty:\r\n\r\nBody: not a header\r\n";
+	                          "X-Empty:\r\n\r\nBody: not a header\r\n";
 	struct seen s;
 
 	memset(&s, 0, sizeof(s));
@@ -203,13 +205,8 @@ static void test_walk_errors(void **state)
 {
 	struct seen s;
 	static const char *bad[] = {
-		" continuation first\r\n",
-		"NoColon\r\n",
-		"Sp ace: x\r\n",
-		"Name : x\r\n",
-		": empty name\r\n",
-		"A: 1\nB: 2\r\n",
-		"A: 1\r\n\n",
+	    " continuation first\r\n", "NoColon\r\n",    "Sp ace: x\r\n", "Name : x\r\n",
+	    ": empty name\r\n",        "A: 1\nB: 2\r\n", "A: 1\r\n\n",
 	};
 	size_t i;
 
@@ -236,9 +233,9 @@ static void test_has(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_mailboxes_table), cmocka_unit_test(test_mailboxes_max),
-		cmocka_unit_test(test_mailboxes_hostile), cmocka_unit_test(test_walk),
-		cmocka_unit_test(test_walk_errors),	cmocka_unit_test(test_has),
+	    cmocka_unit_test(test_mailboxes_table),   cmocka_unit_test(test_mailboxes_max),
+	    cmocka_unit_test(test_mailboxes_hostile), cmocka_unit_test(test_walk),
+	    cmocka_unit_test(test_walk_errors),       cmocka_unit_test(test_has),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

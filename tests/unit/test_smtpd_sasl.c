@@ -49,15 +49,15 @@ static void test_plain_refused(void **state)
 		size_t len;
 	} bad[] = {
 #define R(name, lit) {name, lit, sizeof(lit) - 1}
-		R("other authzid", "admin\0tenant-1\0pw"),
-		R("authzid prefix of authcid", "tenant\0tenant-1\0pw"),
-		R("empty user", "\0\0pw"),
-		R("empty password", "\0user\0"),
-		R("one NUL only", "\0userpw"),
-		R("no NUL", "userpw"),
-		R("third NUL", "\0user\0pw\0"),
-		R("NUL inside password", "\0user\0p\0w"),
-		R("empty", ""),
+	    R("other authzid", "admin\0tenant-1\0pw"),
+	    R("authzid prefix of authcid", "tenant\0tenant-1\0pw"),
+	    R("empty user", "\0\0pw"),
+	    R("empty password", "\0user\0"),
+	    R("one NUL only", "\0userpw"),
+	    R("no NUL", "userpw"),
+	    R("third NUL", "\0user\0pw\0"),
+	    R("NUL inside password", "\0user\0p\0w"),
+	    R("empty", ""),
 #undef R
 	};
 	char user[SASL_MAX_FIELD + 1], pass[SASL_MAX_FIELD + 1];
@@ -76,13 +76,13 @@ static void test_plain_bad_base64(void **state)
 {
 	char user[SASL_MAX_FIELD + 1], pass[SASL_MAX_FIELD + 1];
 	static const char *bad[] = {
-		"AHVzZXIAcHc",	  /* missing padding */
-		"AHVzZXIAcHc= ",  /* trailing space */
-		"AHVz ZXIAcHc=",  /* inner space */
-		"AHVzZXIAcHc=\r", /* CR */
-		"*",		  /* the cancel token is the session's business */
-		"=",		  /* empty response */
-		"AHVzZX=AcHc=",	  /* padding in the middle */
+	    "AHVzZXIAcHc",    /* missing padding */
+	    "AHVzZXIAcHc= ",  /* trailing space */
+	    "AHVz ZXIAcHc=",  /* inner space */
+	    "AHVzZXIAcHc=\r", /* CR */
+	    "*",              /* the cancel token is the session's business */
+	    "=",              /* empty response */
+	    "AHVzZX=AcHc=",   /* padding in the middle */
 	};
 	size_t i;
 
@@ -157,9 +157,11 @@ static void test_login(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_plain_ok),	   cmocka_unit_test(test_plain_refused),
-		cmocka_unit_test(test_plain_bad_base64),   cmocka_unit_test(test_plain_field_limits),
-		cmocka_unit_test(test_login),
+	    cmocka_unit_test(test_plain_ok),
+	    cmocka_unit_test(test_plain_refused),
+	    cmocka_unit_test(test_plain_bad_base64),
+	    cmocka_unit_test(test_plain_field_limits),
+	    cmocka_unit_test(test_login),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
