@@ -20,6 +20,9 @@
 enum query_kind {
 	Q_SPF_ROOT,
 	Q_SPF_FETCH,
+	Q_SPF_ADDR,  /* A of an a mechanism's name */
+	Q_SPF_ADDR6, /* then AAAA, when it has no A */
+	Q_SPF_MX,    /* MX of an mx mechanism's name */
 	Q_DKIM_CNAME,
 	Q_DKIM_TXT,
 	Q_RETURN_PATH,
@@ -36,6 +39,7 @@ struct selector {
 /* An SPF record of an include/redirect target, as far as we know it. */
 struct fetched {
 	char *domain;
+	enum spf_want want;
 	enum spf_fetch kind;
 	char *record;
 	enum dns_status dns_status;
@@ -151,6 +155,7 @@ static int dns_failed(struct dns_record_check *c, const struct dns_result *res)
 }
 
 static void on_answer(const struct dns_result *res, void *arg, uint64_t cookie);
+static void spf_walk(struct run *run);
 
 static void ask(struct run *run, const char *name, enum dns_type type, enum query_kind kind,
                 size_t idx, char *found)
@@ -167,22 +172,57 @@ static void ask(struct run *run, const char *name, enum dns_type type, enum quer
 
 /* ---- SPF ---------------------------------------------------------------- */
 
-static enum spf_fetch fetch_spf(void *ctx, const char *domain, const char **record)
+static enum spf_fetch fetch_spf(void *ctx, const char *domain, enum spf_want want,
+                                const char **record)
 {
 	struct run *run = ctx;
+	struct fetched *f;
 
 	for (size_t i = 0; i < run->n_fetched; i++)
-		if (strcmp(run->fetched[i].domain, domain) == 0) {
+		if (run->fetched[i].want == want && strcmp(run->fetched[i].domain, domain) == 0) {
 			*record = run->fetched[i].record;
 			return run->fetched[i].kind;
 		}
 	run->fetched = xrealloc(run->fetched, (run->n_fetched + 1) * sizeof(*run->fetched));
-	memset(&run->fetched[run->n_fetched], 0, sizeof(*run->fetched));
-	run->fetched[run->n_fetched].domain = xstrdup(domain);
-	run->fetched[run->n_fetched].kind = SPF_FETCH_PENDING;
-	ask(run, domain, DNS_TXT, Q_SPF_FETCH, run->n_fetched, NULL);
+	f = &run->fetched[run->n_fetched];
+	memset(f, 0, sizeof(*f));
+	f->domain = xstrdup(domain);
+	f->want = want;
+	f->kind = SPF_FETCH_PENDING;
+	switch (want) {
+	case SPF_WANT_SPF:
+		ask(run, domain, DNS_TXT, Q_SPF_FETCH, run->n_fetched, NULL);
+		break;
+	case SPF_WANT_A:
+		ask(run, domain, DNS_A, Q_SPF_ADDR, run->n_fetched, NULL);
+		break;
+	case SPF_WANT_MX:
+		ask(run, domain, DNS_MX, Q_SPF_MX, run->n_fetched, NULL);
+		break;
+	}
 	run->n_fetched++;
 	return SPF_FETCH_PENDING;
+}
+
+/* The answer for an a or mx mechanism's name: does it exist, for void lookup counting. */
+static void on_spf_exists(struct run *run, size_t idx, enum query_kind kind,
+                          const struct dns_result *res)
+{
+	struct fetched *f = &run->fetched[idx];
+
+	f->dns_status = res->status;
+	if (kind == Q_SPF_ADDR && res->status == DNS_NODATA) {
+		/* No A: an AAAA makes it a real answer still. */
+		ask(run, f->domain, DNS_AAAA, Q_SPF_ADDR6, idx, NULL);
+		return;
+	}
+	if (res->status == DNS_OK)
+		f->kind = SPF_FETCH_RECORD;
+	else if (res->status == DNS_NXDOMAIN || res->status == DNS_NODATA)
+		f->kind = SPF_FETCH_VOID;
+	else
+		f->kind = SPF_FETCH_ERROR;
+	spf_walk(run);
 }
 
 /* Re-walks the SPF tree with what is known; decides once nothing is pending. */
@@ -208,7 +248,8 @@ static void spf_walk(struct run *run)
 	} else if (!ev.has_include && ev.error) {
 		c->status = DNS_CHECK_ERROR;
 		for (size_t i = 0; i < run->n_fetched; i++)
-			if (run->fetched[i].kind == SPF_FETCH_ERROR) {
+			if (run->fetched[i].kind == SPF_FETCH_ERROR &&
+			    run->fetched[i].want == SPF_WANT_SPF) {
 				c->dns_status = run->fetched[i].dns_status;
 				break;
 			}
@@ -232,7 +273,8 @@ static void spf_walk(struct run *run)
 	} else if (ev.error) {
 		c->status = DNS_CHECK_ERROR;
 		for (size_t i = 0; i < run->n_fetched; i++)
-			if (run->fetched[i].kind == SPF_FETCH_ERROR) {
+			if (run->fetched[i].kind == SPF_FETCH_ERROR &&
+			    run->fetched[i].want == SPF_WANT_SPF) {
 				c->dns_status = run->fetched[i].dns_status;
 				break;
 			}
@@ -560,6 +602,11 @@ static void on_answer(const struct dns_result *res, void *arg, uint64_t cookie)
 		break;
 	case Q_SPF_FETCH:
 		on_spf_fetch(run, s->idx, res);
+		break;
+	case Q_SPF_ADDR:
+	case Q_SPF_ADDR6:
+	case Q_SPF_MX:
+		on_spf_exists(run, s->idx, s->kind, res);
 		break;
 	case Q_DKIM_CNAME:
 		on_dkim_cname(run, s->idx, res);

@@ -217,13 +217,23 @@ enum spf_fetch {
 	SPF_FETCH_MULTIPLE, /* more than one SPF record */
 	SPF_FETCH_ERROR,    /* the lookup failed (SERVFAIL, timeout...) */
 };
-/* Gives the SPF record of domain (borrowed until spf_evaluate returns). */
-typedef enum spf_fetch (*spf_fetch_fn)(void *ctx, const char *domain, const char **record);
+/* What spf_evaluate asks about a name. */
+enum spf_want {
+	SPF_WANT_SPF, /* its SPF record (include, redirect) */
+	SPF_WANT_A,   /* whether it has an address, A or AAAA (a): RECORD or VOID */
+	SPF_WANT_MX,  /* whether it has MX records (mx): RECORD or VOID */
+};
+/*
+ * Tells what the caller knows about domain: for SPF_WANT_SPF, *record
+ * (borrowed until spf_evaluate returns) when RECORD.
+ */
+typedef enum spf_fetch (*spf_fetch_fn)(void *ctx, const char *domain, enum spf_want want,
+                                       const char **record);
 
 /* The outcome of walking an SPF record through its includes and redirects. */
 struct spf_eval {
 	int lookups;      /* RFC 7208 4.6.4 count over the whole tree (stops past 10) */
-	int void_lookups; /* include/redirect targets that did not exist */
+	int void_lookups; /* a, mx, include, redirect names without answers */
 	int has_include;  /* our include is in the tree (with a '+' qualifier) */
 	int complete;     /* 0 while some fetch is SPF_FETCH_PENDING */
 	int error;        /* a fetch failed: detail names it */
@@ -366,7 +376,7 @@ struct dns_check_report {
 	char *org_domain;
 	struct dns_record_check spf;
 	int spf_lookups;      /* RFC 7208 4.6.4 count, through includes and redirects */
-	int spf_void_lookups; /* includes/redirects/a/mx answering NXDOMAIN or no data */
+	int spf_void_lookups; /* a/mx/include/redirect names answering NXDOMAIN or no data */
 	size_t n_dkim;
 	struct dns_record_check *dkim; /* one per platform selector, same order */
 	struct dns_record_check return_path;

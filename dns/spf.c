@@ -563,7 +563,7 @@ static void follow(struct walk *w, const char *how, const struct spf_term *t, in
 	memcpy(target, t->arg, n);
 	target[n] = '\0';
 	str_lower(target);
-	switch (w->fetch(w->ctx, target, &txt)) {
+	switch (w->fetch(w->ctx, target, SPF_WANT_SPF, &txt)) {
 	case SPF_FETCH_PENDING:
 		e->complete = 0;
 		return;
@@ -599,6 +599,40 @@ static void follow(struct walk *w, const char *how, const struct spf_term *t, in
 	}
 }
 
+/*
+ * An a or mx mechanism whose name has no address (or no MX) is a void
+ * lookup (RFC 7208 4.6.4); receivers give up after two. Failed lookups are
+ * not counted: they are the receiver's temporary trouble, not the record's.
+ */
+static void count_void(struct walk *w, const struct spf_term *t, const char *domain)
+{
+	const char *unused = NULL;
+	const char *d = t->arg ? t->arg : domain;
+	char target[256];
+	size_t n;
+
+	if (t->has_macro || d == NULL)
+		return;
+	n = strlen(d);
+	if (n > 0 && d[n - 1] == '.')
+		n--;
+	if (n == 0 || n >= sizeof(target))
+		return;
+	memcpy(target, d, n);
+	target[n] = '\0';
+	str_lower(target);
+	switch (w->fetch(w->ctx, target, t->kind == SPF_A ? SPF_WANT_A : SPF_WANT_MX, &unused)) {
+	case SPF_FETCH_PENDING:
+		w->e->complete = 0;
+		break;
+	case SPF_FETCH_VOID:
+		w->e->void_lookups++;
+		break;
+	default:
+		break;
+	}
+}
+
 static void walk_record(struct walk *w, const char *domain, const struct spf_record *rec, int depth)
 {
 	struct spf_eval *e = w->e;
@@ -616,6 +650,9 @@ static void walk_record(struct walk *w, const char *domain, const struct spf_rec
 		switch (t->kind) {
 		case SPF_A:
 		case SPF_MX:
+			e->lookups++;
+			count_void(w, t, domain);
+			break;
 		case SPF_PTR:
 		case SPF_EXISTS:
 			e->lookups++;
@@ -640,7 +677,6 @@ static void walk_record(struct walk *w, const char *domain, const struct spf_rec
 		e->lookups++;
 		follow(w, "redirect", redirect, depth);
 	}
-	(void)domain;
 }
 
 void spf_evaluate(const char *domain, const char *record, const char *our_include,

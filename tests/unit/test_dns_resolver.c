@@ -77,6 +77,9 @@ static const char *zone_base =
     /* includes of names that do not exist */
     "\"voids.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example include:gone1.example "
     "include:gone2.example include:gone3.example -all\"]},\n"
+    /* a/mx names that do not resolve: 3 void lookups */
+    "\"amx.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example a:n1.amx.example "
+    "mx:n2.amx.example a -all\"]},\n"
     /* failures */
     "\"sf.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
     "\"slow.example\": {\"TXT\": [\"v=spf1 include:spf.platform.example -all\"]},\n"
@@ -672,6 +675,13 @@ static void test_check_lookup_limit(void **state)
 	check(fx, "voids.example", &c);
 	assert_string_equal(c.spf.status, "too_many_lookups");
 	assert_int_equal(c.voids, 3);
+	/* n1 and n2 do not exist; amx.example itself has TXT only, no A/AAAA. */
+	check(fx, "amx.example", &c);
+	assert_string_equal(c.spf.status, "too_many_lookups");
+	assert_int_equal(c.voids, 3);
+	assert_int_equal(c.lookups, 4);
+	check(fx, "chain10.example", &c);
+	assert_int_equal(c.voids, 1); /* c9's "a": c9.example has no address */
 	fixture_free(fx);
 }
 

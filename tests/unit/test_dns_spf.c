@@ -149,11 +149,14 @@ struct fake_zone {
 	int fetched;
 };
 
-static enum spf_fetch fake_fetch(void *ctx, const char *domain, const char **record)
+static enum spf_fetch fake_fetch(void *ctx, const char *domain, enum spf_want want,
+                                 const char **record)
 {
 	struct fake_zone *z = ctx;
 
 	z->fetched++;
+	if (want != SPF_WANT_SPF)
+		return strncmp(domain, "gone", 4) == 0 ? SPF_FETCH_VOID : SPF_FETCH_RECORD;
 	for (size_t i = 0; i < z->n; i++)
 		if (strcmp(z->f[i].name, domain) == 0) {
 			*record = z->f[i].record;
@@ -247,6 +250,17 @@ static void test_evaluate_problems(void **state)
 	     NULL, &e);
 	assert_int_equal(e.void_lookups, 3);
 	assert_true(e.invalid);
+	/* a and mx names without answers are void lookups too; two are allowed. */
+	EVAL(chain, "v=spf1 a:gone1.example mx:gone2.example -all", NULL, &e);
+	assert_int_equal(e.void_lookups, 2);
+	assert_string_equal(e.detail, "");
+	EVAL(chain, "v=spf1 a:gone1.example mx:gone2.example a:gone3.example/24 -all", NULL, &e);
+	assert_int_equal(e.void_lookups, 3);
+	assert_non_null(strstr(e.detail, "void"));
+	assert_false(e.invalid);
+	/* A macro cannot be looked up without a sender: not counted as void. */
+	EVAL(chain, "v=spf1 a:gone%{d}.example a:gone1.example mx:gone2.example -all", NULL, &e);
+	assert_int_equal(e.void_lookups, 2);
 	EVAL(chain, "v=spf1 include:fail.example -all", NULL, &e);
 	assert_true(e.error);
 	assert_false(e.invalid);
