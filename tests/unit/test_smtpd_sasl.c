@@ -145,7 +145,7 @@ static void test_login(void **state)
 	assert_int_equal(sasl_login_decode("=", 1, out), -1);
 	e = B64("a\0b");
 	assert_int_equal(sasl_login_decode(e, strlen(e), out), -1);
-	memset(raw, 'x', 255);
+	memset(raw, 'x', sizeof(raw));
 	e = b64(raw, 255);
 	assert_int_equal(sasl_login_decode(e, strlen(e), out), 0);
 	assert_int_equal(strlen(out), 255);
