@@ -316,8 +316,13 @@ class DNSServer:
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             if stamp == self._zone_stamp:
                 return
-            with open(self.zone_file) as f:
-                data = json.load(f)
+            try:
+                with open(self.zone_file) as f:
+                    data = json.load(f)
+            except (OSError, ValueError) as e:
+                # A half-written file: keep serving the previous zone.
+                print("dnsserver: cannot read %s: %s" % (self.zone_file, e), file=sys.stderr)
+                return
             self.zone.load_dict(data)
             self._zone_stamp = stamp
 
