@@ -30,8 +30,8 @@ enum dns_status {
 	DNS_OK,       /* rr[] holds at least one answer of the type asked */
 	DNS_NXDOMAIN, /* no such name */
 	DNS_NODATA,   /* the name exists but has no record of that type */
-	DNS_SERVFAIL, /* the server said SERVFAIL (after every try) */
-	DNS_TIMEOUT,  /* no answer in timeout_ms x tries */
+	DNS_SERVFAIL, /* the server said SERVFAIL (reported as is, not retried elsewhere) */
+	DNS_TIMEOUT,  /* no answer after every try (each round doubles timeout_ms) */
 	DNS_ERROR,    /* anything else (refused, bad reply, cancelled): see detail */
 };
 
