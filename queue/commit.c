@@ -81,7 +81,7 @@ static void txn_close_body(struct spool_txn *t)
 		t->out.len = t->body_rec; /* drop an empty record */
 	else
 		queue_rec_header((unsigned char *)t->out.data + t->body_rec, QREC_BODY,
-				 (uint32_t)len);
+		                 (uint32_t)len);
 	t->body_rec = NO_BODY_REC;
 }
 
@@ -166,12 +166,12 @@ void queue_abort(struct spool_txn *t)
 	txn_free(t, 1);
 }
 
-int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr, size_t hlen,
-		 queue_commit_cb cb, uint64_t cookie)
+int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr,
+                 size_t hlen, queue_commit_cb cb, uint64_t cookie)
 {
 	struct spool *sp = t->sp;
 	struct queue_envelope e = *env;
-	int was_empty;
+	int was_empty, e2;
 
 	sp->open_txns--;
 	if (t->err) {
@@ -196,7 +196,6 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 	t->cb = cb;
 	t->cookie = cookie;
 	t->next = NULL;
-	sp->inflight++;
 
 	pthread_mutex_lock(&sp->lock);
 	was_empty = sp->pending == NULL;
@@ -206,13 +205,12 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 		pthread_cond_signal(&sp->cond);
 	pthread_mutex_unlock(&sp->lock);
 	return 0;
-fail: {
-	int e2 = errno;
+fail:
+	e2 = errno;
 	log_warn("event=spool_commit_failed id=%s error=\"%s\"", t->id, strerror(e2));
 	txn_free(t, 1);
 	errno = e2;
 	return -1;
-}
 }
 
 /*
@@ -354,12 +352,11 @@ static void commit_run_done(struct spool *sp)
 
 	for (; t != NULL; t = next) {
 		next = t->next;
-		sp->inflight--;
 		if (t->err == 0)
 			sp->count++;
 		else
 			log_warn("event=spool_commit_failed id=%s error=\"%s\"", t->id,
-				 strerror(t->err));
+			         strerror(t->err));
 		if (t->cb != NULL)
 			t->cb(t->cookie, t->id, t->err);
 		txn_free(t, 0);

@@ -77,7 +77,7 @@ int queue_env_encode(const struct queue_envelope *env, struct buf *out)
 	if (env->client != NULL && env_put(out, QREC_CLIENT, env->client) == -1)
 		goto toolong;
 	snprintf(flags, sizeof(flags), "%s%s", (env->flags & QFLAG_8BITMIME) ? " 8bitmime" : "",
-		 (env->flags & QFLAG_SMTPUTF8) ? " smtputf8" : "");
+	         (env->flags & QFLAG_SMTPUTF8) ? " smtputf8" : "");
 	if (flags[0] != '\0' && env_put(out, QREC_FLAGS, flags + 1) == -1)
 		goto toolong;
 	return 0;
@@ -200,7 +200,7 @@ static int env_once(struct msg_parse *mp, int *seen, const char *name)
 
 /* Stores a text record into *dst; -1 with a reason when it is not text. */
 static int env_set_text(struct msg_parse *mp, char **dst, const unsigned char *d, size_t len,
-			const char *name, int may_be_empty)
+                        const char *name, int may_be_empty)
 {
 	if (len == 0 && !may_be_empty) {
 		snprintf(mp->why, sizeof(mp->why), "empty %s record", name);
@@ -302,7 +302,7 @@ static int msg_parse_rec(void *arg, int type, const unsigned char *d, size_t len
 }
 
 int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int want_body, char *err,
-		    size_t errlen)
+                    size_t errlen)
 {
 	struct msg_parse mp;
 	const char *missing = NULL;

@@ -14,7 +14,7 @@
 #define QFILE_MAX_SIZE ((off_t)1 << 30)
 
 int queue_read_fileat(int dirfd, const char *name, struct queue_msg *m, int want_body, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	unsigned char *img = NULL;
 	struct stat st;

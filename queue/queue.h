@@ -44,23 +44,23 @@ struct event_base;
 /* ---- record.c: the record format, pure ------------------------------- */
 
 enum queue_rec_type {
-	QREC_MAGIC = 1,	    /* "SENDGATE-Q1" */
-	QREC_BODY = 2,	    /* a chunk of body bytes */
+	QREC_MAGIC = 1,     /* "SENDGATE-Q1" */
+	QREC_BODY = 2,      /* a chunk of body bytes */
 	QREC_HEADERS = 3,   /* the header block incl. the blank separator line */
-	QREC_ID = 10,	    /* queue id */
+	QREC_ID = 10,       /* queue id */
 	QREC_TENANT = 11,   /* "<tenant id> <tenant name>" */
-	QREC_AUTH = 12,	    /* authenticated SMTP username */
+	QREC_AUTH = 12,     /* authenticated SMTP username */
 	QREC_SENDER = 13,   /* envelope sender (no angle brackets) */
-	QREC_RCPT = 14,	    /* one recipient (no angle brackets), in order */
+	QREC_RCPT = 14,     /* one recipient (no angle brackets), in order */
 	QREC_RECEIVED = 15, /* unix time, decimal text */
 	QREC_CLIENT = 16,   /* client address text */
 	QREC_FLAGS = 17,    /* "8bitmime", "smtputf8", space separated */
-	QREC_END = 255,	    /* SHA-256 of all preceding bytes */
+	QREC_END = 255,     /* SHA-256 of all preceding bytes */
 };
 
 #define QREC_HDR_LEN 5
 #define QREC_MAX_LEN (64u << 20)
-#define QREC_FIRST_OPTIONAL 100 /* unknown types from here on are skipped */
+#define QREC_FIRST_OPTIONAL 100      /* unknown types from here on are skipped */
 #define QUEUE_BODY_CHUNK (64u << 10) /* body bytes per BODY record */
 
 /* Writes a record header for (type, len) into out[5]. */
@@ -72,8 +72,8 @@ void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len);
  * -1 with err naming the problem (truncated, bad checksum, bad magic, ...).
  */
 int queue_rec_walk(const unsigned char *p, size_t n,
-		   int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
-		   char *err, size_t errlen);
+                   int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
+                   char *err, size_t errlen);
 
 /* Appends one record (header and data) to out; 0, or -1 if too long. */
 int queue_rec_append(struct buf *out, int type, const void *data, size_t len);
@@ -96,7 +96,7 @@ int queue_id_valid(const char *s);
 struct queue_envelope {
 	char id[QUEUE_ID_LEN + 1];
 	int64_t tenant_id;
-	char *tenant;	 /* tenant name */
+	char *tenant;    /* tenant name */
 	char *auth_user; /* SMTP username */
 	char *sender;
 	char **rcpts;
@@ -138,7 +138,7 @@ int queue_read_file(const char *path, struct queue_msg *m, int want_body, char *
  * fills m (free with queue_msg_free). 0, or -1 with err and m left empty.
  */
 int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int want_body, char *err,
-		    size_t errlen);
+                    size_t errlen);
 void queue_msg_free(struct queue_msg *m);
 
 /* ---- spool.c: the spool as the daemon uses it ------------------------ */
@@ -162,7 +162,7 @@ typedef void (*queue_commit_cb)(uint64_t cookie, const char *id, int err);
  * (SENDGATE_SPOOL_NO_SYNCFS in the environment: fdatasync per file instead).
  */
 struct spool *spool_open(struct event_base *base, const char *dir, int nthreads, char *err,
-			 size_t errlen);
+                         size_t errlen);
 /* Waits for in-flight commits, stops the threads, frees the spool. */
 void spool_close(struct spool *sp);
 /* Number of messages in queue/ (counted at open, kept up to date). */
@@ -201,8 +201,8 @@ int queue_write_body(struct spool_txn *t, const void *p, size_t n);
  * (EINVAL), a record over QREC_MAX_LEN (EFBIG); the txn and its temp file
  * are then gone. env->id is ignored: the file gets the txn's id.
  */
-int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr, size_t hlen,
-		 queue_commit_cb cb, uint64_t cookie);
+int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr,
+                 size_t hlen, queue_commit_cb cb, uint64_t cookie);
 /* Drops an uncommitted message and its temp file. */
 void queue_abort(struct spool_txn *t);
 
@@ -223,5 +223,61 @@ struct config;
  * Returns the process exit code.
  */
 int delivery_run(struct config *cfg);
+
+/*
+ * Per-recipient results appended after END (status.c). A segment is one or
+ * more STATUS records followed by SEGEND, whose data is the SHA-256 of the
+ * previous END/SEGEND digest followed by the segment's bytes (its STATUS
+ * records). A reader applies intact segments in order and drops the first
+ * broken one and everything after it (a torn append). STATUS data is text:
+ * "<rcpt index> <state> <attempts> <last attempt> <next attempt>", times
+ * in unix seconds, state one of the words of queue_rcpt_state_str.
+ */
+#define QREC_STATUS 20
+#define QREC_SEGEND 21
+
+enum queue_rcpt_state {
+	QRCPT_PENDING = 0, /* never tried */
+	QRCPT_DEFERRED,    /* tried, to be tried again at next */
+	QRCPT_DELIVERED,   /* final: a 2xx after DATA */
+	QRCPT_BOUNCED,     /* final: a 5xx, or undeliverable */
+	QRCPT_EXPIRED,     /* final: still deferred at [delivery] max_age */
+};
+
+struct queue_rcpt_status {
+	int state; /* enum queue_rcpt_state */
+	int attempts;
+	time_t last; /* time of the last attempt, 0 if none */
+	time_t next; /* deferred: earliest next attempt */
+};
+
+/* "pending", "deferred", "delivered", "bounced", "expired". */
+const char *queue_rcpt_state_str(int state);
+/* 1 when state is final (delivered, bounced, expired). */
+int queue_rcpt_state_final(int state);
+/*
+ * Reads the status segments after END of a queue file image (p, n): st
+ * (nrcpts entries) is zeroed, then every intact segment's records are
+ * applied in order. *valid_len (may be NULL) gets the length of the intact
+ * part (shorter than n after a torn append); digest (may be NULL) the last
+ * END/SEGEND digest, which the next segment chains from. Returns the number
+ * of intact segments, or -1 when the image has no END record.
+ */
+int queue_status_parse(const unsigned char *p, size_t n, struct queue_rcpt_status *st,
+                       size_t nrcpts, size_t *valid_len, unsigned char digest[32]);
+/*
+ * Appends to out one segment holding the status of the recipients idx[0..n)
+ * (st is indexed by recipient), chained from digest, which is updated to
+ * the new SEGEND digest.
+ */
+void queue_status_segment(struct buf *out, unsigned char digest[32], const size_t *idx, size_t n,
+                          const struct queue_rcpt_status *st);
+/*
+ * Reads the queue file at path with its recipients' status: m as
+ * queue_read_file fills it (want_body as there) and *st a malloc'd array of
+ * m->env.nrcpts entries (the caller frees both). 0, or -1 with err.
+ */
+int queue_read_status(const char *path, struct queue_msg *m, int want_body,
+                      struct queue_rcpt_status **st, char *err, size_t errlen);
 
 #endif

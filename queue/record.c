@@ -72,24 +72,26 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 
 		if (n - off < QREC_HDR_LEN) {
 			if (off == n)
-				snprintf(err, errlen, "truncated: no END record after %zu bytes", n);
+				snprintf(err, errlen, "truncated: no END record after %zu bytes",
+				         n);
 			else
-				snprintf(err, errlen, "truncated: partial record header at offset %zu",
-					 off);
+				snprintf(err, errlen,
+				         "truncated: partial record header at offset %zu", off);
 			return -1;
 		}
 		type = p[off];
 		len = (uint32_t)p[off + 1] << 24 | (uint32_t)p[off + 2] << 16 |
 		      (uint32_t)p[off + 3] << 8 | (uint32_t)p[off + 4];
 		if (len > QREC_MAX_LEN) {
-			snprintf(err, errlen, "record type %d at offset %zu claims %u bytes (max %u)",
-				 type, off, len, QREC_MAX_LEN);
+			snprintf(err, errlen,
+			         "record type %d at offset %zu claims %u bytes (max %u)", type, off,
+			         len, QREC_MAX_LEN);
 			return -1;
 		}
 		if (len > n - off - QREC_HDR_LEN) {
 			snprintf(err, errlen,
-				 "truncated: record type %d at offset %zu needs %u bytes, %zu left",
-				 type, off, len, n - off - QREC_HDR_LEN);
+			         "truncated: record type %d at offset %zu needs %u bytes, %zu left",
+			         type, off, len, n - off - QREC_HDR_LEN);
 			return -1;
 		}
 		if (off == 0) {
@@ -104,8 +106,9 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 		}
 		if (type == QREC_END) {
 			if (len != sizeof(digest)) {
-				snprintf(err, errlen, "END record at offset %zu has length %u, not 32",
-					 off, len);
+				snprintf(err, errlen,
+				         "END record at offset %zu has length %u, not 32", off,
+				         len);
 				return -1;
 			}
 			sha256(p, off, digest);
@@ -113,10 +116,13 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 				snprintf(err, errlen, "bad checksum: END digest does not match");
 				return -1;
 			}
-			if (n - off - QREC_HDR_LEN - len != 0) {
-				/* Reserved for appended STATUS segments (see queue.h). */
+			/* After END only appended STATUS segments (queue.h), or the
+			 * zeros a torn append may leave; status.c reads them. */
+			if (n - off - QREC_HDR_LEN - len != 0 &&
+			    p[off + QREC_HDR_LEN + len] != QREC_STATUS &&
+			    p[off + QREC_HDR_LEN + len] != 0) {
 				snprintf(err, errlen, "%zu unexpected bytes after END",
-					 n - off - QREC_HDR_LEN - len);
+				         n - off - QREC_HDR_LEN - len);
 				return -1;
 			}
 			*end_off = off;
@@ -131,8 +137,8 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 }
 
 int queue_rec_walk(const unsigned char *p, size_t n,
-		   int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
-		   char *err, size_t errlen)
+                   int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
+                   char *err, size_t errlen)
 {
 	size_t off = 0, end_off;
 
@@ -142,7 +148,7 @@ int queue_rec_walk(const unsigned char *p, size_t n,
 	while (off < end_off) {
 		int type = p[off];
 		size_t len = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 |
-			     (size_t)p[off + 3] << 8 | (size_t)p[off + 4];
+		             (size_t)p[off + 3] << 8 | (size_t)p[off + 4];
 
 		if (fn != NULL && fn(arg, type, p + off + QREC_HDR_LEN, len) != 0) {
 			snprintf(err, errlen, "record type %d at offset %zu rejected", type, off);

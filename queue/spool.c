@@ -82,7 +82,7 @@ static int spool_clear_tmp(struct spool *sp, char *err, size_t errlen)
 			removed++;
 		else
 			log_warn("event=spool_tmp_unlink_failed dir=%s/tmp file=%s error=\"%s\"",
-				 sp->dir, de->d_name, strerror(errno));
+			         sp->dir, de->d_name, strerror(errno));
 	}
 	closedir(d);
 	if (removed > 0)
@@ -103,15 +103,15 @@ static int spool_quarantine(struct spool *sp, const char *name, const char *why)
 			snprintf(dst, sizeof(dst), "%s.%d", name, i);
 		if (renameat2(sp->queuefd, name, sp->quarfd, dst, RENAME_NOREPLACE) == 0) {
 			log_warn("event=spool_quarantine file=%s/queue/%s to=%s/quarantine/%s "
-				 "reason=%s",
-				 sp->dir, name, sp->dir, dst, log_quote(q, sizeof(q), why));
+			         "reason=%s",
+			         sp->dir, name, sp->dir, dst, log_quote(q, sizeof(q), why));
 			return 0;
 		}
 		if (errno != EEXIST)
 			break;
 	}
 	log_err("event=spool_quarantine_failed file=%s/queue/%s reason=%s error=\"%s\"", sp->dir,
-		name, log_quote(q, sizeof(q), why), strerror(errno));
+	        name, log_quote(q, sizeof(q), why), strerror(errno));
 	return -1;
 }
 
@@ -157,8 +157,8 @@ static int spool_check_queue(struct spool *sp, char *err, size_t errlen)
 		} else if (queue_read_fileat(sp->queuefd, name, &m, 0, why, sizeof(why)) == 0) {
 			int same = strcmp(m.env.id, name) == 0;
 			if (!same)
-				snprintf(why, sizeof(why), "ID record %s does not match the file name",
-					 m.env.id);
+				snprintf(why, sizeof(why),
+				         "ID record %s does not match the file name", m.env.id);
 			queue_msg_free(&m);
 			if (same) {
 				sp->count++;
@@ -181,7 +181,7 @@ out:
 }
 
 struct spool *spool_open(struct event_base *base, const char *dir, int nthreads, char *err,
-			 size_t errlen)
+                         size_t errlen)
 {
 	struct spool *sp = xcalloc(1, sizeof(*sp));
 	int created = 0;
@@ -213,7 +213,7 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 	}
 	if (flock(sp->lockfd, LOCK_EX | LOCK_NB) == -1) {
 		snprintf(err, errlen, "%s: spool is in use by another process (%s/lock is locked)",
-			 dir, dir);
+		         dir, dir);
 		goto fail;
 	}
 	if ((sp->tmpfd = spool_subdir(sp, "tmp", &created, err, errlen)) == -1 ||

@@ -16,11 +16,11 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;
 struct spool_txn {
 	struct spool *sp;
 	struct spool_txn *next; /* in sp->pending or sp->done */
-	int fd;			/* tmp/ID, write-only */
-	int err;		/* first write error (sticky); the commit outcome later */
+	int fd;                 /* tmp/ID, write-only */
+	int err;                /* first write error (sticky); the commit outcome later */
 	char id[QUEUE_ID_LEN + 1];
-	EVP_MD_CTX *md;	 /* SHA-256 of every byte written so far */
-	struct buf out;	 /* encoded records not written yet */
+	EVP_MD_CTX *md;  /* SHA-256 of every byte written so far */
+	struct buf out;  /* encoded records not written yet */
 	size_t body_rec; /* offset in out of the open BODY record, or SIZE_MAX */
 	queue_commit_cb cb;
 	uint64_t cookie;
@@ -34,19 +34,18 @@ struct spool {
 	pthread_mutex_t lock; /* guards everything down to batches */
 	pthread_cond_t cond;
 	struct spool_txn *pending, **pending_tail; /* committed, waiting for a thread */
-	struct spool_txn *done, **done_tail;	   /* finished, waiting for the loop */
+	struct spool_txn *done, **done_tail;       /* finished, waiting for the loop */
 	int stopping;
 	uint64_t commits, batches;
 
 	pthread_t *threads;
 	int nthreads;
-	int efd; /* eventfd: the threads tell the loop that done is not empty */
+	int efd;        /* eventfd: the threads tell the loop that done is not empty */
 	int use_syncfs; /* big batches: one syncfs instead of an fdatasync per file */
 	struct event *ev;
 
-	size_t count;	  /* files in queue/ (loop thread only) */
+	size_t count;     /* files in queue/ (loop thread only) */
 	size_t open_txns; /* begun and not yet handed to commit or abort */
-	size_t inflight;  /* handed to commit, callback not yet run */
 };
 
 /* Starts nthreads commit threads and the completion event; 0 or -1 with err. */
@@ -56,6 +55,6 @@ void commit_stop(struct spool *sp);
 
 /* queue_read_file relative to an open directory. */
 int queue_read_fileat(int dirfd, const char *name, struct queue_msg *m, int want_body, char *err,
-		      size_t errlen);
+                      size_t errlen);
 
 #endif

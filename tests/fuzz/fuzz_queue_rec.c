@@ -4,6 +4,8 @@
  * checksum must hold it back), and with a valid END appended so that the
  * envelope and message parsing behind the checksum gets fuzzed too.
  *
+ *   make -C tests/fuzz run FUZZERS=fuzz_queue_rec FUZZ_SECONDS=60
+ * or by hand:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I. tests/fuzz/fuzz_queue_rec.c \
  *     queue/record.c queue/envelope.c queue/qid.c common/buf.c common/util.c \
  *     common/log.c -lcrypto -o build/fuzz_queue_rec

@@ -15,10 +15,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -142,7 +142,7 @@ static void make_env(struct queue_envelope *env)
 }
 
 static const char test_hdr[] = "From: a@acme.example\r\nTo: bob@example.net\r\n"
-			       "Subject: hello\r\n\r\n";
+                               "Subject: hello\r\n\r\n";
 
 /* Deterministic body bytes of length n (CRLF lines). */
 static unsigned char *make_body(size_t n)
@@ -151,7 +151,9 @@ static unsigned char *make_body(size_t n)
 	size_t i;
 
 	for (i = 0; i < n; i++)
-		b[i] = (i % 80 == 78) ? '\r' : (i % 80 == 79) ? '\n' : (unsigned char)('a' + i % 26);
+		b[i] = (i % 80 == 78)   ? '\r'
+		       : (i % 80 == 79) ? '\n'
+		                        : (unsigned char)('a' + i % 26);
 	return b;
 }
 
@@ -218,7 +220,7 @@ static void test_ids(void **state)
 		assert_true(memcmp(prev, cur, 11) < 0);
 		memcpy(prev, cur, sizeof(cur));
 	}
-	assert_false(queue_id_valid("0123456789ABCDEFGHI"));    /* 19 */
+	assert_false(queue_id_valid("0123456789ABCDEFGHI"));   /* 19 */
 	assert_false(queue_id_valid("0123456789ABCDEFGHIJK")); /* 21 */
 	assert_false(queue_id_valid("0123456789abcdefghij"));
 	assert_false(queue_id_valid("0123456789ABCDEFGH/."));
@@ -259,8 +261,8 @@ static void test_record_types(void **state)
 	queue_rec_append(&extra, 150, "future", 6);
 	queue_rec_append(&extra, QREC_BODY, "def", 3);
 	build_image(&img, &extra, NULL);
-	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)),
-			 0);
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), 0);
 	assert_int_equal(m.header_len, strlen(test_hdr));
 	assert_int_equal(m.message.len, strlen(test_hdr) + 6);
 	assert_memory_equal(m.message.data + m.header_len, "abcdef", 6);
@@ -274,17 +276,15 @@ static void test_record_types(void **state)
 	buf_reset(&extra);
 	queue_rec_append(&extra, 50, "x", 1);
 	build_image(&img, &extra, NULL);
-	assert_int_equal(queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err,
-					sizeof(err)),
-			 -1);
+	assert_int_equal(
+	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "unknown record type 50"));
 	buf_free(&img);
 
 	/* Bytes after END are refused (reserved for appended status). */
 	build_image(&img, NULL, "x");
-	assert_int_equal(queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err,
-					sizeof(err)),
-			 -1);
+	assert_int_equal(
+	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "after END"));
 	buf_free(&img);
 
@@ -292,8 +292,8 @@ static void test_record_types(void **state)
 	buf_reset(&extra);
 	queue_rec_append(&extra, QREC_SENDER, "x@y", 3);
 	build_image(&img, &extra, NULL);
-	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err, sizeof(err)),
-			 -1);
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "duplicate SENDER"));
 	buf_free(&img);
 	buf_free(&extra);
@@ -324,13 +324,15 @@ static void check_missing(int skip_type, const char *want)
 	queue_rec_append(&img, QREC_END, d, 32);
 	if (want == NULL) {
 		assert_int_equal(
-		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), 0);
+		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)),
+		    0);
 		assert_string_equal(m.env.sender, ""); /* the null reverse-path */
 		assert_int_equal(m.message.len, 0);
 		queue_msg_free(&m);
 	} else {
 		assert_int_equal(
-		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), -1);
+		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)),
+		    -1);
 		assert_string_equal(err, want);
 		/* Left empty after a failure. */
 		assert_null(m.env.tenant);
@@ -597,7 +599,7 @@ static void many_concurrent(struct fixture *f)
 		assert_int_equal(queue_write_body(t[i], body, 5000), 0);
 	for (i = 0; i < MANY; i++)
 		assert_int_equal(queue_commit(t[i], &env, test_hdr, strlen(test_hdr), commit_cb, i),
-				 0);
+		                 0);
 	run_until(f->base, MANY);
 	for (i = 0; i < MANY; i++) {
 		struct queue_msg m;
@@ -710,11 +712,11 @@ static void test_recovery(void **state)
 	body_hdr_off = QREC_HDR_LEN + 11;
 	assert_int_equal(img[body_hdr_off], QREC_BODY);
 
-	plant(f->dir, img, body_hdr_off + 2, bad[nbad++]);	    /* inside a record header */
+	plant(f->dir, img, body_hdr_off + 2, bad[nbad++]); /* inside a record header */
 	plant(f->dir, img, body_hdr_off + QREC_HDR_LEN + 100, bad[nbad++]); /* inside data */
-	plant(f->dir, img, end_off, bad[nbad++]);		    /* END missing */
-	plant(f->dir, img, n - 1, bad[nbad++]);			    /* END cut short */
-	plant(f->dir, img, 0, bad[nbad++]);			    /* empty */
+	plant(f->dir, img, end_off, bad[nbad++]);                           /* END missing */
+	plant(f->dir, img, n - 1, bad[nbad++]);                             /* END cut short */
+	plant(f->dir, img, 0, bad[nbad++]);                                 /* empty */
 	img[n / 2] ^= 0x20;
 	plant(f->dir, img, n, bad[nbad++]); /* one flipped byte */
 	img[n / 2] ^= 0x20;
