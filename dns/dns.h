@@ -41,7 +41,8 @@ struct dns_rr {
 	/*
 	 * TXT: the record's character strings joined, NUL-terminated (len
 	 * excludes the NUL; a TXT may contain NUL bytes, so use len).
-	 * CNAME and MX: the target host, lower case, no trailing dot.
+	 * CNAME and MX: the target host, lower case, no trailing dot ("" for
+	 * the root, so a null MX "0 ." of RFC 7505 has an empty host).
 	 * A and AAAA: the address as text ("192.0.2.1", "2001:db8::1").
 	 */
 	char *text;
