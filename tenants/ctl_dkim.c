@@ -652,9 +652,9 @@ static void rotate_print(struct ctl *c, const struct dom *d, struct rotation *ro
 		return;
 	}
 	for (i = 0; i < n; i++) {
-		printf("rotated the %s key of %s: new key on selector %s (%d bits) signs from %s\n",
-		       rots[i].alg, d->name, rots[i].nk.selector, rots[i].nk.bits,
-		       rots[i].sign_from);
+		printf("%s the %s key of %s: new key on selector %s (%d bits) signs from %s\n",
+		       rots[i].prev_selector[0] ? "rotated" : "added a first", rots[i].alg, d->name,
+		       rots[i].nk.selector, rots[i].nk.bits, rots[i].sign_from);
 		if (rots[i].prev_selector[0])
 			printf("  selector %s signs until %s and stays published until %s\n",
 			       rots[i].prev_selector, rots[i].prev_sign_until,
@@ -667,6 +667,23 @@ static void rotate_print(struct ctl *c, const struct dom *d, struct rotation *ro
 		else
 			printf("the new key signs now: load 'sendgatectl dkim zone' into the DKIM "
 			       "zone's DNS server at once (until then its signatures fail)\n");
+		/* A first key of an algorithm needs its pair delegated, once. */
+		for (i = 0; i < n; i++) {
+			json_t *one;
+
+			if (rots[i].prev_selector[0])
+				continue;
+			one = json_array();
+			json_array_foreach(recs, j, e) if (ctl_dkim_selector_slot(
+			                                       rots[i].alg,
+			                                       json_string_value(
+			                                           json_object_get(e, "selector"))))
+			    json_array_append(one, e);
+			printf("first %s key of %s: the customer publishes these records once:\n",
+			       rots[i].alg, d->name);
+			records_print_lines(one, stdout);
+			json_decref(one);
+		}
 		json_decref(recs);
 		return;
 	}
