@@ -122,6 +122,7 @@ static int spool_check_queue(struct spool *sp, char *err, size_t errlen)
 	int fd = dup(sp->queuefd), moved = 0, rc = -1;
 	char why[256], **names = NULL;
 	size_t n = 0, cap = 0, i;
+	struct stat st;
 	DIR *d;
 
 	d = fd == -1 ? NULL : fdopendir(fd);
@@ -165,6 +166,9 @@ static int spool_check_queue(struct spool *sp, char *err, size_t errlen)
 				continue;
 			}
 		}
+		/* Delivered and removed by the delivery side meanwhile: fine. */
+		if (fstatat(sp->queuefd, name, &st, AT_SYMLINK_NOFOLLOW) == -1 && errno == ENOENT)
+			continue;
 		if (spool_quarantine(sp, name, why) == 0)
 			moved++;
 	}

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -746,6 +747,118 @@ static void test_recovery(void **state)
 	free(img);
 }
 
+/* ---- a process killed mid-stream -------------------------------------- */
+
+static int crash_pipe = -1;
+static struct spool *crash_sp;
+static unsigned char *crash_body;
+
+static void crash_start(uint64_t slot);
+
+/* Child: reports each acknowledged id on the pipe, then starts another. */
+static void crash_cb(uint64_t slot, const char *id, int err)
+{
+	if (err != 0 || write(crash_pipe, id, QUEUE_ID_LEN) != QUEUE_ID_LEN)
+		_exit(3);
+	crash_start(slot);
+}
+
+static void crash_start(uint64_t slot)
+{
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(crash_sp);
+
+	make_env(&env);
+	if (t == NULL || queue_write_body(t, crash_body, 3 * QUEUE_BODY_CHUNK / 2) == -1 ||
+	    queue_commit(t, &env, test_hdr, strlen(test_hdr), crash_cb, slot) == -1)
+		_exit(4);
+}
+
+#define KILL_MAX_IDS 20000
+
+/* Reads whole ids from fd into ids; blocking until at least want are in. */
+static size_t read_ids(int fd, char (*ids)[QUEUE_ID_LEN + 1], size_t nids, size_t want)
+{
+	char rd[QUEUE_ID_LEN];
+	size_t got = 0;
+
+	while (nids < KILL_MAX_IDS && (want == 0 || nids < want)) {
+		ssize_t r = read(fd, rd + got, sizeof(rd) - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+		if (got == QUEUE_ID_LEN) {
+			memcpy(ids[nids], rd, QUEUE_ID_LEN);
+			ids[nids++][QUEUE_ID_LEN] = '\0';
+			got = 0;
+		}
+	}
+	return nids;
+}
+
+static void test_kill_9(void **state)
+{
+	char dir[64] = "/tmp/test_queue.XXXXXX", err[256], path[256];
+	char(*ids)[QUEUE_ID_LEN + 1] = calloc(KILL_MAX_IDS, sizeof(*ids));
+	size_t nids, i;
+	int fds[2], status;
+	struct event_base *base;
+	struct spool *sp;
+	pid_t pid;
+
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(pipe(fds), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(fds[0]);
+		crash_pipe = fds[1];
+		crash_body = make_body(3 * QUEUE_BODY_CHUNK / 2);
+		base = event_base_new();
+		crash_sp = base ? spool_open(base, dir, 2, err, sizeof(err)) : NULL;
+		if (crash_sp == NULL)
+			_exit(2);
+		for (i = 0; i < 20; i++)
+			crash_start((uint64_t)i);
+		event_base_dispatch(base);
+		_exit(5);
+	}
+	close(fds[1]);
+	/* Let it commit a while, then kill it without warning. */
+	nids = read_ids(fds[0], ids, 0, 200);
+	assert_int_equal(nids, 200);
+	assert_int_equal(kill(pid, SIGKILL), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status));
+	/* Acknowledgements already in the pipe count too. */
+	nids = read_ids(fds[0], ids, nids, 0);
+	close(fds[0]);
+
+	print_message("%zu acknowledged, %d in tmp/ at the kill\n", nids, count_dir(dir, "tmp"));
+
+	/* The next start: every acknowledged message is there and intact. */
+	base = event_base_new();
+	sp = spool_open(base, dir, 2, err, sizeof(err));
+	if (sp == NULL)
+		fail_msg("spool_open: %s", err);
+	for (i = 0; i < nids; i++) {
+		struct queue_msg m;
+		snprintf(path, sizeof(path), "%s/queue/%.20s", dir, ids[i]);
+		if (queue_read_file(path, &m, 1, err, sizeof(err)) == -1)
+			fail_msg("acknowledged %s: %s", ids[i], err);
+		assert_int_equal(m.message.len, strlen(test_hdr) + 3 * QUEUE_BODY_CHUNK / 2);
+		queue_msg_free(&m);
+	}
+	assert_true(spool_count(sp) >= nids);
+	/* In flight at the kill: gone from tmp/, never half in queue/. */
+	assert_int_equal(count_dir(dir, "tmp"), 0);
+	assert_int_equal(count_dir(dir, "quarantine"), 0);
+	spool_close(sp);
+	event_base_free(base);
+	rm_tree(dir);
+	free(ids);
+}
+
 static void test_single_owner(void **state)
 {
 	struct fixture *f = *state;
@@ -776,6 +889,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_damage_every_byte, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_recovery, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_single_owner, setup, teardown),
+	    cmocka_unit_test(test_kill_9),
 	};
 
 	log_init("test_queue", 0, SGLOG_WARN);
