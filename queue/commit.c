@@ -99,8 +99,13 @@ static void txn_free(struct spool_txn *t, int unlink_tmp)
 
 struct spool_txn *queue_begin(struct spool *sp)
 {
-	struct spool_txn *t = xcalloc(1, sizeof(*t));
+	struct spool_txn *t;
 
+	if (sp->stopping) { /* e.g. a callback run by spool_close */
+		errno = ESHUTDOWN;
+		return NULL;
+	}
+	t = xcalloc(1, sizeof(*t));
 	t->sp = sp;
 	t->body_rec = NO_BODY_REC;
 	buf_init(&t->out, SIZE_MAX / 2);
@@ -176,6 +181,10 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 	sp->open_txns--;
 	if (t->err) {
 		errno = t->err;
+		goto fail;
+	}
+	if (sp->stopping) { /* the threads are gone: nobody would finish it */
+		errno = ESHUTDOWN;
 		goto fail;
 	}
 	/* The id in the file is the one the file is named after. */

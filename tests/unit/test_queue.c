@@ -643,6 +643,50 @@ static void test_many_concurrent_fdatasync(void **state)
 	many_concurrent(f);
 }
 
+static struct spool *closing_sp;
+static int closing_begin_refused;
+
+static void closing_cb(uint64_t cookie, const char *id, int err)
+{
+	struct spool_txn *t = queue_begin(closing_sp);
+
+	/* Too late for a new message: the commit threads are gone. */
+	if (t == NULL && errno == ESHUTDOWN)
+		closing_begin_refused++;
+	else if (t != NULL)
+		queue_abort(t);
+	commit_cb(cookie, id, err);
+}
+
+/* spool_close finishes what was committed and tells every owner. */
+static void test_close_runs_callbacks(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	size_t i;
+
+	make_env(&env);
+	reset_outcomes(3);
+	closing_sp = f->sp;
+	closing_begin_refused = 0;
+	for (i = 0; i < 3; i++) {
+		struct spool_txn *t = queue_begin(f->sp);
+		assert_non_null(t);
+		assert_int_equal(queue_write_body(t, "hi\r\n", 4), 0);
+		assert_int_equal(queue_commit(t, &env, test_hdr, strlen(test_hdr), closing_cb, i),
+		                 0);
+	}
+	spool_close(f->sp); /* the loop never ran */
+	f->sp = NULL;
+	assert_int_equal(outcomes_fired, 3);
+	assert_int_equal(closing_begin_refused, 3);
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(outcomes[i].err, 0);
+	}
+	assert_int_equal(count_dir(f->dir, "queue"), 3);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+}
+
 /* ---- damage and recovery ------------------------------------------------ */
 
 static int image_parses(const unsigned char *p, size_t n)
@@ -884,6 +928,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_commit_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_close_runs_callbacks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_concurrent, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_many_concurrent_fdatasync, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_damage_every_byte, setup, teardown),
