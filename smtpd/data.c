@@ -71,23 +71,42 @@ static void set_error(struct data_reader *dr, enum data_err e)
  * Counts n content octets of the current line (not its CRLF) and returns
  * how many of them may still be output: all, or those before the first
  * limit they cross (that limit's error is then set), or none after an
- * earlier error. Cutting the input differently never changes the output.
+ * earlier error. out says whether they are output at all (bare CR, bare
+ * LF and NUL are not); output to hdr also has max_header to respect. The
+ * limit crossed first, byte by byte, is the one reported, so cutting the
+ * input differently never changes the result.
  */
-static size_t count_content(struct data_reader *dr, size_t n)
+static size_t count_content(struct data_reader *dr, size_t n, int out)
 {
 	size_t ok = dr->error == DATA_OK ? n : 0;
-	size_t room_line = SIZE_MAX, room_size = SIZE_MAX;
+	size_t room = SIZE_MAX, r;
+	enum data_err e = DATA_OK;
 
-	if (dr->max_line)
-		room_line = dr->max_line >= dr->line_len + 2 ? dr->max_line - dr->line_len - 2 : 0;
-	if (dr->max_size)
-		room_size = dr->max_size >= dr->size ? dr->max_size - dr->size : 0;
-	if (n > room_line && room_line <= room_size) {
-		set_error(dr, DATA_LINE_TOO_LONG);
-		ok = ok < room_line ? ok : room_line;
-	} else if (n > room_size) {
-		set_error(dr, DATA_TOO_BIG);
-		ok = ok < room_size ? ok : room_size;
+	/* in the order a single byte would be checked: line, size, header */
+	if (dr->max_line) {
+		r = dr->max_line >= dr->line_len + 2 ? dr->max_line - dr->line_len - 2 : 0;
+		if (r < room) {
+			room = r;
+			e = DATA_LINE_TOO_LONG;
+		}
+	}
+	if (dr->max_size) {
+		r = dr->max_size >= dr->size ? dr->max_size - dr->size : 0;
+		if (r < room) {
+			room = r;
+			e = DATA_TOO_BIG;
+		}
+	}
+	if (out && dr->max_header && dr->hclass != HC_BODY) {
+		r = dr->max_header >= dr->hdr_size ? dr->max_header - dr->hdr_size : 0;
+		if (r < room) {
+			room = r;
+			e = DATA_HEADER_TOO_BIG;
+		}
+	}
+	if (n > room) {
+		set_error(dr, e);
+		ok = ok < room ? ok : room;
 	}
 	dr->line_len += n;
 	dr->size += n;
@@ -240,7 +259,7 @@ static void classify(struct data_reader *dr, const unsigned char **pp, const uns
 	while (q < end && is_ftext(*q))
 		q++;
 	if (q > p) {
-		emit(dr, p, count_content(dr, (size_t)(q - p)), hdr, body);
+		emit(dr, p, count_content(dr, (size_t)(q - p), 1), hdr, body);
 		*pp = p = q;
 	}
 	if (p == end)
@@ -256,7 +275,7 @@ static void classify(struct data_reader *dr, const unsigned char **pp, const uns
 /* A CR not followed by LF: content, and an error. */
 static void bare_cr(struct data_reader *dr)
 {
-	count_content(dr, 1);
+	count_content(dr, 1, 0);
 	set_error(dr, DATA_BARE_CR);
 	dr->state = ST_MID;
 }
@@ -329,7 +348,7 @@ ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struc
 		while (q < end && !(special[*q] & mask))
 			q++;
 		if (q > p) {
-			emit(dr, p, count_content(dr, (size_t)(q - p)), hdr, body);
+			emit(dr, p, count_content(dr, (size_t)(q - p), 1), hdr, body);
 			p = q;
 			if (p == end)
 				break;
@@ -340,12 +359,12 @@ ssize_t data_reader_feed(struct data_reader *dr, const char *in, size_t n, struc
 			p++;
 			break;
 		case '\n':
-			count_content(dr, 1);
+			count_content(dr, 1, 0);
 			set_error(dr, DATA_BARE_LF);
 			p++;
 			break;
 		case '\0':
-			count_content(dr, 1);
+			count_content(dr, 1, 0);
 			set_error(dr, DATA_NUL);
 			p++;
 			break;

@@ -481,6 +481,8 @@ static void test_limits_split_invariant(void **state)
 	    IN("Subject: caf\xc3\xa9 "
 	       "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\r\n\r\n\xc3\xa9\xc3\xa9\xc3\xa9\r\n.\r\n"),
 	    IN("X-Long-Field-Name-That-Goes-On: v\r\n\r\n.\r\n"),
+	    /* the header limit falls inside a line, before its line limit (fuzzer) */
+	    IN("From: a@b\r\nS: x:.\r\n x\r\n a@:yyyy\r\n?====oo==oooo/oo/.do1\r\n\r\n.\r\n"),
 	};
 #undef IN
 	size_t i, j;
