@@ -21,12 +21,13 @@
  * types below it are damage. The message is HEADERS then the BODY chunks in
  * file order.
  *
- * Later (delivery): per-recipient status will be appended after END as
- * segments "STATUS record(s) | SEGEND", where SEGEND (a new type) holds the
- * SHA-256 of the previous END/SEGEND digest followed by the segment's bytes.
- * A torn append leaves an incomplete last segment, which a reader drops (and
- * may truncate away) without touching the intact message before it. Until
- * then any byte after END is damage.
+ * Delivery appends per-recipient status after END as segments "STATUS
+ * record(s) | SEGEND", each SEGEND holding the SHA-256 of the previous
+ * END/SEGEND digest followed by the segment's bytes (see status.c below). A
+ * torn append leaves an incomplete last segment, which a reader drops
+ * without touching the intact message before it. So queue_rec_walk checks
+ * the message up to END and, after END, accepts only what appends leave:
+ * bytes that start with a STATUS record, or zeros; anything else is damage.
  */
 #ifndef SENDGATE_QUEUE_H
 #define SENDGATE_QUEUE_H
