@@ -282,11 +282,24 @@ static void test_record_types(void **state)
 	assert_non_null(strstr(err, "unknown record type 50"));
 	buf_free(&img);
 
-	/* Bytes after END are refused (reserved for appended status). */
+	/* After END: only what status appends leave (a STATUS record, maybe
+	 * torn, or zeros); other bytes are damage. */
 	build_image(&img, NULL, "x");
 	assert_int_equal(
 	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "after END"));
+	buf_free(&img);
+	build_image(&img, NULL, NULL);
+	queue_rec_append(&img, QREC_STATUS, "0 deferred 1 2 3", 16);
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len - 4, &m, 1, err, sizeof(err)), 0);
+	assert_string_equal(m.env.rcpts[0], "bob@example.net");
+	queue_msg_free(&m);
+	buf_free(&img);
+	build_image(&img, NULL, NULL);
+	buf_append(&img, "\0\0\0\0\0\0", 6);
+	assert_int_equal(
+	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), 0);
 	buf_free(&img);
 
 	/* Duplicate once-only records and missing required ones. */
