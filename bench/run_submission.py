@@ -1,0 +1,197 @@
+#!/usr/bin/python3
+"""Submission benchmark: a throwaway PostgreSQL, the real daemon, one tenant,
+then build/sendgate-bench in a series of scenarios. Prints one line per
+scenario (and --json FILE writes every raw result).
+
+    bench/run-submission.sh                  # the default set
+    bench/run-submission.sh --quick          # small counts, for a smoke run
+    bench/run-submission.sh --only pipelining,idle-tls
+    bench/run-submission.sh --keep           # leave the daemon up, print how to reach it
+
+The spool lives under --spool-dir (default: a temp folder on /var/tmp, which
+is a real disk on Debian, unlike a tmpfs /tmp): "250 queued" means fsync, so
+the disk under the spool decides the numbers.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+
+import sgharness as h  # noqa: E402
+
+# name: (sendgate-bench arguments, messages in a full run, in a --quick run)
+SCENARIOS = [
+    ("single", ["-c", "1"], 1000, 100),
+    ("c10", ["-c", "10"], 10000, 500),
+    ("c50", ["-c", "50"], 20000, 1000),
+    ("pipelining", ["-c", "50", "--pipelining"], 20000, 1000),
+    ("tls", ["--tls", "-c", "50"], 20000, 1000),
+    ("rcpt10", ["-c", "20", "-r", "10"], 5000, 300),
+    ("100k", ["-c", "20", "-s", "100k"], 3000, 200),
+    ("reconnect", ["-c", "20", "--per-conn", "1"], 2000, 200),
+    ("threads2", ["-c", "50", "-t", "2"], 20000, 1000),
+]
+# name: (security flag, connections in a full run, in a --quick run)
+IDLE = [
+    ("idle-plain", "--no-tls", 5000, 300),
+    ("idle-starttls", "--starttls", 5000, 300),
+    ("idle-tls", "--tls", 5000, 300),
+]
+
+
+def bench_exe(build):
+    exe = os.path.join(build, "sendgate-bench")
+    if not os.access(exe, os.X_OK):
+        sys.exit("%s is not built (make build/sendgate-bench)" % exe)
+    return exe
+
+
+def run_bench(exe, argv, timeout):
+    """Runs sendgate-bench --json; returns (exit status, parsed JSON or None, stderr)."""
+    r = subprocess.run([exe, "--json", "-q"] + argv, capture_output=True, text=True,
+                       timeout=timeout)
+    try:
+        data = json.loads(r.stdout) if r.stdout.strip() else None
+    except ValueError:
+        data = None
+    return r.returncode, data, r.stderr.strip()
+
+
+def fmt_load(name, rc, d, err):
+    if d is None:
+        return "%-14s FAILED (exit %d): %s" % (name, rc, err)
+    lat = d["latency_ms"]
+    errs = ", ".join("%s:%d" % (k, v["count"]) for k, v in d["errors"].items())
+    return ("%-14s %8.1f msg/s  p50 %7.2f  p90 %7.2f  p99 %7.2f  max %8.2f ms  "
+            "%d/%d accepted%s  (%.1f s, setup p50 %.1f ms)"
+            % (name, d["msgs_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
+               d["accepted"], d["messages"], ("  errors " + errs) if errs else "",
+               d["wall_s"], d["setup_ms"]["p50"]))
+
+
+def fmt_idle(name, rc, d, err):
+    if d is None or "server" not in d:
+        return "%-14s FAILED (exit %d): %s" % (name, rc, err)
+    s = d["server"]
+    return ("%-14s %6d ready of %d, %6.0f bytes/conn server RSS (%d -> %d kB), "
+            "%d closed during hold%s"
+            % (name, d["ready"], d["requested"], s["bytes_per_conn"], s["rss_kb_before"],
+               s["rss_kb_after"], d["closed_in_hold"],
+               ("  last error: " + d["last_error"]) if "last_error" in d else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=h.build_dir())
+    ap.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    ap.add_argument("--only", default="", help="comma list of scenario names")
+    ap.add_argument("--spool-dir", help="spool folder (default: temp folder in /var/tmp)")
+    ap.add_argument("--hold", type=int, default=5, help="idle scenarios: seconds to hold")
+    ap.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    ap.add_argument("--keep", action="store_true",
+                    help="start everything, print the bench command line, wait for ^C")
+    ap.add_argument("--log-level", default="info", help="daemon log level (info)")
+    args = ap.parse_args()
+
+    args.build = os.path.abspath(args.build)
+    exe = bench_exe(args.build)
+    only = set(filter(None, args.only.split(",")))
+    known = {s[0] for s in SCENARIOS} | {s[0] for s in IDLE}
+    if only - known:
+        sys.exit("unknown scenario(s): %s (known: %s)" % (", ".join(sorted(only - known)),
+                                                           ", ".join(sorted(known))))
+    work = tempfile.mkdtemp(prefix="sgbench-", dir="/var/tmp")
+    spool = args.spool_dir or os.path.join(work, "spool")
+    pg = daemon = None
+    results = {}
+    try:
+        pg = h.Postgres()
+        ctl = h.Ctl(args.build, pg.url)
+        ctl.migrate()
+        tenant = h.setup_tenant(ctl)
+        cert = h.make_cert(os.path.join(work, "tls"))
+        most = max([s[2] for s in IDLE]) + 200
+        daemon = h.Daemon(args.build, pg, work, cert=cert, spool_dir=spool,
+                          max_connections=most + 100, max_connections_per_ip=most,
+                          server__log_level=args.log_level)
+        common = ["-H", "127.0.0.1", "-u", tenant.username, "-P", tenant.secret,
+                  "--from", tenant.addr("bench"), "--to", "rcpt%d@example.net"]
+        print("sendgate pid %d: submission 127.0.0.1:%d, smtps 127.0.0.1:%d, spool %s"
+              % (daemon.proc.pid, daemon.submission_port, daemon.smtps_port, spool))
+        if args.keep:
+            print("run for example:\n  %s -p %d %s -c 10 -n 1000"
+                  % (exe, daemon.submission_port, " ".join(common)))
+            print("idle memory:\n  %s -p %d --idle 1000 --hold 10 --pid %d"
+                  % (exe, daemon.submission_port, daemon.proc.pid))
+            print("^C stops everything")
+            try:
+                while daemon.alive():
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            return 0
+        for name, extra, n_full, n_quick in SCENARIOS:
+            if only and name not in only:
+                continue
+            n = n_quick if args.quick else n_full
+            port = daemon.smtps_port if "--tls" in extra else daemon.submission_port
+            rc, d, err = run_bench(exe, common + ["-p", str(port), "-n", str(n)] + extra,
+                                   timeout=1800)
+            results[name] = d if d is not None else {"exit": rc, "stderr": err}
+            print(fmt_load(name, rc, d, err), flush=True)
+        for name, sec, n_full, n_quick in IDLE:
+            if only and name not in only:
+                continue
+            n = n_quick if args.quick else n_full
+            port = daemon.smtps_port if sec == "--tls" else daemon.submission_port
+            # A fresh daemon: memory that earlier runs left in malloc's free
+            # lists would otherwise hide the growth.
+            daemon.restart()
+            time.sleep(1)
+            rc, d, err = run_bench(exe, ["-p", str(port), sec, "--idle", str(n), "--hold",
+                                         str(args.hold), "--pid", str(daemon.proc.pid)],
+                                   timeout=600)
+            results[name] = d if d is not None else {"exit": rc, "stderr": err}
+            print(fmt_idle(name, rc, d, err), flush=True)
+        if not daemon.alive():
+            print("sendgate died during the run; log tail:\n" + daemon.log_text()[-3000:])
+            return 1
+        print("daemon RSS at the end: %s kB" % idle_rss(daemon.proc.pid))
+    finally:
+        if daemon is not None:
+            try:
+                daemon.stop()
+            except AssertionError as e:
+                print(e)
+        if pg is not None:
+            pg.stop()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        if not args.spool_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def idle_rss(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
