@@ -652,9 +652,12 @@ static void rotate_print(struct ctl *c, const struct dom *d, struct rotation *ro
 		return;
 	}
 	for (i = 0; i < n; i++) {
-		printf("%s the %s key of %s: new key on selector %s (%d bits) signs from %s\n",
-		       rots[i].prev_selector[0] ? "rotated" : "added a first", rots[i].alg, d->name,
-		       rots[i].nk.selector, rots[i].nk.bits, rots[i].sign_from);
+		if (rots[i].prev_selector[0])
+			printf("rotated the %s key of %s", rots[i].alg, d->name);
+		else
+			printf("added a first %s key to %s", rots[i].alg, d->name);
+		printf(": new key on selector %s (%d bits) signs from %s\n", rots[i].nk.selector,
+		       rots[i].nk.bits, rots[i].sign_from);
 		if (rots[i].prev_selector[0])
 			printf("  selector %s signs until %s and stays published until %s\n",
 			       rots[i].prev_selector, rots[i].prev_sign_until,

@@ -207,6 +207,12 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 		return ctl_usage(usage_add, "--dkim-mode must be cname or txt");
 	if (algopt && ctl_dkim_algorithms(algopt) == 0)
 		return ctl_usage(usage_add, "--algorithm must be rsa, ed25519 or both");
+	if (strcmp(da.dkim_mode, "cname") == 0 &&
+	    (c->cfg.platform_dkim_zone == NULL || c->cfg.platform_dkim_zone[0] == '\0')) {
+		ctl_error("[platform] dkim_zone is not set: CNAME mode delegates to it (or use "
+		          "--dkim-mode txt)");
+		return CTL_FAIL;
+	}
 	da.algs = ctl_dkim_algorithms(algopt ? algopt : c->cfg.dkim_default_algorithm);
 	if (da.algs == 0) {
 		ctl_error("[dkim] default_algorithm must be rsa, ed25519 or both");
