@@ -109,7 +109,9 @@ class Postgres:
         self.as_postgres = os.geteuid() == 0
         if self.as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
-            os.chmod(self.dir, 0o700)
+        # The socket lives here: the daemon, which drops root after start,
+        # must still reach it to reconnect (the data folder stays 0700).
+        os.chmod(self.dir, 0o755)
         self.started_here = False
         self.fsync = fsync
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
