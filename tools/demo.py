@@ -52,6 +52,11 @@ def ensure_tenant(ctl, tenant, domain):
     elif not doms[domain].get("operator_verified") and doms[domain].get("state") != "verified":
         raise SystemExit("demo domain %s exists but is not sendable; remove ./var to start over"
                          % domain)
+    # A domain from a run before DKIM keys existed (or sealed with another
+    # master key) gets a fresh signing key.
+    keys = ctl("dkim", "list", domain) or []
+    if not any(k.get("state") == "signing" for k in keys):
+        ctl("dkim", "rotate", domain, "--publish-delay", "0")
     return ctl.credential_create(tenant)
 
 
