@@ -1,0 +1,269 @@
+/*
+ * deliver_int: what the delivery side's files share (deliver.c, sched.c,
+ * client.c, mx.c, status.c, and the pure backoff.c and route.c). Private
+ * to queue/; other folders use queue.h.
+ */
+#ifndef SENDGATE_QUEUE_DELIVER_INT_H
+#define SENDGATE_QUEUE_DELIVER_INT_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "queue/queue.h"
+
+struct event_base;
+struct hmap;
+struct dns_resolver;
+struct pool_address;
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* ---- backoff.c: retry arithmetic and reply reading (pure) ------------- */
+
+struct retry_policy {
+	long first;    /* seconds before the first retry */
+	double factor; /* growth per attempt */
+	long max;      /* cap on one wait */
+	long max_age;  /* a message older than this expires */
+};
+
+/*
+ * Seconds to wait after the attempts-th failed attempt (attempts >= 1):
+ * first * factor^(attempts-1), capped at max, scaled by a jitter of
+ * +-20% from r in [0, 1), and never below 1 second nor above max.
+ */
+long retry_delay(const struct retry_policy *p, int attempts, double r);
+/*
+ * When the next attempt of a message received at `received` should be,
+ * after a failure at now: now + max(delay, hint) (hint < 0: none), but
+ * never past the expiry time received + max_age. Returns 0 when the
+ * message has reached max_age and must expire instead.
+ */
+time_t retry_next(const struct retry_policy *p, time_t received, time_t now, int attempts,
+		  long hint, double r);
+/*
+ * A server's "try again in N minutes" (also seconds, hours; "retry in",
+ * "try again after") in a reply text: the seconds, capped at a day, or -1.
+ */
+long reply_retry_hint(const char *text);
+/*
+ * The RFC 3463 enhanced code at the start of a reply text ("5.1.1 No such
+ * user" -> "5.1.1") whose class matches the reply code's first digit;
+ * 1 with out filled (at least 12 bytes), else 0 and out = "".
+ */
+int reply_enhanced(int code, const char *text, char *out, size_t outlen);
+
+/* ---- route.c: MX order, VERP, source choice, dot-stuffing (pure) ------ */
+
+struct mx_entry {
+	char host[256];
+	int pref;
+};
+
+/* Sorts by preference and shuffles each run of equal preferences (RFC 5321 5.1). */
+void mx_sort(struct mx_entry *e, size_t n);
+/* 1 when the MX set is a null MX (RFC 7505): one record whose host is "" or ".". */
+int mx_is_null(const struct mx_entry *e, size_t n);
+/* The domain of an address (after the last '@'), or "" when there is none. */
+const char *addr_domain(const char *addr);
+/*
+ * The return-path host of a sender: "<prefix>.<sender domain>" when
+ * rp_ok, else bounce_domain. Writes into out; returns out.
+ */
+const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain,
+		      int rp_ok, char *out, size_t outlen);
+/*
+ * The VERP envelope sender "bounce+<id>.<index>@<host>" (index < 0: for a
+ * transaction of several recipients, "bounce+<id>@<host>"). 0, or -1 when
+ * out is too small.
+ */
+int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host);
+/*
+ * Weighted choice among the addresses of a pool with address family
+ * family (AF_INET/AF_INET6), from r (any 32-bit random value). The index,
+ * or -1 when no address has that family.
+ */
+int pool_pick(const struct pool_address *a, int n, int family, uint32_t r);
+/* AF_INET or AF_INET6 for an address literal, else AF_UNSPEC. */
+int addr_family(const char *addr);
+/*
+ * Appends the message (n bytes, CRLF lines) to out for DATA: a leading
+ * '.' of each line doubled, a bare CR or LF made CRLF, CRLF added at the
+ * end when missing, then ".\r\n". Returns the bytes appended.
+ */
+size_t smtp_dotstuff(struct buf *out, const char *p, size_t n);
+
+/* ---- status.c: the durable per-recipient results --------------------- */
+
+/*
+ * Reads queue file name in dirfd: the message (want_body), the status of
+ * each recipient (*st, malloc'd, m->env.nrcpts entries), the intact length
+ * (*valid_len), the file's length (*file_len) and the chain digest. Both
+ * out pointers are the caller's (queue_msg_free, free). 0 or -1 with err.
+ */
+int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body,
+		 struct queue_rcpt_status **st, size_t *valid_len, size_t *file_len,
+		 unsigned char digest[32], char *err, size_t errlen);
+
+struct status_writer;
+/* Called on the loop once queue/id has been removed by the writer. */
+typedef void (*status_removed_cb)(void *arg, const char *id);
+/* Starts the writer thread for the queue directory queuefd (borrowed). */
+struct status_writer *status_writer_new(struct event_base *base, int queuefd,
+					status_removed_cb removed, void *arg);
+/*
+ * Queues work on queue/id, done in order: cut the file to truncate_to
+ * bytes when >= 0 (a torn tail), append data (taken over, *data left
+ * empty; NULL: nothing) and fdatasync, then unlink when remove.
+ */
+void status_writer_push(struct status_writer *w, const char *id, struct buf *data, int remove,
+			long long truncate_to);
+/* Finishes every queued job, stops the thread, frees the writer. */
+void status_writer_free(struct status_writer *w);
+
+/* ---- mx.c: where mail for a domain goes ------------------------------ */
+
+struct dhost {
+	char name[256];	 /* MX host name (or the relay) */
+	char addr[64];	 /* address text */
+	int family;	 /* AF_INET / AF_INET6 */
+	int port;
+};
+
+struct droute {
+	struct dhost *hosts; /* in the order to try */
+	size_t n;
+	int relay;
+};
+
+enum { ROUTE_OK = 0, ROUTE_TEMPFAIL = 4, ROUTE_PERMFAIL = 5 };
+
+/*
+ * The answer of mx_resolve: status ROUTE_*; why (static or owned by the
+ * query: copy it) names the problem with an enhanced code first ("5.1.10
+ * ..."); route is the callee's to keep (free with droute_free).
+ */
+typedef void (*mx_cb)(void *arg, uint64_t cookie, int status, const char *why,
+		      struct droute *route);
+/*
+ * Resolves domain per RFC 5321 5.1 (MX by preference, equal preferences
+ * shuffled, hosts that do not resolve skipped, implicit MX, null MX) into
+ * a list of addresses on port. cb runs once, from the loop.
+ */
+void mx_resolve(struct dns_resolver *r, const char *domain, int port, mx_cb cb, void *arg,
+		uint64_t cookie);
+/* Resolves the relay "host:port" the same way (A/AAAA when it is a name). */
+void mx_resolve_relay(struct dns_resolver *r, const char *relay, mx_cb cb, void *arg,
+		      uint64_t cookie);
+void droute_free(struct droute *rt);
+
+/* ---- client.c: the outbound SMTP client ------------------------------- */
+
+struct dreply {
+	int code;     /* 0: no reply (connection failed, timed out) */
+	char enh[16]; /* "5.1.1" or "" */
+	char text[512];
+	int stage; /* DSTAGE_*: the command the reply answers */
+};
+
+enum { DSTAGE_CONNECT, DSTAGE_MAIL, DSTAGE_RCPT, DSTAGE_DATA, DSTAGE_LOCAL };
+
+/* One transaction: a message to some recipients of one destination. */
+struct dtxn {
+	char *mail_from;
+	char **rcpts; /* borrowed from the message */
+	size_t nrcpts;
+	struct buf msg; /* the message, CRLF */
+	size_t size;
+	int flags; /* QFLAG_* */
+	/* results, filled by the client */
+	struct dreply *rcpt_reply; /* nrcpts: the RCPT reply of each */
+	struct dreply data_reply;  /* after the final dot (or why it never came) */
+	void *owner;
+};
+
+/* What a connection knows about itself, for events. */
+struct dconn_info {
+	const char *mx;	    /* host name */
+	const char *addr;   /* remote address */
+	const char *source; /* local address bound, "" for the system's */
+	const char *tls;    /* "TLSv1.3" or "" */
+};
+
+struct dconn;
+
+struct dclient_ops {
+	/* The next transaction for c, or NULL (c then quits). */
+	struct dtxn *(*next)(void *arg, struct dconn *c);
+	/* t's replies are filled; the owner takes t back. */
+	void (*done)(void *arg, struct dconn *c, struct dtxn *t);
+	/* No host of the route could be used; why says the last problem. */
+	void (*failed)(void *arg, struct dconn *c, const struct dreply *why);
+	/* c is about to be freed. */
+	void (*closed)(void *arg, struct dconn *c);
+};
+
+/* What every connection shares. */
+struct dclient_env {
+	struct event_base *base;
+	SSL_CTX *ssl;
+	struct hmap *notls; /* address -> (intptr) until when TLS is skipped */
+	const char *hostname; /* HELO when the pool has none */
+	int connect_timeout, command_timeout, data_timeout;
+	int max_messages;
+	int relay_tls_required;
+	const char *relay_user, *relay_pass;
+	int stopping;
+};
+
+/*
+ * Starts a connection along route (taken over). src4/src6 (may be NULL)
+ * are the addresses to bind for IPv4/IPv6 destinations with their HELO
+ * names; a family without a source address is skipped when the other one
+ * has one. ops run on the loop; the connection frees itself after closed.
+ */
+struct dconn *dconn_new(struct dclient_env *env, struct droute *route, const char *src4,
+			const char *helo4, const char *src6, const char *helo6,
+			const struct dclient_ops *ops, void *arg);
+void dconn_info(const struct dconn *c, struct dconn_info *out);
+/* Asks the connection to finish its transaction and quit (or close now when abort). */
+void dconn_stop(struct dconn *c, int abort_now);
+/* The caller's tag (opaque). */
+void dconn_set_tag(struct dconn *c, void *tag);
+void *dconn_tag(const struct dconn *c);
+
+/* Parses one EHLO keyword line into the flags below; pure. */
+enum {
+	EXT_PIPELINING = 1,
+	EXT_STARTTLS = 2,
+	EXT_SIZE = 4,
+	EXT_SMTPUTF8 = 8,
+	EXT_8BITMIME = 16,
+	EXT_AUTH_PLAIN = 32,
+};
+int ehlo_keyword(const char *line, unsigned long long *size_max);
+
+/* ---- sched.c: the scheduler ------------------------------------------ */
+
+struct config;
+struct store;
+struct dsched;
+
+/*
+ * The scheduler of the delivery process: an index of the spool's messages
+ * with each recipient's state, queues per (tenant, destination domain),
+ * connections started within the limits. Borrows everything it is given.
+ * NULL with err when the spool cannot be opened.
+ */
+struct dsched *sched_new(struct event_base *base, struct config *cfg, struct store *st,
+			 struct dns_resolver *dns, SSL_CTX *ssl, char *err, size_t errlen);
+/* Loads the spool and starts watching it (inotify, periodic rescans); 0 or -1. */
+int sched_start(struct dsched *s);
+/*
+ * Stops taking new work; transactions in flight may finish for grace
+ * seconds, then are cut. done(arg) runs once nothing is in flight and
+ * every result is on disk.
+ */
+void sched_stop(struct dsched *s, int grace, void (*done)(void *arg), void *arg);
+void sched_free(struct dsched *s);
+
+#endif
