@@ -157,7 +157,7 @@ typedef void (*queue_commit_cb)(uint64_t cookie, const char *id, int err);
  * Opens the spool under dir: creates the folders, deletes temp files,
  * quarantines damaged queue files (one log line each) and starts nthreads
  * commit threads (<= 0: 2) whose completions run on base. Takes an exclusive
- * lock on dir/lock: a second process opening the same spool fails (it would
+ * flock on dir itself: a second process opening the same spool fails (it would
  * delete the first one's temp files). NULL with err on failure.
  * Batches of commits are made durable with one syncfs() on Linux >= 5.8
  * (SENDGATE_SPOOL_NO_SYNCFS in the environment: fdatasync per file instead).

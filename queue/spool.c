@@ -192,7 +192,7 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 
 	sp->base = base;
 	sp->dir = xstrdup(dir);
-	sp->dirfd = sp->tmpfd = sp->queuefd = sp->quarfd = sp->lockfd = sp->efd = -1;
+	sp->dirfd = sp->tmpfd = sp->queuefd = sp->quarfd = sp->efd = -1;
 	pthread_mutex_init(&sp->lock, NULL);
 	pthread_cond_init(&sp->cond, NULL);
 	if (nthreads <= 0)
@@ -209,15 +209,14 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 		snprintf(err, errlen, "%s: %s", dir, strerror(errno));
 		goto fail;
 	}
-	/* Recovery deletes temp files: only one process may own the spool. */
-	sp->lockfd = openat(sp->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (sp->lockfd == -1) {
-		snprintf(err, errlen, "%s/lock: %s", dir, strerror(errno));
-		goto fail;
-	}
-	if (flock(sp->lockfd, LOCK_EX | LOCK_NB) == -1) {
-		snprintf(err, errlen, "%s: spool is in use by another process (%s/lock is locked)",
-		         dir, dir);
+	/*
+	 * Recovery deletes temp files: only one process may own the spool. The
+	 * lock is on the directory itself, so no lock file needs the right owner
+	 * when the daemon drops privileges after opening the spool.
+	 */
+	if (flock(sp->dirfd, LOCK_EX | LOCK_NB) == -1) {
+		snprintf(err, errlen, "%s: spool is in use by another process (directory locked)",
+		         dir);
 		goto fail;
 	}
 	if ((sp->tmpfd = spool_subdir(sp, "tmp", &created, err, errlen)) == -1 ||
@@ -241,8 +240,6 @@ fail:
 		close(sp->queuefd);
 	if (sp->tmpfd != -1)
 		close(sp->tmpfd);
-	if (sp->lockfd != -1)
-		close(sp->lockfd);
 	if (sp->dirfd != -1)
 		close(sp->dirfd);
 	pthread_mutex_destroy(&sp->lock);
@@ -262,8 +259,7 @@ void spool_close(struct spool *sp)
 	close(sp->quarfd);
 	close(sp->queuefd);
 	close(sp->tmpfd);
-	close(sp->lockfd); /* releases the flock */
-	close(sp->dirfd);
+	close(sp->dirfd); /* releases the flock */
 	pthread_mutex_destroy(&sp->lock);
 	pthread_cond_destroy(&sp->cond);
 	free(sp->dir);

@@ -29,7 +29,7 @@ struct spool_txn {
 struct spool {
 	struct event_base *base;
 	char *dir;
-	int dirfd, tmpfd, queuefd, quarfd, lockfd;
+	int dirfd, tmpfd, queuefd, quarfd;
 
 	pthread_mutex_t lock; /* guards everything down to batches */
 	pthread_cond_t cond;
