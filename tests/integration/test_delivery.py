@@ -1,0 +1,219 @@
+"""Delivery: messages leave the spool for SMTP sinks found through a real
+DNS server, from each tenant's pool, with retries, bounces, suppressions,
+events, and a crash in the middle."""
+
+import os
+import time
+
+import sgharness as h
+from delivery_fixtures import denv, submit  # noqa: F401 (fixture)
+
+
+def test_tenants_leave_from_their_own_pools(denv, ctl):
+    a = h.setup_tenant(ctl)
+    b = h.setup_tenant(ctl)
+    denv.pool(a, h.unique_name("pa"), ("127.0.0.2", "out-a.sendgate.test", 1))
+    denv.pool(b, h.unique_name("pb"), ("127.0.0.3", "out-b.sendgate.test", 1))
+    sink = denv.sink("127.0.0.10")
+    denv.mx("dest.test", (10, "mx.dest.test", "127.0.0.10"))
+    d = denv.start()
+
+    ida = submit(d, a, ["alice@dest.test"])
+    idb = submit(d, b, ["bob@dest.test", "carol@dest.test"])
+    sink.wait_for(2)
+    by_rcpt = {tuple(m.rcpts): m for m in sink.messages}
+    ma = by_rcpt[("alice@dest.test",)]
+    mb = by_rcpt[("bob@dest.test", "carol@dest.test")]
+    assert ma.source == "127.0.0.2" and ma.helo == "out-a.sendgate.test"
+    assert mb.source == "127.0.0.3" and mb.helo == "out-b.sendgate.test"
+    # VERP on the platform's bounce domain (return paths are not verified):
+    # with the recipient's index for one recipient, the message's id for several.
+    assert ma.mail_from == "bounce+%s.0@bounces.sendgate.example" % ida
+    assert mb.mail_from == "bounce+%s@bounces.sendgate.example" % idb
+    # Signed message as spooled, dot-stuffing undone by the sink.
+    assert b"DKIM-Signature:" in ma.data
+    assert b"\r\n.A line that starts with a dot.\r\n" in ma.data
+    # Delivered messages leave the spool; events name the source address.
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+    ev = denv.wait_events(idb, "message.delivered", 2)
+    assert {e[2]["recipient"] for e in ev} == {"bob@dest.test", "carol@dest.test"}
+    assert all(e[2]["source_address"] == "127.0.0.3" and e[2]["mx"] == "mx.dest.test"
+               and e[2]["attempt"] == 1 and e[2]["reply"].startswith("250") for e in ev)
+
+
+def test_mx_fallback_and_unresolvable_hosts(denv, tenant):
+    # Preference 5 does not resolve, 10 refuses at greeting, 20 takes it.
+    bad = denv.sink("127.0.0.11", greeting="421 4.3.2 too busy")
+    good = denv.sink("127.0.0.12")
+    denv.mx("fallback.test", (5, "nowhere.fallback.test", None),
+            (10, "busy.fallback.test", "127.0.0.11"), (20, "ok.fallback.test", "127.0.0.12"))
+    d = denv.start()
+    qid = submit(d, tenant, ["x@fallback.test"])
+    good.wait_for(1)
+    assert bad.connections >= 1
+    ev = denv.wait_events(qid, "message.delivered")
+    assert ev[0][2]["mx"] == "ok.fallback.test"
+    assert denv.events(qid, "message.deferred") == []
+
+
+def test_implicit_mx(denv, tenant):
+    sink = denv.sink("127.0.0.13")
+    denv.dns.set("plain.test", "A", ["127.0.0.13"])
+    d = denv.start()
+    submit(d, tenant, ["x@plain.test"])
+    sink.wait_for(1)
+
+
+def test_null_mx_bounces_at_once_and_suppresses(denv, tenant):
+    denv.dns.set("nomail.test", "MX", ["0 ."])
+    d = denv.start()
+    qid = submit(d, tenant, ["someone@nomail.test"])
+    ev = denv.wait_events(qid, "message.bounced")
+    assert "5.1.10" in ev[0][2]["reply"]
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+
+
+def test_retry_with_backoff_then_delivered(denv, tenant):
+    sink = denv.sink("127.0.0.14")
+    sink.rcpt_rule("later@retry.test", "tempfail", times=2,
+                   text="451 4.2.1 mailbox busy")
+    denv.mx("retry.test", (10, "mx.retry.test", "127.0.0.14"))
+    d = denv.start(delivery__retry_first="1s", delivery__retry_factor="2")
+    t0 = time.monotonic()
+    qid = submit(d, tenant, ["later@retry.test"])
+    sink.wait_for(1, timeout=20)
+    elapsed = time.monotonic() - t0
+    deferred = denv.wait_events(qid, "message.deferred", 2)
+    delivered = denv.wait_events(qid, "message.delivered")
+    assert [e[2]["attempt"] for e in deferred] == [1, 2]
+    assert delivered[0][2]["attempt"] == 3
+    assert all("4.2.1" in e[2]["reply"] for e in deferred)
+    # 1s then 2s (each +-20%): not retried at once, not waiting minutes.
+    assert 2.0 <= elapsed < 12, elapsed
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+
+
+def test_server_retry_hint_is_honoured(denv, tenant):
+    sink = denv.sink("127.0.0.15")
+    sink.rcpt_rule("hint@hint.test", "tempfail", times=1,
+                   text="451 4.7.1 greylisted, try again in 3 seconds")
+    denv.mx("hint.test", (10, "mx.hint.test", "127.0.0.15"))
+    d = denv.start(delivery__retry_first="1s")
+    t0 = time.monotonic()
+    qid = submit(d, tenant, ["hint@hint.test"])
+    ev = denv.wait_events(qid, "message.deferred")
+    assert ev[0][2]["next_attempt"] - int(time.time()) >= 1
+    sink.wait_for(1, timeout=15)
+    assert time.monotonic() - t0 >= 2.5
+
+
+def test_expiry_bounces_as_expired(denv, tenant):
+    sink = denv.sink("127.0.0.16")
+    sink.rcpt_rule("never@expire.test", "tempfail")
+    denv.mx("expire.test", (10, "mx.expire.test", "127.0.0.16"))
+    d = denv.start(delivery__max_age="3s", delivery__retry_first="1s")
+    qid = submit(d, tenant, ["never@expire.test"])
+    ev = denv.wait_events(qid, "message.expired", timeout=15)
+    assert ev[0][2]["recipient"] == "never@expire.test"
+    assert len(denv.events(qid, "message.deferred")) >= 1
+    assert sink.count == 0
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+
+
+def test_hard_bounce_suppresses_the_address(denv, ctl, pg):
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.17")
+    sink.rcpt_rule("gone@bounce.test", "permfail")
+    denv.mx("bounce.test", (10, "mx.bounce.test", "127.0.0.17"))
+    d = denv.start()
+    qid = submit(d, t, ["gone@bounce.test", "here@bounce.test"])
+    sink.wait_for(1)
+    assert sink.messages[0].rcpts == ["here@bounce.test"]
+    ev = denv.wait_events(qid, "message.bounced")
+    assert ev[0][2]["recipient"] == "gone@bounce.test" and "5.1.1" in ev[0][2]["reply"]
+    h.eventually(lambda: pg.sql(
+        "SELECT reason FROM suppressions s JOIN tenants t ON t.id = s.tenant_id "
+        "WHERE t.name = '%s' AND address = 'gone@bounce.test'" % t.name), what="suppression")
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+
+    def refused():
+        c = h.SMTPClient.connect(d.submission_port)
+        try:
+            c.login(t)
+            c.cmd("MAIL FROM:<%s>" % t.addr())
+            r = c.cmd("RCPT TO:<gone@bounce.test>")
+            return r if r.code == 550 else None
+        finally:
+            c.close()
+    r = h.eventually(refused, timeout=10, what="RCPT of a suppressed address refused")
+    assert r.enhanced == "5.1.1"
+
+
+def test_one_stalled_destination_does_not_hold_others(denv, tenant):
+    denv.sink("127.0.0.18", stall=True)
+    fast = denv.sink("127.0.0.19")
+    denv.mx("stalled.test", (10, "mx.stalled.test", "127.0.0.18"))
+    denv.mx("fast.test", (10, "mx.fast.test", "127.0.0.19"))
+    d = denv.start(delivery__connect_timeout="60s", delivery__command_timeout="60s")
+    for i in range(3):
+        submit(d, tenant, ["s%d@stalled.test" % i])
+    time.sleep(0.5)
+    for i in range(5):
+        submit(d, tenant, ["f%d@fast.test" % i])
+    fast.wait_for(5, timeout=10)
+    assert len([q for q in d.queue_ids()]) == 3
+
+
+def test_crash_with_half_delivered_message(denv, tenant):
+    fast = denv.sink("127.0.0.20")
+    slow = denv.sink("127.0.0.21", stall_data=True)
+    denv.mx("one.test", (10, "mx.one.test", "127.0.0.20"))
+    denv.mx("two.test", (10, "mx.two.test", "127.0.0.21"))
+    d = denv.start(delivery__command_timeout="120s", delivery__data_timeout="120s")
+    qid = submit(d, tenant, ["a@one.test", "b@one.test", "c@two.test"])
+    fast.wait_for(1)
+    h.eventually(lambda: slow.connections >= 1, what="slow destination connected")
+    time.sleep(1.0)  # the status of a@ and b@ reaches the disk meanwhile
+    denv.kill_delivery()
+    assert d.queue_ids() == [qid]  # c@two.test is not done
+    slow.stall_data = False
+    if denv.exe:
+        denv.start_delivery()
+    denv.wait_log(r"event=delivery_ready", n=2, timeout=20)
+    slow.wait_for(1, timeout=20)
+    assert slow.messages[0].rcpts == ["c@two.test"]
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+    # Every recipient delivered; the ones done before the crash not again.
+    got = [r for m in fast.messages + slow.messages for r in m.rcpts]
+    assert sorted(got) == ["a@one.test", "b@one.test", "c@two.test"]
+
+
+def test_tls_used_when_offered_and_clear_after_a_failed_handshake(denv, tenant):
+    good = denv.sink("127.0.0.22")
+    broken = denv.sink("127.0.0.23", tls_broken=True)
+    denv.mx("tls.test", (10, "mx.tls.test", "127.0.0.22"))
+    denv.mx("badtls.test", (10, "mx.badtls.test", "127.0.0.23"))
+    d = denv.start()
+    q1 = submit(d, tenant, ["x@tls.test"])
+    q2 = submit(d, tenant, ["y@badtls.test"])
+    good.wait_for(1)
+    broken.wait_for(1)
+    assert good.messages[0].tls and not broken.messages[0].tls
+    e1 = denv.wait_events(q1, "message.delivered")[0][2]
+    e2 = denv.wait_events(q2, "message.delivered")[0][2]
+    assert e1["tls"] is True and e2["tls"] is False
+
+
+def test_sigterm_keeps_undelivered_mail(denv, tenant):
+    denv.sink("127.0.0.24", stall_data=True)
+    denv.mx("hold.test", (10, "mx.hold.test", "127.0.0.24"))
+    d = denv.start(delivery__command_timeout="120s", delivery__data_timeout="120s")
+    qid = submit(d, tenant, ["x@hold.test"])
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    if denv.exe:
+        assert denv.stop_delivery() == 0
+    else:
+        assert d.stop() == 0
+    assert time.monotonic() - t0 < 12
+    assert os.path.exists(d.queue_file(qid))
