@@ -29,14 +29,6 @@ struct mx_query {
 	int temp; /* some host lookup failed temporarily */
 };
 
-void droute_free(struct droute *rt)
-{
-	if (rt == NULL)
-		return;
-	free(rt->hosts);
-	free(rt);
-}
-
 static void mx_finish(struct mx_query *q, int status, const char *why, struct droute *rt)
 {
 	size_t i;

@@ -12,6 +12,14 @@
 #include "queue/deliver_int.h"
 #include "tenants/tenants.h"
 
+void droute_free(struct droute *rt)
+{
+	if (rt == NULL)
+		return;
+	free(rt->hosts);
+	free(rt);
+}
+
 static int mx_cmp(const void *a, const void *b)
 {
 	const struct mx_entry *x = a, *y = b;
