@@ -133,7 +133,7 @@ migrate() {
 			die "event=migrate_failed error=\"$(quote "$out")\"" ;;
 		esac
 		waited=$(($(date +%s) - start))
-		if [ "$waited" -ge "$SENDGATE_DB_WAIT" ]; then
+		if [ "$waited" -gt "$SENDGATE_DB_WAIT" ]; then
 			die "event=database_unreachable waited=${waited}s attempts=$attempt error=\"$(quote "$out")\" hint=\"check SENDGATE_DATABASE_URL or [database] url; SENDGATE_DB_WAIT sets the wait\""
 		fi
 		log info "event=waiting_for_database attempt=$attempt waited=${waited}s error=\"$(quote "$out")\""

@@ -38,6 +38,7 @@ COMPOSE = os.path.join(DOCKER, "compose.yaml")
 ENTRYPOINT = os.path.join(DOCKER, "entrypoint.sh")
 CHECK_DOC = os.path.join(REPO, "tools", "check-config-doc.py")
 PY = "/usr/bin/python3"
+SANITIZER_LIB = re.compile(r"lib(asan|ubsan|lsan|tsan)\.so")
 
 
 # ------------------------------------------------------------ helpers
@@ -359,7 +360,8 @@ def test_dockerfile_runtime_stage_has_every_library(build):
     problems = []
     for exe in ("sendgate", "sendgatectl"):
         path = os.path.join(build, exe)
-        libs = ldd_libs(path)
+        # The sanitizer runtimes of `make asan` builds are not part of the image.
+        libs = {k: v for k, v in ldd_libs(path).items() if not SANITIZER_LIB.match(k)}
         owners = dpkg_owners(libs.values())
         for soname, lib in sorted(libs.items()):
             owner = owners[lib]
@@ -934,7 +936,11 @@ def test_sigterm_during_data(daemon_factory, tenant, finish):
             assert 400 <= r.code < 500, "final reply during shutdown: %r" % r
     else:
         c.close()
-    rc = d.proc.wait(timeout=15 * h.SLOW)
+    try:
+        rc = d.proc.wait(timeout=15 * h.SLOW)
+    except subprocess.TimeoutExpired:
+        pytest.fail("sendgate still running 15 s after the only transaction ended (%s); "
+                    "log tail:\n%s" % (finish, d.log_text()[-2000:]), pytrace=False)
     d.returncodes.append(rc)
     d.proc = None
     assert rc == 0, "exit code %r after SIGTERM; log:\n%s" % (rc, d.log_text()[-3000:])
@@ -952,3 +958,20 @@ def test_sigterm_during_data(daemon_factory, tenant, finish):
         assert found == [], "unacknowledged message queued: %s" % found
     tmpdir = os.path.join(d.spool_dir, "tmp")
     assert not os.path.isdir(tmpdir) or not os.listdir(tmpdir), os.listdir(tmpdir)
+
+
+# ----------------------------------------------------------- man page
+
+def test_man_page_formats_and_covers_the_options(build):
+    page = os.path.join(REPO, "man", "sendgate.8")
+    r = subprocess.run(["groff", "-ww", "-man", "-Tutf8", page], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), "groff warnings:\n" + r.stderr
+    text = re.sub(r".\x08", "", r.stdout).replace("\u2010", "-")
+    usage = h.run([os.path.join(build, "sendgate"), "--help"], timeout=15).stdout
+    opts = set(re.findall(r"(--[a-z][a-z-]+)", usage))
+    assert opts, usage
+    missing = [o for o in sorted(opts) if o not in text]
+    assert not missing, "options in sendgate --help but not in sendgate(8): %s" % missing
+    for sig in ("SIGTERM", "SIGHUP", "EXIT STATUS", "/healthz", "/readyz"):
+        assert sig in text, sig
