@@ -65,9 +65,10 @@ static int spool_subdir(struct spool *sp, const char *name, int *created, char *
 static int spool_clear_tmp(struct spool *sp, char *err, size_t errlen)
 {
 	struct dirent *de;
-	int fd = dup(sp->tmpfd), removed = 0;
+	int fd = openat(sp->dirfd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC), removed = 0;
 	DIR *d;
 
+	/* A descriptor of its own: a dup would share (and move) tmpfd's offset. */
 	d = fd == -1 ? NULL : fdopendir(fd);
 	if (d == NULL) {
 		snprintf(err, errlen, "%s/tmp: %s", sp->dir, strerror(errno));
@@ -119,7 +120,7 @@ static int spool_quarantine(struct spool *sp, const char *name, const char *why)
 static int spool_check_queue(struct spool *sp, char *err, size_t errlen)
 {
 	struct dirent *de;
-	int fd = dup(sp->queuefd), moved = 0, rc = -1;
+	int fd = openat(sp->dirfd, "queue", O_RDONLY | O_DIRECTORY | O_CLOEXEC), moved = 0, rc = -1;
 	char why[256], **names = NULL;
 	size_t n = 0, cap = 0, i;
 	struct stat st;
