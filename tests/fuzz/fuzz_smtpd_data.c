@@ -29,6 +29,8 @@ struct run {
 	struct buf hdr, body;
 };
 
+static size_t bufmax = 1 << 20;
+
 static void feed(const char *in, size_t n, size_t cut, int bytewise, const size_t lim[3],
                  struct run *r)
 {
@@ -36,8 +38,8 @@ static void feed(const char *in, size_t n, size_t cut, int bytewise, const size_
 	size_t pos = 0;
 
 	memset(r, 0, sizeof(*r));
-	buf_init(&r->hdr, 1 << 20);
-	buf_init(&r->body, 1 << 20);
+	buf_init(&r->hdr, bufmax);
+	buf_init(&r->body, bufmax);
 	data_reader_init(&dr, lim[0], lim[1], lim[2]);
 	while (pos < n && !dr.done) {
 		size_t chunk = bytewise ? 1 : (pos < cut ? cut - pos : n - pos);
@@ -122,6 +124,19 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		same(&whole, &bytes);
 		done_run(&bytes);
 	}
+	/* output buffers that fill up: an error, but the end is still found */
+	done_run(&split);
+	bufmax = 7;
+	feed(in, n, cut, 0, lim, &split);
+	bufmax = 1 << 20;
+	CHECK(split.consumed == whole.consumed && split.done == whole.done);
+	CHECK(split.size == whole.size);
+	if (whole.hdr.len > 7 || whole.body.len > 7)
+		CHECK(split.error != DATA_OK);
+	if (split.error == DATA_OK)
+		same(&whole, &split);
+	if (whole.error != DATA_OK)
+		CHECK(split.error != DATA_OK);
 	done_run(&whole);
 	done_run(&split);
 	return 0;
