@@ -1,6 +1,7 @@
 """Limits: recipients, message size, line lengths, header size, errors,
 timeouts and connections, each set small in the config."""
 
+import os
 import socket
 import time
 
@@ -177,3 +178,47 @@ def test_connections_per_address(daemon_factory):
     h.eventually(accepted, timeout=3, interval=0.2, what="a slot freed after QUIT")
     for c in conns[1:]:
         c.quit()
+
+
+def test_connections_total(daemon_factory):
+    d = daemon_factory(max_connections=2)
+    conns = [h.SMTPClient.connect(d.submission_port, source="127.0.0.%d" % (10 + i)) for i in range(2)]
+    assert all(c.greeting.code == 220 for c in conns)
+    extra = h.SMTPClient.connect(d.submission_port, read_greeting=False, source="127.0.0.12")
+    try:
+        g = extra.reply()
+        assert g.code == 421, "connection over max_connections greeted: %r" % g
+    except h.Closed:
+        pass
+    extra.close()
+    for c in conns:
+        c.quit()
+
+
+def test_data_timeout(daemon_factory, tenant):
+    d = daemon_factory(data_timeout="2s")
+    c = h.SMTPClient.connect(d.smtps_port, tls=True)
+    c.login(tenant)
+    assert c.cmd("MAIL FROM:<%s>" % tenant.addr()).code == 250
+    assert c.cmd("RCPT TO:<x@example.net>").code == 250
+    assert c.cmd("DATA").code == 354
+    c.send(h.make_message(tenant.addr()))  # and then nothing
+    rs, closed = c.pending_replies(quiet=8)
+    assert closed, "connection open 8 s after a 2 s data timeout"
+    assert all(r.code == 421 for r in rs), rs
+    assert d.queue_ids() == [], "a timed-out DATA was queued"
+    h.eventually(lambda: os.listdir(os.path.join(d.spool_dir, "tmp")) == [], timeout=3,
+                 what="temp file removed after the timeout")
+
+
+@pytest.mark.parametrize("path", [
+    "<%s@{d}>" % ("l" * 65),  # local part over 64
+    "<a@%s.{d}>" % ".".join(["x" * 63] * 4),  # domain over 255
+    "<a@%s.{d}>" % ("x" * 64),  # label over 63
+])
+def test_path_limits(client, tenant, path):
+    r = client.cmd("MAIL FROM:" + path.format(d=tenant.domain))
+    assert 500 <= r.code < 600, "%s... accepted: %r" % (path[:40], r)
+    r = client.cmd("NOOP")
+    assert r.code == 250
+    client.quit()

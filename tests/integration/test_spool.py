@@ -228,3 +228,22 @@ def test_spool_survives_restart(daemon_factory, tenant):
     d.restart()
     for q in ids:
         assert open(d.queue_file(q), "rb").read() == before[q]
+
+
+def test_one_log_line_per_session(daemon, tenant):
+    src = "127.0.0.%d" % (100 + os.getpid() % 100)
+    c = h.SMTPClient.connect(daemon.smtps_port, tls=True, source=src)
+    c.login(tenant)
+    for i in range(2):
+        submit(c, tenant, h.make_message(tenant.addr()))
+    c.quit()
+
+    def session_lines():
+        return [ln for ln in daemon.log_text().splitlines()
+                if "client=%s " % src in ln + " " and "session" in ln]
+
+    lines = h.eventually(session_lines, timeout=3, what="a session log line")
+    time.sleep(0.3)
+    lines = session_lines()
+    assert len(lines) == 1, "expected one session line for %s:\n%s" % (src, "\n".join(lines))
+    assert "tenant=" + tenant.name in lines[0], lines[0]
