@@ -151,4 +151,137 @@ int store_return_path_ok(struct store *st, const char *domain);
 void store_event(struct store *st, const char *type, int64_t tenant_id, const char *message_id,
 		 const char *json);
 
+/* ==== DNS verification of domains (verify_plan.c: pure; verify.c: runner) ====
+ * Owned by the DNS-verification work; the rest of this header is the lead's.
+ * The runner is shared by `sendgatectl domain verify` and the daemon's
+ * background thread: it checks a domain's records (dns_check_start on a
+ * private event loop, never the SMTP loop), moves the domain's state, and
+ * stores the per-record statuses, the next check time and the events in one
+ * transaction.
+ */
+
+struct pg_conn;
+struct dns_platform;
+struct dns_resolver;
+struct json_t;
+
+enum domain_state { DOMAIN_PENDING, DOMAIN_PARTIAL, DOMAIN_VERIFIED, DOMAIN_BROKEN };
+
+/* "pending", "partially_verified", "verified", "broken". */
+const char *domain_state_str(enum domain_state s);
+/* Parses a domains.state value; 0, or -1 for anything else. */
+int domain_state_parse(const char *s, enum domain_state *out);
+
+/* What one check found of the records required to send ([verify] required). */
+struct verify_tally {
+	int total;  /* required records */
+	int ok;     /* of them verified */
+	int errors; /* of them unknown: the lookup failed (SERVFAIL, timeout...) */
+};
+
+/* The outcome of a check for the domain's state. */
+struct verify_move {
+	enum domain_state state; /* the new state (may equal the old one) */
+	const char *event;       /* "domain.verified" etc. when the state changed; else NULL */
+	int inconclusive;        /* only DNS failures stood in the way: state kept */
+	int broken_since;        /* 1: set to now, -1: clear, 0: keep */
+};
+
+/*
+ * The state a domain in state from moves to after a check that found t:
+ * all required verified -> verified (domain.verified, or domain.restored
+ * from broken); a verified domain with a required record failing -> broken
+ * (domain.broken); pending/partially_verified -> partially_verified when
+ * some required record verifies, else pending. DNS failures alone never
+ * break a verified domain (nor mend a broken one): the state is kept.
+ */
+void verify_transition(enum domain_state from, const struct verify_tally *t,
+		       struct verify_move *out);
+
+/* The check intervals ([verify] *_interval, *_window), in seconds. */
+struct verify_schedule {
+	int new_interval, new_window, pending_interval, verified_interval;
+	int broken_interval, broken_window;
+};
+/* How often a broken domain is checked once broken_window has passed. */
+#define VERIFY_BROKEN_LATE_INTERVAL 3600
+
+void verify_schedule_from_config(const struct config *cfg, struct verify_schedule *s);
+/*
+ * Seconds from now until the next check of a domain now in state (after
+ * a check at now): new_interval during new_window after created_at, then
+ * pending_interval until verified; verified_interval once verified;
+ * broken_interval during broken_window after broken_since, then hourly; an
+ * inconclusive check of a verified domain is retried at broken_interval.
+ * Up to a tenth of the interval is taken off at random (rnd) so that
+ * domains added together drift apart. At least 1.
+ */
+long verify_next_check(const struct verify_schedule *s, enum domain_state state, int inconclusive,
+		       time_t now, time_t created_at, time_t broken_since, uint32_t rnd);
+
+/*
+ * What the platform expects of one domain (struct dns_platform with its
+ * DKIM selectors from dkim_keys): CNAME mode, both selectors of each
+ * algorithm's pair as CNAMEs into [platform] dkim_zone (plus a TXT for an
+ * imported key on a selector of its own); TXT mode, each published key's
+ * p=. Caller frees with verify_platform_free.
+ */
+struct verify_platform;
+struct verify_platform *verify_platform_load(struct pg_conn *db, const struct config *cfg,
+					     int64_t domain_id, const char *domain,
+					     const char *dkim_mode, char *err, size_t errlen);
+const struct dns_platform *verify_platform_dns(const struct verify_platform *vp);
+void verify_platform_free(struct verify_platform *vp);
+
+/*
+ * The runner. base (private to the caller's thread, never the SMTP loop),
+ * res (a resolver on base) and cfg are borrowed and must outlive it; it
+ * holds no database connection. NULL with err filled (bad [verify]
+ * required). Caller frees.
+ */
+struct verifier;
+struct verifier *verifier_new(const struct config *cfg, struct event_base *base,
+			      struct dns_resolver *res, char *err, size_t errlen);
+void verifier_free(struct verifier *v);
+
+/* One check's outcome, as verify_domain reports it. */
+struct verify_result {
+	int64_t domain_id;
+	char domain[254];
+	char previous_state[24];
+	char state[24];
+	const char *event; /* static, or NULL when the state did not change */
+	int inconclusive;
+	int ok, total;         /* required records verified, of */
+	long next_check_in;    /* seconds */
+	struct json_t *report; /* dns_check_report_to_json (owned) */
+	char *failing;         /* the required records that fail, in words, or NULL */
+};
+void verify_result_clear(struct verify_result *r);
+
+/*
+ * Checks domain now (bypassing the DNS cache), on the blocking connection
+ * db (no transaction open), waiting for a scheduled check of it to finish
+ * first, and stores the outcome (origin "operator"). 0 with out filled
+ * (verify_result_clear), or -1 with err ("no domain named ..." too).
+ */
+int verify_domain(struct verifier *v, struct pg_conn *db, const char *domain,
+		  struct verify_result *out, char *err, size_t errlen);
+/*
+ * Checks up to max domains that are due (FOR UPDATE SKIP LOCKED, so that
+ * daemons sharing a database never check one domain twice) and stores the
+ * outcomes. Returns how many were checked, or -1 with err.
+ */
+int verify_due(struct verifier *v, struct pg_conn *db, int max, char *err, size_t errlen);
+
+/*
+ * Starts the daemon's verification thread: its own blocking connection to
+ * [database] url (reconnecting with backoff), event base and resolver; it
+ * checks due domains in small batches and polls every second. cfg is
+ * copied. 0, or -1 (logged). Never touches the caller's event loop.
+ */
+int verify_thread_start(const struct config *cfg);
+/* Asks the thread to stop and waits for it (at most a few seconds). */
+void verify_thread_stop(void);
+
 #endif
