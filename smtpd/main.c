@@ -10,6 +10,7 @@
 
 #include "common/common.h"
 #include "dkim/dkim.h"
+#include "queue/queue.h"
 #include "smtpd/server.h"
 #include "smtpd/smtpd.h"
 
@@ -86,6 +87,7 @@ int main(int argc, char **argv)
 	    {"config", required_argument, NULL, 'c'},
 	    {"check-config", no_argument, NULL, 'k'},
 	    {"list-config-keys", no_argument, NULL, 'l'},
+	    {"delivery-only", no_argument, NULL, 'd'},
 	    {"version", no_argument, NULL, 'V'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -93,7 +95,7 @@ int main(int argc, char **argv)
 	const char *path = getenv("SENDGATE_CONFIG");
 	struct config cfg;
 	char err[1024];
-	int c, check = 0, rc;
+	int c, check = 0, delivery_only = 0, rc;
 
 	if (path == NULL || *path == '\0')
 		path = "/etc/sendgate/sendgate.conf";
@@ -104,6 +106,9 @@ int main(int argc, char **argv)
 			break;
 		case 'k':
 			check = 1;
+			break;
+		case 'd':
+			delivery_only = 1;
 			break;
 		case 'l': {
 			size_t n, i;
@@ -151,6 +156,14 @@ int main(int argc, char **argv)
 	}
 	if (check) {
 		rc = check_config(&cfg, path);
+		config_free(&cfg);
+		return rc;
+	}
+	if (delivery_only) {
+		log_init("sendgate-delivery", strcmp(cfg.log_target, "syslog") == 0,
+			 level_of(cfg.log_level));
+		smtpd_drop_privileges(&cfg);
+		rc = delivery_run(&cfg);
 		config_free(&cfg);
 		return rc;
 	}
