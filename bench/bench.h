@@ -137,7 +137,9 @@ struct bench_run {
 	char *auth_line; /* "AUTH PLAIN ...\r\n" or NULL */
 	_Atomic long long next_msg;
 	_Atomic long long next_rcpt;
-	_Atomic int ever_ready; /* some connection got through setup */
+	_Atomic long long done_ok;   /* messages accepted, all threads (progress) */
+	_Atomic long long done_fail; /* messages failed, all threads (progress) */
+	_Atomic int ever_ready;      /* some connection got through setup */
 	_Atomic int aborting;
 	char abort_msg[512];
 	struct worker **workers;

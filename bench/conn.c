@@ -137,10 +137,12 @@ static void msg_done(struct conn *c, int ok, int code, const char *text)
 		return;
 	if (ok) {
 		s->accepted++;
+		atomic_fetch_add_explicit(&c->w->run->done_ok, 1, memory_order_relaxed);
 		s->bytes +=
 		    (long long)(c->w->run->msg.body_len + c->w->run->msg.header_len_estimate);
 	} else {
 		stats_error(s, code, text);
+		atomic_fetch_add_explicit(&c->w->run->done_fail, 1, memory_order_relaxed);
 	}
 	c->msg_id = -1;
 }
@@ -771,5 +773,5 @@ void worker_close_all(struct worker *w)
 {
 	w->holding = 0;
 	while (w->conns)
-		conn_close(w->conns, 0, ERR_DISCONNECT, NULL);
+		conn_close(w->conns, 0, ERR_DISCONNECT, "in flight when the run stopped");
 }

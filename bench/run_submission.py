@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,15 @@ def fmt_idle(name, rc, d, err):
                ("  last error: " + d["last_error"]) if "last_error" in d else ""))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main():
+    # Started in the background, SIGINT arrives ignored: take it and SIGTERM
+    # as ^C so that the daemon and PostgreSQL are always stopped.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=h.build_dir())
     ap.add_argument("--quick", action="store_true", help="small counts (smoke run)")
@@ -194,4 +203,7 @@ def idle_rss(pid):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

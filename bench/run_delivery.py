@@ -1,0 +1,187 @@
+#!/usr/bin/python3
+"""Delivery benchmark: fills the spool with N committed messages of a given
+size for one tenant, then starts sendgate with delivery on against a fast
+local sink (bench/sink/fastsink.c, built on the fly, or the tests' Python
+sink, as its own process, found through the test DNS server) and measures delivered msgs/s, from the first message
+the sink receives to the last, with connection reuse
+([delivery] messages_per_connection).
+
+    bench/run_delivery.py [--messages 20000] [--size 5120] [--rcpts 1]
+                          [--per-connection 100] [--connections 10]
+
+Prints one line of results and a JSON document (--json). Uses a throwaway
+PostgreSQL cluster like the integration tests.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+
+import sgharness as h  # noqa: E402
+from dnsserver import DNSServer  # noqa: E402
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
+
+
+def rec(t, data):
+    return struct.pack(">BI", t, len(data)) + data
+
+
+def queue_id(n):
+    """20 characters of [0-9A-V], sorting in creation order."""
+    s = ""
+    v = int(time.time() * 1e6) * 1000 + n
+    for _ in range(11):
+        s = ALPHABET[v % 32] + s
+        v //= 32
+    return s + "".join(secrets.choice(ALPHABET) for _ in range(9))
+
+
+def queue_file(qid, tenant_id, tenant, sender, rcpts, size):
+    hdr = ("From: %s\r\nTo: %s\r\nSubject: bench %s\r\nMessage-ID: <%s@bench>\r\n\r\n"
+           % (sender, rcpts[0], qid, qid)).encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again. 0123456789\r\n"
+    body = (line * (size // len(line) + 1))[:max(0, size - len(hdr))]
+    body = body[:len(body) - len(body) % len(line)] or line
+    out = rec(1, b"SENDGATE-Q1") + rec(2, body) + rec(3, hdr)
+    out += rec(10, qid.encode()) + rec(11, ("%d %s" % (tenant_id, tenant)).encode())
+    out += rec(13, sender.encode())
+    for r in rcpts:
+        out += rec(14, r.encode())
+    out += rec(15, str(int(time.time())).encode())
+    return out + rec(255, hashlib.sha256(out).digest())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=5120)
+    ap.add_argument("--rcpts", type=int, default=1, help="recipients per message")
+    ap.add_argument("--per-connection", type=int, default=100)
+    ap.add_argument("--connections", type=int, default=10)
+    ap.add_argument("--sink", choices=("c", "python"), default="c",
+                    help="c: bench/sink/fastsink.c (built here); python: the tests' sink")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+
+    build = h.build_dir()
+    work = tempfile.mkdtemp(prefix="sgbench-delivery-", dir="/tmp")
+    pg = h.Postgres()
+    dns = sink = d = dproc = None
+    try:
+        ctl = h.Ctl(build, pg.url)
+        ctl.migrate()
+        t = h.setup_tenant(ctl)
+        tenant_id = int(pg.scalar("SELECT id FROM tenants WHERE name = '%s'" % t.name))
+
+        # The spool, filled as the submission side would have left it.
+        spool = os.path.join(work, "spool")
+        for sub in ("tmp", "queue", "quarantine"):
+            os.makedirs(os.path.join(spool, sub), exist_ok=True)
+        t0 = time.monotonic()
+        for i in range(args.messages):
+            qid = queue_id(i)
+            rcpts = ["r%d-%d@bench.test" % (i, k) for k in range(args.rcpts)]
+            with open(os.path.join(spool, "queue", qid), "wb") as f:
+                f.write(queue_file(qid, tenant_id, t.name, t.addr(), rcpts, args.size))
+        fill = time.monotonic() - t0
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "nobody:nogroup", spool], check=True)
+
+        sink_port = h.free_port()
+        if args.sink == "c":
+            exe = os.path.join(work, "fastsink")
+            h.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "sink", "fastsink.c")])
+            argv = [exe, str(sink_port)]
+        else:
+            argv = [sys.executable, os.path.join(REPO, "tests", "integration", "sink.py"),
+                    "--host", "127.0.0.1", "--port", str(sink_port)]
+        sink = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().startswith("PORT")
+        dns = DNSServer(port=0)
+        dns.start()
+        dns.set("bench.test", "MX", ["10 mx.bench.test"])
+        dns.set("mx.bench.test", "A", ["127.0.0.1"])
+
+        d = h.Daemon(build, pg, os.path.join(work, "daemon"), spool_dir=spool, start=False,
+                     delivery__enabled="yes", delivery__port=sink_port,
+                     dns__servers="127.0.0.1:%d" % dns.port,
+                     delivery__messages_per_connection=args.per_connection,
+                     delivery__max_connections_per_destination=args.connections,
+                     server__log_level="warn")
+        exe = os.environ.get("SENDGATE_DELIVERY_EXE")
+        start = time.monotonic()
+        if exe:
+            # A separate delivery binary taking the config file (development).
+            d.config_path += ".delivery"
+            d.write_config()
+            dproc = subprocess.Popen([exe, d.config_path], stderr=subprocess.DEVNULL)
+        else:
+            d.start()
+        first = last = None
+        total = args.messages
+        count = 0
+        deadline = time.monotonic() + args.timeout
+        while count < total and time.monotonic() < deadline:
+            line = sink.stdout.readline()
+            if not line:
+                break
+            parts = line.split()
+            if parts[0] == "COUNT":
+                count = int(parts[1])
+                ts = float(parts[2])
+                if first is None:
+                    first = (ts, count)
+                last = (ts, count)
+        # Wait for the spool to empty (every result recorded).
+        h.eventually(lambda: not os.listdir(os.path.join(spool, "queue")), timeout=60,
+                     what="empty spool")
+        emptied = time.monotonic() - start
+        # The sink reports once a second: rate between its first and last report.
+        if first and last and last[0] > first[0]:
+            rate = (last[1] - first[1]) / (last[0] - first[0])
+        else:
+            rate = float("nan")
+        res = {
+            "messages": total, "delivered": count, "size": args.size, "rcpts": args.rcpts,
+            "messages_per_connection": args.per_connection,
+            "connections": args.connections, "fill_seconds": round(fill, 2),
+            "seconds_to_empty_spool": round(emptied, 2),
+            "msgs_per_s": round(rate, 1),
+            "msgs_per_s_overall": round(total / emptied, 1),
+        }
+        if args.json:
+            print(json.dumps(res))
+        print("delivery: %d msgs x %d B, %d rcpt(s), %d per connection, %d connections: "
+              "%.0f msgs/s steady (%.0f msgs/s incl. start-up, spool empty after %.1fs)"
+              % (total, args.size, args.rcpts, args.per_connection, args.connections, rate,
+                 total / emptied, emptied))
+        return 0 if count >= total else 1
+    finally:
+        if d is not None and not os.environ.get("SENDGATE_DELIVERY_EXE"):
+            d.stop()
+        if dproc is not None:
+            dproc.terminate()
+            dproc.wait(20)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
+        if dns is not None:
+            dns.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
