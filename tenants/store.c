@@ -28,6 +28,7 @@ enum req_kind {
 	REQ_LOAD_POOLS,
 	REQ_LOAD_TENANT_POOLS,
 	REQ_SUPPRESS,
+	REQ_SCHEMA,
 	REQ_AUTH,
 	REQ_DOMAIN,
 	REQ_EVENTS,
@@ -653,6 +654,15 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		break;
 	case REQ_SUPPRESS:
 		break;
+	case REQ_SCHEMA: {
+		int want = migrations[migrations_count - 1].version;
+		int have = ok && PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) : 0;
+		if (have < want)
+			log_err("event=schema_outdated database_version=%d binary_version=%d "
+				"hint=\"run sendgatectl migrate\"",
+				have, want);
+		break;
+	}
 	case REQ_AUTH: {
 		struct cred *c = ok && PQntuples(res) == 1 ? cred_from_row(res, 0, 1) : NULL;
 		if (!ok) {
@@ -770,6 +780,9 @@ static void send_next(struct store *st)
 		break;
 	case REQ_LOAD_TENANT_POOLS:
 		sql = SQL_LOAD_TENANT_POOLS;
+		break;
+	case REQ_SCHEMA:
+		sql = "SELECT coalesce(max(version), 0) FROM schema_migrations";
 		break;
 	case REQ_SUPPRESS:
 		if (!PQsendQueryParams(st->conn, SQL_SUPPRESS, 4, NULL, (const char *const *)r->p, NULL,
@@ -891,6 +904,7 @@ static void connected(struct store *st)
 	st->reload_queued = 0;
 	queue_reload(st);
 	req_push_front(st, req_new(REQ_LISTEN));
+	req_push_front(st, req_new(REQ_SCHEMA));
 	store_kick(st);
 }
 
