@@ -166,7 +166,11 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
                          size_t errlen);
 /* Waits for in-flight commits, stops the threads, frees the spool. */
 void spool_close(struct spool *sp);
-/* Number of messages in queue/ (counted at open, kept up to date). */
+/*
+ * Number of messages in queue/: counted at open, kept up to date by
+ * commits, and recounted at most once a second (the delivery process
+ * removes files). Loop thread only.
+ */
 size_t spool_count(struct spool *sp);
 /* 1 when a file can be created and removed in tmp/ (readiness check). */
 int spool_writable(struct spool *sp);

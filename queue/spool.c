@@ -17,6 +17,7 @@
 
 #define SPOOL_DEFAULT_THREADS 2
 #define SPOOL_MAX_THREADS 64
+#define SPOOL_RECOUNT_USEC 1000000 /* spool_count rescans queue/ at most this often */
 
 /* mkdir -p with mode 0700 for what it creates; 0 or -1 with errno. */
 static int mkdir_p(const char *dir)
@@ -230,6 +231,7 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 	}
 	if (spool_clear_tmp(sp, err, errlen) == -1 || spool_check_queue(sp, err, errlen) == -1)
 		goto fail;
+	sp->counted_at = now_usec();
 	if (commit_start(sp, nthreads, err, errlen) == -1)
 		goto fail;
 	log_info("event=spool_open dir=%s queued=%zu commit_threads=%d", dir, sp->count, nthreads);
@@ -267,8 +269,41 @@ void spool_close(struct spool *sp)
 	free(sp);
 }
 
+/* Counts the queue files in queue/ now; -1 if the directory cannot be read. */
+static long spool_scan_count(struct spool *sp)
+{
+	int fd = openat(sp->dirfd, "queue", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	long n = 0;
+	DIR *d;
+
+	d = fd == -1 ? NULL : fdopendir(fd);
+	if (d == NULL) {
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (queue_id_valid(de->d_name))
+			n++;
+	closedir(d);
+	return n;
+}
+
 size_t spool_count(struct spool *sp)
 {
+	uint64_t now = now_usec();
+
+	/*
+	 * The delivery process removes files behind our back: recount, but at
+	 * most once per interval (a readdir of a big queue is not free).
+	 */
+	if (now - sp->counted_at >= SPOOL_RECOUNT_USEC) {
+		long n = spool_scan_count(sp);
+		if (n >= 0)
+			sp->count = (size_t)n;
+		sp->counted_at = now;
+	}
 	return sp->count;
 }
 

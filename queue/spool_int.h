@@ -44,8 +44,9 @@ struct spool {
 	int use_syncfs; /* big batches: one syncfs instead of an fdatasync per file */
 	struct event *ev;
 
-	size_t count;     /* files in queue/ (loop thread only) */
-	size_t open_txns; /* begun and not yet handed to commit or abort */
+	size_t count;        /* files in queue/ (loop thread only) */
+	uint64_t counted_at; /* now_usec() of the last count of queue/ */
+	size_t open_txns;    /* begun and not yet handed to commit or abort */
 };
 
 /* Starts nthreads commit threads and the completion event; 0 or -1 with err. */

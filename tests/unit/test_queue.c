@@ -502,6 +502,24 @@ static void test_list(void **state)
 	assert_string_equal(list_last, path); /* the last committed is last */
 }
 
+/* Files removed by someone else (the delivery process) leave the count. */
+static void test_count_follows_removals(void **state)
+{
+	struct fixture *f = *state;
+	char id[QUEUE_ID_LEN + 1], path[256];
+	int i;
+
+	for (i = 0; i < 3; i++)
+		commit_one(f, 10, 10, id);
+	assert_int_equal(spool_count(f->sp), 3);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	assert_int_equal(unlink(path), 0);
+	usleep(1100 * 1000); /* past the recount interval */
+	assert_int_equal(spool_count(f->sp), 2);
+	commit_one(f, 10, 10, id);
+	assert_int_equal(spool_count(f->sp), 3);
+}
+
 static void test_abort(void **state)
 {
 	struct fixture *f = *state;
@@ -937,6 +955,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_empty_body, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_count_follows_removals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
