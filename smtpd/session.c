@@ -1036,10 +1036,8 @@ static int feed_data(struct session *s)
 		for (i = 0; i < n && !tx->dr.done; i++) {
 			ssize_t r = data_reader_feed(&tx->dr, v[i].iov_base, v[i].iov_len, &tx->hdr,
 						     &tx->body);
-			if (r < 0) {
-				tx->dr.error = DATA_HEADER_TOO_BIG;
-				r = (ssize_t)v[i].iov_len;
-			}
+			if (r < 0)
+				abort(); /* only when hdr and body are one buffer */
 			used += (size_t)r;
 			if ((size_t)r < v[i].iov_len && !tx->dr.done)
 				break;
