@@ -192,6 +192,26 @@ void table_add(struct table *t, const char *const *cells);
 void table_print(const struct table *t, FILE *fp);
 void table_free(struct table *t);
 
+/* ---- ctl_verify.c: DNS records and checks of a domain ------------------- */
+
+/*
+ * The records the customer of domain publishes (dns_records_compute; SPF
+ * merged with what report found), as a new JSON object {domain, zone,
+ * records: [{kind, type, selector?, name, relative_name, value, current,
+ * action, status, found, detail}], next_steps: ["1. SPF: ..."]}. report
+ * (a stored dns_check_report_to_json object, may be NULL) gives each
+ * record's last status. NULL with the error printed.
+ */
+json_t *ctl_dns_records(struct ctl *c, const char *domain_id, const char *domain, const char *mode,
+                        const json_t *report);
+/*
+ * Prints ctl_dns_records' object as a table and the next steps; only_kinds
+ * (e.g. "spf,return_path,dmarc", may be NULL) limits the table's rows.
+ */
+void ctl_dns_records_print(const json_t *dns, const char *only_kinds, FILE *fp);
+/* `domain verify DOMAIN`: checks now, stores the outcome, prints it. */
+int ctl_domain_verify(struct ctl *c, int argc, char **argv);
+
 /* ---- the commands ----------------------------------------------------- */
 
 int ctl_cmd_migrate(struct ctl *c, int argc, char **argv);

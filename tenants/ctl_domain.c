@@ -1,9 +1,11 @@
 /*
- * ctl_domain: `sendgatectl domain add|list|show`. Adding a domain is a
- * short pipeline (check, insert the domain and its DKIM keys in one
+ * ctl_domain: `sendgatectl domain add|list|show|verify`. Adding a domain
+ * is a short pipeline (check, insert the domain and its DKIM keys in one
  * transaction, print the records to publish); `domain show` builds one
- * JSON description of the domain that the text output is printed from, so
- * more about a domain (DNS checks) slots in as more keys of that object.
+ * JSON description of the domain that the text output is printed from:
+ * the domain, its DKIM keys, every record to publish with the status the
+ * last DNS check found, and what to do next. `domain verify` is in
+ * ctl_verify.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +17,8 @@
 
 static const char usage[] =
     "domain add TENANT DOMAIN [--dkim-mode cname|txt] [--algorithm rsa|ed25519|both]"
-    " [--operator-verified [--note TEXT]] | domain list [TENANT] | domain show DOMAIN";
+    " [--operator-verified [--note TEXT]] | domain list [TENANT] | domain show DOMAIN"
+    " | domain verify DOMAIN";
 static const char usage_add[] =
     "domain add TENANT DOMAIN [--dkim-mode cname|txt] [--algorithm rsa|ed25519|both]"
     " [--operator-verified [--note TEXT]]";
@@ -147,28 +150,43 @@ static int domain_add_keys(struct ctl *c, struct domain_add *da)
 	return rc;
 }
 
-/* Prints what was added and the DKIM records to publish (recs is consumed). */
-static void domain_add_print(struct ctl *c, const struct domain_add *da, json_t *recs)
+/*
+ * Prints what was added, the DKIM records and the other records to publish
+ * (recs and dns are consumed).
+ */
+static void domain_add_print(struct ctl *c, const struct domain_add *da, json_t *recs, json_t *dns)
 {
 	if (c->json) {
-		ctl_json_print(json_pack(
-		    "{s:o, s:s, s:s, s:s, s:b, s:s?, s:s, s:s, s:o}", "id", ctl_json_int(da->id),
-		    "name", da->name, "tenant", da->tenant, "state", da->state, "operator_verified",
-		    da->operator_verified, "operator_note", da->note, "created_at", da->created_at,
-		    "dkim_mode", da->dkim_mode, "dkim", recs));
+		ctl_json_print(
+		    json_pack("{s:o, s:s, s:s, s:s, s:b, s:s?, s:s, s:s, s:o, s:O, s:O, s:O}", "id",
+		              ctl_json_int(da->id), "name", da->name, "tenant", da->tenant, "state",
+		              da->state, "operator_verified", da->operator_verified,
+		              "operator_note", da->note, "created_at", da->created_at, "dkim_mode",
+		              da->dkim_mode, "dkim", recs, "zone", json_object_get(dns, "zone"),
+		              "records", json_object_get(dns, "records"), "next_steps",
+		              json_object_get(dns, "next_steps")));
+		json_decref(dns);
 		return;
 	}
 	printf("added domain %s to tenant %s (state %s%s)\n", da->name, da->tenant, da->state,
 	       da->operator_verified ? ", operator-verified" : "");
 	ctl_dkim_records_print(recs, da->name, da->dkim_mode, stdout);
+	printf("SPF, return path and DMARC: publish these records in the %s zone:\n",
+	       json_string_value(json_object_get(dns, "zone")));
+	ctl_dns_records_print(dns, "spf,return_path,dmarc", stdout);
+	printf("If %s already has an SPF record, add include:%s to it instead of publishing a "
+	       "second one; after the first check 'sendgatectl domain show %s' proposes the "
+	       "merged record.\n",
+	       da->name, c->cfg.platform_spf_include, da->name);
 	json_decref(recs);
+	json_decref(dns);
 }
 
 static int domain_add(struct ctl *c, int argc, char **argv)
 {
 	struct domain_add da;
 	const char *pos[2], *why, *algopt = NULL;
-	json_t *recs = NULL;
+	json_t *recs = NULL, *dns = NULL;
 	int npos = 0, i, rc;
 
 	memset(&da, 0, sizeof(da));
@@ -241,43 +259,67 @@ static int domain_add(struct ctl *c, int argc, char **argv)
 	OPENSSL_cleanse(da.mkey, sizeof(da.mkey));
 	if (rc == CTL_OK && (recs = ctl_dkim_records(c, da.id, da.name, da.dkim_mode)) == NULL)
 		rc = CTL_FAIL;
+	if (rc == CTL_OK && (dns = ctl_dns_records(c, da.id, da.name, da.dkim_mode, NULL)) == NULL)
+		rc = CTL_FAIL;
 	if (rc == CTL_OK && ctl_run(c, "adding the domain", "COMMIT") == -1)
 		rc = CTL_FAIL;
 	if (rc != CTL_OK) {
 		if (c->db && PQtransactionStatus(c->db) != PQTRANS_IDLE)
 			PQclear(PQexec(c->db, "ROLLBACK"));
 		json_decref(recs);
+		json_decref(dns);
 		return rc;
 	}
-	domain_add_print(c, &da, recs);
+	domain_add_print(c, &da, recs, dns);
 	return CTL_OK;
+}
+
+/* A domain with its tenant and its last check; the columns domain_describe reads. */
+/* clang-format off */
+static const char describe_sql[] =
+    "SELECT d.id, d.name, t.name, d.state, d.operator_verified, d.operator_note, d.dkim_mode, "
+    CTL_SQL_TIME("d.created_at") ", "
+    CTL_SQL_TIME("d.state_changed_at") ", "
+    CTL_SQL_TIME("d.broken_since") ", "
+    "d.return_path_verified, d.failing_records, v.last_report::text, "
+    CTL_SQL_TIME("v.last_checked_at") ", "
+    CTL_SQL_TIME("v.next_check_at") ", "
+    "v.checks"
+    " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
+    " LEFT JOIN domain_verify v ON v.domain_id = d.id"
+    " WHERE d.name = $1";
+/* clang-format on */
+
+/* The stored report of the last check (a new reference), or NULL when there is none. */
+static json_t *last_report(const PGresult *r, int col)
+{
+	if (PQgetisnull(r, 0, col))
+		return NULL;
+	return json_loads(PQgetvalue(r, 0, col), 0, NULL);
 }
 
 /*
  * Describes one domain as a new JSON object: name, tenant, state,
  * operator_verified, operator_note, dkim_mode, created_at,
- * state_changed_at, and "dkim", the records to publish. NULL with the
- * error printed. Checks of what DNS publishes can be added as more keys.
+ * state_changed_at, broken_since, return_path_verified, failing_records,
+ * "dkim" (the DKIM keys' records), "verification" (last_checked_at,
+ * next_check_at, checks, report: the last check's per-record statuses),
+ * and the records to publish with their last status (zone, records,
+ * next_steps: see ctl_dns_records). NULL with the error printed.
  */
 static json_t *domain_describe(struct ctl *c, const char *arg)
 {
 	char name[254];
 	const char *params[1] = {name};
 	const char *why;
-	json_t *obj, *recs;
+	json_t *obj, *recs, *report, *dns;
 	PGresult *r;
 
 	if (ctl_domain_normalize(arg, name, sizeof(name), &why) == -1) {
 		ctl_error("no domain named \"%s\"", arg);
 		return NULL;
 	}
-	r = ctl_exec(
-	    c, "reading the domain",
-	    "SELECT d.id, d.name, t.name, d.state, d.operator_verified, d.operator_note,"
-	    " d.dkim_mode, " CTL_SQL_TIME("d.created_at") ", " CTL_SQL_TIME(
-	        "d.state_changed_at") " FROM domains d JOIN tenants t ON t.id = d.tenant_id"
-	                              " WHERE d.name = $1",
-	    1, params, NULL, NULL);
+	r = ctl_exec(c, "reading the domain", describe_sql, 1, params, NULL, NULL);
 	if (r == NULL)
 		return NULL;
 	if (PQntuples(r) == 0) {
@@ -290,12 +332,31 @@ static json_t *domain_describe(struct ctl *c, const char *arg)
 		PQclear(r);
 		return NULL;
 	}
-	obj = json_pack("{s:o, s:s, s:s, s:s, s:b, s:o, s:s, s:s, s:s, s:o}", "id",
-	                ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1), "tenant",
-	                PQgetvalue(r, 0, 2), "state", PQgetvalue(r, 0, 3), "operator_verified",
-	                ctl_pq_bool(r, 0, 4), "operator_note", ctl_json_str_or_null(r, 0, 5),
-	                "dkim_mode", PQgetvalue(r, 0, 6), "created_at", PQgetvalue(r, 0, 7),
-	                "state_changed_at", PQgetvalue(r, 0, 8), "dkim", recs);
+	report = last_report(r, 12);
+	dns = ctl_dns_records(c, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 6),
+	                      report);
+	if (dns == NULL) {
+		json_decref(recs);
+		json_decref(report);
+		PQclear(r);
+		return NULL;
+	}
+	obj = json_pack(
+	    "{s:o, s:s, s:s, s:s, s:b, s:o, s:s, s:s, s:s, s:o, s:b, s:o, s:o, s:{s:o, s:o, s:o, "
+	    "s:o}, s:O, s:O, s:O}",
+	    "id", ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1), "tenant",
+	    PQgetvalue(r, 0, 2), "state", PQgetvalue(r, 0, 3), "operator_verified",
+	    ctl_pq_bool(r, 0, 4), "operator_note", ctl_json_str_or_null(r, 0, 5), "dkim_mode",
+	    PQgetvalue(r, 0, 6), "created_at", PQgetvalue(r, 0, 7), "state_changed_at",
+	    PQgetvalue(r, 0, 8), "broken_since", ctl_json_str_or_null(r, 0, 9),
+	    "return_path_verified", ctl_pq_bool(r, 0, 10), "failing_records",
+	    ctl_json_str_or_null(r, 0, 11), "dkim", recs, "verification", "last_checked_at",
+	    ctl_json_str_or_null(r, 0, 13), "next_check_at", ctl_json_str_or_null(r, 0, 14),
+	    "checks", PQgetisnull(r, 0, 15) ? json_integer(0) : ctl_json_int(PQgetvalue(r, 0, 15)),
+	    "report", report ? report : json_null(), "zone", json_object_get(dns, "zone"),
+	    "records", json_object_get(dns, "records"), "next_steps",
+	    json_object_get(dns, "next_steps"));
+	json_decref(dns);
 	PQclear(r);
 	if (obj == NULL)
 		abort();
@@ -306,23 +367,43 @@ static json_t *domain_describe(struct ctl *c, const char *arg)
 static void domain_show_text(const json_t *obj, FILE *fp)
 {
 	const json_t *note = json_object_get(obj, "operator_note");
+	const json_t *ver = json_object_get(obj, "verification");
+	const json_t *v;
 	const char *name = json_string_value(json_object_get(obj, "name"));
 
 	fprintf(fp, "domain:             %s\n", name);
 	fprintf(fp, "tenant:             %s\n", json_string_value(json_object_get(obj, "tenant")));
 	fprintf(fp, "state:              %s\n", json_string_value(json_object_get(obj, "state")));
+	if (json_is_string(v = json_object_get(obj, "broken_since")))
+		fprintf(fp, "broken since:       %s\n", json_string_value(v));
+	if (json_is_string(v = json_object_get(obj, "failing_records")))
+		fprintf(fp, "failing records:    %s\n", json_string_value(v));
 	fprintf(fp, "operator verified:  %s\n",
 	        json_is_true(json_object_get(obj, "operator_verified")) ? "yes" : "no");
 	if (json_is_string(note))
 		fprintf(fp, "operator note:      %s\n", json_string_value(note));
 	fprintf(fp, "dkim mode:          %s\n",
 	        json_string_value(json_object_get(obj, "dkim_mode")));
+	fprintf(fp, "return path:        %s\n",
+	        json_is_true(json_object_get(obj, "return_path_verified")) ? "verified"
+	                                                                   : "not verified");
 	fprintf(fp, "created:            %s\n",
 	        json_string_value(json_object_get(obj, "created_at")));
 	fprintf(fp, "state changed:      %s\n",
 	        json_string_value(json_object_get(obj, "state_changed_at")));
+	if (json_is_string(v = json_object_get(ver, "last_checked_at")))
+		fprintf(fp, "last DNS check:     %s\n", json_string_value(v));
+	else
+		fprintf(fp, "last DNS check:     never\n");
+	if (json_is_string(v = json_object_get(ver, "next_check_at")))
+		fprintf(fp, "next DNS check:     %s\n", json_string_value(v));
 	ctl_dkim_records_print(json_object_get(obj, "dkim"), name,
 	                       json_string_value(json_object_get(obj, "dkim_mode")), fp);
+	fprintf(fp, "DNS records to publish in the %s zone%s:\n",
+	        json_string_value(json_object_get(obj, "zone")),
+	        json_is_object(json_object_get(ver, "report")) ? ", with what the last check found"
+	                                                       : "");
+	ctl_dns_records_print(obj, NULL, fp);
 }
 
 static int domain_show(struct ctl *c, const char *name)
@@ -404,5 +485,7 @@ int ctl_cmd_domain(struct ctl *c, int argc, char **argv)
 			return ctl_usage("domain show DOMAIN", "domain show takes one DOMAIN");
 		return domain_show(c, argv[2]);
 	}
+	if (strcmp(argv[1], "verify") == 0)
+		return ctl_domain_verify(c, argc, argv);
 	return ctl_usage(usage, "unknown domain subcommand \"%s\"", argv[1]);
 }

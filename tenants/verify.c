@@ -80,7 +80,7 @@ static int is_platform_selector(const char *sel)
 
 /* Adds a selector published as TXT (the key's own p=). */
 static void vp_add_txt(struct verify_platform *vp, const char *sel, const char *alg,
-		       const char *pub)
+                       const char *pub)
 {
 	struct dns_dkim_selector *s = vp_add(vp, sel);
 	struct buf rec;
@@ -95,8 +95,8 @@ static void vp_add_txt(struct verify_platform *vp, const char *sel, const char *
 }
 
 struct verify_platform *verify_platform_load(struct pg_conn *db, const struct config *cfg,
-					     int64_t domain_id, const char *domain,
-					     const char *dkim_mode, char *err, size_t errlen)
+                                             int64_t domain_id, const char *domain,
+                                             const char *dkim_mode, char *err, size_t errlen)
 {
 	char id[24];
 	const char *params[1] = {id};
@@ -106,14 +106,14 @@ struct verify_platform *verify_platform_load(struct pg_conn *db, const struct co
 
 	snprintf(id, sizeof(id), "%lld", (long long)domain_id);
 	r = PQexecParams(db,
-			 "SELECT k.selector, k.algorithm, k.public_b64, " CTL_SQL_DKIM_STATE
-			 " FROM dkim_keys k WHERE k.domain_id = $1 ORDER BY k.sign_from, k.id",
-			 1, NULL, params, NULL, NULL, 0);
+	                 "SELECT k.selector, k.algorithm, k.public_b64, " CTL_SQL_DKIM_STATE
+	                 " FROM dkim_keys k WHERE k.domain_id = $1 ORDER BY k.sign_from, k.id",
+	                 1, NULL, params, NULL, NULL, 0);
 	if (r == NULL)
 		abort();
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 		snprintf(err, errlen, "reading the DKIM keys of %s: %s", domain,
-			 PQresultErrorMessage(r));
+		         PQresultErrorMessage(r));
 		err[strcspn(err, "\n")] = '\0';
 		PQclear(r);
 		return NULL;
@@ -141,9 +141,9 @@ struct verify_platform *verify_platform_load(struct pg_conn *db, const struct co
 				if (s)
 					s->cname_target = vp_keep(
 					    vp, dns_dkim_cname_target(pairs[a].sel[k], domain,
-								      cfg->platform_dkim_zone
-									  ? cfg->platform_dkim_zone
-									  : ""));
+					                              cfg->platform_dkim_zone
+					                                  ? cfg->platform_dkim_zone
+					                                  : ""));
 			}
 		}
 	}
@@ -152,7 +152,7 @@ struct verify_platform *verify_platform_load(struct pg_conn *db, const struct co
 		if (strcmp(PQgetvalue(r, i, 3), "retired") != 0 &&
 		    (!cname || !is_platform_selector(PQgetvalue(r, i, 0))))
 			vp_add_txt(vp, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-				   PQgetvalue(r, i, 2));
+			           PQgetvalue(r, i, 2));
 	PQclear(r);
 	vp->p.dkim = vp->sels;
 	vp->p.n_dkim = vp->n;
@@ -186,13 +186,13 @@ struct verifier {
 };
 
 struct verifier *verifier_new(const struct config *cfg, struct event_base *base,
-			      struct dns_resolver *res, char *err, size_t errlen)
+                              struct dns_resolver *res, char *err, size_t errlen)
 {
 	struct verifier *v = xcalloc(1, sizeof(*v));
 	char why[256];
 
 	if (dns_require_parse(cfg->verify_required ? cfg->verify_required : "spf,dkim",
-			      &v->required, why, sizeof(why)) == -1) {
+	                      &v->required, why, sizeof(why)) == -1) {
 		snprintf(err, errlen, "[verify] required: %s", why);
 		free(v);
 		return NULL;
@@ -265,7 +265,7 @@ static void summary_add(struct buf *b, const struct dns_record_check *c)
 	if (b->len)
 		buf_puts(b, " ");
 	buf_printf(b, "%s%s%s=%s", c->kind, c->selector ? ":" : "", c->selector ? c->selector : "",
-		   dns_check_status_str(c->status));
+	           dns_check_status_str(c->status));
 }
 
 static void count_error(struct verify_tally *t, const struct dns_record_check *c)
@@ -306,8 +306,8 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 	j->summary = xstrdup(s.data ? s.data : "");
 	buf_free(&s);
 	j->rp_status = rep->return_path.status == DNS_CHECK_VERIFIED ? 1
-		       : rep->return_path.status == DNS_CHECK_ERROR  ? -1
-								      : 0;
+	               : rep->return_path.status == DNS_CHECK_ERROR  ? -1
+	                                                             : 0;
 	j->done = 1;
 	b->pending--;
 	if (b->pending == 0)
@@ -315,7 +315,7 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 }
 
 static PGresult *q(PGconn *db, const char *what, const char *sql, int n, const char *const *params,
-		   char *err, size_t errlen)
+                   char *err, size_t errlen)
 {
 	PGresult *r = PQexecParams(db, sql, n, NULL, params, NULL, NULL, 0);
 
@@ -341,7 +341,7 @@ static int run_sql(PGconn *db, const char *what, const char *sql, char *err, siz
 
 #define JOB_COLUMNS                                                                                \
 	"SELECT d.id, d.tenant_id, d.name, d.state, extract(epoch FROM d.created_at)::bigint,"     \
-	" COALESCE(extract(epoch FROM d.broken_since)::bigint, 0), d.return_path_verified,"       \
+	" COALESCE(extract(epoch FROM d.broken_since)::bigint, 0), d.return_path_verified,"        \
 	" d.failing_records, d.dkim_mode, v.last_summary"                                          \
 	" FROM domain_verify v JOIN domains d ON d.id = v.domain_id "
 
@@ -374,7 +374,7 @@ static struct job *jobs_from(const PGresult *r)
  * all of them (bounded by the resolver's timeouts). 0, or -1 with err.
  */
 static int run_checks(struct verifier *v, PGconn *db, struct batch *b, int flags, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	size_t i;
 
@@ -382,13 +382,13 @@ static int run_checks(struct verifier *v, PGconn *db, struct batch *b, int flags
 		struct job *j = &b->jobs[i];
 
 		j->vp = verify_platform_load(db, v->cfg, strtoll(j->id, NULL, 10), j->name, j->mode,
-					     err, errlen);
+		                             err, errlen);
 		if (j->vp == NULL)
 			return -1;
 	}
 	for (i = 0; i < b->n; i++) {
 		if (dns_check_start(v->res, b->jobs[i].name, verify_platform_dns(b->jobs[i].vp),
-				    flags, on_report, b, i) == -1)
+		                    flags, on_report, b, i) == -1)
 			continue; /* not a valid name: stays not done, stored as nothing */
 		b->pending++;
 	}
@@ -410,10 +410,10 @@ static void job_decide(struct verifier *v, struct job *j, time_t now)
 	random_bytes(&rnd, sizeof(rnd));
 	verify_transition(j->from, &j->tally, &j->move);
 	broken_since = j->move.broken_since == 1    ? now
-		       : j->move.broken_since == -1 ? 0
-						    : j->broken_since;
+	               : j->move.broken_since == -1 ? 0
+	                                            : j->broken_since;
 	j->next_in = verify_next_check(&v->sched, j->move.state, j->move.inconclusive, now,
-				       j->created_at, broken_since, rnd);
+	                               j->created_at, broken_since, rnd);
 }
 
 /*
@@ -438,18 +438,19 @@ static int job_store(PGconn *db, struct job *j, const char *origin, char *err, s
 	if (j->move.state != j->from || j->move.broken_since != 0 || rp != j->rp_verified ||
 	    !str_eq(failing, j->failing_old)) {
 		const char *p[5] = {j->id, state,
-				    j->move.broken_since == 1    ? "set"
-				    : j->move.broken_since == -1 ? "clear"
-								 : "keep",
-				    rp ? "t" : "f", failing};
+		                    j->move.broken_since == 1    ? "set"
+		                    : j->move.broken_since == -1 ? "clear"
+		                                                 : "keep",
+		                    rp ? "t" : "f", failing};
 
-		r = q(db, "updating the domain",
-		      "UPDATE domains SET state = $2,"
-		      " state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END,"
-		      " broken_since = CASE $3 WHEN 'set' THEN now() WHEN 'clear' THEN NULL"
-		      " ELSE broken_since END,"
-		      " return_path_verified = $4::boolean, failing_records = $5 WHERE id = $1",
-		      5, p, err, errlen);
+		r = q(
+		    db, "updating the domain",
+		    "UPDATE domains SET state = $2,"
+		    " state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END,"
+		    " broken_since = CASE $3 WHEN 'set' THEN now() WHEN 'clear' THEN NULL"
+		    " ELSE broken_since END,"
+		    " return_path_verified = $4::boolean, failing_records = $5 WHERE id = $1",
+		    5, p, err, errlen);
 		if (r == NULL)
 			goto out;
 		PQclear(r);
@@ -459,7 +460,8 @@ static int job_store(PGconn *db, struct job *j, const char *origin, char *err, s
 		const char *p[4] = {j->id, next, report, j->summary};
 
 		r = q(db, "storing the check",
-		      "UPDATE domain_verify SET next_check_at = now() + $2::bigint * interval '1 second',"
+		      "UPDATE domain_verify SET next_check_at = now() + $2::bigint * interval '1 "
+		      "second',"
 		      " last_checked_at = now(), last_report = $3::jsonb, last_summary = $4,"
 		      " checks = checks + 1 WHERE domain_id = $1",
 		      4, p, err, errlen);
@@ -471,18 +473,19 @@ static int job_store(PGconn *db, struct job *j, const char *origin, char *err, s
 	    !str_eq(j->summary, j->summary_old)) {
 		const char *p[6] = {j->id, origin, from, state, j->summary, report};
 
-		r = q(db, "recording the check history",
-		      "INSERT INTO domain_checks (domain_id, origin, previous_state, state, summary,"
-		      " report) VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-		      6, p, err, errlen);
+		r = q(
+		    db, "recording the check history",
+		    "INSERT INTO domain_checks (domain_id, origin, previous_state, state, summary,"
+		    " report) VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+		    6, p, err, errlen);
 		if (r == NULL)
 			goto out;
 		PQclear(r);
 	}
 	if (j->move.event) {
 		json_t *d = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s}", "domain", j->name,
-				      "previous_state", from, "state", state, "failing", failing,
-				      "records", j->summary, "origin", origin);
+		                      "previous_state", from, "state", state, "failing", failing,
+		                      "records", j->summary, "origin", origin);
 		const char *p[3] = {j->move.event, j->tenant_id, NULL};
 
 		if (d == NULL)
@@ -513,9 +516,9 @@ static void log_move(const struct job *j, const char *origin)
 	if (j->move.state == j->from)
 		return;
 	log_info("event=domain_state domain=%s from=%s to=%s origin=%s failing=%s",
-		 log_quote(qd, sizeof(qd), j->name), domain_state_str(j->from),
-		 domain_state_str(j->move.state), origin,
-		 log_quote(qf, sizeof(qf), j->failing ? j->failing : ""));
+	         log_quote(qd, sizeof(qd), j->name), domain_state_str(j->from),
+	         domain_state_str(j->move.state), origin,
+	         log_quote(qf, sizeof(qf), j->failing ? j->failing : ""));
 }
 
 /*
@@ -525,7 +528,7 @@ static void log_move(const struct job *j, const char *origin)
  * the first job for the caller's report.
  */
 static int run_batch(struct verifier *v, PGconn *db, const PGresult *r, int flags,
-		     const char *origin, struct verify_result *first, char *err, size_t errlen)
+                     const char *origin, struct verify_result *first, char *err, size_t errlen)
 {
 	struct batch b = {v, jobs_from(r), (size_t)PQntuples(r), 0};
 	time_t now;
@@ -546,9 +549,8 @@ static int run_batch(struct verifier *v, PGconn *db, const PGresult *r, int flag
 		if (job_store(db, j, origin, err, errlen) == -1) {
 			/* One domain's failure must not wedge the others forever. */
 			log_warn("event=verify_store_failed domain=%s error=\"%s\"", j->name, err);
-			if (b.n == 1 ||
-			    run_sql(db, "checking domains", "ROLLBACK TO SAVEPOINT job", err,
-				    errlen) == -1)
+			if (b.n == 1 || run_sql(db, "checking domains", "ROLLBACK TO SAVEPOINT job",
+			                        err, errlen) == -1)
 				goto out;
 			continue;
 		}
@@ -569,9 +571,8 @@ static int run_batch(struct verifier *v, PGconn *db, const PGresult *r, int flag
 		first->domain_id = strtoll(j->id, NULL, 10);
 		snprintf(first->domain, sizeof(first->domain), "%s", j->name);
 		snprintf(first->previous_state, sizeof(first->previous_state), "%s",
-			 domain_state_str(j->from));
-		snprintf(first->state, sizeof(first->state), "%s",
-			 domain_state_str(j->move.state));
+		         domain_state_str(j->from));
+		snprintf(first->state, sizeof(first->state), "%s", domain_state_str(j->move.state));
 		first->event = j->move.event;
 		first->inconclusive = j->move.inconclusive;
 		first->ok = j->tally.ok;
@@ -598,7 +599,7 @@ void verify_result_clear(struct verify_result *r)
 }
 
 int verify_domain(struct verifier *v, struct pg_conn *db, const char *domain,
-		  struct verify_result *out, char *err, size_t errlen)
+                  struct verify_result *out, char *err, size_t errlen)
 {
 	const char *params[1] = {domain};
 	PGresult *r;
@@ -643,7 +644,7 @@ int verify_due(struct verifier *v, struct pg_conn *db, int max, char *err, size_
 		return -1;
 	r = q(db, "picking due domains",
 	      JOB_COLUMNS "WHERE v.next_check_at <= now() ORDER BY v.next_check_at LIMIT $1"
-			  " FOR UPDATE OF v SKIP LOCKED",
+	                  " FOR UPDATE OF v SKIP LOCKED",
 	      1, params, err, errlen);
 	if (r == NULL) {
 		PQclear(PQexec(db, "ROLLBACK"));

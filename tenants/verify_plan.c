@@ -34,7 +34,7 @@ int domain_state_parse(const char *s, enum domain_state *out)
 }
 
 void verify_transition(enum domain_state from, const struct verify_tally *t,
-		       struct verify_move *out)
+                       struct verify_move *out)
 {
 	int failed = t->total - t->ok - t->errors; /* records conclusively wrong */
 
@@ -93,7 +93,7 @@ static long at_least_one(long v)
 }
 
 long verify_next_check(const struct verify_schedule *s, enum domain_state state, int inconclusive,
-		       time_t now, time_t created_at, time_t broken_since, uint32_t rnd)
+                       time_t now, time_t created_at, time_t broken_since, uint32_t rnd)
 {
 	long interval;
 

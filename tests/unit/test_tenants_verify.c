@@ -21,8 +21,8 @@ static const struct verify_tally dns_failed = {2, 1, 1}; /* one ok, one lookup f
 static const struct verify_tally dns_failed_all = {2, 0, 2};
 static const struct verify_tally half_ok_half_failed = {3, 1, 1}; /* one missing too */
 
-static void expect_move(enum domain_state from, const struct verify_tally *t,
-			enum domain_state to, const char *event, int broken_since, int inconclusive)
+static void expect_move(enum domain_state from, const struct verify_tally *t, enum domain_state to,
+                        const char *event, int broken_since, int inconclusive)
 {
 	struct verify_move m;
 
@@ -55,8 +55,7 @@ static void test_pending_moves(void **state)
 	expect_move(DOMAIN_PENDING, &half_ok, DOMAIN_PARTIAL, "domain.partially_verified", 0, 0);
 	expect_move(DOMAIN_PENDING, &all_ok, DOMAIN_VERIFIED, "domain.verified", -1, 0);
 	/* A pending domain is not sendable either way: failures just count as not ok. */
-	expect_move(DOMAIN_PENDING, &dns_failed, DOMAIN_PARTIAL, "domain.partially_verified", 0,
-		    0);
+	expect_move(DOMAIN_PENDING, &dns_failed, DOMAIN_PARTIAL, "domain.partially_verified", 0, 0);
 	expect_move(DOMAIN_PENDING, &dns_failed_all, DOMAIN_PENDING, NULL, 0, 0);
 }
 
@@ -106,9 +105,9 @@ static void test_schedule_new_domain(void **state)
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_PENDING, 0, T0, T0, 0, 0), 300);
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_PARTIAL, 0, T0 + 3599, T0, 0, 0), 300);
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_PENDING, 0, T0 + 3600, T0, 0, 0),
-			 3600);
+	                 3600);
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_PARTIAL, 0, T0 + 86400, T0, 0, 0),
-			 3600);
+	                 3600);
 }
 
 static void test_schedule_verified_and_broken(void **state)
@@ -116,14 +115,14 @@ static void test_schedule_verified_and_broken(void **state)
 	time_t created = T0 - 30 * 86400L;
 
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_VERIFIED, 0, T0, created, 0, 0),
-			 6 * 3600);
+	                 6 * 3600);
 	/* An outage hid the records: look again soon. */
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_VERIFIED, 1, T0, created, 0, 0), 300);
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_BROKEN, 0, T0, created, T0, 0), 300);
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_BROKEN, 0, T0 + 3599, created, T0, 0),
-			 300);
+	                 300);
 	assert_int_equal(verify_next_check(&defaults, DOMAIN_BROKEN, 0, T0 + 3600, created, T0, 0),
-			 VERIFY_BROKEN_LATE_INTERVAL);
+	                 VERIFY_BROKEN_LATE_INTERVAL);
 }
 
 static void test_schedule_jitter(void **state)
@@ -133,7 +132,8 @@ static void test_schedule_jitter(void **state)
 	long seen[64];
 
 	for (uint32_t rnd = 0; rnd < 100000; rnd += 97) {
-		long n = verify_next_check(&defaults, DOMAIN_VERIFIED, 0, T0, T0, 0, rnd * 2654435761u);
+		long n =
+		    verify_next_check(&defaults, DOMAIN_VERIFIED, 0, T0, T0, 0, rnd * 2654435761u);
 		int found = 0;
 
 		/* Never later than the interval promises, never earlier than 90% of it. */
