@@ -170,6 +170,8 @@ def bench(*args, timeout=60):
     """Runs sendgate-bench; returns (exit status, JSON or None, stderr)."""
     r = subprocess.run([EXE, "-q"] + [str(a) for a in args], capture_output=True, text=True,
                        timeout=timeout)
+    for marker in ("Sanitizer", "runtime error:"):
+        assert marker not in r.stderr, r.stderr
     data = None
     if "--json" in args and r.stdout.strip():
         data = json.loads(r.stdout)
@@ -275,6 +277,7 @@ def test_text_report(sink):
     assert rc == 0, err
     r = subprocess.run([EXE, "-p", str(sink.plain_port), *auth(), "-n", "5"],
                        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Sanitizer" not in r.stderr, r.stderr
     out = r.stdout
     assert "accepted:    5 / 5" in out
     assert re.search(r"throughput:\s+[\d.]+ msgs/s", out)
@@ -295,6 +298,22 @@ def test_threads_share_the_count(sink):
     rc, d, err = bench("-p", sink.plain_port, *auth(), "-c", 4, "-t", 2, "-n", 50, "--json")
     assert rc == 0, err
     assert d["accepted"] == 50 and len(sink.messages) == 50
+
+
+def test_interrupt_prints_partial_results(sink):
+    import signal
+    import time
+    p = subprocess.Popen([EXE, "-q", "-p", str(sink.plain_port), *auth(), "-c", "2", "-n",
+                          "1000000", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2
+    assert "interrupted" in err and "Sanitizer" not in err, err
+    d = json.loads(out)
+    assert d["error"] == "interrupted"
+    assert 0 < d["accepted"] < 1000000
+    assert d["not_sent"] > 0
 
 
 def test_connection_refused_is_one_clear_error(sink):
