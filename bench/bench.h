@@ -38,6 +38,7 @@ struct bench_opts {
 	const char *from;
 	const char *to;
 	long long per_conn; /* 0 = unlimited */
+	double rate;        /* messages per second over all, 0 = as fast as possible */
 	int pipelining;
 	int json;
 	int threads;
@@ -134,6 +135,7 @@ struct bench_run {
 	socklen_t addrlen;
 	SSL_CTX *ssl_ctx;
 	struct bench_msg msg;
+	uint64_t t0;     /* run start, now_usec() */
 	char *auth_line; /* "AUTH PLAIN ...\r\n" or NULL */
 	_Atomic long long next_msg;
 	_Atomic long long next_rcpt;

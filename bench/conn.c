@@ -42,6 +42,7 @@ enum conn_state {
 	CS_STARTTLS,
 	CS_AUTH,
 	CS_IDLE, /* idle mode: set up, holding */
+	CS_WAIT, /* --rate: message claimed, waiting for its time */
 	CS_MAIL,
 	CS_RCPT,
 	CS_DATA,
@@ -51,11 +52,11 @@ enum conn_state {
 };
 
 static const char *const state_names[] = {
-    [CS_CONNECTING] = "connect", [CS_TLS] = "TLS handshake", [CS_GREETING] = "greeting",
-    [CS_EHLO] = "EHLO",          [CS_STARTTLS] = "STARTTLS", [CS_AUTH] = "AUTH",
-    [CS_IDLE] = "idle",          [CS_MAIL] = "MAIL FROM",    [CS_RCPT] = "RCPT TO",
-    [CS_DATA] = "DATA",          [CS_BODY] = "end of data",  [CS_RSET] = "RSET",
-    [CS_QUIT] = "QUIT",
+    [CS_CONNECTING] = "connect", [CS_TLS] = "TLS handshake",  [CS_GREETING] = "greeting",
+    [CS_EHLO] = "EHLO",          [CS_STARTTLS] = "STARTTLS",  [CS_AUTH] = "AUTH",
+    [CS_IDLE] = "idle",          [CS_WAIT] = "wait for rate", [CS_MAIL] = "MAIL FROM",
+    [CS_RCPT] = "RCPT TO",       [CS_DATA] = "DATA",          [CS_BODY] = "end of data",
+    [CS_RSET] = "RSET",          [CS_QUIT] = "QUIT",
 };
 
 struct conn {
@@ -81,10 +82,13 @@ struct conn {
 	char tx_text[160];
 	int cap_starttls, cap_pipelining, cap_size, cap_auth;
 	char last_reply[160];
-	char *sendbuf; /* HDR_ROOM bytes, then a copy of the body; or NULL */
+	char *sendbuf;      /* HDR_ROOM bytes, then a copy of the body; or NULL */
+	struct event *wait; /* --rate: fires when the claimed message is due */
 };
 
 static int conn_open(struct worker *w);
+static void start_transaction(struct conn *c);
+static void wait_cb(evutil_socket_t fd, short what, void *arg);
 static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
@@ -190,6 +194,8 @@ static void conn_close(struct conn *c, int failed, int code, const char *text)
 			w->closed_in_hold++;
 	}
 	free(c->sendbuf);
+	if (c->wait)
+		event_free(c->wait);
 	free(c);
 	if (!w->idle_mode && !run->aborting && run->next_msg < run->o->total)
 		w->to_open++;
@@ -220,9 +226,7 @@ static void next_message(struct conn *c)
 {
 	struct bench_run *run = c->w->run;
 	const struct bench_opts *o = run->o;
-	char cmd[1024], addr[300];
 	long long id;
-	int n;
 
 	if (run->aborting) {
 		conn_close(c, 0, ERR_DISCONNECT, NULL);
@@ -235,6 +239,51 @@ static void next_message(struct conn *c)
 		goto quit;
 	c->msg_id = id;
 	c->sent++;
+	if (o->rate > 0) {
+		/* Message id is due at t0 + id / rate; wait for it if early. */
+		uint64_t due = run->t0 + (uint64_t)((double)id * 1e6 / o->rate);
+		uint64_t now = now_usec();
+
+		if (due > now + 100) {
+			struct timeval tv = {(time_t)((due - now) / 1000000),
+			                     (suseconds_t)((due - now) % 1000000)};
+
+			if (c->wait == NULL) {
+				c->wait = evtimer_new(c->w->base, wait_cb, c);
+				if (c->wait == NULL)
+					abort();
+			}
+			/* No reply is due while waiting: no read timeout either. */
+			bufferevent_set_timeouts(c->bev, NULL, NULL);
+			evtimer_add(c->wait, &tv);
+			c->st = CS_WAIT;
+			return;
+		}
+	}
+	start_transaction(c);
+	return;
+quit:
+	send_str(c, "QUIT\r\n");
+	c->st = CS_QUIT;
+}
+
+static void wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	struct timeval tv = {c->w->run->o->timeout, 0};
+
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	start_transaction(c);
+}
+
+/* Sends MAIL (and with pipelining RCPT and DATA) for the claimed message. */
+static void start_transaction(struct conn *c)
+{
+	struct bench_run *run = c->w->run;
+	const struct bench_opts *o = run->o;
+	char cmd[1024], addr[300];
+	int n;
+
 	c->tx_code = 0;
 	c->tx_text[0] = '\0';
 	c->t_dot = 0;
@@ -257,10 +306,6 @@ static void next_message(struct conn *c)
 		}
 		evbuffer_add(out, "DATA\r\n", 6);
 	}
-	return;
-quit:
-	send_str(c, "QUIT\r\n");
-	c->st = CS_QUIT;
 }
 
 /* The connection is ready for mail (or, in idle mode, to sit). */
@@ -536,6 +581,7 @@ static int on_reply(struct conn *c, int code, const char *text)
 		conn_close(c, 0, ERR_DISCONNECT, NULL);
 		return -1;
 	case CS_IDLE:
+	case CS_WAIT:
 	case CS_CONNECTING:
 	case CS_TLS:
 		/* Unsolicited (e.g. 421 idle timeout): the server is closing. */

@@ -200,10 +200,12 @@ static void report_text(const struct stats *st, long long alive)
 	       st->n_setup ? st->setup[st->n_setup - 1] / 1e3 : 0.0);
 	if (S.failed_at_open)
 		printf("last error:  %s\n", S.w->last_setup_error);
-	printf("hold:        %d s, %lld still open at the end, %lld closed by the server\n",
+	printf("hold:        %d s, %lld still open at the end, %lld closed by the "
+	       "server\n",
 	       o->hold, alive, S.w->closed_in_hold);
 	if (o->pid) {
-		printf("server pid %d: VmRSS %lld kB before, %lld kB with connections, %lld kB at "
+		printf("server pid %d: VmRSS %lld kB before, %lld kB with connections, "
+		       "%lld kB at "
 		       "end of hold\n",
 		       (int)o->pid, S.before.rss_kb, S.after.rss_kb, S.end.rss_kb);
 		printf("server fds:  %lld before, %lld with connections (limit %lld)\n",

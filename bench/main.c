@@ -34,9 +34,12 @@ static const char usage_text[] =
     "  -s SIZE            message size in bytes, k/M suffixes allowed (5000)\n"
     "  -r R               recipients per message (1)\n"
     "  --from ADDR        envelope and header sender (bench@example.com)\n"
-    "  --to ADDR          recipient; %d becomes a counter (rcpt%d@example.net)\n"
-    "  --per-conn K       messages per connection, then QUIT and reconnect (unlimited)\n"
+    "  --to ADDR          recipient; %d becomes a counter "
+    "(rcpt%d@example.net)\n"
+    "  --per-conn K       messages per connection, then QUIT and reconnect "
+    "(unlimited)\n"
     "  --pipelining       send MAIL, RCPT and DATA together (RFC 2920)\n"
+    "  --rate R           start at most R messages a second in all (open loop)\n"
     "  -t THREADS         event loops, one per thread (1)\n"
     "  --timeout SEC      per-reply and connect timeout (30)\n"
     "  --ramp N           most connections in setup at once (256)\n"
@@ -44,10 +47,12 @@ static const char usage_text[] =
     "  --json             machine-readable output on stdout\n"
     "  -q                 no progress lines on stderr\n"
     "idle mode (memory per idle connection):\n"
-    "  --idle N           open N connections, complete EHLO (STARTTLS, AUTH when -u)\n"
+    "  --idle N           open N connections, complete EHLO (STARTTLS, AUTH "
+    "when -u)\n"
     "  --hold SEC         keep them open this long (10)\n"
     "  --pid PID          server pid: report VmRSS growth per connection\n"
-    "exit status: 0 all messages accepted, 1 some were not, 2 usage or setup error\n";
+    "exit status: 0 all messages accepted, 1 some were not, 2 usage or setup "
+    "error\n";
 
 static void usage_error(const char *fmt, const char *arg)
 {
@@ -86,6 +91,7 @@ enum {
 	OPT_RAMP,
 	OPT_HELO,
 	OPT_HELP,
+	OPT_RATE,
 };
 
 static void parse_args(int argc, char **argv, struct bench_opts *o)
@@ -106,6 +112,7 @@ static void parse_args(int argc, char **argv, struct bench_opts *o)
 	    {"ramp", required_argument, NULL, OPT_RAMP},
 	    {"helo", required_argument, NULL, OPT_HELO},
 	    {"help", no_argument, NULL, OPT_HELP},
+	    {"rate", required_argument, NULL, OPT_RATE},
 	    {NULL, 0, NULL, 0},
 	};
 	long long size;
@@ -199,6 +206,15 @@ static void parse_args(int argc, char **argv, struct bench_opts *o)
 		case OPT_RAMP:
 			o->ramp = (int)parse_num(optarg, "--ramp", 1, 1000000);
 			break;
+		case OPT_RATE: {
+			char *end;
+
+			errno = 0;
+			o->rate = strtod(optarg, &end);
+			if (errno || end == optarg || *end || !(o->rate > 0 && o->rate <= 1e7))
+				usage_error("bad value for %s", "--rate");
+			break;
+		}
 		case OPT_HELO:
 			o->helo = optarg;
 			break;
@@ -256,7 +272,8 @@ static void resolve(struct bench_run *run)
 	freeaddrinfo(res);
 }
 
-/* A client context that accepts any certificate (dev servers use self-signed ones). */
+/* A client context that accepts any certificate (dev servers use self-signed
+ * ones). */
 static SSL_CTX *make_ssl_ctx(void)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -396,6 +413,7 @@ static void print_json(const struct bench_run *run, const struct stats *s, doubl
 	    (json_int_t)s->conn_ready, "failed", (json_int_t)s->conn_failed);
 	if (root == NULL)
 		abort();
+	json_object_set_new(root, "rate", json_real(o->rate));
 	if (run->aborting)
 		json_object_set_new(root, "error", json_string(run->abort_msg));
 	json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
@@ -408,7 +426,8 @@ static void print_text(const struct bench_run *run, const struct stats *s, doubl
 	const struct bench_opts *o = run->o;
 	char name[16];
 
-	printf("sendgate-bench %s:%d %s, %d thread%s, %d connection%s, %lld messages of %zu "
+	printf("sendgate-bench %s:%d %s, %d thread%s, %d connection%s, %lld messages "
+	       "of %zu "
 	       "bytes, %d rcpt%s, %s",
 	       o->host, o->port, security_name(o->security), o->threads, o->threads == 1 ? "" : "s",
 	       o->conns, o->conns == 1 ? "" : "s", o->total,
@@ -416,6 +435,8 @@ static void print_text(const struct bench_run *run, const struct stats *s, doubl
 	       o->pipelining ? "pipelining" : "no pipelining");
 	if (o->per_conn)
 		printf(", %lld per connection", o->per_conn);
+	if (o->rate > 0)
+		printf(", rate %.1f/s", o->rate);
 	printf("\n");
 	printf("accepted:    %lld / %lld\n", s->accepted, o->total);
 	printf("errors:      %lld\n", s->failed);
@@ -427,10 +448,12 @@ static void print_text(const struct bench_run *run, const struct stats *s, doubl
 	printf("wall time:   %.3f s\n", wall);
 	printf("throughput:  %.1f msgs/s (%.2f MB/s)\n", wall > 0 ? s->accepted / wall : 0.0,
 	       wall > 0 ? s->bytes / wall / 1e6 : 0.0);
-	printf("latency ms (end of data -> reply): p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n",
+	printf("latency ms (end of data -> reply): p50 %.3f  p90 %.3f  p99 %.3f  max "
+	       "%.3f\n",
 	       stats_pct(s->lat, s->n_lat, 50) / 1e3, stats_pct(s->lat, s->n_lat, 90) / 1e3,
 	       stats_pct(s->lat, s->n_lat, 99) / 1e3, s->n_lat ? s->lat[s->n_lat - 1] / 1e3 : 0.0);
-	printf("setup ms (connect -> ready):       p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n",
+	printf("setup ms (connect -> ready):       p50 %.3f  p90 %.3f  p99 %.3f  max "
+	       "%.3f\n",
 	       stats_pct(s->setup, s->n_setup, 50) / 1e3, stats_pct(s->setup, s->n_setup, 90) / 1e3,
 	       stats_pct(s->setup, s->n_setup, 99) / 1e3,
 	       s->n_setup ? s->setup[s->n_setup - 1] / 1e3 : 0.0);
@@ -452,6 +475,7 @@ static int load_run(struct bench_run *run)
 	int status;
 
 	start = now_usec();
+	run->t0 = start;
 	prog.run = run;
 	prog.start = start;
 	tick = event_new(run->workers[0]->base, -1, EV_PERSIST, progress_cb, &prog);

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import resource
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ SCENARIOS = [
     ("100k", ["-c", "20", "-s", "100k"], 3000, 200),
     ("reconnect", ["-c", "20", "--per-conn", "1"], 2000, 200),
     ("threads2", ["-c", "50", "-t", "2"], 20000, 1000),
+    # Latency at a steady load well under saturation (open loop).
+    ("rate200", ["-c", "20", "--rate", "200"], 6000, 400),
 ]
 # name: (security flag, connections in a full run, in a --quick run)
 IDLE = [
@@ -56,34 +59,54 @@ def bench_exe(build):
     return exe
 
 
-def run_bench(exe, argv, timeout):
-    """Runs sendgate-bench --json; returns (exit status, parsed JSON or None, stderr)."""
+def proc_cpu(pid):
+    """User plus system CPU seconds of pid (all its threads) so far."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run_bench(exe, argv, timeout, server_pid=None):
+    """Runs sendgate-bench --json; returns (exit status, parsed JSON or None, stderr).
+    The JSON gets client_cpu_s and server_cpu_s: CPU used during the run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    srv0 = proc_cpu(server_pid) if server_pid else 0.0
     r = subprocess.run([exe, "--json", "-q"] + argv, capture_output=True, text=True,
                        timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    srv1 = proc_cpu(server_pid) if server_pid else 0.0
     try:
         data = json.loads(r.stdout) if r.stdout.strip() else None
     except ValueError:
         data = None
+    if data is not None:
+        data["client_cpu_s"] = round((after.ru_utime - before.ru_utime)
+                                     + (after.ru_stime - before.ru_stime), 3)
+        data["server_cpu_s"] = round(srv1 - srv0, 3)
     return r.returncode, data, r.stderr.strip()
 
 
 def fmt_load(name, rc, d, err):
     if d is None:
-        return "%-14s FAILED (exit %d): %s" % (name, rc, err)
+        return "%-11s FAILED (exit %d): %s" % (name, rc, err)
     lat = d["latency_ms"]
     errs = ", ".join("%s:%d" % (k, v["count"]) for k, v in d["errors"].items())
-    return ("%-14s %8.1f msg/s  p50 %7.2f  p90 %7.2f  p99 %7.2f  max %8.2f ms  "
-            "%d/%d accepted%s  (%.1f s, setup p50 %.1f ms)"
+    n = max(d["accepted"], 1)
+    return ("%-11s %7.1f msg/s  p50 %6.2f  p90 %6.2f  p99 %7.2f  max %7.2f ms  "
+            "%d/%d ok%s  cpu/msg client %4.0f us server %5.0f us  (%.1f s)"
             % (name, d["msgs_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
                d["accepted"], d["messages"], ("  errors " + errs) if errs else "",
-               d["wall_s"], d["setup_ms"]["p50"]))
+               d["client_cpu_s"] / n * 1e6, d["server_cpu_s"] / n * 1e6, d["wall_s"]))
 
 
 def fmt_idle(name, rc, d, err):
     if d is None or "server" not in d:
-        return "%-14s FAILED (exit %d): %s" % (name, rc, err)
+        return "%-11s FAILED (exit %d): %s" % (name, rc, err)
     s = d["server"]
-    return ("%-14s %6d ready of %d, %6.0f bytes/conn server RSS (%d -> %d kB), "
+    return ("%-11s %6d ready of %d, %6.0f bytes/conn server RSS (%d -> %d kB), "
             "%d closed during hold%s"
             % (name, d["ready"], d["requested"], s["bytes_per_conn"], s["rss_kb_before"],
                s["rss_kb_after"], d["closed_in_hold"],
@@ -154,7 +177,7 @@ def main():
             n = n_quick if args.quick else n_full
             port = daemon.smtps_port if "--tls" in extra else daemon.submission_port
             rc, d, err = run_bench(exe, common + ["-p", str(port), "-n", str(n)] + extra,
-                                   timeout=1800)
+                                   timeout=1800, server_pid=daemon.proc.pid)
             results[name] = d if d is not None else {"exit": rc, "stderr": err}
             print(fmt_load(name, rc, d, err), flush=True)
         for name, sec, n_full, n_quick in IDLE:

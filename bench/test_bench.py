@@ -293,6 +293,17 @@ def test_per_conn_reconnects(sink):
     assert d["conn"]["ready"] == 5
 
 
+def test_rate_paces_the_messages(sink):
+    sink.reset()
+    rc, d, err = bench("-p", sink.plain_port, *auth(), "-c", 4, "-n", 30, "--rate", 20,
+                       "--json")
+    assert rc == 0, err
+    assert d["accepted"] == 30 and d["rate"] == 20
+    # 30 messages due at 0, 50 ms, ..., 1.45 s after the start.
+    assert 1.4 <= d["wall_s"] < 3.0
+    assert d["msgs_per_s"] < 22
+
+
 def test_threads_share_the_count(sink):
     sink.reset()
     rc, d, err = bench("-p", sink.plain_port, *auth(), "-c", 4, "-t", 2, "-n", 50, "--json")
