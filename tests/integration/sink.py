@@ -12,6 +12,9 @@ misbehave.
     sink.stall = True                     # accept TCP, then say nothing
     sink.drop = True                      # close right after the greeting
     sink.starttls = False                 # do not offer STARTTLS
+    sink.greet_delay = 1.0                # wait before the greeting
+    sink.auth = ("user", "pw")            # offer and require AUTH PLAIN
+    sink.size = 1000                      # SIZE limit (EHLO and MAIL SIZE=)
     sink.wait_for(3)                      # until 3 messages were received
     sink.messages                         # [Message(peer, helo, mail_from, rcpts, data, tls)]
     sink.stop()
@@ -23,6 +26,8 @@ Messages are then only counted (--keep to record them).
 
 import argparse
 import asyncio
+import base64
+import binascii
 import re
 import ssl
 import sys
@@ -31,7 +36,8 @@ import time
 
 
 class Message:
-    def __init__(self, peer, local, helo, mail_from, params, rcpts, data, tls):
+    def __init__(self, peer, local, helo, mail_from, params, rcpts, data, tls, user=None):
+        self.user = user  # the AUTH PLAIN user, if any
         self.peer, self.local, self.helo = peer, local, helo
         self.mail_from, self.params, self.rcpts = mail_from, params, rcpts
         self.data, self.tls = data, tls
@@ -71,6 +77,10 @@ class Sink:
         self.smtputf8 = True
         self.size = None
         self.tls_broken = False  # offer STARTTLS, then fail the handshake
+        self.auth = None  # (user, password): offer AUTH PLAIN (after TLS) and require it
+        self.greet_delay = 0  # seconds to wait before the greeting
+        self.active = 0  # connections open now
+        self.max_active = 0  # most connections open at once
         self._loop = None
         self._thread = None
         self._server = None
@@ -148,6 +158,9 @@ class Sink:
     async def _client(self, reader, writer):
         task = asyncio.current_task()
         self._tasks.add(task)
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
         try:
             await self._session(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
@@ -155,6 +168,8 @@ class Sink:
         except asyncio.CancelledError:
             pass
         finally:
+            with self.lock:
+                self.active -= 1
             self._tasks.discard(task)
             try:
                 writer.close()
@@ -170,6 +185,8 @@ class Sink:
         if self.stall:
             await asyncio.sleep(3600)
             return
+        if self.greet_delay:
+            await asyncio.sleep(self.greet_delay)
         if self.greeting:
             writer.write(self.greeting.encode() + b"\r\n")
             await writer.drain()
@@ -179,6 +196,7 @@ class Sink:
         if self.drop:
             return
         tls = False
+        user = None
         helo = None
         mail = None
         params = ""
@@ -205,6 +223,11 @@ class Sink:
                 reply("500 5.5.2 lines end with CRLF")
                 continue
             cmd = line[:-2].decode("utf-8", "replace")
+            if self.size and cmd.upper().startswith("MAIL"):
+                m = re.search(r"SIZE=(\d+)", cmd, re.I)
+                if m and int(m.group(1)) > self.size:
+                    reply("552 5.3.4 message too big")
+                    continue
             with self.lock:
                 if self.keep:
                     self.commands.append(cmd)
@@ -227,6 +250,8 @@ class Sink:
                     ext.append("SMTPUTF8")
                 if self.starttls and not tls:
                     ext.append("STARTTLS")
+                if self.auth and (tls or not self.starttls):
+                    ext.append("AUTH PLAIN")
                 for i, e in enumerate(ext):
                     reply("250%s%s" % ("-" if i < len(ext) - 1 else " ", e))
             elif verb == "STARTTLS" and self.starttls and not tls:
@@ -239,10 +264,27 @@ class Sink:
                 await writer.start_tls(self._ssl_context())
                 tls = True
                 helo, mail, rcpts = None, None, []
+            elif verb == "AUTH" and self.auth:
+                parts = cmd.split()
+                ok = False
+                if len(parts) == 3 and parts[1].upper() == "PLAIN":
+                    try:
+                        _, u, pw = base64.b64decode(parts[2], validate=True).split(b"\0")
+                        ok = (u.decode(), pw.decode()) == tuple(self.auth)
+                    except (ValueError, binascii.Error):
+                        ok = False
+                if ok:
+                    user = self.auth[0]
+                    reply("235 2.7.0 authenticated")
+                else:
+                    reply("535 5.7.8 authentication failed")
             elif verb == "MAIL":
                 m = re.match(r"MAIL FROM:<([^>]*)>(.*)$", cmd, re.I)
                 if not m or helo is None:
                     reply("503 5.5.1 bad sequence")
+                    continue
+                if self.auth and user is None:
+                    reply("530 5.7.0 authentication required")
                     continue
                 mail, params, rcpts = m.group(1), m.group(2).strip(), []
                 reply("250 2.1.0 ok")
@@ -303,7 +345,8 @@ class Sink:
                 elif self.data_permfail:
                     reply("554 5.7.1 message refused")
                 else:
-                    msg = Message(peer, local, helo, mail, params, list(rcpts), data, tls)
+                    msg = Message(peer, local, helo, mail, params, list(rcpts), data, tls,
+                                  user)
                     with self.lock:
                         self.count += 1
                         if self.keep:
