@@ -40,20 +40,47 @@ static const json_t *check_of(const json_t *report, const json_t *rec)
 	return NULL;
 }
 
-/* Splits text into an array of its non-empty lines. */
-static json_t *lines_array(const char *text)
+/* 1 when line (of len n) starts a numbered step: "12. ". */
+static int starts_step(const char *line, size_t n)
 {
-	json_t *arr = json_array();
-	const char *p = text, *nl;
+	size_t i = 0;
 
+	while (i < n && line[i] >= '0' && line[i] <= '9')
+		i++;
+	return i > 0 && i + 1 < n && line[i] == '.' && line[i + 1] == ' ';
+}
+
+/*
+ * Splits dns_publish_explain's text into one string per numbered step (a
+ * step may span lines: "now" may quote several records found).
+ */
+static json_t *steps_array(const char *text)
+{
+	json_t *arr = json_array(), *last = NULL;
+	const char *p = text, *nl;
+	struct buf b;
+
+	buf_init(&b, (size_t)-1);
 	while (p && *p) {
+		size_t n;
+
 		nl = strchr(p, '\n');
 		if (nl == NULL)
 			nl = p + strlen(p);
-		if (nl > p)
-			json_array_append_new(arr, json_stringn(p, (size_t)(nl - p)));
+		n = (size_t)(nl - p);
+		if (starts_step(p, n) || last == NULL) {
+			last = json_stringn(p, n);
+			json_array_append_new(arr, last);
+		} else if (n > 0) {
+			buf_reset(&b);
+			buf_puts(&b, json_string_value(last));
+			buf_puts(&b, "\n");
+			buf_append(&b, p, n);
+			json_string_setn(last, b.data, b.len);
+		}
 		p = *nl ? nl + 1 : nl;
 	}
+	buf_free(&b);
 	return arr;
 }
 
@@ -103,7 +130,7 @@ json_t *ctl_dns_records(struct ctl *c, const char *domain_id, const char *domain
 	}
 	buf_init(&steps, (size_t)-1);
 	dns_publish_explain(&set, found, &steps);
-	json_object_set_new(doc, "next_steps", lines_array(steps.data));
+	json_object_set_new(doc, "next_steps", steps_array(steps.data));
 	buf_free(&steps);
 	dns_publish_set_free(&set);
 	if (found)
@@ -126,10 +153,30 @@ static const char *str_or_dash(const json_t *v)
 	return json_is_string(v) ? json_string_value(v) : "-";
 }
 
+/* Prints the next steps, continuation lines indented under their step. */
+static void steps_print(const json_t *steps, FILE *fp)
+{
+	const json_t *step;
+	size_t i;
+
+	fprintf(fp, "What to do next:\n");
+	json_array_foreach(steps, i, step)
+	{
+		const char *p = json_string_value(step), *nl;
+
+		fputs("  ", fp);
+		while ((nl = strchr(p, '\n')) != NULL) {
+			fprintf(fp, "%.*s\n       ", (int)(nl - p), p);
+			p = nl + 1;
+		}
+		fprintf(fp, "%s\n", p);
+	}
+}
+
 void ctl_dns_records_print(const json_t *dns, const char *only_kinds, FILE *fp)
 {
 	static const char *const head[] = {"RECORD", "TYPE", "NAME", "VALUE", "STATUS"};
-	const json_t *rec, *step;
+	const json_t *rec;
 	struct table t;
 	size_t i;
 
@@ -154,9 +201,7 @@ void ctl_dns_records_print(const json_t *dns, const char *only_kinds, FILE *fp)
 	table_free(&t);
 	if (json_array_size(json_object_get(dns, "next_steps")) == 0)
 		return;
-	fprintf(fp, "What to do next:\n");
-	json_array_foreach(json_object_get(dns, "next_steps"), i, step)
-	    fprintf(fp, "  %s\n", json_string_value(step));
+	steps_print(json_object_get(dns, "next_steps"), fp);
 }
 
 /* Prints the outcome of one `domain verify` for people. */
@@ -200,11 +245,8 @@ static void verify_print(const struct verify_result *vr, const json_t *dns, cons
 		fprintf(fp, "failing: %s\n", vr->failing);
 	ctl_format_age(vr->next_check_in, next, sizeof(next));
 	fprintf(fp, "next scheduled check in %s\n", next);
-	if (dns && json_array_size(json_object_get(dns, "next_steps")) > 0) {
-		fprintf(fp, "What to do next:\n");
-		json_array_foreach(json_object_get(dns, "next_steps"), i, e)
-		    fprintf(fp, "  %s\n", json_string_value(e));
-	}
+	if (dns && json_array_size(json_object_get(dns, "next_steps")) > 0)
+		steps_print(json_object_get(dns, "next_steps"), fp);
 }
 
 int ctl_domain_verify(struct ctl *c, int argc, char **argv)

@@ -183,6 +183,9 @@ struct verifier {
 	struct dns_resolver *res;
 	unsigned required;
 	struct verify_schedule sched;
+	/* The daemon's thread: asked to stop, it drops the resolver it owns. */
+	const _Atomic int *stop;
+	int owns_res;
 };
 
 struct verifier *verifier_new(const struct config *cfg, struct event_base *base,
@@ -314,6 +317,11 @@ static void on_report(const struct dns_check_report *rep, void *arg, uint64_t co
 		event_base_loopbreak(b->v->base);
 }
 
+/* Wakes the loop now and then, so that a stop request is seen during a slow check. */
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
 static PGresult *q(PGconn *db, const char *what, const char *sql, int n, const char *const *params,
                    char *err, size_t errlen)
 {
@@ -376,6 +384,8 @@ static struct job *jobs_from(const PGresult *r)
 static int run_checks(struct verifier *v, PGconn *db, struct batch *b, int flags, char *err,
                       size_t errlen)
 {
+	struct timeval tv = {0, 100000};
+	struct event *tick;
 	size_t i;
 
 	for (i = 0; i < b->n; i++) {
@@ -393,11 +403,27 @@ static int run_checks(struct verifier *v, PGconn *db, struct batch *b, int flags
 		b->pending++;
 	}
 	/*
-	 * Every check ends within the resolver's timeouts; the callbacks point
-	 * into b, so leaving before they all ran is not an option.
+	 * Every check ends within the resolver's timeouts. The callbacks point
+	 * into b, so nothing may leave before they all ran: a stopping thread
+	 * frees its resolver, which calls every pending one ("cancelled").
 	 */
-	while (b->pending > 0)
+	tick = event_new(v->base, -1, EV_PERSIST, on_tick, NULL);
+	if (tick == NULL)
+		abort();
+	event_add(tick, &tv);
+	while (b->pending > 0) {
+		if (v->stop && atomic_load(v->stop) && v->owns_res) {
+			dns_resolver_free(v->res);
+			v->res = NULL;
+			break;
+		}
 		event_base_loop(v->base, EVLOOP_ONCE);
+	}
+	event_free(tick);
+	if (v->res == NULL) {
+		snprintf(err, errlen, "stopped during a check");
+		return -1;
+	}
 	return 0;
 }
 
@@ -730,6 +756,8 @@ static void *verify_thread_main(void *arg)
 		event_base_free(base);
 		return NULL;
 	}
+	v->stop = &vt.stop;
+	v->owns_res = 1;
 	log_info("event=verify_started");
 	while (!atomic_load(&vt.stop)) {
 		if (db == NULL && (db = thread_connect(vt.cfg.database_url)) == NULL) {
@@ -754,8 +782,9 @@ static void *verify_thread_main(void *arg)
 	}
 	if (db)
 		PQfinish(db);
+	if (v->res) /* else run_checks freed it to stop at once */
+		dns_resolver_free(res);
 	verifier_free(v);
-	dns_resolver_free(res);
 	event_base_free(base);
 	return NULL;
 }
