@@ -212,6 +212,25 @@ void ctl_dns_records_print(const json_t *dns, const char *only_kinds, FILE *fp);
 /* `domain verify DOMAIN`: checks now, stores the outcome, prints it. */
 int ctl_domain_verify(struct ctl *c, int argc, char **argv);
 
+/* ---- ctl_delivery_util.c: pure helpers of the delivery commands ------- */
+
+/* NULL when s is a valid pool name (the schema's CHECK), else a sentence. */
+const char *ctl_pool_name_problem(const char *s);
+/*
+ * Checks that in is one IPv4 or IPv6 address usable as a source address
+ * (no prefix, zone, brackets, IPv4-mapped, unspecified or multicast form)
+ * and writes its canonical text into out. 0, or -1 with *why a sentence.
+ */
+int ctl_ip_normalize(const char *in, char *out, size_t outlen, const char **why);
+/*
+ * Checks a recipient address (local@domain, no brackets, spaces or control
+ * characters, UTF-8, at most 254 octets) and writes it into out with ASCII
+ * letters lower-cased, as the daemon compares them. 0, or -1 with *why.
+ */
+int ctl_address_normalize(const char *in, char *out, size_t outlen, const char **why);
+/* Parses a decimal count in [min, max] (digits only); 0, or -1. */
+int ctl_parse_count(const char *s, long min, long max, long *out);
+
 /* ---- the commands ----------------------------------------------------- */
 
 int ctl_cmd_migrate(struct ctl *c, int argc, char **argv);
@@ -220,5 +239,9 @@ int ctl_cmd_credential(struct ctl *c, int argc, char **argv);
 int ctl_cmd_domain(struct ctl *c, int argc, char **argv);
 int ctl_cmd_queue(struct ctl *c, int argc, char **argv);
 int ctl_cmd_dkim(struct ctl *c, int argc, char **argv);
+int ctl_cmd_pool(struct ctl *c, int argc, char **argv);
+int ctl_cmd_tenant_set_pool(struct ctl *c, int argc, char **argv);
+int ctl_cmd_suppression(struct ctl *c, int argc, char **argv);
+int ctl_cmd_events(struct ctl *c, int argc, char **argv);
 
 #endif
