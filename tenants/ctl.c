@@ -49,6 +49,21 @@ static const char help_text[] =
     "  dkim import DOMAIN SELECTOR PEMFILE [--replace] [--overlap DURATION]\n"
     "                                        sign with an existing private key\n"
     "  queue list                            list the messages in the spool\n"
+    "  queue show ID                         one message: envelope, headers, recipients\n"
+    "  queue delete ID                       remove a message from the spool\n"
+    "  queue retry ID                        ask delivery to try a message now\n"
+    "  pool create NAME [--default]          add an IP pool (--default: for tenants\n"
+    "                                        without a pool of their own)\n"
+    "  pool add-address POOL IP --helo HOSTNAME [--weight N]\n"
+    "                                        add a source address (IPv4 or IPv6)\n"
+    "  pool list                             list pools and their addresses\n"
+    "  tenant set-pool TENANT POOL           send a tenant's mail from POOL\n"
+    "  suppression list TENANT               a tenant's suppressed recipients\n"
+    "  suppression add TENANT ADDRESS [--reason TEXT]\n"
+    "                                        refuse RCPT TO ADDRESS for the tenant\n"
+    "  suppression remove TENANT ADDRESS     accept ADDRESS again\n"
+    "  events [--tenant T] [--message ID] [--type TYPE] [--limit N]\n"
+    "                                        the latest events, newest last\n"
     "  help                                  this text\n"
     "  version                               print the version\n"
     "\n"
@@ -242,6 +257,9 @@ static const struct {
     {"credential", ctl_cmd_credential, 1},
     {"domain", ctl_cmd_domain, 1},
     {"queue", ctl_cmd_queue, 1},
+    {"pool", ctl_cmd_pool, 1},
+    {"suppression", ctl_cmd_suppression, 1},
+    {"events", ctl_cmd_events, 1},
     {"dkim", ctl_cmd_dkim, 1},
     {"help", cmd_help, 0},
     {"version", cmd_version, 0},
@@ -348,7 +366,11 @@ int main(int argc, char **argv)
 		rc = CTL_FAIL;
 		goto out;
 	}
-	rc = commands[k].fn(&c, nargs, args);
+	/* tenant set-pool lives with the pool commands (ctl_pool.c). */
+	if (commands[k].fn == ctl_cmd_tenant && nargs > 1 && strcmp(args[1], "set-pool") == 0)
+		rc = ctl_cmd_tenant_set_pool(&c, nargs, args);
+	else
+		rc = commands[k].fn(&c, nargs, args);
 out:
 	if (c.db)
 		PQfinish(c.db);
