@@ -81,33 +81,38 @@ effective_config() {
 		printf '%s\n' "$SENDGATE_CONFIG"
 		return 0
 	fi
-	mkdir -p "$SENDGATE_RUN_DIR"
-	out="$SENDGATE_RUN_DIR/sendgate.conf"
-	tmp="$out.tmp.$$"
 	nl='
 '
+	for name in $names; do
+		rest=${name#SENDGATE__}
+		section=${rest%%__*}
+		key=${rest#*__}
+		case $section/$key in
+		*[!a-z0-9_/]* | /* | */ | "$rest"/*)
+			die "event=bad_environment variable=$name error=\"expected SENDGATE__<section>__<key> in lower case\"" ;;
+		esac
+		value=
+		eval "value=\${$name}"
+		case $value in
+		*"$nl"*) die "event=bad_environment variable=$name error=\"value contains a newline\"" ;;
+		esac
+	done
+	mkdir -p "$SENDGATE_RUN_DIR" || die "event=config_write_failed path=$SENDGATE_RUN_DIR"
+	out="$SENDGATE_RUN_DIR/sendgate.conf"
+	tmp="$out.tmp.$$"
 	# cp -p: the copy has the file's owner and mode, so whoever may read
 	# the operator's file (the daemon after it drops root) may read it.
-	cp -p "$SENDGATE_CONFIG" "$tmp" || die "event=config_write_failed path=$tmp"
-	{
+	if ! cp -p "$SENDGATE_CONFIG" "$tmp" || ! {
 		printf '\n; ---- overrides from the environment (docker/entrypoint.sh)\n'
 		for name in $names; do
 			rest=${name#SENDGATE__}
-			section=${rest%%__*}
-			key=${rest#*__}
-			case $section/$key in
-			*[!a-z0-9_/]* | /* | */ | "$rest"/*)
-				die "event=bad_environment variable=$name error=\"expected SENDGATE__<section>__<key> in lower case\"" ;;
-			esac
-			value=
 			eval "value=\${$name}"
-			case $value in
-			*"$nl"*) die "event=bad_environment variable=$name error=\"value contains a newline\"" ;;
-			esac
-			printf '[%s]\n; from %s\n%s = %s\n' "$section" "$name" "$key" "$value"
+			printf '[%s]\n; from %s\n%s = %s\n' "${rest%%__*}" "$name" "${rest#*__}" "$value"
 		done
-	} >>"$tmp" || die "event=config_write_failed path=$tmp"
-	mv "$tmp" "$out"
+	} >>"$tmp" || ! mv "$tmp" "$out"; then
+		rm -f "$tmp"
+		die "event=config_write_failed path=$out"
+	fi
 	printf '%s\n' "$out"
 }
 
