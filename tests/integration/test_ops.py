@@ -975,3 +975,63 @@ def test_man_page_formats_and_covers_the_options(build):
     assert not missing, "options in sendgate --help but not in sendgate(8): %s" % missing
     for sig in ("SIGTERM", "SIGHUP", "EXIT STATUS", "/healthz", "/readyz"):
         assert sig in text, sig
+
+
+# ------------------------------------------------- privileges and logs
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_without_user_is_refused(daemon_factory):
+    d = daemon_factory(start=False, server__user=None)
+    d.config["server"].pop("user", None)
+    d.write_config()
+    with pytest.raises(h.DaemonDied) as ei:
+        d.start()
+    assert "[server] user" in str(ei.value), str(ei.value)[-2000:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_privileges_dropped_after_binding(daemon_factory):
+    import pwd
+
+    d = daemon_factory()
+    assert d.config["server"].get("user"), "the harness runs the daemon with a user when root"
+    want = pwd.getpwnam(d.config["server"]["user"]).pw_uid
+    with open("/proc/%d/status" % d.proc.pid) as f:
+        uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
+    assert all(int(u) == want for u in uids), "real/effective/saved/fs uid %s, want %d" % (uids, want)
+
+
+LOG_LINE = re.compile(r'ts=\S+Z prog=[\w-]+ level=(err|warn|info|debug) event=\w+'
+                      r'( [\w.]+=("([^"\\]|\\.)*"|[^\s"]*))*')
+
+
+def test_log_lines_are_key_value(build, tenant, ctl, pg, tmp_path):
+    """Every line the daemon writes to stderr is one key=value event, also
+    when the database goes away (its errors span lines in libpq)."""
+    pgdir = tempfile.mkdtemp(prefix="sgpg-log-", dir="/tmp")
+    port = h.free_port()
+    own = h.Postgres(dir=pgdir, port=port)
+    h.open_path_for_daemon(pgdir)
+    d = None
+    try:
+        c2 = h.Ctl(build, own.url)
+        c2.migrate()
+        t = h.setup_tenant(c2)
+        d = h.Daemon(build, own, str(tmp_path / "sg"), cert=own_cert(tmp_path))
+        c = h.SMTPClient.connect(d.submission_port)
+        c.login(t)
+        r = c.send_message(t.addr(), ["a@example.net"], h.make_message(t.addr(), subject='q "x"'))
+        assert h.queued_id(r), r
+        c.cmd("RCPT TO:<no spaces allowed@example.net>")
+        c.quit()
+        own.stop()
+        d.wait_log(r"event=db_disconnected", 15)
+        time.sleep(1.5)
+        assert d.stop() == 0
+        bad = [line for line in d.log_text().splitlines() if not LOG_LINE.fullmatch(line)]
+        assert not bad, "log lines that are not one key=value event:\n" + "\n".join(bad[:10])
+    finally:
+        if d is not None and d.alive():
+            d.kill()
+        own.stop()
+        shutil.rmtree(pgdir, ignore_errors=True)
