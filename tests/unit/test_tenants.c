@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "tenants/ctl_util.c"
+#include "tenants/ctl_delivery_util.c"
 #include "tenants/tenants.h"
 
 /* ---- tenant names --------------------------------------------------- */
@@ -554,9 +555,114 @@ static void test_credential_hash_is_sha256(void **state)
 	assert_memory_equal(out, abc, 32);
 }
 
+/* ---- delivery commands (ctl_delivery_util.c) -------------------------- */
+
+static void test_pool_name(void **state)
+{
+	assert_null(ctl_pool_name_problem("main"));
+	assert_null(ctl_pool_name_problem("eu-west_2.bulk"));
+	assert_non_null(ctl_pool_name_problem(""));
+	assert_non_null(ctl_pool_name_problem("Main"));
+	assert_non_null(ctl_pool_name_problem("-main"));
+	assert_non_null(ctl_pool_name_problem("a b"));
+	assert_non_null(ctl_pool_name_problem(
+	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")); /* 64 */
+}
+
+static void test_ip_normalize(void **state)
+{
+	static const struct {
+		const char *in, *out;
+	} good[] = {
+	    {"192.0.2.25", "192.0.2.25"},     {"127.0.0.2", "127.0.0.2"},
+	    {"2001:DB8:0:0::25", "2001:db8::25"}, {"::1", "::1"},
+	    {"2001:db8:0:0:0:0:0:1", "2001:db8::1"},
+	};
+	static const char *const bad[] = {
+	    "", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4x", "10.0.0.1/24", " 10.0.0.1",
+	    "::ffff:192.0.2.1", "fe80::1%eth0", "[::1]", "example.com", "0.0.0.0", "::",
+	    "224.0.0.1", "255.255.255.255", "ff02::1", "2001:db8::1::2",
+	};
+	char out[64];
+	const char *why;
+	size_t i;
+
+	for (i = 0; i < ARRAY_LEN(good); i++) {
+		why = NULL;
+		assert_int_equal(ctl_ip_normalize(good[i].in, out, sizeof(out), &why), 0);
+		assert_string_equal(out, good[i].out);
+	}
+	for (i = 0; i < ARRAY_LEN(bad); i++) {
+		why = NULL;
+		assert_int_equal(ctl_ip_normalize(bad[i], out, sizeof(out), &why), -1);
+		assert_non_null(why);
+	}
+	/* Too small an output buffer is an error, never a truncated address. */
+	assert_int_equal(ctl_ip_normalize("2001:db8::25", out, 5, &why), -1);
+}
+
+static void test_address_normalize(void **state)
+{
+	char out[256], local65[80], long_domain[300];
+	const char *why;
+
+	assert_int_equal(ctl_address_normalize("Bob.Smith@Example.NET", out, sizeof(out), &why), 0);
+	assert_string_equal(out, "bob.smith@example.net");
+	/* Non-ASCII letters are kept as they are (the daemon lower-cases ASCII only). */
+	assert_int_equal(ctl_address_normalize("J\xc3\x9crgen@Example.de", out, sizeof(out), &why),
+	                 0);
+	assert_string_equal(out, "j\xc3\x9crgen@example.de");
+	assert_int_equal(ctl_address_normalize("a@[192.0.2.1]", out, sizeof(out), &why), 0);
+
+	memset(local65, 'a', 65);
+	snprintf(local65 + 65, sizeof(local65) - 65, "@example.net");
+	memset(long_domain, 'b', 260);
+	memcpy(long_domain, "a@", 2);
+	snprintf(long_domain + 260, sizeof(long_domain) - 260, ".net");
+	{
+		const char *const bad[] = {"",          "nobody",         "@example.net",
+		                           "user@",     "<a@example.net>", "a b@example.net",
+		                           "a\t@x.net", "a@localhost",    "a@ex\x7f.net",
+		                           "\xff@example.net", local65,   long_domain};
+		size_t i;
+
+		for (i = 0; i < ARRAY_LEN(bad); i++) {
+			why = NULL;
+			assert_int_equal(ctl_address_normalize(bad[i], out, sizeof(out), &why), -1);
+			assert_non_null(why);
+		}
+	}
+	/* The output buffer is checked before writing. */
+	assert_int_equal(ctl_address_normalize("a@example.net", out, 5, &why), -1);
+}
+
+static void test_parse_count(void **state)
+{
+	long v = -7;
+
+	assert_int_equal(ctl_parse_count("1", 1, 1000, &v), 0);
+	assert_int_equal(v, 1);
+	assert_int_equal(ctl_parse_count("1000", 1, 1000, &v), 0);
+	assert_int_equal(v, 1000);
+	assert_int_equal(ctl_parse_count("1001", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("0", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("-1", -5, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("+5", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count(" 5", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("5 ", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("12abc", 1, 1000, &v), -1);
+	assert_int_equal(ctl_parse_count("99999999999999999999999", 1, 1000, &v), -1);
+	assert_int_equal(v, 1000); /* untouched by failures */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_pool_name),
+	    cmocka_unit_test(test_ip_normalize),
+	    cmocka_unit_test(test_address_normalize),
+	    cmocka_unit_test(test_parse_count),
 	    cmocka_unit_test(test_tenant_name_examples),
 	    cmocka_unit_test(test_tenant_name_matches_schema_regex),
 	    cmocka_unit_test(test_domain_normalize),
