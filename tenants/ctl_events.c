@@ -10,8 +10,7 @@
 
 #include "tenants/ctl.h"
 
-static const char usage[] =
-    "events [--tenant TENANT] [--message ID] [--type TYPE] [--limit N]";
+static const char usage[] = "events [--tenant TENANT] [--message ID] [--type TYPE] [--limit N]";
 
 #define DEFAULT_LIMIT "100"
 #define LIMIT_MAX 100000
@@ -56,7 +55,8 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 		*slot = argv[++i];
 	}
 	if (ctl_parse_count(limit_s, 1, LIMIT_MAX, &limit) == -1) {
-		ctl_error("invalid --limit \"%s\": a whole number from 1 to %d", limit_s, LIMIT_MAX);
+		ctl_error("invalid --limit \"%s\": a whole number from 1 to %d", limit_s,
+		          LIMIT_MAX);
 		return CTL_FAIL;
 	}
 	if (message && !ctl_utf8_valid(message)) {
@@ -75,17 +75,19 @@ int ctl_cmd_events(struct ctl *c, int argc, char **argv)
 	params[2] = type;
 	params[3] = limit_s;
 	/* The newest N, then turned around: oldest first, newest last. */
-	r = ctl_exec(c, "reading events",
-	             "SELECT id, created_at, type, tenant, message_id, data FROM ("
-	             "SELECT e.id, " CTL_SQL_TIME("e.created_at") " AS created_at, e.type, "
-	             "t.name AS tenant, e.message_id, e.data::text AS data "
-	             "FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id "
-	             "WHERE ($1::bigint IS NULL OR e.tenant_id = $1::bigint) "
-	             "AND ($2::text IS NULL OR e.message_id = $2) "
-	             "AND ($3::text IS NULL OR e.type = $3 OR (right($3, 2) = '.*' "
-	             "AND left(e.type, length($3) - 1) = left($3, -1))) "
-	             "ORDER BY e.id DESC LIMIT $4::int) x ORDER BY id",
-	             4, params, NULL, NULL);
+	r = ctl_exec(
+	    c, "reading events",
+	    "SELECT id, created_at, type, tenant, message_id, data FROM ("
+	    "SELECT e.id, " CTL_SQL_TIME(
+	        "e.created_at") " AS created_at, e.type, "
+	                        "t.name AS tenant, e.message_id, e.data::text AS data "
+	                        "FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id "
+	                        "WHERE ($1::bigint IS NULL OR e.tenant_id = $1::bigint) "
+	                        "AND ($2::text IS NULL OR e.message_id = $2) "
+	                        "AND ($3::text IS NULL OR e.type = $3 OR (right($3, 2) = '.*' "
+	                        "AND left(e.type, length($3) - 1) = left($3, -1))) "
+	                        "ORDER BY e.id DESC LIMIT $4::int) x ORDER BY id",
+	    4, params, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (c->json) {

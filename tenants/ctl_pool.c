@@ -69,9 +69,8 @@ static int pool_create(struct ctl *c, int argc, char **argv)
 	if (ctl_run(c, "starting a transaction", "BEGIN") == -1)
 		return CTL_FAIL;
 	/* One default at a time (a unique index says so): the new one replaces it. */
-	if (is_default &&
-	    ctl_run(c, "clearing the previous default pool",
-	            "UPDATE pools SET is_default = false WHERE is_default") == -1)
+	if (is_default && ctl_run(c, "clearing the previous default pool",
+	                          "UPDATE pools SET is_default = false WHERE is_default") == -1)
 		goto fail;
 	params[0] = name;
 	params[1] = is_default ? "true" : "false";
@@ -87,9 +86,9 @@ static int pool_create(struct ctl *c, int argc, char **argv)
 	if (ctl_run(c, "committing", "COMMIT") == -1)
 		goto fail;
 	if (c->json)
-		ctl_json_print(json_pack("{s:o, s:s, s:b, s:s, s:[]}", "id",
-		                         ctl_json_int(PQgetvalue(r, 0, 0)), "name", name, "default",
-		                         is_default, "created_at", PQgetvalue(r, 0, 1), "addresses"));
+		ctl_json_print(json_pack(
+		    "{s:o, s:s, s:b, s:s, s:[]}", "id", ctl_json_int(PQgetvalue(r, 0, 0)), "name",
+		    name, "default", is_default, "created_at", PQgetvalue(r, 0, 1), "addresses"));
 	else
 		printf("created pool %s%s; add its source addresses with 'sendgatectl pool "
 		       "add-address %s IP --helo HOSTNAME'\n",
@@ -175,8 +174,8 @@ static int pool_add_address(struct ctl *c, int argc, char **argv)
 
 static int pool_list(struct ctl *c, int argc, char **argv)
 {
-	static const char *const head[] = {"POOL", "DEFAULT", "TENANTS", "ADDRESS", "HELO",
-	                                   "WEIGHT"};
+	static const char *const head[] = {"POOL",    "DEFAULT", "TENANTS",
+	                                   "ADDRESS", "HELO",    "WEIGHT"};
 	json_t *arr, *cur = NULL;
 	struct table t;
 	PGresult *r;
@@ -184,13 +183,15 @@ static int pool_list(struct ctl *c, int argc, char **argv)
 
 	if (argc != 2)
 		return ctl_usage(usage, "pool list takes no arguments");
-	r = ctl_exec(c, "listing pools",
-	             "SELECT p.id, p.name, p.is_default, " CTL_SQL_TIME("p.created_at") ", "
-	             "(SELECT count(*) FROM tenants t WHERE t.pool_id = p.id), "
-	             "host(a.address), a.helo, a.weight "
-	             "FROM pools p LEFT JOIN pool_addresses a ON a.pool_id = p.id "
-	             "ORDER BY p.name, a.id",
-	             0, NULL, NULL, NULL);
+	r = ctl_exec(
+	    c, "listing pools",
+	    "SELECT p.id, p.name, p.is_default, " CTL_SQL_TIME(
+	        "p.created_at") ", "
+	                        "(SELECT count(*) FROM tenants t WHERE t.pool_id = p.id), "
+	                        "host(a.address), a.helo, a.weight "
+	                        "FROM pools p LEFT JOIN pool_addresses a ON a.pool_id = p.id "
+	                        "ORDER BY p.name, a.id",
+	    0, NULL, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (c->json) {
@@ -200,9 +201,9 @@ static int pool_list(struct ctl *c, int argc, char **argv)
 				cur = json_pack("{s:o, s:o, s:b, s:s, s:o, s:[]}", "id",
 				                ctl_json_int(PQgetvalue(r, i, 0)), "name",
 				                ctl_json_text(PQgetvalue(r, i, 1)), "default",
-				                ctl_pq_bool(r, i, 2), "created_at", PQgetvalue(r, i, 3),
-				                "tenants", ctl_json_int(PQgetvalue(r, i, 4)),
-				                "addresses");
+				                ctl_pq_bool(r, i, 2), "created_at",
+				                PQgetvalue(r, i, 3), "tenants",
+				                ctl_json_int(PQgetvalue(r, i, 4)), "addresses");
 				json_array_append_new(arr, cur);
 			}
 			if (!PQgetisnull(r, i, 5))

@@ -293,13 +293,13 @@ static int queue_show(struct ctl *c, int argc, char **argv)
 		rcpts = json_array();
 		for (i = 0; i < env->nrcpts; i++)
 			json_array_append_new(
-			    rcpts, json_pack("{s:o, s:s, s:i, s:o, s:o}", "address",
-			                     ctl_json_text(env->rcpts[i]), "state",
-			                     queue_rcpt_state_str(st[i].state), "attempts",
-			                     st[i].attempts, "last_attempt", time_json(st[i].last),
-			                     "next_attempt",
-			                     st[i].state == QRCPT_DEFERRED ? time_json(st[i].next)
-			                                                   : json_null()));
+			    rcpts,
+			    json_pack("{s:o, s:s, s:i, s:o, s:o}", "address",
+			              ctl_json_text(env->rcpts[i]), "state",
+			              queue_rcpt_state_str(st[i].state), "attempts", st[i].attempts,
+			              "last_attempt", time_json(st[i].last), "next_attempt",
+			              st[i].state == QRCPT_DEFERRED ? time_json(st[i].next)
+			                                            : json_null()));
 		flags = json_array();
 		if (env->flags & QFLAG_8BITMIME)
 			json_array_append_new(flags, json_string("8bitmime"));
@@ -395,8 +395,8 @@ static int queue_retry(struct ctl *c, int argc, char **argv)
 	close(fd);
 	give_to_spool_owner(&owner, file);
 	if (c->json)
-		ctl_json_print(json_pack("{s:s, s:o}", "id", argv[2], "retry_file",
-		                         ctl_json_text(file)));
+		ctl_json_print(
+		    json_pack("{s:s, s:o}", "id", argv[2], "retry_file", ctl_json_text(file)));
 	else
 		printf("asked delivery to try %s now (%s)\n", argv[2], file);
 	return CTL_OK;
@@ -439,7 +439,8 @@ static int queue_delete(struct ctl *c, int argc, char **argv)
 		rcpts = json_array();
 		for (i = 0; i < m.env.nrcpts; i++)
 			json_array_append_new(rcpts, ctl_json_text(m.env.rcpts[i]));
-		json_object_set_new(data, "sender", ctl_json_text(m.env.sender ? m.env.sender : ""));
+		json_object_set_new(data, "sender",
+		                    ctl_json_text(m.env.sender ? m.env.sender : ""));
 		json_object_set_new(data, "recipients", rcpts);
 	}
 	json_object_set_new(data, "by", json_string("sendgatectl"));

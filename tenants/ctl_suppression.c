@@ -42,8 +42,9 @@ static int supp_list(struct ctl *c, int argc, char **argv)
 		return CTL_FAIL;
 	params[0] = tid;
 	r = ctl_exec(c, "listing suppressions",
-	             "SELECT address, reason, message_id, " CTL_SQL_TIME("created_at") " "
-	             "FROM suppressions WHERE tenant_id = $1 ORDER BY address",
+	             "SELECT address, reason, message_id, " CTL_SQL_TIME(
+	                 "created_at") " "
+	                               "FROM suppressions WHERE tenant_id = $1 ORDER BY address",
 	             1, params, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
