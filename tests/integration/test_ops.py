@@ -436,6 +436,44 @@ def test_dockerfile_shape():
         assert (sec, key) in keys, "%s names no config key" % n
 
 
+def build_stage_copies():
+    """[(source in the repository, destination under WORKDIR)] of the build stage."""
+    out = []
+    for st, w, rest in dockerfile_instructions():
+        if st == stage_index("build") and w == "COPY" and not rest.startswith("--"):
+            parts = rest.split()
+            for src in parts[:-1]:
+                out.append((src, parts[-1]))
+    return out
+
+
+@pytest.mark.slow
+def test_dockerfile_build_stage_builds(tmp_path):
+    """What the build stage copies is enough for its make command: the same
+    copy, built here the same way, yields working binaries."""
+    src = tmp_path / "src"
+    src.mkdir()
+    copies = build_stage_copies()
+    with open(os.path.join(REPO, "Makefile")) as f:
+        mk = f.read()
+    folders = re.search(r"^FOLDERS\s*=\s*(.*)$", mk, re.M).group(1).split()
+    copied = {s.rstrip("/") for s, _ in copies}
+    assert not set(folders) - copied, "build stage does not copy %s" % (set(folders) - copied)
+    for s_, dst in copies:
+        target = src / dst.lstrip("./") if dst not in ("./", ".") else src
+        if os.path.isdir(os.path.join(REPO, s_)):
+            shutil.copytree(os.path.join(REPO, s_), str(src / s_.rstrip("/")))
+        else:
+            os.makedirs(str(target) if dst.endswith("/") else str(target.parent), exist_ok=True)
+            shutil.copy(os.path.join(REPO, s_), str(target if not dst.endswith("/") else target / os.path.basename(s_)))
+    out = tmp_path / "out"
+    r = subprocess.run(["make", "BUILD=%s" % out, "-j2", "%s/sendgate" % out, "%s/sendgatectl" % out],
+                       cwd=str(src), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, "build from the build stage's files failed:\n%s" % r.stderr[-3000:]
+    h.run([str(out / "sendgate"), "-V"], timeout=15)
+    h.run([str(out / "sendgatectl"), "version"], timeout=15)
+
+
 def healthcheck_argv():
     for st, w, rest in dockerfile_instructions():
         if w == "HEALTHCHECK":
