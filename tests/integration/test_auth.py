@@ -361,3 +361,17 @@ def test_failing_address_is_slowed_down(daemon_factory, tenant):
     assert c.auth_plain(tenant.username, tenant.secret).code == 235
     assert time.monotonic() - t0 < 3.0, "another client address was slowed down too"
     c.quit()
+
+
+HOSTILE_USERS = ["x' OR '1'='1", "x\\", "%s%n", "a" * 300, "\u00fcser", "x\";--"]
+
+
+@pytest.mark.parametrize("n", range(len(HOSTILE_USERS)))
+def test_hostile_usernames(daemon, tenant, n):
+    user = HOSTILE_USERS[n]
+    c = h.SMTPClient.connect(daemon.smtps_port, tls=True, source="127.0.1.%d" % (n + 1))
+    c.ehlo()
+    r = c.auth_plain(user, tenant.secret)
+    assert r.code in (535, 501), "AUTH as %r: %r" % (user, r)
+    c.quit()
+    assert daemon.alive()
