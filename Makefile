@@ -74,13 +74,14 @@ $(BUILD)/libtenants.a: $(call lib_objs,tenants) $(BUILD)/tenants/migrations_gen.
 	rm -f $@
 	ar rcs $@ $^
 
+# The folders' libraries call each other: link them as one group.
 $(BUILD)/sendgate: $(BUILD)/smtpd/main.o $(LIBS)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(LIBS) -Wl,--end-group $(LDLIBS)
 
 # The admin tool never needs the SMTP server's code.
 CTL_LIBS = $(filter-out $(BUILD)/libsmtpd.a,$(LIBS))
 $(BUILD)/sendgatectl: $(patsubst %.c,$(BUILD)/%.o,$(wildcard tenants/ctl*.c)) $(CTL_LIBS)
-	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(CTL_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(CTL_LIBS) -Wl,--end-group $(LDLIBS)
 
 $(BUILD)/sendgate-bench: $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c)) $(BUILD)/libcommon.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcommon.a $(LDLIBS)

@@ -411,6 +411,9 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	smtpd_drop_privileges(cfg);
 	if (cfg->delivery_enabled)
 		child_start(&srv);
+	/* DNS checks of every domain, on a thread of their own. */
+	if (verify_thread_start(cfg) == -1)
+		fatal("event=start_failed error=\"cannot start the DNS verification thread\"");
 	srv.ev_sigterm = evsignal_new(srv.base, SIGTERM, on_stop_signal, &srv);
 	srv.ev_sigint = evsignal_new(srv.base, SIGINT, on_stop_signal, &srv);
 	srv.ev_sighup = evsignal_new(srv.base, SIGHUP, on_hup, &srv);
@@ -427,6 +430,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 
 	log_info("event=stopped sessions=%d", srv.nsessions);
 	stop_listening(&srv);
+	verify_thread_stop();
 	child_finish(&srv, STOP_GRACE);
 	admin_stop(&srv);
 	signer_free(srv.signer);
