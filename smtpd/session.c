@@ -452,9 +452,12 @@ static void domain_refusal(struct session *s, const char *what, const char *doma
 	if (strcmp(why, "other_tenant") == 0 || strcmp(why, "not_found") == 0)
 		reply_err(s, "550 5.7.1 %s domain %s is not a sending domain of tenant %s", what, domain,
 			  s->who.tenant);
-	else if (strcmp(why, "broken") == 0)
-		reply_err(s, "550 5.7.1 %s domain %s of tenant %s has broken DNS records; fix them with "
-			  "'sendgatectl domain show %s'", what, domain, s->who.tenant, domain);
+	else if (strcmp(why, "broken") == 0) {
+		const char *failing = store_domain_failing(s->srv->store, domain);
+		reply_err(s, "550 5.7.1 %s domain %s of tenant %s has broken DNS records (%s) and its "
+			  "grace period is over",
+			  what, domain, s->who.tenant, failing ? failing : "see sendgatectl domain show");
+	}
 	else
 		reply_err(s, "550 5.7.1 %s domain %s of tenant %s is not verified yet (state %s)", what,
 			  domain, s->who.tenant, why);

@@ -75,6 +75,7 @@ struct cred {
 enum dstate { D_PENDING, D_PARTIAL, D_VERIFIED, D_BROKEN };
 
 struct dom {
+	char failing[200]; /* required records failing, in words (broken domains) */
 	int return_path_verified;
 	int64_t tenant_id;
 	enum dstate state;
@@ -209,6 +210,7 @@ static struct dom *dom_from_row(PGresult *res, int i)
 	d->operator_verified = PQgetvalue(res, i, 3)[0] == 't';
 	d->broken_since = PQgetisnull(res, i, 4) ? 0 : (time_t)strtoll(PQgetvalue(res, i, 4), NULL, 10);
 	d->return_path_verified = PQgetvalue(res, i, 5)[0] == 't';
+	snprintf(d->failing, sizeof(d->failing), "%s", PQgetvalue(res, i, 6));
 	return d;
 }
 
@@ -246,14 +248,15 @@ static const char SQL_LOAD_CREDS[] =
     "JOIN tenants t ON t.id = c.tenant_id WHERE c.revoked_at IS NULL";
 static const char SQL_LOAD_DOMAINS[] =
     "SELECT name, tenant_id, state, operator_verified, "
-    "extract(epoch FROM broken_since)::bigint, return_path_verified FROM domains";
+    "extract(epoch FROM broken_since)::bigint, return_path_verified, failing_records "
+    "FROM domains";
 static const char SQL_AUTH[] =
     "SELECT c.username, c.secret_sha256, c.tenant_id, t.name FROM credentials c "
     "JOIN tenants t ON t.id = c.tenant_id WHERE c.username = $1 AND c.revoked_at IS NULL";
 static const char SQL_DOMAIN[] =
     "SELECT name, tenant_id, state, operator_verified, "
-    "extract(epoch FROM broken_since)::bigint, return_path_verified FROM domains "
-    "WHERE name = $1";
+    "extract(epoch FROM broken_since)::bigint, return_path_verified, failing_records "
+    "FROM domains WHERE name = $1";
 static const char SQL_LOAD_SUPPR[] =
     "SELECT tenant_id, address, reason, extract(epoch FROM created_at)::bigint "
     "FROM suppressions";
@@ -567,6 +570,13 @@ int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *
 	for (i = 0; i < p->n && i < max; i++)
 		out[i] = p->a[i];
 	return i;
+}
+
+const char *store_domain_failing(struct store *st, const char *domain)
+{
+	struct dom *d = hmap_get(st->domains, domain);
+
+	return d && d->failing[0] ? d->failing : NULL;
 }
 
 int store_return_path_ok(struct store *st, const char *domain)

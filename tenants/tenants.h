@@ -141,6 +141,8 @@ struct pool_address {
  */
 int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *out, int max,
 		      char *pool_name, size_t namelen);
+/* The failing required records of a broken domain, in words, or NULL. */
+const char *store_domain_failing(struct store *st, const char *domain);
 /* 1 when domain's return-path CNAME is verified (use it for VERP). */
 int store_return_path_ok(struct store *st, const char *domain);
 
