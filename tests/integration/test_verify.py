@@ -495,13 +495,13 @@ def test_scheduled_checks_are_spread_and_never_doubled(sched_daemons, vctl, dns,
     name = h.unique_name("sp")
     vctl.tenant_create(name)
     doms = ["d%d.%s.example" % (i, name) for i in range(6)]
+    t0 = time.monotonic()  # each domain is due from its creation on
     for d in doms:
         # Each check then lasts a DNS timeout (300 ms): long enough for the
         # two schedulers' batches to overlap, which is when a domain could
         # be taken by both.
         dns.timeout("_dmarc." + d)
         vctl("domain", "add", name, d)
-    t0 = time.monotonic()
     time.sleep(4 * h.SLOW)
     rows = pg.sql("SELECT v.checks, extract(epoch FROM v.next_check_at - now())"
                   " FROM domain_verify v JOIN domains d ON d.id = v.domain_id"
