@@ -818,6 +818,10 @@ static int conn_open(struct worker *w)
 void worker_close_all(struct worker *w)
 {
 	w->holding = 0;
-	while (w->conns)
-		conn_close(w->conns, 0, ERR_DISCONNECT, "in flight when the run stopped");
+	while (w->conns) {
+		/* A message in flight when the run stops has no outcome: it is
+		 * reported as not sent, not as failed. */
+		w->conns->msg_id = -1;
+		conn_close(w->conns, 0, ERR_DISCONNECT, NULL);
+	}
 }

@@ -82,7 +82,7 @@ def run_bench(exe, argv, timeout, server_pid=None):
         data = json.loads(r.stdout) if r.stdout.strip() else None
     except ValueError:
         data = None
-    if data is not None:
+    if data is not None and server_pid:
         data["client_cpu_s"] = round((after.ru_utime - before.ru_utime)
                                      + (after.ru_stime - before.ru_stime), 3)
         data["server_cpu_s"] = round(srv1 - srv0, 3)
@@ -95,11 +95,46 @@ def fmt_load(name, rc, d, err):
     lat = d["latency_ms"]
     errs = ", ".join("%s:%d" % (k, v["count"]) for k, v in d["errors"].items())
     n = max(d["accepted"], 1)
+    cpu = ""
+    if "server_cpu_s" in d:
+        cpu = "  cpu/msg client %4.0f us server %5.0f us" % (d["client_cpu_s"] / n * 1e6,
+                                                            d["server_cpu_s"] / n * 1e6)
     return ("%-11s %7.1f msg/s  p50 %6.2f  p90 %6.2f  p99 %7.2f  max %7.2f ms  "
-            "%d/%d ok%s  cpu/msg client %4.0f us server %5.0f us  (%.1f s)"
+            "%d/%d ok%s%s  (%.1f s)"
             % (name, d["msgs_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
-               d["accepted"], d["messages"], ("  errors " + errs) if errs else "",
-               d["client_cpu_s"] / n * 1e6, d["server_cpu_s"] / n * 1e6, d["wall_s"]))
+               d["accepted"], d["messages"], ("  errors " + errs) if errs else "", cpu,
+               d["wall_s"]))
+
+
+def neighbour(exe, ctl, daemon, quick):
+    """A quiet tenant sending 20 msg/s, alone and then while a second tenant
+    floods with 50 connections: how much does the neighbour cost it?"""
+    quiet, loud = h.setup_tenant(ctl), h.setup_tenant(ctl)
+    n = 100 if quick else 400
+
+    def argv(t, extra):
+        return ["-H", "127.0.0.1", "-p", str(daemon.submission_port), "-u", t.username,
+                "-P", t.secret, "--from", t.addr("bench")] + extra
+
+    quiet_args = argv(quiet, ["-c", "2", "--rate", "20", "-n", str(n)])
+    rc, alone, err = run_bench(exe, quiet_args, timeout=600, server_pid=daemon.proc.pid)
+    print(fmt_load("quiet-alone", rc, alone, err), flush=True)
+    flood = subprocess.Popen([exe, "--json", "-q"] + argv(loud, ["-c", "50", "-n", "100000000"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # the flood is at full speed before the quiet tenant starts
+        rc, shared, err = run_bench(exe, quiet_args, timeout=600)
+    finally:
+        flood.send_signal(signal.SIGINT)
+        fout, ferr = flood.communicate(timeout=120)
+    print(fmt_load("quiet-flood", rc, shared, err), flush=True)
+    try:
+        loud_d = json.loads(fout)
+    except ValueError:
+        loud_d = None
+    if loud_d is not None:
+        print(fmt_load("the-flood", 0, loud_d, ferr.strip()) + "  (stopped by ^C)", flush=True)
+    return [("quiet-alone", alone), ("quiet-flood", shared), ("the-flood", loud_d)]
 
 
 def fmt_idle(name, rc, d, err):
@@ -137,7 +172,7 @@ def main():
     args.build = os.path.abspath(args.build)
     exe = bench_exe(args.build)
     only = set(filter(None, args.only.split(",")))
-    known = {s[0] for s in SCENARIOS} | {s[0] for s in IDLE}
+    known = {s[0] for s in SCENARIOS} | {s[0] for s in IDLE} | {"neighbour"}
     if only - known:
         sys.exit("unknown scenario(s): %s (known: %s)" % (", ".join(sorted(only - known)),
                                                            ", ".join(sorted(known))))
@@ -180,6 +215,9 @@ def main():
                                    timeout=1800, server_pid=daemon.proc.pid)
             results[name] = d if d is not None else {"exit": rc, "stderr": err}
             print(fmt_load(name, rc, d, err), flush=True)
+        if not only or "neighbour" in only:
+            for name, d in neighbour(exe, ctl, daemon, args.quick):
+                results[name] = d
         for name, sec, n_full, n_quick in IDLE:
             if only and name not in only:
                 continue
