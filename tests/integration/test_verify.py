@@ -237,6 +237,25 @@ def test_cname_with_wrong_target(vctl, dns):
     assert len(steps) == 1 and right in steps[0] and wrong in steps[0], v["next_steps"]
 
 
+def test_txt_mode_keys(vctl, dns):
+    name = h.unique_name("vt")
+    vctl.tenant_create(name)
+    dom = "%s.example" % name
+    added = vctl("domain", "add", name, dom, "--dkim-mode", "txt")
+    dkim, = records(added, "dkim")  # one key: its selector, as TXT
+    assert dkim["type"] == "TXT" and dkim["value"].startswith("v=DKIM1; k=rsa; p="), dkim
+    assert dkim["name"] == "%s._domainkey.%s" % (dkim["selector"], dom)
+    publish(dns, added, ["spf", "dkim"])
+    v = vctl("domain", "verify", dom)
+    assert check(v, "dkim", dkim["selector"])["status"] == "verified"
+    assert v["state"] == "verified"
+    # Another key published there (say, an old one pasted back): mismatch, and broken.
+    dns.set(dkim["name"], "TXT", ["v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"])
+    v = vctl("domain", "verify", dom)
+    assert check(v, "dkim", dkim["selector"])["status"] == "mismatch"
+    assert (v["state"], v["event"]) == ("broken", "domain.broken")
+
+
 def test_existing_spf_merged(vctl, dns):
     _, dom, added = new_domain(vctl)
     publish(dns, added, ["dkim"])
@@ -479,6 +498,7 @@ def test_scheduled_checks_follow_the_zone(sched_daemons, vctl, dns, pg):
         return r if r.code == 550 else None
     r = h.eventually(refused, timeout=10, interval=0.5, what="550 after the grace period")
     assert r.enhanced == "5.7.1" and dom in r.text, r
+    assert "sg1._domainkey.%s (missing)" % dom in r.text, r  # the broken records, named
     assert mail_from(long_grace, t, dom).code == 250
 
     # Restored: verified again, event recorded, accepted everywhere.
