@@ -80,6 +80,7 @@ int msg_rcpt(const struct bench_msg *m, long long n, char *out, size_t outlen);
  */
 int msg_headers(const struct bench_msg *m, long long id, const char *rcpt, char *out,
                 size_t outlen);
+/* Frees what msg_init allocated. */
 void msg_free(struct bench_msg *m);
 
 /* ---- stats.c: latencies and errors of one thread ------------------------ */
@@ -109,8 +110,11 @@ struct stats {
 	long long conn_failed; /* closed by an error (any stage) */
 };
 
+/* Zeroes s; the sample arrays grow on first use. */
 void stats_init(struct stats *s);
+/* Records one end-of-data latency sample. */
 void stats_latency(struct stats *s, uint64_t usec);
+/* Records one connect-to-ready time. */
 void stats_setup(struct stats *s, uint64_t usec);
 /* Counts one failed message under code; text is the reply (may be NULL). */
 void stats_error(struct stats *s, int code, const char *text);
@@ -122,6 +126,7 @@ void stats_finish(struct stats *s);
 uint64_t stats_pct(const uint32_t *v, size_t n, double p);
 /* Short label for an error code: "550", "disconnect", "timeout". */
 const char *stats_code_name(int code, char *buf, size_t len);
+/* Frees the sample arrays. */
 void stats_free(struct stats *s);
 
 /* ---- conn.c: one connection's state machine ----------------------------- */
