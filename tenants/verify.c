@@ -535,6 +535,28 @@ out:
 	return rc;
 }
 
+/*
+ * Puts a domain that could not be checked at all back by pending_interval,
+ * so that it never keeps the front of the queue. 0 or -1.
+ */
+static int job_postpone(struct verifier *v, PGconn *db, const struct job *j, char *err,
+                        size_t errlen)
+{
+	char next[32];
+	const char *p[2] = {j->id, next};
+	PGresult *r;
+
+	log_warn("event=verify_skipped domain=%s error=\"not a domain name that can be checked\"",
+	         j->name);
+	snprintf(next, sizeof(next), "%d", v->sched.pending_interval);
+	r = q(db, "postponing the check",
+	      "UPDATE domain_verify SET next_check_at = now() + $2::bigint * interval '1 second',"
+	      " last_checked_at = now() WHERE domain_id = $1",
+	      2, p, err, errlen);
+	PQclear(r);
+	return r ? 0 : -1;
+}
+
 static void log_move(const struct job *j, const char *origin)
 {
 	char qd[300], qf[600];
@@ -567,8 +589,12 @@ static int run_batch(struct verifier *v, PGconn *db, const PGresult *r, int flag
 	for (i = 0; i < b.n; i++) {
 		struct job *j = &b.jobs[i];
 
-		if (!j->done)
+		if (!j->done) {
+			/* Cannot be checked (a name DNS cannot take): not due again at once. */
+			if (job_postpone(v, db, j, err, errlen) == -1)
+				goto out;
 			continue;
+		}
 		job_decide(v, j, now);
 		if (b.n > 1 && run_sql(db, "checking domains", "SAVEPOINT job", err, errlen) == -1)
 			goto out;
@@ -734,7 +760,7 @@ static void *verify_thread_main(void *arg)
 	struct verifier *v;
 	PGconn *db = NULL;
 	char err[512];
-	int backoff = 1000, n;
+	int backoff = 1000, fail_nap = 1000, n;
 
 	memset(&dc, 0, sizeof(dc));
 	dc.servers = vt.cfg.dns_servers;
@@ -770,13 +796,19 @@ static void *verify_thread_main(void *arg)
 		n = verify_due(v, db, VERIFY_BATCH, err, sizeof(err));
 		if (n == -1) {
 			if (!atomic_load(&vt.stop))
-				log_warn("event=verify_failed error=\"%s\"", err);
+				log_warn("event=verify_failed error=\"%s\" retry_in=%ds", err,
+				         fail_nap / 1000);
 			if (PQstatus(db) != CONNECTION_OK) {
 				PQfinish(db);
 				db = NULL;
 			}
-			nap(1000);
-		} else if (n < VERIFY_BATCH) {
+			/* A lasting failure (schema not migrated yet) must not flood the log. */
+			nap(fail_nap);
+			fail_nap = fail_nap * 2 > 60000 ? 60000 : fail_nap * 2;
+			continue;
+		}
+		fail_nap = 1000;
+		if (n < VERIFY_BATCH) {
 			nap(1000);
 		}
 	}
