@@ -179,6 +179,7 @@ def main():
     work = tempfile.mkdtemp(prefix="sgbench-", dir="/var/tmp")
     spool = args.spool_dir or os.path.join(work, "spool")
     pg = daemon = None
+    keep_work = False
     results = {}
     try:
         pg = h.Postgres()
@@ -239,15 +240,21 @@ def main():
     finally:
         if daemon is not None:
             try:
-                daemon.stop()
+                rc = daemon.stop()
+                if rc not in (0, None):
+                    print("sendgate exited %r after SIGTERM" % rc)
             except AssertionError as e:
                 print(e)
+            report = daemon.sanitizer_report()
+            if report:
+                keep_work = True
+                print("sanitizer report in the daemon's log (%s):\n%s" % (daemon.logfile, report))
         if pg is not None:
             pg.stop()
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
-        if not args.spool_dir:
+        if not args.spool_dir and not keep_work:
             shutil.rmtree(work, ignore_errors=True)
     return 0
 
