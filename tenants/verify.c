@@ -461,7 +461,8 @@ static int job_store(PGconn *db, struct job *j, const char *origin, char *err, s
 	report = json_dumps(j->report, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	if (report == NULL)
 		abort();
-	if (j->move.state != j->from || j->move.broken_since != 0 || rp != j->rp_verified ||
+	if (j->move.state != j->from || j->move.broken_since == 1 ||
+	    (j->move.broken_since == -1 && j->broken_since != 0) || rp != j->rp_verified ||
 	    !str_eq(failing, j->failing_old)) {
 		const char *p[5] = {j->id, state,
 		                    j->move.broken_since == 1    ? "set"

@@ -215,6 +215,11 @@ def test_verified_and_return_path(vctl, dns, pg):
     assert check(v, "return_path")["status"] == "verified"
     assert v["state"] == "verified" and v["event"] is None
     assert pg.scalar("SELECT return_path_verified FROM domains WHERE name = '%s'" % dom) == "t"
+    # Nothing changed: the domains row is left alone (each UPDATE of it makes
+    # every daemon reload its domain cache).
+    xmin = pg.scalar("SELECT xmin FROM domains WHERE name = '%s'" % dom)
+    assert vctl("domain", "verify", dom)["state"] == "verified"
+    assert pg.scalar("SELECT xmin FROM domains WHERE name = '%s'" % dom) == xmin
     # The text form of verify: one line per record.
     r = vctl.raw("domain", "verify", dom, json_out=False)
     assert r.returncode == 0 and "%s: verified (unchanged)" % dom in r.stdout, r.stdout
