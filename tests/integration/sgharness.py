@@ -13,6 +13,7 @@ every subprocess call has a timeout.
     d.stop()
 """
 
+import atexit
 import base64
 import glob
 import json
@@ -114,6 +115,8 @@ class Postgres:
         os.chmod(self.dir, 0o755)
         self.started_here = False
         self.fsync = fsync
+        if self.temp:
+            atexit.register(self.stop)  # a throwaway cluster never outlives its user
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
             self._pg(["initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
                       "-E", "UTF8", "--locale=C"] + ([] if fsync else ["--no-sync"]), timeout=120)
