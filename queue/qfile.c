@@ -107,7 +107,8 @@ int queue_list_files(const char *dir, void (*fn)(void *arg, const char *path), v
 		return -1;
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), name_cmp);
+	if (n > 1) /* qsort(NULL, 0) is undefined */
+		qsort(names, n, sizeof(*names), name_cmp);
 	for (i = 0; i < n; i++) {
 		buf_reset(&path);
 		if (buf_printf(&path, "%s/queue/%s", dir, names[i]) == 0)
