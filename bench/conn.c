@@ -177,6 +177,14 @@ static void conn_close(struct conn *c, int failed, int code, const char *text)
 		w->st.conn_failed++;
 	if (c->in_setup)
 		w->in_setup--;
+	if (c->bev && c->tls_done && !failed) {
+		/* A clean TLS close (close_notify), so that the server does not
+		 * log a truncated session; one non-blocking try is enough. */
+		SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+
+		if (ssl)
+			SSL_shutdown(ssl);
+	}
 	if (c->bev)
 		bufferevent_free(c->bev);
 	if (!c->bev_owns_fd && c->fd >= 0)
