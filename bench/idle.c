@@ -274,10 +274,11 @@ int idle_run(struct bench_run *run)
 			        "sendgate-bench: warning: server pid %d may open only %lld files "
 			        "and has %lld open; %d more connections will hit EMFILE there. "
 			        "Start it with a higher limit (ulimit -n %lld, or LimitNOFILE= in "
-			        "its systemd unit); prlimit --pid %d --nofile=%lld works only on "
-			        "a process that is still dumpable\n",
+			        "its systemd unit); prlimit --pid %d --nofile=%lld needs "
+			        "CAP_SYS_RESOURCE once it runs as another user\n",
 			        (int)o->pid, S.fd_limit, S.before.fds, o->idle,
-			        S.before.fds + o->idle + 64, (int)o->pid, S.before.fds + o->idle + 64);
+			        S.before.fds + o->idle + 64, (int)o->pid,
+			        S.before.fds + o->idle + 64);
 	}
 	S.timer = evtimer_new(w->base, timer_cb, NULL);
 	S.progress = event_new(w->base, -1, EV_PERSIST, progress_cb, NULL);
