@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,13 +22,26 @@
 
 static void child_spawn(struct server *srv)
 {
+	pid_t parent = getpid();
 	pid_t pid = fork();
 
 	if (pid == -1) {
 		log_err("event=delivery_spawn_failed error=\"%s\"", strerror(errno));
+		/* Tried again by the restart timer. */
+		srv->child_backoff = srv->child_backoff ? srv->child_backoff : 1;
+		{
+			struct timeval tv = {srv->child_backoff, 0};
+			evtimer_add(srv->ev_child_restart, &tv);
+		}
 		return;
 	}
 	if (pid == 0) {
+		/* The child must neither outlive the daemon (it would keep the
+		 * spool busy) nor hold its sockets: keep only stdio. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != parent)
+			_exit(1);
+		closefrom(3);
 		execl("/proc/self/exe", "sendgate", "--delivery-only", "-c", srv->cfg->path,
 		      (char *)NULL);
 		_exit(127);
@@ -71,6 +85,8 @@ static void on_sigchld(evutil_socket_t sig, short what, void *arg)
 			srv->child_backoff = 1;
 		else if (srv->child_backoff < RESTART_MAX)
 			srv->child_backoff = srv->child_backoff ? srv->child_backoff * 2 : 1;
+		if (srv->child_backoff > RESTART_MAX)
+			srv->child_backoff = RESTART_MAX;
 		{
 			struct timeval tv = {srv->child_backoff, 0};
 			evtimer_add(srv->ev_child_restart, &tv);

@@ -136,6 +136,7 @@ int main(int argc, char **argv)
 	if (config_load(&cfg, path, err, sizeof(err)) == -1) {
 		log_err("event=config_error error=\"%s\"", err);
 		fprintf(stderr, "sendgate: %s\n", err);
+		config_free(&cfg);
 		return 1;
 	}
 	if (strcmp(cfg.log_target, "syslog") == 0)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -137,6 +138,53 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	session_start(srv, fd, addr, la->implicit_tls, id, delay);
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	int i;
+
+	for (i = 0; i < srv->nlisteners; i++)
+		evconnlistener_enable(srv->listeners[i]);
+}
+
+/* Out of descriptors: stop accepting for a second instead of spinning. */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+	struct server *srv = ((struct listener_arg *)arg)->srv;
+	int err = EVUTIL_SOCKET_ERROR(), i;
+
+	if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
+		return;
+	log_err("event=accept_paused error=\"%s\" sessions=%d", strerror(err), srv->nsessions);
+	for (i = 0; i < srv->nlisteners; i++)
+		evconnlistener_disable(srv->listeners[i]);
+	if (srv->ev_accept_resume == NULL)
+		srv->ev_accept_resume = evtimer_new(srv->base, resume_accepting, srv);
+	{
+		struct timeval tv = {1, 0};
+		evtimer_add(srv->ev_accept_resume, &tv);
+	}
+}
+
+/*
+ * Each session holds a socket and, while a message is open, a spool file:
+ * make sure the descriptor limit fits max_connections.
+ */
+static void raise_fd_limit(const struct config *cfg)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)cfg->max_connections * 2 + 256;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < want)
+		log_warn("event=fd_limit limit=%llu wanted=%llu note=\"max_connections may not be "
+			 "reachable; raise the hard limit (ulimit -Hn)\"",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
 static int listen_on(struct server *srv, const struct listen_addr *la, int implicit_tls, char *err,
 		     size_t errlen)
 {
@@ -157,12 +205,14 @@ static int listen_on(struct server *srv, const struct listen_addr *la, int impli
 	largs[implicit_tls].srv = srv;
 	largs[implicit_tls].implicit_tls = implicit_tls;
 	l = evconnlistener_new_bind(srv->base, on_accept, &largs[implicit_tls],
-				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 1024,
+				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+				    1024,
 				    (struct sockaddr *)&ss, sslen);
 	if (l == NULL) {
 		snprintf(err, errlen, "cannot listen on %s: %s", spec, strerror(errno));
 		return -1;
 	}
+	evconnlistener_set_error_cb(l, on_accept_error);
 	srv->listeners[srv->nlisteners++] = l;
 	log_info("event=listening address=%s mode=%s", spec, implicit_tls ? "smtps" : "submission");
 	return 0;
@@ -296,6 +346,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	SSL_CTX_free(srv->tls);
 	srv->tls = ctx;
 	config_free(&nc);
+	child_signal(srv, SIGHUP);
 	log_info("event=reload result=ok");
 }
 
@@ -370,6 +421,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	srv.tls = tls_server_ctx(cfg->tls_cert, cfg->tls_key, err, sizeof(err));
 	if (srv.tls == NULL)
 		fatal("event=start_failed config=%s error=\"%s\"", config_path, err);
+	raise_fd_limit(cfg);
 	srv.spool = spool_open(srv.base, cfg->spool_dir, cfg->commit_threads, err, sizeof(err));
 	if (srv.spool == NULL)
 		fatal("event=start_failed error=\"spool %s: %s\"", cfg->spool_dir, err);
@@ -397,8 +449,9 @@ int smtpd_run(struct config *cfg, const char *config_path)
 		srv.bcanon = strstr(cfg->dkim_canonicalization, "/simple") ? DKIM_CANON_SIMPLE
 									    : DKIM_CANON_RELAXED;
 	} else {
-		log_warn("event=dkim_disabled reason=\"[dkim] master_key_file is not set: messages "
-			 "are queued unsigned\"");
+		fatal("event=start_failed config=%s error=\"[dkim] master_key_file: not set; sendgate "
+		      "never queues unsigned mail (make one with 'openssl rand -hex 32')\"",
+		      config_path);
 	}
 	for (n = 0; n < cfg->n_submission_listen; n++)
 		if (listen_on(&srv, &cfg->submission_listen[n], 0, err, sizeof(err)) == -1)
@@ -429,6 +482,11 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	event_base_dispatch(srv.base);
 
 	log_info("event=stopped sessions=%d", srv.nsessions);
+	/* Sessions still open at the deadline go first, so no callback of
+	 * the signer, spool or store can reach them afterwards. */
+	for (i = 0; i < srv.nslots; i++)
+		if (srv.slots[i])
+			session_abort(srv.slots[i]);
 	stop_listening(&srv);
 	verify_thread_stop();
 	child_finish(&srv, STOP_GRACE);
@@ -442,6 +500,8 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	event_free(srv.ev_sighup);
 	if (srv.ev_stop_timer)
 		event_free(srv.ev_stop_timer);
+	if (srv.ev_accept_resume)
+		event_free(srv.ev_accept_resume);
 	hmap_free(srv.clients, free);
 	free(srv.slots);
 	free(srv.free_slots);

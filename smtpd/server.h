@@ -55,6 +55,7 @@ struct server {
 	struct event *ev_sigint;
 	struct event *ev_sighup;
 	struct event *ev_stop_timer;
+	struct event *ev_accept_resume;
 	int ready_logged;
 
 	/* the delivery process (child.c) */
@@ -111,5 +112,7 @@ void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int
 		   uint64_t id, int greeting_delay);
 /* Asks the session to finish at the next command boundary (shutdown). */
 void session_shutdown(struct session *s);
+/* Frees a session at exit, without callbacks or replies. */
+void session_abort(struct session *s);
 
 #endif

@@ -57,6 +57,7 @@ struct txn {
 	char from_domain[256];
 	char sender_domain[256];
 	uint64_t t_eod;
+	char qid[QUEUE_ID_LEN + 1]; /* set once queued */
 };
 
 struct session {
@@ -75,6 +76,7 @@ struct session {
 	int in_process;
 	int close_now;
 	int close_after_write;
+	int eof; /* the client sent FIN: finish what is buffered, then close */
 	int discarding;
 	enum auth_step auth_step;
 	int auth_failures;
@@ -313,16 +315,18 @@ static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 	if (ok == 1) {
 		s->authed = 1;
 		s->who = *who;
-		log_info("event=auth client=%s user=%s tenant=%s result=ok", s->addr, s->user,
-			 who->tenant);
+		char q[600];
+		log_info("event=auth client=%s user=%s tenant=%s result=ok", s->addr,
+			 log_quote(q, sizeof(q), s->user), who->tenant);
 		reply(s, "235 2.7.0 Authentication successful");
 	} else if (ok == 0) {
 		s->auth_failures++;
 		ca = server_client(s->srv, s->addr);
 		ca->auth_failures++;
 		ca->last_failure = time(NULL);
-		log_warn("event=auth client=%s user=%s result=failed failures=%d", s->addr, s->user,
-			 s->auth_failures);
+		char q[600];
+		log_warn("event=auth client=%s user=%s result=failed failures=%d", s->addr,
+			 log_quote(q, sizeof(q), s->user), s->auth_failures);
 		s->user[0] = '\0';
 		if (s->auth_failures >= s->srv->cfg->auth_max_failures)
 			reply_close(s, "421 4.7.0 Too many authentication failures; closing connection");
@@ -371,8 +375,8 @@ static void cmd_auth(struct session *s, const char *arg, size_t len)
 		reply_err(s, "503 5.5.1 Already authenticated");
 		return;
 	}
-	if (s->tx) {
-		reply_err(s, "503 5.5.1 AUTH is not allowed during a mail transaction");
+	if (!s->esmtp) {
+		reply_err(s, "503 5.5.1 AUTH needs EHLO, not HELO");
 		return;
 	}
 	if (mlen == 5 && strncasecmp(arg, "PLAIN", 5) == 0) {
@@ -669,7 +673,8 @@ static const struct cmd_def commands[] = {
     {SMTP_EHLO, ANY, NULL, cmd_ehlo},
     {SMTP_HELO, ANY, NULL, cmd_helo_plain},
     {SMTP_STARTTLS, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_starttls},
-    {SMTP_AUTH, SB(ST_READY), "503 5.5.1 Send EHLO first", cmd_auth},
+    {SMTP_AUTH, SB(ST_READY), "503 5.5.1 AUTH is only allowed after EHLO and outside a mail "
+			      "transaction", cmd_auth},
     {SMTP_MAIL, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_mail},
     {SMTP_RCPT, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_rcpt},
     {SMTP_DATA, AFTER_HELO, "503 5.5.1 Send EHLO first", cmd_data},
@@ -722,16 +727,17 @@ static void message_done(struct session *s, int code, const char *text_fmt, ...)
 static void message_done(struct session *s, int code, const char *fmt, ...)
 {
 	struct txn *tx = s->tx;
-	char text[512], q[600];
+	char text[512], q[600], qs[700];
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
 	reply(s, "%d %s", code, text);
-	log_info("event=message client=%s tenant=%s sender=%s rcpts=%zu size=%zu result=%s "
+	log_info("event=message id=%s client=%s tenant=%s sender=%s rcpts=%zu size=%zu result=%s "
 		 "reply=%s",
-		 s->addr, s->who.tenant, tx->from.addr, tx->nrcpts, tx->dr.size,
+		 tx->qid[0] ? tx->qid : "-", s->addr, s->who.tenant, log_quote(qs, sizeof(qs), tx->from.addr), tx->nrcpts,
+		 tx->dr.size,
 		 code < 300 ? "queued" : code < 500 ? "deferred" : "rejected",
 		 log_quote(q, sizeof(q), text));
 	if (code >= 400)
@@ -766,7 +772,7 @@ static void commit_result(uint64_t cookie, const char *id, int err)
 		json_decref(data);
 		store_event(s->srv->store, "message.accepted", s->who.tenant_id, id, json);
 		free(json);
-		log_info("event=queued id=%s tenant=%s", id, s->who.tenant);
+		snprintf(s->tx->qid, sizeof(s->tx->qid), "%s", id);
 		message_done(s, 250, "2.0.0 Ok: queued as %s", id);
 	}
 	wait_end(s);
@@ -1019,6 +1025,8 @@ static void end_of_data(struct session *s)
 					     sizeof(tx->sender_domain)))
 		return;
 	wait_begin(s);
+	bufferevent_set_timeouts(s->bev, &(struct timeval){cfg->data_done_timeout, 0},
+				 &(struct timeval){cfg->data_done_timeout, 0});
 	tx->eod_step = 0;
 	eod_continue(s);
 }
@@ -1129,6 +1137,11 @@ static void process_input(struct session *s)
 	s->in_process = 1;
 	while (!s->waiting && !s->close_now && !s->close_after_write && s->state != ST_TLS &&
 	       s->state != ST_GREETING) {
+		if (s->srv->stopping && s->state != ST_DATA && s->state != ST_AUTH) {
+			/* Shutting down: a transaction in progress has ended. */
+			reply_close(s, "421 4.3.2 Service shutting down; try again later");
+			break;
+		}
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
 			break; /* resumed from the write callback */
 		if (s->state == ST_DATA) {
@@ -1141,6 +1154,12 @@ static void process_input(struct session *s)
 			break;
 	}
 	s->in_process = 0;
+	if (s->eof && !s->waiting && !s->close_after_write && !s->close_now) {
+		/* Half-closed and nothing left that could finish: done. */
+		if (s->state == ST_DATA || evbuffer_get_length(bufferevent_get_input(s->bev)) == 0 ||
+		    s->state == ST_TLS || s->state == ST_AUTH)
+			s->close_now = 1;
+	}
 	if (s->close_now)
 		session_free(s);
 }
@@ -1178,7 +1197,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			tls_describe(ssl, s->tls_desc, sizeof(s->tls_desc));
 		return;
 	}
-	if ((what & BEV_EVENT_TIMEOUT) && !s->close_after_write && !(what & BEV_EVENT_WRITING)) {
+	/* During a TLS handshake no 421 can be written: just close. */
+	if ((what & BEV_EVENT_TIMEOUT) && !s->close_after_write && !(what & BEV_EVENT_WRITING) &&
+	    !(s->bev_owns_fd && !s->tls)) {
 		char text[300];
 		log_info("event=timeout client=%s state=%d", s->addr, s->state);
 		snprintf(text, sizeof(text), "421 4.4.2 %s Timeout: closing connection",
@@ -1194,6 +1215,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			ERR_error_string_n(e, reason, sizeof(reason));
 			log_info("event=tls_error client=%s error=\"%s\"", s->addr, reason);
 		}
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {
+		/* A client that half-closed after pipelining still gets its
+		 * buffered commands handled; the session ends once idle. */
+		s->eof = 1;
+		bufferevent_disable(bev, EV_READ);
+		if (!s->in_process)
+			process_input(s);
+		return;
 	}
 	if (s->in_process) {
 		s->close_now = 1;
@@ -1263,9 +1293,25 @@ void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int
 
 void session_shutdown(struct session *s)
 {
-	if (s->state == ST_DATA || s->waiting)
-		return; /* finishes its transaction first */
+	if (s->state == ST_DATA || s->waiting || s->state == ST_AUTH)
+		return; /* finishes first; process_input closes it after */
+	if (s->state == ST_TLS || (s->bev_owns_fd && !s->tls)) {
+		/* Mid-handshake: nothing can be said in clear any more. */
+		if (s->in_process)
+			s->close_now = 1;
+		else
+			session_free(s);
+		return;
+	}
+	if (s->ev_delay)
+		event_del(s->ev_delay);
 	reply_close(s, "421 4.3.2 Service shutting down; try again later");
+}
+
+/* Frees a session that is still open when the daemon exits. */
+void session_abort(struct session *s)
+{
+	session_free(s);
 }
 
 static void session_free(struct session *s)
@@ -1280,8 +1326,11 @@ static void session_free(struct session *s)
 	txn_free(s->tx);
 	if (s->ev_delay)
 		event_free(s->ev_delay);
-	if (s->bev)
+	if (s->bev) {
+		/* Unregister before the socket goes, so epoll never sees a dead fd. */
+		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_free(s->bev);
+	}
 	if (!s->bev_owns_fd || s->bev == NULL)
 		evutil_closesocket(s->fd);
 	server_session_gone(s->srv, s, s->id, s->addr);

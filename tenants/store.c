@@ -119,6 +119,7 @@ struct store {
 	int key_errors;
 	int key_good;
 	int reload_queued;
+	int reload_again; /* a NOTIFY came while a reload was running */
 	int grace;
 
 	struct pending_event *ev_head, *ev_tail;
@@ -490,7 +491,9 @@ static void load_pools(struct store *st, PGresult *res)
 			continue;
 		snprintf(p->a[p->n].address, sizeof(p->a[p->n].address), "%s", PQgetvalue(res, i, 3));
 		snprintf(p->a[p->n].helo, sizeof(p->a[p->n].helo), "%s", PQgetvalue(res, i, 4));
-		p->a[p->n].weight = atoi(PQgetvalue(res, i, 5)) > 0 ? atoi(PQgetvalue(res, i, 5)) : 1;
+		p->a[p->n].weight = (int)strtol(PQgetvalue(res, i, 5), NULL, 10) > 0
+				   ? (int)strtol(PQgetvalue(res, i, 5), NULL, 10)
+				   : 1;
 		p->n++;
 	}
 	hmap_free(st->pools, free);
@@ -645,6 +648,11 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		st->reload_queued = 0;
 		if (ok)
 			load_domains(st, res);
+		if (st->reload_again) {
+			struct timeval tv = {0, 5000};
+			st->reload_again = 0;
+			evtimer_add(st->ev_reload, &tv);
+		}
 		break;
 	case REQ_LOAD_KEYS:
 		if (ok)
@@ -666,7 +674,7 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		break;
 	case REQ_SCHEMA: {
 		int want = migrations[migrations_count - 1].version;
-		int have = ok && PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 0)) : 0;
+		int have = ok && PQntuples(res) == 1 ? (int)strtol(PQgetvalue(res, 0, 0), NULL, 10) : 0;
 		if (have < want)
 			log_err("event=schema_outdated database_version=%d binary_version=%d "
 				"hint=\"run sendgatectl migrate\"",
@@ -846,7 +854,10 @@ static void handle_notifies(struct store *st)
 		any = 1;
 		PQfreemem(n);
 	}
-	if (any && !st->reload_queued) {
+	if (any && st->reload_queued) {
+		/* The running reload may have read the old rows already. */
+		st->reload_again = 1;
+	} else if (any) {
 		/* Coalesce bursts of changes into one reload. */
 		struct timeval tv = {0, 5000};
 		evtimer_add(st->ev_reload, &tv);
@@ -910,11 +921,14 @@ static void connected(struct store *st)
 	st->ev_write = event_new(st->base, fd, EV_WRITE, on_writable, st);
 	event_add(st->ev_read, NULL);
 	log_info("event=db_connected");
-	/* LISTEN before loading, so no change can fall between the two. */
+	/* LISTEN before loading, so no change can fall between the two:
+	 * connected is set only once everything is queued in order. */
+	st->connected = 0;
 	st->reload_queued = 0;
 	queue_reload(st);
 	req_push_front(st, req_new(REQ_LISTEN));
 	req_push_front(st, req_new(REQ_SCHEMA));
+	st->connected = 1;
 	store_kick(st);
 }
 
@@ -1086,7 +1100,18 @@ void store_close(struct store *st)
 	if (st->ev_connect)
 		event_free(st->ev_connect);
 	st->ev_read = st->ev_write = st->ev_connect = NULL;
-	fail_all(st);
+	/* At exit nobody waits for answers any more: drop, don't call back. */
+	{
+		struct req *r, *next;
+		if (st->inflight)
+			req_free(st->inflight);
+		st->inflight = NULL;
+		for (r = st->head; r; r = next) {
+			next = r->next;
+			req_free(r);
+		}
+		st->head = st->tail = NULL;
+	}
 	while ((e = st->ev_head)) {
 		st->ev_head = e->next;
 		free(e->json);

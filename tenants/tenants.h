@@ -59,8 +59,9 @@ int store_connected(const struct store *st);
 
 /*
  * Answers for an AUTH: ok = 1 and *who filled for a valid, unrevoked
- * credential; ok = 0 for any wrong username or secret (same answer);
- * ok = -1 when the answer is unknown (database unreachable and not cached).
+ * credential; ok = 0 for any wrong username or secret (same answer), also
+ * while the database is unreachable once the cache has loaded (it holds
+ * every credential); ok = -1 when the answer is unknown (never loaded).
  */
 typedef void (*store_auth_cb)(uint64_t cookie, int ok, const struct tenant_ref *who);
 /*
