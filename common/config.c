@@ -150,7 +150,7 @@ int parse_duration(const char *s, long long *out)
 		if (end[1])
 			return -1;
 	}
-	if (v > (1LL << 40))
+	if (v > (1LL << 40) / mul)
 		return -1;
 	*out = v * mul;
 	return 0;
@@ -185,7 +185,7 @@ int parse_size(const char *s, long long *out)
 		if (end[1])
 			return -1;
 	}
-	if (v > (1LL << 40))
+	if (v > (1LL << 40) / mul)
 		return -1;
 	*out = v * mul;
 	return 0;
@@ -330,20 +330,47 @@ void config_defaults(struct config *cfg)
 struct load_ctx {
 	FILE *fp;
 	int line;
+	unsigned char seen[ARRAY_LEN(keys)];
 	struct config *cfg;
 	char *err;
 	size_t errlen;
 	int failed;
 };
 
-/* inih calls the reader once per line: counting here gives handler's line. */
+/*
+ * inih calls the reader once per line: counting here gives handler's line.
+ * It also refuses what inih would silently misread: a line longer than its
+ * buffer (split in two) and an indented line (taken as a continuation of
+ * the previous value).
+ */
 static char *counting_reader(char *str, int num, void *stream)
 {
 	struct load_ctx *lc = stream;
 	char *r = fgets(str, num, lc->fp);
+	size_t len, i;
 
-	if (r)
-		lc->line++;
+	if (r == NULL || lc->failed)
+		return NULL;
+	lc->line++;
+	len = strlen(str);
+	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(lc->fp)) {
+		snprintf(lc->err, lc->errlen, "%s:%d: line longer than %d bytes", lc->cfg->path,
+			 lc->line, num - 2);
+		lc->failed = 1;
+		return NULL;
+	}
+	if (str[0] == ' ' || str[0] == '\t') {
+		for (i = 0; str[i] == ' ' || str[i] == '\t'; i++)
+			;
+		if (str[i] != '\0' && str[i] != '\n' && str[i] != '\r' && str[i] != ';' &&
+		    str[i] != '#') {
+			snprintf(lc->err, lc->errlen,
+				 "%s:%d: indented line (values cannot continue on the next line)",
+				 lc->cfg->path, lc->line);
+			lc->failed = 1;
+			return NULL;
+		}
+	}
 	return r;
 }
 
@@ -358,6 +385,13 @@ static int handler(void *user, const char *section, const char *name, const char
 	for (i = 0; i < ARRAY_LEN(keys); i++) {
 		if (strcmp(keys[i].section, section) || strcmp(keys[i].key, name))
 			continue;
+		if (lc->seen[i]) {
+			snprintf(lc->err, lc->errlen, "%s:%d: [%s] %s: set twice", lc->cfg->path,
+				 lc->line, section, name);
+			lc->failed = 1;
+			return 0;
+		}
+		lc->seen[i] = 1;
 		if (set_key(lc->cfg, &keys[i], value, &why) == -1) {
 			snprintf(lc->err, lc->errlen, "%s:%d: [%s] %s: %s (\"%s\")", lc->cfg->path,
 				 lc->line, section, name, why, value);
@@ -366,8 +400,12 @@ static int handler(void *user, const char *section, const char *name, const char
 		}
 		return 1;
 	}
-	snprintf(lc->err, lc->errlen, "%s:%d: [%s] %s: unknown key", lc->cfg->path, lc->line, section,
-		 name);
+	if (section[0] == '\0')
+		snprintf(lc->err, lc->errlen, "%s:%d: %s: key outside any [section]", lc->cfg->path,
+			 lc->line, name);
+	else
+		snprintf(lc->err, lc->errlen, "%s:%d: [%s] %s: unknown key", lc->cfg->path, lc->line,
+			 section, name);
 	lc->failed = 1;
 	return 0;
 }
