@@ -139,6 +139,8 @@ class Sink:
                             break
                         data += dl
                     self.messages.append((mail, rcpts, bytes(data)))
+                    if rcpts[0].startswith("slow"):
+                        await asyncio.sleep(0.08)
                     w.write(b"250 2.0.0 Ok: queued as Q%d\r\n" % len(self.messages))
                     mail, rcpts = None, []
                 elif verb == "RSET":
@@ -207,6 +209,19 @@ def test_starttls_messages_arrive_well_formed(sink):
         # Headers plus body (without the final dot line) near the asked size.
         assert 2700 <= len(data) + 2 <= 3300, len(data)
     assert len(ids) == 40, "Message-IDs repeat"
+
+
+def test_latency_is_end_of_data_to_reply(sink):
+    # The sink waits 80 ms before answering the final dot for slow* recipients;
+    # the MAIL/RCPT/DATA round trips before it are not part of the figure.
+    rc, fast, err = bench("-p", sink.plain_port, *auth(), "-c", 1, "-n", 10, "--json")
+    assert rc == 0, err
+    rc, slow, err = bench("-p", sink.plain_port, *auth(), "-c", 1, "-n", 10, "--to",
+                          "slow%d@x.example", "--json")
+    assert rc == 0, err
+    assert fast["latency_ms"]["p50"] < 40
+    assert 80 <= slow["latency_ms"]["p50"] <= slow["latency_ms"]["max"] < 400
+    assert slow["latency_ms"]["count"] == 10
 
 
 def test_implicit_tls_counts_recipients(sink):
