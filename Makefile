@@ -101,7 +101,7 @@ unit: $(UNIT_BINS)
 	done; exit $$fail
 
 integration: all
-	SENDGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	SENDGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration bench/test_bench.py $(PYTEST_ARGS)
 
 asan-build:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
