@@ -24,9 +24,10 @@
 #   SENDGATE__<section>__<key>=VALUE   overrides one config key, e.g.
 #                        SENDGATE__smtp__submission_listen=0.0.0.0:587
 #
-# Overrides are appended to a copy of the config file as [section] key = value
-# lines; the parser keeps the last value of a key, so the environment wins and
-# line numbers of the operator's file stay the same in error messages.
+# Overrides go into a copy of the config file: the key's own line, if any, is
+# commented out and a [section] key = value line is appended, so the
+# environment wins and the line numbers of the operator's file stay the same
+# in error messages.
 # The daemon rereads that copy on SIGHUP: after editing the mounted file, use
 # 'docker compose exec sendgate sendgate-entrypoint reload' (or restart).
 # The daemon is exec'd, so it is PID 1 of the container and gets SIGTERM and
@@ -100,9 +101,26 @@ effective_config() {
 	mkdir -p "$SENDGATE_RUN_DIR" || die "event=config_write_failed path=$SENDGATE_RUN_DIR"
 	out="$SENDGATE_RUN_DIR/sendgate.conf"
 	tmp="$out.tmp.$$"
+	keys=
+	for name in $names; do
+		rest=${name#SENDGATE__}
+		keys="$keys ${rest%%__*}.${rest#*__}"
+	done
 	# cp -p: the copy has the file's owner and mode, so whoever may read
 	# the operator's file (the daemon after it drops root) may read it.
-	if ! cp -p "$SENDGATE_CONFIG" "$tmp" || ! {
+	# A key set in the file and in the environment is commented out in the
+	# copy (a key may be set only once), which keeps every line number.
+	if ! cp -p "$SENDGATE_CONFIG" "$tmp" ||
+		! awk -v keys="$keys" '
+			BEGIN { n = split(keys, k, " "); for (i = 1; i <= n; i++) ov[k[i]] = 1 }
+			/^[ \t]*\[/ {
+				s = $0; sub(/^[ \t]*\[[ \t]*/, "", s); sub(/[ \t]*\].*$/, "", s); sect = s
+			}
+			/^[ \t]*[A-Za-z0-9_.-]+[ \t]*[=:]/ {
+				key = $0; sub(/^[ \t]*/, "", key); sub(/[ \t]*[=:].*$/, "", key)
+				if ((sect "." key) in ov) { print "; (set by the environment, see the end) " $0; next }
+			}
+			{ print }' "$SENDGATE_CONFIG" >"$tmp" || ! {
 		printf '\n; ---- overrides from the environment (docker/entrypoint.sh)\n'
 		for name in $names; do
 			rest=${name#SENDGATE__}
