@@ -972,6 +972,10 @@ def test_sigterm_during_data(daemon_factory, tenant, finish):
             h.added_fields(msg, h.spooled(d, qid).message)
         else:
             assert 400 <= r.code < 500, "final reply during shutdown: %r" % r
+        # The transaction is over: the session is told to go and closed.
+        r = c.reply(timeout=10)
+        assert r.code == 421, r
+        assert c.is_closed(10)
     else:
         c.close()
     try:
