@@ -83,6 +83,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_connect_host(struct dconn *c);
 static void conn_ready(struct dconn *c);
+static void conn_tls_failed(struct dconn *c, const char *why);
 
 int ehlo_keyword(const char *line, unsigned long long *size_max)
 {
@@ -595,10 +596,12 @@ static void conn_start_tls(struct dconn *c)
 	const struct dhost *h = &c->route->hosts[c->hi];
 
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
-		/* Bytes after the 220 before the handshake: an injection. */
-		conn_fail(c, 451, "4.7.0 data after the STARTTLS reply");
+		/* Bytes after the 220 before the handshake: an injection, or a
+		 * server that cannot do TLS. Never read them; this host's TLS
+		 * has failed. */
 		if (ssl)
 			SSL_free(ssl);
+		conn_tls_failed(c, "data after the STARTTLS reply");
 		return;
 	}
 	if (ssl == NULL) {

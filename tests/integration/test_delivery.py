@@ -88,23 +88,24 @@ def test_retry_with_backoff_then_delivered(denv, tenant):
     assert [e[2]["attempt"] for e in deferred] == [1, 2]
     assert delivered[0][2]["attempt"] == 3
     assert all("4.2.1" in e[2]["reply"] for e in deferred)
-    # 1s then 2s (each +-20%): not retried at once, not waiting minutes.
-    assert 2.0 <= elapsed < 12, elapsed
+    # 1s then 2s (+-20%, whole seconds): not retried at once, not minutes later.
+    assert 1.0 <= elapsed < 12, elapsed
     h.eventually(lambda: d.queue_ids() == [], what="empty queue")
 
 
 def test_server_retry_hint_is_honoured(denv, tenant):
     sink = denv.sink("127.0.0.15")
     sink.rcpt_rule("hint@hint.test", "tempfail", times=1,
-                   text="451 4.7.1 greylisted, try again in 3 seconds")
+                   text="451 4.7.1 greylisted, try again in 5 seconds")
     denv.mx("hint.test", (10, "mx.hint.test", "127.0.0.15"))
     d = denv.start(delivery__retry_first="1s")
     t0 = time.monotonic()
     qid = submit(d, tenant, ["hint@hint.test"])
     ev = denv.wait_events(qid, "message.deferred")
-    assert ev[0][2]["next_attempt"] - int(time.time()) >= 1
+    assert ev[0][2]["next_attempt"] - int(time.time()) >= 3
     sink.wait_for(1, timeout=15)
-    assert time.monotonic() - t0 >= 2.5
+    # Our own backoff would have retried within about two seconds.
+    assert time.monotonic() - t0 >= 4.0
 
 
 def test_expiry_bounces_as_expired(denv, tenant):
