@@ -453,7 +453,14 @@ static int job_store(PGconn *db, struct job *j, const char *origin, char *err, s
 	const char *state = domain_state_str(j->move.state);
 	const char *from = domain_state_str(j->from);
 	int rp = j->rp_status == -1 ? j->rp_verified : j->rp_status;
-	const char *failing = j->move.inconclusive ? j->failing_old : j->failing;
+	/*
+	 * Only a broken domain's failing records are kept on domains (for the
+	 * 550 past its grace period): the row stays untouched while a domain
+	 * is pending, however its records come and go.
+	 */
+	const char *failing = j->move.inconclusive             ? j->failing_old
+	                      : j->move.state == DOMAIN_BROKEN ? j->failing
+	                                                       : NULL;
 	char next[32], *report = NULL, *data = NULL;
 	PGresult *r;
 	int rc = -1;
@@ -735,6 +742,16 @@ static void nap(int ms)
 		nanosleep(&ts, NULL);
 }
 
+/* Server messages outside a query ("terminating connection...") as log lines. */
+static void on_notice(void *arg, const char *message)
+{
+	char m[600], qm[700];
+
+	snprintf(m, sizeof(m), "%s", message);
+	m[strcspn(m, "\n")] = '\0';
+	log_info("event=verify_db_notice message=%s", log_quote(qm, sizeof(qm), m));
+}
+
 static PGconn *thread_connect(const char *url)
 {
 	const char *keys[] = {"dbname", "application_name", NULL};
@@ -744,8 +761,10 @@ static PGconn *thread_connect(const char *url)
 
 	if (db == NULL)
 		abort();
-	if (PQstatus(db) == CONNECTION_OK)
+	if (PQstatus(db) == CONNECTION_OK) {
+		PQsetNoticeProcessor(db, on_notice, NULL);
 		return db;
+	}
 	snprintf(msg, sizeof(msg), "%s", PQerrorMessage(db));
 	msg[strcspn(msg, "\n")] = '\0';
 	log_warn("event=verify_db_unavailable error=\"%s\"", msg);

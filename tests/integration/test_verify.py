@@ -156,8 +156,11 @@ def test_subdomain_dmarc_falls_back_to_org_domain(vctl, dns):
 
 def test_nothing_published_stays_pending(vctl, pg):
     _, dom, _ = new_domain(vctl)
+    xmin = pg.scalar("SELECT xmin FROM domains WHERE name = '%s'" % dom)
     v = vctl("domain", "verify", dom)
     assert (v["previous_state"], v["state"]) == ("pending", "pending")
+    # No change the daemons cache: the domains row is not rewritten.
+    assert pg.scalar("SELECT xmin FROM domains WHERE name = '%s'" % dom) == xmin
     assert check(v, "spf")["status"] == "missing"
     assert check(v, "dkim", "sg1")["status"] == "missing"
     assert (v["required_ok"], v["required_total"]) == (0, 3)
