@@ -601,3 +601,15 @@ def test_expiry_tag(module_daemon_factory, doms, dns):
     t = dv.signature_tags(stored)[0]
     assert int(t["x"]) - int(t["t"]) == 2 * 86400, t
     verify(stored, dns, [(t["s"], RSA)])
+
+
+def test_d_is_the_from_domain_whatever_its_case(relaxed, doms, dns):
+    """d= is the From header's domain (DMARC alignment), also when the
+    client writes it in upper case behind a display name and a comment."""
+    upper = doms.txt.upper()
+    m = ('From: "Sales, Team" (the shop) <Sales@%s>\r\nTo: <rcpt@example.net>\r\n'
+         "Subject: case\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\nhi\r\n" % upper).encode()
+    stored = submit(relaxed, doms.tenant, m, "sales@" + doms.txt)
+    t = dv.signature_tags(stored)
+    assert len(t) == 1 and t[0]["d"].lower() == doms.txt, t
+    verify(stored, dns, [("sg1", RSA)])
