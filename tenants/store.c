@@ -305,8 +305,10 @@ static void load_domains(struct store *st, PGresult *res)
 
 static const char SQL_LOAD_KEYS[] =
     "SELECT d.name, k.selector, k.algorithm, k.private_sealed, "
-    "extract(epoch FROM k.sign_from)::bigint, "
-    "coalesce(extract(epoch FROM k.sign_until)::bigint, 0) "
+    /* Whole seconds that never leave a gap at a switch: a key starts at
+     * the second it starts in and ends at the second after it ends. */
+    "floor(extract(epoch FROM k.sign_from))::bigint, "
+    "coalesce(ceil(extract(epoch FROM k.sign_until))::bigint, 0) "
     "FROM dkim_keys k JOIN domains d ON d.id = k.domain_id "
     "WHERE k.sign_until IS NULL OR k.sign_until > now()";
 
