@@ -119,8 +119,7 @@ def main():
                      delivery__enabled="yes", delivery__port=sink_port,
                      dns__servers="127.0.0.1:%d" % dns.port,
                      delivery__messages_per_connection=args.per_connection,
-                     delivery__max_connections_per_destination=args.connections,
-                     server__log_level="warn")
+                     delivery__max_connections_per_destination=args.connections)
         exe = os.environ.get("SENDGATE_DELIVERY_EXE")
         start = time.monotonic()
         if exe:

@@ -25,6 +25,7 @@
 #include "tenants/tenants.h"
 
 #define RESCAN_SECONDS 30
+#define SCAN_SLICE 256 /* queue files read per loop turn while loading a scan */
 #define POOL_MAX 64
 
 struct dq;
@@ -104,7 +105,9 @@ struct dsched {
 	struct dcx *cxs;
 	size_t ncx;
 	struct status_writer *sw;
-	struct event *ev_tick, *ev_kick, *ev_rescan, *ev_inotify, *ev_grace;
+	struct event *ev_tick, *ev_kick, *ev_rescan, *ev_inotify, *ev_grace, *ev_load;
+	char (*scan)[QUEUE_ID_LEN + 1]; /* ids of the scan being loaded */
+	size_t nscan, scan_pos, scan_cap;
 	int infd;
 	int stopping;
 	void (*stop_done)(void *);
@@ -318,22 +321,63 @@ static void sched_load(struct dsched *s, const char *id)
 	free(done);
 }
 
-static void load_path(void *arg, const char *path)
+/* Collects the ids of a scan not loaded yet (the index is checked first). */
+static void scan_path(void *arg, const char *path)
 {
+	struct dsched *s = arg;
 	const char *slash = strrchr(path, '/');
+	const char *id = slash ? slash + 1 : path;
 
-	sched_load(arg, slash ? slash + 1 : path);
+	if (hmap_get(s->msgs, id) != NULL || hmap_get(s->bad, id) != NULL)
+		return;
+	if (s->nscan == s->scan_cap) {
+		s->scan_cap = s->scan_cap ? s->scan_cap * 2 : 1024;
+		s->scan = xrealloc(s->scan, s->scan_cap * sizeof(*s->scan));
+	}
+	snprintf(s->scan[s->nscan++], QUEUE_ID_LEN + 1, "%s", id);
+}
+
+/*
+ * Loads the next slice of a scan, then yields to the loop: a big spool is
+ * read while the first messages already go out.
+ */
+static void load_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct dsched *s = arg;
+	size_t end = s->scan_pos + SCAN_SLICE;
+
+	if (s->stopping)
+		return;
+	if (end > s->nscan)
+		end = s->nscan;
+	for (; s->scan_pos < end; s->scan_pos++)
+		sched_load(s, s->scan[s->scan_pos]);
+	if (s->scan_pos < s->nscan) {
+		/* A zero timer, not event_active: I/O gets its turn first. */
+		struct timeval zero = {0, 0};
+		evtimer_add(s->ev_load, &zero);
+		return;
+	}
+	if (s->nscan > 0)
+		log_info("event=delivery_scan_loaded messages=%zu indexed=%zu", s->nscan,
+			 hmap_count(s->msgs));
+	s->nscan = s->scan_pos = 0;
 }
 
 static void rescan_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dsched *s = arg;
 
-	if (s->stopping)
-		return;
-	if (queue_list_files(s->dir, load_path, s) == -1)
+	if (s->stopping || s->scan_pos < s->nscan)
+		return; /* a scan is still being loaded */
+	s->nscan = s->scan_pos = 0;
+	if (queue_list_files(s->dir, scan_path, s) == -1)
 		log_warn("event=delivery_scan_failed dir=%s/queue error=\"%s\"", s->dir,
 			 strerror(errno));
+	if (s->nscan > 0) {
+		struct timeval zero = {0, 0};
+		evtimer_add(s->ev_load, &zero);
+	}
 }
 
 static void inotify_cb(evutil_socket_t fd, short what, void *arg)
@@ -918,6 +962,7 @@ struct dsched *sched_new(struct event_base *base, struct config *cfg, struct sto
 	s->ev_kick = event_new(base, -1, 0, kick_cb, s);
 	s->ev_tick = event_new(base, -1, EV_PERSIST, tick_cb, s);
 	s->ev_rescan = event_new(base, -1, EV_PERSIST, rescan_cb, s);
+	s->ev_load = event_new(base, -1, 0, load_cb, s);
 	return s;
 }
 
@@ -1024,6 +1069,8 @@ void sched_free(struct dsched *s)
 	event_free(s->ev_kick);
 	event_free(s->ev_tick);
 	event_free(s->ev_rescan);
+	event_free(s->ev_load);
+	free(s->scan);
 	hmap_free(s->qmap, free_dq);
 	hmap_free(s->msgs, free_msg);
 	hmap_free(s->bad, NULL);
