@@ -115,6 +115,7 @@ void hmap_each(const struct hmap *m, void (*fn)(void *arg, const char *key, void
 /* ---- config.c: the INI file ------------------------------------------- */
 
 #define CONFIG_MAX_LISTEN 8
+#define CONFIG_MAX_KEYS 128
 
 struct listen_addr {
 	char host[64];
@@ -123,6 +124,7 @@ struct listen_addr {
 
 struct config {
 	char *path;
+	int key_lines[CONFIG_MAX_KEYS]; /* line of each key in the file, 0 = default */
 
 	/* [server] */
 	char *hostname;
@@ -224,6 +226,12 @@ void config_defaults(struct config *cfg);
  */
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
+/*
+ * "FILE:LINE: [section] key" (or "FILE: [section] key (default)") for
+ * errors found after loading, e.g. a certificate that does not open.
+ */
+const char *config_where(const struct config *cfg, const char *section, const char *key, char *out,
+			 size_t outlen);
 
 /* One documented key, for listing and tests (--list-config-keys). */
 struct config_key_info {

@@ -107,7 +107,26 @@ static const struct key_def keys[] = {
 	{"admin", "listen", K_LISTEN, O(admin_listen), "", 0, 0, NULL},
 };
 
+_Static_assert(ARRAY_LEN(keys) <= CONFIG_MAX_KEYS, "raise CONFIG_MAX_KEYS");
+
 static struct config_key_info key_infos[ARRAY_LEN(keys)];
+
+const char *config_where(const struct config *cfg, const char *section, const char *key, char *out,
+			 size_t outlen)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_LEN(keys); i++)
+		if (!strcmp(keys[i].section, section) && !strcmp(keys[i].key, key) &&
+		    cfg->key_lines[i] > 0) {
+			snprintf(out, outlen, "%s:%d: [%s] %s", cfg->path ? cfg->path : "(defaults)",
+				 cfg->key_lines[i], section, key);
+			return out;
+		}
+	snprintf(out, outlen, "%s: [%s] %s (default)", cfg->path ? cfg->path : "(defaults)",
+		 section, key);
+	return out;
+}
 
 const struct config_key_info *config_keys(size_t *n)
 {
@@ -392,6 +411,7 @@ static int handler(void *user, const char *section, const char *name, const char
 			return 0;
 		}
 		lc->seen[i] = 1;
+		lc->cfg->key_lines[i] = lc->line;
 		if (set_key(lc->cfg, &keys[i], value, &why) == -1) {
 			snprintf(lc->err, lc->errlen, "%s:%d: [%s] %s: %s (\"%s\")", lc->cfg->path,
 				 lc->line, section, name, why, value);

@@ -36,14 +36,20 @@ static int check_config(const struct config *cfg, const char *path)
 
 	ctx = tls_server_ctx(cfg->tls_cert, cfg->tls_key, err, sizeof(err));
 	if (ctx == NULL) {
-		fprintf(stderr, "sendgate: %s: [smtp] tls_cert/tls_key: %s\n", path, err);
+		char where[600];
+		fprintf(stderr, "sendgate: %s: %s\n",
+			config_where(cfg, "smtp", strstr(err, "private key") ? "tls_key" : "tls_cert",
+				     where, sizeof(where)),
+			err);
 		bad = 1;
 	}
 	SSL_CTX_free(ctx);
 	if (cfg->dkim_master_key_file[0]) {
 		unsigned char mkey[32];
 		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1) {
-			fprintf(stderr, "sendgate: %s: [dkim] master_key_file: %s\n", path, err);
+			char where[600];
+			fprintf(stderr, "sendgate: %s: %s\n",
+				config_where(cfg, "dkim", "master_key_file", where, sizeof(where)), err);
 			bad = 1;
 		}
 		explicit_bzero(mkey, sizeof(mkey));
@@ -134,7 +140,8 @@ int main(int argc, char **argv)
 	}
 	log_init("sendgate", 0, SGLOG_INFO);
 	if (config_load(&cfg, path, err, sizeof(err)) == -1) {
-		log_err("event=config_error error=\"%s\"", err);
+		char q[1100];
+		log_err("event=config_error error=%s", log_quote(q, sizeof(q), err));
 		fprintf(stderr, "sendgate: %s\n", err);
 		config_free(&cfg);
 		return 1;

@@ -326,13 +326,17 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	SSL_CTX *ctx;
 
 	if (config_load(&nc, srv->cfg->path, err, sizeof(err)) == -1) {
-		log_err("event=reload result=failed error=\"%s\" note=keeping_old_config", err);
+		char q[2000];
+		log_err("event=reload result=failed error=%s note=keeping_old_config",
+			log_quote(q, sizeof(q), err));
 		config_free(&nc);
 		return;
 	}
 	ctx = tls_server_ctx(nc.tls_cert, nc.tls_key, err, sizeof(err));
 	if (ctx == NULL) {
-		log_err("event=reload result=failed error=\"%s\" note=keeping_old_config", err);
+		char q[1100];
+		log_err("event=reload result=failed error=%s note=keeping_old_config",
+			log_quote(q, sizeof(q), err));
 		config_free(&nc);
 		return;
 	}
@@ -409,6 +413,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 {
 	struct server srv;
 	char err[1024];
+	char q[2000];
 	uint32_t i;
 	int n, code = 0;
 
@@ -419,8 +424,14 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	if (srv.base == NULL)
 		fatal("event=start_failed error=\"cannot create event loop\"");
 	srv.tls = tls_server_ctx(cfg->tls_cert, cfg->tls_key, err, sizeof(err));
-	if (srv.tls == NULL)
-		fatal("event=start_failed config=%s error=\"%s\"", config_path, err);
+	if (srv.tls == NULL) {
+		char where[600], msg[1700];
+		snprintf(msg, sizeof(msg), "%s: %s",
+			 config_where(cfg, "smtp", strstr(err, "private key") ? "tls_key" : "tls_cert",
+				      where, sizeof(where)),
+			 err);
+		fatal("event=start_failed error=%s", log_quote(q, sizeof(q), msg));
+	}
 	raise_fd_limit(cfg);
 	srv.spool = spool_open(srv.base, cfg->spool_dir, cfg->commit_threads, err, sizeof(err));
 	if (srv.spool == NULL)
@@ -437,9 +448,12 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
 	if (cfg->dkim_master_key_file[0]) {
 		unsigned char mkey[32];
-		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1)
-			fatal("event=start_failed config=%s error=\"[dkim] master_key_file: %s\"",
-			      config_path, err);
+		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1) {
+			char where[600], msg[1700];
+			snprintf(msg, sizeof(msg), "%s: %s",
+				 config_where(cfg, "dkim", "master_key_file", where, sizeof(where)), err);
+			fatal("event=start_failed error=%s", log_quote(q, sizeof(q), msg));
+		}
 		store_set_master_key(srv.store, mkey);
 		explicit_bzero(mkey, sizeof(mkey));
 		srv.signer = signer_new(srv.base, cfg->dkim_sign_threads);
@@ -455,12 +469,12 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	}
 	for (n = 0; n < cfg->n_submission_listen; n++)
 		if (listen_on(&srv, &cfg->submission_listen[n], 0, err, sizeof(err)) == -1)
-			fatal("event=start_failed error=\"%s\"", err);
+			fatal("event=start_failed error=%s", log_quote(q, sizeof(q), err));
 	for (n = 0; n < cfg->n_smtps_listen; n++)
 		if (listen_on(&srv, &cfg->smtps_listen[n], 1, err, sizeof(err)) == -1)
-			fatal("event=start_failed error=\"%s\"", err);
+			fatal("event=start_failed error=%s", log_quote(q, sizeof(q), err));
 	if (cfg->has_admin_listen && admin_start(&srv, err, sizeof(err)) == -1)
-		fatal("event=start_failed error=\"%s\"", err);
+		fatal("event=start_failed error=%s", log_quote(q, sizeof(q), err));
 	smtpd_drop_privileges(cfg);
 	if (cfg->delivery_enabled)
 		child_start(&srv);

@@ -854,8 +854,9 @@ static void sign_done(uint64_t cookie, struct buf *sigs, const char *err)
 	if (s == NULL)
 		return;
 	if (sigs == NULL) {
-		log_err("event=dkim_sign_failed domain=%s tenant=%s error=\"%s\"", s->tx->from_domain,
-			s->who.tenant, err);
+		char q[300];
+		log_err("event=dkim_sign_failed domain=%s tenant=%s error=%s", s->tx->from_domain,
+			s->who.tenant, log_quote(q, sizeof(q), err));
 		message_done(s, 451,
 			     "4.3.0 Could not DKIM-sign the message for domain %s; it was not queued, "
 			     "try again later",
@@ -1213,7 +1214,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		if (e) {
 			char reason[160];
 			ERR_error_string_n(e, reason, sizeof(reason));
-			log_info("event=tls_error client=%s error=\"%s\"", s->addr, reason);
+			char q[200];
+			log_info("event=tls_error client=%s error=%s", s->addr,
+				 log_quote(q, sizeof(q), reason));
 		}
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {

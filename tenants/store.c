@@ -370,8 +370,9 @@ static struct signing_key *key_from_row(struct store *st, PGresult *res, int i)
 	k = xcalloc(1, sizeof(*k));
 	k->key = dkim_key_from_pem(pem.data, pem.len, err, sizeof(err));
 	if (k->key == NULL) {
-		log_err("event=dkim_key_error domain=%s selector=%s error=\"%s\"",
-			PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), err);
+		char q[600];
+		log_err("event=dkim_key_error domain=%s selector=%s error=%s", PQgetvalue(res, i, 0),
+			PQgetvalue(res, i, 1), log_quote(q, sizeof(q), err));
 		st->key_errors++;
 		free(k);
 		k = NULL;
@@ -634,11 +635,12 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 	int ok = res && (PQresultStatus(res) == PGRES_TUPLES_OK ||
 			 PQresultStatus(res) == PGRES_COMMAND_OK);
 
-	if (res && !ok)
-		log_warn("event=db_error request=%d error=\"%s\"", r->kind,
-			 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
-			     ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
-			     : "unknown");
+	if (res && !ok) {
+		char q[600];
+		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		log_warn("event=db_error request=%d error=%s", r->kind,
+			 log_quote(q, sizeof(q), m ? m : "unknown"));
+	}
 	switch (r->kind) {
 	case REQ_LISTEN:
 		break;
@@ -741,7 +743,8 @@ static void fail_all(struct store *st)
 static void conn_drop(struct store *st, const char *why)
 {
 	if (st->conn) {
-		log_warn("event=db_disconnected reason=\"%s\"", why);
+		char q[600];
+		log_warn("event=db_disconnected reason=%s", log_quote(q, sizeof(q), why));
 		PQfinish(st->conn);
 		st->conn = NULL;
 	}
@@ -962,6 +965,19 @@ static void connect_poll(evutil_socket_t fd, short what, void *arg)
 	event_add(st->ev_connect, NULL);
 }
 
+/* Server notices go to our log as key=value lines, not raw to stderr. */
+static void on_notice(void *arg, const char *message)
+{
+	char q[600], line[512];
+	size_t n;
+
+	snprintf(line, sizeof(line), "%s", message);
+	n = strlen(line);
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	log_warn("event=db_notice message=%s", log_quote(q, sizeof(q), line));
+}
+
 static void store_connect(struct store *st)
 {
 	st->conn = PQconnectStart(st->conninfo);
@@ -969,6 +985,7 @@ static void store_connect(struct store *st)
 		conn_drop(st, st->conn ? PQerrorMessage(st->conn) : "out of memory");
 		return;
 	}
+	PQsetNoticeProcessor(st->conn, on_notice, st);
 	st->connecting = 1;
 	/* The first poll is due as if the socket were writable. */
 	st->ev_connect = event_new(st->base, PQsocket(st->conn), EV_WRITE, connect_poll, st);
