@@ -556,3 +556,24 @@ def test_scheduled_checks_are_spread_and_never_doubled(sched_daemons, vctl, dns,
     assert int(pg.scalar("SELECT count(*) FROM domain_checks c JOIN domains d"
                          " ON d.id = c.domain_id WHERE d.name LIKE 'd_.%s.example'"
                          % name)) == len(doms)
+
+
+def test_scheduled_checks_never_burst(sched_daemons, vctl, pg):
+    """Many domains due at once (a bulk import) are checked at a bounded
+    rate: 50 checks a second per scheduler at most."""
+    name = h.unique_name("bulk")
+    vctl.tenant_create(name)
+    n = 200
+    t0 = time.monotonic()
+    pg.sql("INSERT INTO domains (tenant_id, name) SELECT t.id, 'b' || i || '.%s.example'"
+           " FROM tenants t, generate_series(1, %d) i WHERE t.name = '%s'" % (name, n, name))
+    count = ("SELECT count(*) FILTER (WHERE v.checks > 0), coalesce(sum(v.checks), 0)"
+             " FROM domain_verify v JOIN domains d ON d.id = v.domain_id"
+             " WHERE d.name LIKE '%%.%s.example'" % name)
+    h.eventually(lambda: int(pg.sql(count)[0][0]) == n, timeout=30, interval=0.2,
+                 what="every bulk domain checked once")
+    checked, total = (int(x) for x in pg.sql(count)[0])
+    elapsed = time.monotonic() - t0
+    # Two schedulers (one per daemon), each a batch of 16 ahead of its rate.
+    assert total <= 2 * 50 * elapsed + 2 * 16, (total, elapsed)
+    assert elapsed >= n / (2 * 50) - 0.5, "%d domains checked in %.2fs" % (n, elapsed)
