@@ -264,6 +264,44 @@ def test_txt_mode_keys(vctl, dns):
     assert (v["state"], v["event"]) == ("broken", "domain.broken")
 
 
+def _dkim_names(doc):
+    return sorted((r["name"], r["type"], r["value"]) for r in records(doc, "dkim"))
+
+
+def _dkim_keys(doc):
+    return sorted((k["name"], k["record_type"], k["value"]) for k in doc["dkim"])
+
+
+def test_dkim_records_agree_with_the_keys(vctl, dns, tmp_path):
+    """The DKIM records checked and listed with the other records are the
+    ones the keys need (the "dkim" list of domain show), in every mode,
+    after rotations and imports; verify requires each of them."""
+    name = h.unique_name("vk")
+    vctl.tenant_create(name)
+    both, txt = "both.%s.example" % name, "txt.%s.example" % name
+    vctl("domain", "add", name, both, "--algorithm", "both")
+    vctl("domain", "add", name, txt, "--dkim-mode", "txt")
+    vctl("dkim", "rotate", txt)  # a second key, published ahead of signing
+    pem = str(tmp_path / "own.pem")
+    h.run(["openssl", "genpkey", "-algorithm", "ED25519", "-out", pem])
+    vctl("dkim", "import", both, "own2024", pem)
+    for dom, n in ((both, 5), (txt, 2)):
+        show = vctl("domain", "show", dom)
+        assert _dkim_names(show) == _dkim_keys(show), show
+        assert len(records(show, "dkim")) == n, _dkim_names(show)
+    show = vctl("domain", "show", both)
+    assert sorted(r["selector"] for r in records(show, "dkim")) == [
+        "own2024", "sg1", "sg1e", "sg2", "sg2e"]
+    # All but one published: not verified, and the missing one is named.
+    publish(dns, show, ["spf", "dkim"])
+    dns.remove("sg2e._domainkey." + both, "CNAME")
+    v = vctl("domain", "verify", both)
+    assert v["state"] == "partially_verified"
+    assert [c["selector"] for c in v["report"]["dkim"] if c["status"] != "verified"] == ["sg2e"]
+    publish(dns, show, ["dkim"])
+    assert vctl("domain", "verify", both)["state"] == "verified"
+
+
 def test_existing_spf_merged(vctl, dns):
     _, dom, added = new_domain(vctl)
     publish(dns, added, ["dkim"])
