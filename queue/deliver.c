@@ -5,9 +5,14 @@
  * or SIGINT, after which in-flight transactions get a few seconds to end
  * and everything not delivered stays in the spool for the next start.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <openssl/ssl.h>
@@ -93,6 +98,30 @@ static SSL_CTX *client_tls(void)
 	return ctx;
 }
 
+/*
+ * One delivery process per spool: two would deliver the same messages.
+ * Holds DIR/delivery.lock (flock) for the life of the process; the fd, or
+ * -1 when another process has it (or it cannot be opened).
+ */
+static int delivery_lock(const char *dir)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/delivery.lock", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd == -1) {
+		log_err("event=delivery_failed error=\"%s: %s\"", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		log_err("event=delivery_failed error=\"another delivery process holds %s\"", path);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 int delivery_run(struct config *cfg)
 {
 	struct delivery d;
@@ -101,14 +130,20 @@ int delivery_run(struct config *cfg)
 	struct timeval tenth = {0, 100000};
 	char err[512];
 	SSL_CTX *ssl;
-	int rc = 1;
+	int rc = 1, lockfd;
 
 	memset(&d, 0, sizeof(d));
 	d.cfg = cfg;
 	signal(SIGPIPE, SIG_IGN);
+	/* The daemon's child: end with it, even when it is killed outright. */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	lockfd = delivery_lock(cfg->spool_dir);
+	if (lockfd == -1)
+		return 1;
 	d.base = event_base_new();
 	if (d.base == NULL) {
 		log_err("event=delivery_failed error=\"event_base_new\"");
+		close(lockfd);
 		return 1;
 	}
 	memset(&dc, 0, sizeof(dc));
@@ -119,6 +154,7 @@ int delivery_run(struct config *cfg)
 	if (dns == NULL) {
 		log_err("event=delivery_failed error=\"dns: %s\"", err);
 		event_base_free(d.base);
+		close(lockfd);
 		return 1;
 	}
 	ssl = client_tls();
@@ -154,5 +190,6 @@ out:
 	if (ssl)
 		SSL_CTX_free(ssl);
 	event_base_free(d.base);
+	close(lockfd);
 	return rc;
 }

@@ -5,6 +5,8 @@ events, and a crash in the middle."""
 import os
 import time
 
+import pytest
+
 import sgharness as h
 from delivery_fixtures import denv, submit  # noqa: F401 (fixture)
 
@@ -218,3 +220,41 @@ def test_sigterm_keeps_undelivered_mail(denv, tenant):
         assert d.stop() == 0
     assert time.monotonic() - t0 < 12
     assert os.path.exists(d.queue_file(qid))
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_daemon_killed_then_restarted_resumes(denv, tenant):
+    if denv.exe:
+        pytest.skip("needs the daemon's own delivery child")
+    slow = denv.sink("127.0.0.25", stall_data=True)
+    denv.mx("resume.test", (10, "mx.resume.test", "127.0.0.25"))
+    d = denv.start(delivery__command_timeout="120s", delivery__data_timeout="120s")
+    qid = submit(d, tenant, ["x@resume.test"])
+    h.eventually(lambda: slow.connections >= 1, what="delivery under way")
+    child = denv.delivery_pid()
+    d.kill()
+    # The delivery child does not outlive the daemon (nor deliver twice
+    # beside the next one): it stops when its parent dies.
+    h.eventually(lambda: not _alive(child), timeout=20, what="delivery child gone")
+    assert d.queue_ids() == [qid]
+    slow.stall_data = False
+    d.start()
+    slow.wait_for(1, timeout=20)
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+    assert len(slow.messages) == 1
+
+
+def test_second_delivery_process_on_one_spool_refuses(denv, tenant):
+    if denv.exe:
+        pytest.skip("needs the daemon's own delivery child")
+    d = denv.start()
+    r = h.run([d.exe, "--delivery-only", "-c", d.config_path], check=False, timeout=30)
+    assert r.returncode != 0
+    assert "another delivery process" in r.stdout + r.stderr
