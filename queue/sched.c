@@ -8,6 +8,7 @@
  * recipient, become events, suppressions, retries with backoff, and
  * status records appended to the queue file by the writer thread.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -756,11 +757,64 @@ static void sched_kick(struct dsched *s)
 		event_active(s->ev_kick, EV_TIMEOUT, 0);
 }
 
+/* Makes every waiting item of message id due now ("sendgatectl queue retry"). */
+static void sched_retry_now(struct dsched *s, const char *id)
+{
+	struct dmsg *m;
+	struct dq *q;
+	int n = 0;
+
+	sched_load(s, id);
+	m = hmap_get(s->msgs, id);
+	if (m == NULL)
+		return;
+	for (q = s->all; q != NULL; q = q->next_all) {
+		struct ditem *it, *nx;
+		for (it = q->wait; it != NULL; it = nx) {
+			nx = it->next;
+			if (it->m != m)
+				continue;
+			item_unlink(it);
+			it->due = 0;
+			item_queue(s, it, time(NULL));
+			n++;
+		}
+	}
+	log_info("event=delivery_retry_requested id=%s items=%d", id, n);
+}
+
+/*
+ * Acts on SPOOL/retry/ID files (made by sendgatectl queue retry) and
+ * removes them. The folder is small and usually absent: a look each tick.
+ */
+static void retry_requests(struct dsched *s)
+{
+	char path[4096];
+	struct dirent *de;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/retry", s->dir);
+	d = opendir(path);
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (!queue_id_valid(de->d_name))
+			continue;
+		sched_retry_now(s, de->d_name);
+		if (unlinkat(dirfd(d), de->d_name, 0) == -1 && errno != ENOENT)
+			log_warn("event=delivery_retry_unlink_failed id=%s error=\"%s\"",
+				 de->d_name, strerror(errno));
+	}
+	closedir(d);
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dsched *s = arg;
 	time_t now = time(NULL);
 	struct dq *q;
+
+	retry_requests(s);
 
 	for (q = s->all; q != NULL; q = q->next_all) {
 		struct ditem *it = q->wait, *nx;

@@ -258,3 +258,21 @@ def test_second_delivery_process_on_one_spool_refuses(denv, tenant):
     r = h.run([d.exe, "--delivery-only", "-c", d.config_path], check=False, timeout=30)
     assert r.returncode != 0
     assert "another delivery process" in r.stdout + r.stderr
+
+
+def test_queue_retry_tries_a_deferred_message_now(denv, tenant, build, pg):
+    sink = denv.sink("127.0.0.26")
+    sink.rcpt_rule("r@later.test", "tempfail", times=1)
+    denv.mx("later.test", (10, "mx.later.test", "127.0.0.26"))
+    d = denv.start(delivery__retry_first="1h")
+    qid = submit(d, tenant, ["r@later.test"])
+    denv.wait_events(qid, "message.deferred")
+    time.sleep(1.5)
+    assert sink.count == 0
+    ctl = h.Ctl(build, pg.url, config=d.config_path)
+    ctl("queue", "retry", qid)
+    sink.wait_for(1, timeout=10)
+    ev = denv.wait_events(qid, "message.delivered")
+    assert ev[0][2]["attempt"] == 2
+    h.eventually(lambda: not os.listdir(os.path.join(d.spool_dir, "retry")),
+                 what="retry request consumed")
