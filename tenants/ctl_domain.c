@@ -290,6 +290,38 @@ static const char describe_sql[] =
     " WHERE d.name = $1";
 /* clang-format on */
 
+#define HISTORY_MAX "10"
+
+/*
+ * The domain's last DNS checks that changed something (newest first), as
+ * a new array of {checked_at, origin, previous_state, state, records}.
+ * NULL with the error printed.
+ */
+static json_t *domain_history(struct ctl *c, const char *domain_id)
+{
+	const char *params[1] = {domain_id};
+	json_t *arr;
+	PGresult *r;
+	int i;
+
+	r = ctl_exec(c, "reading the check history",
+	             "SELECT " CTL_SQL_TIME("checked_at") ", origin, previous_state, state, summary"
+	                                                  " FROM domain_checks WHERE domain_id = $1"
+	                                                  " ORDER BY id DESC LIMIT " HISTORY_MAX,
+	             1, params, NULL, NULL);
+	if (r == NULL)
+		return NULL;
+	arr = json_array();
+	for (i = 0; i < PQntuples(r); i++)
+		json_array_append_new(
+		    arr,
+		    json_pack("{s:s, s:s, s:s, s:s, s:s}", "checked_at", PQgetvalue(r, i, 0),
+		              "origin", PQgetvalue(r, i, 1), "previous_state", PQgetvalue(r, i, 2),
+		              "state", PQgetvalue(r, i, 3), "records", PQgetvalue(r, i, 4)));
+	PQclear(r);
+	return arr;
+}
+
 /* The stored report of the last check (a new reference), or NULL when there is none. */
 static json_t *last_report(const PGresult *r, int col)
 {
@@ -312,7 +344,7 @@ static json_t *domain_describe(struct ctl *c, const char *arg)
 	char name[254];
 	const char *params[1] = {name};
 	const char *why;
-	json_t *obj, *recs, *report, *dns;
+	json_t *obj, *recs, *report, *dns, *hist;
 	PGresult *r;
 
 	if (ctl_domain_normalize(arg, name, sizeof(name), &why) == -1) {
@@ -357,10 +389,49 @@ static json_t *domain_describe(struct ctl *c, const char *arg)
 	    "records", json_object_get(dns, "records"), "next_steps",
 	    json_object_get(dns, "next_steps"));
 	json_decref(dns);
-	PQclear(r);
 	if (obj == NULL)
 		abort();
+	hist = domain_history(c, PQgetvalue(r, 0, 0));
+	PQclear(r);
+	if (hist == NULL) {
+		json_decref(obj);
+		return NULL;
+	}
+	json_object_set_new(obj, "history", hist);
 	return obj;
+}
+
+/* Prints the check history: one line per change, newest first. */
+static void domain_history_print(const json_t *hist, FILE *fp)
+{
+	static const char *const head[] = {"CHECKED", "BY", "STATE", "RECORDS"};
+	const json_t *e;
+	struct table t;
+	size_t i;
+
+	if (json_array_size(hist) == 0)
+		return;
+	fprintf(fp, "Recent DNS checks that changed something:\n");
+	table_init(&t, ARRAY_LEN(head), head);
+	json_array_foreach(hist, i, e)
+	{
+		char state[64];
+		const char *from = json_string_value(json_object_get(e, "previous_state"));
+		const char *to = json_string_value(json_object_get(e, "state"));
+
+		if (strcmp(from, to) == 0)
+			snprintf(state, sizeof(state), "%s", to);
+		else
+			snprintf(state, sizeof(state), "%s -> %s", from, to);
+		{
+			const char *row[] = {json_string_value(json_object_get(e, "checked_at")),
+			                     json_string_value(json_object_get(e, "origin")), state,
+			                     json_string_value(json_object_get(e, "records"))};
+			table_add(&t, row);
+		}
+	}
+	table_print(&t, fp);
+	table_free(&t);
 }
 
 /* Prints a domain_describe object for people. */
@@ -404,6 +475,7 @@ static void domain_show_text(const json_t *obj, FILE *fp)
 	        json_is_object(json_object_get(ver, "report")) ? ", with what the last check found"
 	                                                       : "");
 	ctl_dns_records_print(obj, NULL, fp);
+	domain_history_print(json_object_get(obj, "history"), fp);
 }
 
 static int domain_show(struct ctl *c, const char *name)

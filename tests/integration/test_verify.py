@@ -430,6 +430,12 @@ def test_broken_and_restored_by_operator_check(vctl, dns, pg):
                   " AND c.previous_state <> c.state ORDER BY c.id" % dom)
     assert hist == [["pending", "verified", "verified"], ["verified", "broken", "missing"],
                     ["broken", "verified", "verified"]], hist
+    # domain show lists them, newest first.
+    shown = [(e["previous_state"], e["state"]) for e in vctl("domain", "show", dom)["history"]
+             if e["previous_state"] != e["state"]]
+    assert shown == [("broken", "verified"), ("verified", "broken"), ("pending", "verified")]
+    r = vctl.raw("domain", "show", dom, json_out=False)
+    assert "verified -> broken" in r.stdout and "spf=missing" in r.stdout, r.stdout
 
 
 def test_verify_unknown_domain(vctl):
