@@ -281,7 +281,9 @@ int verify_due(struct verifier *v, struct pg_conn *db, int max, char *err, size_
  * Starts the daemon's verification thread: its own blocking connection to
  * [database] url (reconnecting with backoff), event base and resolver; it
  * checks due domains in small batches and polls every second. cfg is
- * copied. 0, or -1 (logged). Never touches the caller's event loop.
+ * copied ([database], [dns], [platform], [verify]): to apply a reloaded
+ * configuration, stop the thread and start it again. 0, or -1 (logged).
+ * Never touches the caller's event loop. Call from one thread only.
  */
 int verify_thread_start(const struct config *cfg);
 /* Asks the thread to stop and waits for it (at most a few seconds). */

@@ -856,13 +856,35 @@ static void *verify_thread_main(void *arg)
 	return NULL;
 }
 
+/* Frees the thread's copy of the configuration (the thread has ended). */
+static void thread_cfg_free(void)
+{
+	struct config *c = &vt.cfg;
+
+	free(c->database_url);
+	free(c->platform_dkim_zone);
+	free(c->platform_spf_include);
+	free(c->platform_return_path_prefix);
+	free(c->platform_return_path_domain);
+	free(c->platform_dmarc_rua);
+	free(c->dns_servers);
+	free(c->verify_required);
+	memset(c, 0, sizeof(*c));
+}
+
 int verify_thread_start(const struct config *cfg)
 {
 	struct config *c = &vt.cfg;
 	int e;
 
-	if (vt.started)
+	if (vt.started && !atomic_load(&vt.stop))
 		return 0;
+	if (vt.started) {
+		/* A stop that timed out: the thread is on its way out; wait for it. */
+		pthread_join(vt.tid, NULL);
+		vt.started = 0;
+		thread_cfg_free();
+	}
 	memset(c, 0, sizeof(*c));
 	c->database_url = dup0(cfg->database_url);
 	c->platform_dkim_zone = dup0(cfg->platform_dkim_zone);
@@ -885,6 +907,7 @@ int verify_thread_start(const struct config *cfg)
 	e = pthread_create(&vt.tid, NULL, verify_thread_main, NULL);
 	if (e != 0) {
 		log_err("event=verify_disabled error=\"cannot start the thread: %s\"", strerror(e));
+		thread_cfg_free();
 		return -1;
 	}
 	vt.started = 1;
@@ -893,7 +916,6 @@ int verify_thread_start(const struct config *cfg)
 
 void verify_thread_stop(void)
 {
-	struct config *c = &vt.cfg;
 	struct timespec deadline;
 
 	if (!vt.started)
@@ -907,13 +929,5 @@ void verify_thread_stop(void)
 		return;
 	}
 	vt.started = 0;
-	free(c->database_url);
-	free(c->platform_dkim_zone);
-	free(c->platform_spf_include);
-	free(c->platform_return_path_prefix);
-	free(c->platform_return_path_domain);
-	free(c->platform_dmarc_rua);
-	free(c->dns_servers);
-	free(c->verify_required);
-	memset(c, 0, sizeof(*c));
+	thread_cfg_free();
 }
