@@ -103,6 +103,8 @@ struct dsched {
 	struct hmap *dests; /* domain -> ddest */
 	struct hmap *srcs;  /* source address -> (intptr) connections */
 	struct dq *all;
+	struct dq *all_tail;
+	struct dq *rr; /* the queue served last (round robin) */
 	struct dcx *cxs;
 	size_t ncx;
 	struct status_writer *sw;
@@ -201,8 +203,11 @@ static struct dq *dq_get(struct dsched *s, int64_t tenant_id, const char *domain
 		hmap_put(s->dests, domain, q->dest);
 	}
 	hmap_put(s->qmap, key, q);
-	q->next_all = s->all;
-	s->all = q;
+	if (s->all_tail)
+		s->all_tail->next_all = q;
+	else
+		s->all = q;
+	s->all_tail = q;
 	return q;
 }
 
@@ -733,21 +738,41 @@ static int dest_rate_ok(struct dsched *s, struct ddest *d, time_t now)
 	return d->win_count < mpm;
 }
 
+/* 1 when q has work no connection is on its way for, within the limits. */
+static int dq_wants_conn(struct dsched *s, struct dq *q, time_t now)
+{
+	return q->nready > (size_t)q->nstarting &&
+	       q->dest->nconn < s->cfg->delivery_max_connections_per_destination &&
+	       dest_rate_ok(s, q->dest, now);
+}
+
+/*
+ * Starts connections where work waits: rounds of at most one new
+ * connection per queue, round robin from the queue after the last one
+ * served, so tenants sending to one destination share its connection
+ * limit instead of the biggest backlog taking every slot.
+ */
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dsched *s = arg;
 	time_t now = time(NULL);
-	struct dq *q;
+	int progress = 1;
 
-	if (s->stopping)
+	if (s->stopping || s->all == NULL)
 		return;
-	for (q = s->all; q != NULL; q = q->next_all) {
-		while (q->nready > (size_t)q->nstarting &&
-		       q->dest->nconn < s->cfg->delivery_max_connections_per_destination &&
-		       dest_rate_ok(s, q->dest, now)) {
-			if (cx_start(s, q) == -1)
-				break;
-		}
+	while (progress) {
+		/* Start after the last queue served (queues join at the tail). */
+		struct dq *start = s->rr && s->rr->next_all ? s->rr->next_all : s->all;
+		struct dq *q = start;
+
+		progress = 0;
+		do {
+			if (dq_wants_conn(s, q, now) && cx_start(s, q) == 0) {
+				progress = 1;
+				s->rr = q;
+			}
+			q = q->next_all ? q->next_all : s->all;
+		} while (q != start);
 	}
 }
 

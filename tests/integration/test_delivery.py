@@ -276,3 +276,23 @@ def test_queue_retry_tries_a_deferred_message_now(denv, tenant, build, pg):
     assert ev[0][2]["attempt"] == 2
     h.eventually(lambda: not os.listdir(os.path.join(d.spool_dir, "retry")),
                  what="retry request consumed")
+
+
+def test_tenants_share_a_busy_destination(denv, ctl):
+    # One connection at a time to the destination, one message each: a
+    # tenant's backlog must not make another tenant's mail wait behind it.
+    a = h.setup_tenant(ctl)
+    b = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.27", greet_delay=0.3)
+    denv.mx("shared.test", (10, "mx.shared.test", "127.0.0.27"))
+    d = denv.start(delivery__max_connections_per_destination="1",
+                   delivery__messages_per_connection="1")
+    submit(d, b, ["b0@shared.test"])  # b's queue exists before a's
+    sink.wait_for(1)
+    for i in range(15):
+        submit(d, a, ["a%d@shared.test" % i])
+    before = sink.count
+    submit(d, b, ["b1@shared.test"])
+    sink.wait_for(17, timeout=30)
+    order = [m.rcpts[0] for m in sink.messages]
+    assert order.index("b1@shared.test") <= before + 2, (before, order)
