@@ -34,7 +34,7 @@ long retry_delay(const struct retry_policy *p, int attempts, double r)
 }
 
 time_t retry_next(const struct retry_policy *p, time_t received, time_t now, int attempts,
-		  long hint, double r)
+                  long hint, double r)
 {
 	time_t expires = received + (time_t)p->max_age;
 	long d = retry_delay(p, attempts, r);
@@ -55,9 +55,9 @@ static long unit_seconds(const char *s)
 		const char *word;
 		long secs;
 	} units[] = {
-		{"seconds", 1}, {"second", 1}, {"secs", 1},	  {"sec", 1},   {"s", 1},
-		{"minutes", 60}, {"minute", 60}, {"mins", 60},  {"min", 60},  {"m", 60},
-		{"hours", 3600}, {"hour", 3600}, {"hrs", 3600}, {"hr", 3600}, {"h", 3600},
+	    {"seconds", 1},  {"second", 1},  {"secs", 1},   {"sec", 1},   {"s", 1},
+	    {"minutes", 60}, {"minute", 60}, {"mins", 60},  {"min", 60},  {"m", 60},
+	    {"hours", 3600}, {"hour", 3600}, {"hrs", 3600}, {"hr", 3600}, {"h", 3600},
 	};
 
 	for (size_t i = 0; i < ARRAY_LEN(units); i++) {
@@ -71,7 +71,7 @@ static long unit_seconds(const char *s)
 long reply_retry_hint(const char *text)
 {
 	static const char *const lead[] = {"try again in ", "try again after ", "retry in ",
-					   "retry after ", "try later in "};
+	                                   "retry after ", "try later in "};
 
 	for (size_t i = 0; i < ARRAY_LEN(lead); i++) {
 		const char *p = strcasestr(text, lead[i]);

@@ -7,10 +7,10 @@
  * then as many transactions as the scheduler hands it, dot-stuffed.
  * Everything runs on the loop through bufferevents.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +38,7 @@ enum cstate {
 	C_STARTTLS,
 	C_TLS,
 	C_AUTH,
-	C_TXN,	/* MAIL/RCPT/DATA replies outstanding */
+	C_TXN,  /* MAIL/RCPT/DATA replies outstanding */
 	C_BODY, /* message sent, waiting for the final reply */
 	C_RSET,
 	C_QUIT,
@@ -60,19 +60,19 @@ struct dconn {
 	enum cstate state;
 	unsigned ext;
 	unsigned long long size_max;
-	int tls;	   /* TLS is up */
-	int no_tls;	   /* this attempt goes in clear */
+	int tls;    /* TLS is up */
+	int no_tls; /* this attempt goes in clear */
 	char tls_version[32];
 	int authed;
-	int ntxn;	   /* transactions finished on this connection */
-	int stop;	   /* quit after the current transaction */
+	int ntxn;          /* transactions finished on this connection */
+	int stop;          /* quit after the current transaction */
 	struct dreply cur; /* reply being read */
 	struct dreply last_fail;
 	/* the transaction in progress */
 	struct dtxn *txn;
-	size_t sent;	  /* commands sent (MAIL, RCPTs, DATA) */
-	size_t answered;  /* replies read */
-	size_t ncmds;	  /* commands in this transaction: 2 + nrcpts */
+	size_t sent;     /* commands sent (MAIL, RCPTs, DATA) */
+	size_t answered; /* replies read */
+	size_t ncmds;    /* commands in this transaction: 2 + nrcpts */
 	int mail_ok, accepted, data_ok;
 	int cur_lines; /* lines of the reply being read */
 	int in_cb;     /* inside a callback of ours: free later */
@@ -225,7 +225,7 @@ static void conn_fail(struct dconn *c, int code, const char *why)
 		char q[600];
 		const struct dhost *h = &c->route->hosts[c->hi];
 		log_info("event=delivery_host_failed mx=%s addr=%s port=%d reason=%s", h->name,
-			 h->addr, h->port, log_quote(q, sizeof(q), why));
+		         h->addr, h->port, log_quote(q, sizeof(q), why));
 	}
 	c->hi++;
 	if (c->hi < c->route->n) {
@@ -265,16 +265,15 @@ static void conn_connect_host(struct dconn *c)
 	for (; c->hi < c->route->n; c->hi++) {
 		h = &c->route->hosts[c->hi];
 		/* With a pool, a family the pool lacks cannot be used. */
-		if ((c->src4[0] || c->src6[0]) &&
-		    !(h->family == AF_INET ? c->src4[0] : c->src6[0]))
+		if ((c->src4[0] || c->src6[0]) && !(h->family == AF_INET ? c->src4[0] : c->src6[0]))
 			continue;
 		break;
 	}
 	if (c->hi >= c->route->n) {
 		if (c->last_fail.code == 0)
 			set_reply(&c->last_fail, 451,
-				  "4.4.4 no mail server address of a family the pool can send from",
-				  DSTAGE_CONNECT);
+			          "4.4.4 no mail server address of a family the pool can send from",
+			          DSTAGE_CONNECT);
 		c->ops->failed(c->arg, c, &c->last_fail);
 		conn_free(c);
 		return;
@@ -331,7 +330,7 @@ static void conn_connect_host(struct dconn *c)
 		if (bind(fd, (struct sockaddr *)&src, srcl) == -1) {
 			char why[200];
 			snprintf(why, sizeof(why), "4.4.1 cannot bind the source address %s: %s",
-				 c->src, strerror(errno));
+			         c->src, strerror(errno));
 			close(fd);
 			conn_fail(c, 451, why);
 			return;
@@ -349,8 +348,8 @@ static void conn_connect_host(struct dconn *c)
 }
 
 struct dconn *dconn_new(struct dclient_env *env, struct droute *route, const char *src4,
-			const char *helo4, const char *src6, const char *helo6,
-			const struct dclient_ops *ops, void *arg)
+                        const char *helo4, const char *src6, const char *helo6,
+                        const struct dclient_ops *ops, void *arg)
 {
 	struct dconn *c = xcalloc(1, sizeof(*c));
 
@@ -457,18 +456,19 @@ static void conn_ready(struct dconn *c)
 		if ((c->ext & EXT_SIZE) && c->size_max > 0 && t->size > c->size_max) {
 			char why[512];
 			snprintf(why, sizeof(why),
-				 "5.3.4 message of %zu bytes is over the %llu bytes %s accepts",
-				 t->size, c->size_max, c->route->hosts[c->hi].name);
+			         "5.3.4 message of %zu bytes is over the %llu bytes %s accepts",
+			         t->size, c->size_max, c->route->hosts[c->hi].name);
 			c->ntxn++;
 			txn_refuse(c, t, 552, why);
 			continue;
 		}
 		if ((t->flags & QFLAG_SMTPUTF8) && !(c->ext & EXT_SMTPUTF8)) {
 			char why[512];
-			snprintf(why, sizeof(why),
-				 "5.6.7 the message needs SMTPUTF8 (international addresses), which "
-				 "%s does not support",
-				 c->route->hosts[c->hi].name);
+			snprintf(
+			    why, sizeof(why),
+			    "5.6.7 the message needs SMTPUTF8 (international addresses), which "
+			    "%s does not support",
+			    c->route->hosts[c->hi].name);
 			c->ntxn++;
 			txn_refuse(c, t, 553, why);
 			continue;
@@ -611,7 +611,7 @@ static void conn_start_tls(struct dconn *c)
 	if (addr_family(h->name) == AF_UNSPEC)
 		SSL_set_tlsext_host_name(ssl, h->name);
 	tb = bufferevent_openssl_filter_new(c->env->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
-					    BEV_OPT_CLOSE_ON_FREE);
+	                                    BEV_OPT_CLOSE_ON_FREE);
 	if (tb == NULL) {
 		SSL_free(ssl);
 		conn_fail(c, 451, "4.7.0 TLS setup failed");
@@ -633,7 +633,7 @@ static void conn_tls_failed(struct dconn *c, const char *why)
 
 	hmap_put(c->env->notls, h->addr, (void *)(intptr_t)(time(NULL) + NOTLS_SECONDS));
 	log_info("event=delivery_tls_failed mx=%s addr=%s reason=%s action=retry_in_clear", h->name,
-		 h->addr, log_quote(q, sizeof(q), why));
+	         h->addr, log_quote(q, sizeof(q), why));
 	if (c->route->relay && c->env->relay_tls_required) {
 		conn_fail(c, 451, "4.7.10 TLS with the relay failed");
 		return;
@@ -691,7 +691,7 @@ static void conn_reply(struct dconn *c)
 		if (r->code != 235) {
 			char why[600];
 			snprintf(why, sizeof(why), "4.7.0 the relay refused our AUTH: %d %s",
-				 r->code, r->text);
+			         r->code, r->text);
 			conn_fail(c, 451, why);
 			return;
 		}
@@ -738,7 +738,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			break;
 		}
 		if (len < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
-		    line[2] < '0' || line[2] > '9' || (len > 3 && line[3] != ' ' && line[3] != '-')) {
+		    line[2] < '0' || line[2] > '9' ||
+		    (len > 3 && line[3] != ' ' && line[3] != '-')) {
 			free(line);
 			conn_fail(c, 451, "4.5.0 malformed reply from the server");
 			break;
@@ -762,7 +763,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			/* Later lines of a reply, joined for people. */
 			size_t tl = strlen(c->cur.text);
 			if (tl + 2 < sizeof(c->cur.text))
-				snprintf(c->cur.text + tl, sizeof(c->cur.text) - tl, " %s", line + 4);
+				snprintf(c->cur.text + tl, sizeof(c->cur.text) - tl, " %s",
+				         line + 4);
 		}
 		c->cur_lines++;
 		free(line);
@@ -786,7 +788,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED) {
 		if (c->state == C_CONNECT) {
-			struct timeval rt = {c->env->command_timeout, 0}, wt = {c->env->data_timeout, 0};
+			struct timeval rt = {c->env->command_timeout, 0},
+			               wt = {c->env->data_timeout, 0};
 			bufferevent_set_timeouts(c->bev, &rt, &wt);
 			c->state = C_GREETING;
 			return;
@@ -795,7 +798,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 			SSL *ssl = bufferevent_openssl_get_ssl(bev);
 			c->tls = 1;
 			snprintf(c->tls_version, sizeof(c->tls_version), "%s",
-				 ssl ? SSL_get_version(ssl) : "TLS");
+			         ssl ? SSL_get_version(ssl) : "TLS");
 			c->ext = 0;
 			c->state = C_EHLO;
 			conn_send(c, "EHLO %s\r\n", c->helo);
@@ -807,15 +810,17 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		unsigned long e = bufferevent_get_openssl_error(bev);
 		const char *es = e ? ERR_reason_error_string(e) : NULL;
 		snprintf(why, sizeof(why), "TLS handshake failed: %s",
-			 es ? es : e ? "error" : "connection closed");
+		         es  ? es
+		         : e ? "error"
+		             : "connection closed");
 		conn_tls_failed(c, why);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		snprintf(why, sizeof(why), "4.4.2 timeout %s",
-			 c->state == C_CONNECT ? "connecting" :
-			 c->state == C_BODY    ? "waiting for the reply to the message" :
-						 "waiting for a reply");
+		         c->state == C_CONNECT ? "connecting"
+		         : c->state == C_BODY  ? "waiting for the reply to the message"
+		                               : "waiting for a reply");
 		conn_fail(c, 451, why);
 		return;
 	}
@@ -826,8 +831,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_ERROR) {
 		int e = EVUTIL_SOCKET_ERROR();
 		snprintf(why, sizeof(why), "4.4.1 %s: %s",
-			 c->state == C_CONNECT ? "connection failed" : "connection error",
-			 e ? evutil_socket_error_to_string(e) : "error");
+		         c->state == C_CONNECT ? "connection failed" : "connection error",
+		         e ? evutil_socket_error_to_string(e) : "error");
 		conn_fail(c, 451, why);
 		return;
 	}

@@ -81,8 +81,9 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 	d->started = 1;
 	sched_start(d->sched);
 	log_info("event=delivery_ready spool=%s port=%d relay=%s", d->cfg->spool_dir,
-		 d->cfg->delivery_port,
-		 d->cfg->delivery_relay && d->cfg->delivery_relay[0] ? d->cfg->delivery_relay : "-");
+	         d->cfg->delivery_port,
+	         d->cfg->delivery_relay && d->cfg->delivery_relay[0] ? d->cfg->delivery_relay
+	                                                             : "-");
 }
 
 /* A client context for opportunistic TLS: no verification (RFC 7435). */

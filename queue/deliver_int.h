@@ -39,7 +39,7 @@ long retry_delay(const struct retry_policy *p, int attempts, double r);
  * message has reached max_age and must expire instead.
  */
 time_t retry_next(const struct retry_policy *p, time_t received, time_t now, int attempts,
-		  long hint, double r);
+                  long hint, double r);
 /*
  * A server's "try again in N minutes" (also seconds, hours; "retry in",
  * "try again after") in a reply text: the seconds, capped at a day, or -1.
@@ -69,8 +69,8 @@ const char *addr_domain(const char *addr);
  * The return-path host of a sender: "<prefix>.<sender domain>" when
  * rp_ok, else bounce_domain. Writes into out; returns out.
  */
-const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain,
-		      int rp_ok, char *out, size_t outlen);
+const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain, int rp_ok,
+                      char *out, size_t outlen);
 /*
  * The VERP envelope sender "bounce+<id>.<index>@<host>" (index < 0: for a
  * transaction of several recipients, "bounce+<id>@<host>"). 0, or -1 when
@@ -101,31 +101,31 @@ size_t smtp_dotstuff(struct buf *out, const char *p, size_t n);
  * out pointers are the caller's (queue_msg_free, free). 0 or -1 with err.
  */
 int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body,
-		 struct queue_rcpt_status **st, size_t *valid_len, size_t *file_len,
-		 unsigned char digest[32], char *err, size_t errlen);
+                 struct queue_rcpt_status **st, size_t *valid_len, size_t *file_len,
+                 unsigned char digest[32], char *err, size_t errlen);
 
 struct status_writer;
 /* Called on the loop once queue/id has been removed by the writer. */
 typedef void (*status_removed_cb)(void *arg, const char *id);
 /* Starts the writer thread for the queue directory queuefd (borrowed). */
 struct status_writer *status_writer_new(struct event_base *base, int queuefd,
-					status_removed_cb removed, void *arg);
+                                        status_removed_cb removed, void *arg);
 /*
  * Queues work on queue/id, done in order: cut the file to truncate_to
  * bytes when >= 0 (a torn tail), append data (taken over, *data left
  * empty; NULL: nothing) and fdatasync, then unlink when remove.
  */
 void status_writer_push(struct status_writer *w, const char *id, struct buf *data, int remove,
-			long long truncate_to);
+                        long long truncate_to);
 /* Finishes every queued job, stops the thread, frees the writer. */
 void status_writer_free(struct status_writer *w);
 
 /* ---- mx.c: where mail for a domain goes ------------------------------ */
 
 struct dhost {
-	char name[256];	 /* MX host name (or the relay) */
-	char addr[64];	 /* address text */
-	int family;	 /* AF_INET / AF_INET6 */
+	char name[256]; /* MX host name (or the relay) */
+	char addr[64];  /* address text */
+	int family;     /* AF_INET / AF_INET6 */
 	int port;
 };
 
@@ -143,17 +143,17 @@ enum { ROUTE_OK = 0, ROUTE_TEMPFAIL = 4, ROUTE_PERMFAIL = 5 };
  * ..."); route is the callee's to keep (free with droute_free).
  */
 typedef void (*mx_cb)(void *arg, uint64_t cookie, int status, const char *why,
-		      struct droute *route);
+                      struct droute *route);
 /*
  * Resolves domain per RFC 5321 5.1 (MX by preference, equal preferences
  * shuffled, hosts that do not resolve skipped, implicit MX, null MX) into
  * a list of addresses on port. cb runs once, from the loop.
  */
 void mx_resolve(struct dns_resolver *r, const char *domain, int port, mx_cb cb, void *arg,
-		uint64_t cookie);
+                uint64_t cookie);
 /* Resolves the relay "host:port" the same way (A/AAAA when it is a name). */
 void mx_resolve_relay(struct dns_resolver *r, const char *relay, mx_cb cb, void *arg,
-		      uint64_t cookie);
+                      uint64_t cookie);
 void droute_free(struct droute *rt);
 
 /* ---- client.c: the outbound SMTP client ------------------------------- */
@@ -183,7 +183,7 @@ struct dtxn {
 
 /* What a connection knows about itself, for events. */
 struct dconn_info {
-	const char *mx;	    /* host name */
+	const char *mx;     /* host name */
 	const char *addr;   /* remote address */
 	const char *source; /* local address bound, "" for the system's */
 	const char *tls;    /* "TLSv1.3" or "" */
@@ -206,7 +206,7 @@ struct dclient_ops {
 struct dclient_env {
 	struct event_base *base;
 	SSL_CTX *ssl;
-	struct hmap *notls; /* address -> (intptr) until when TLS is skipped */
+	struct hmap *notls;   /* address -> (intptr) until when TLS is skipped */
 	const char *hostname; /* HELO when the pool has none */
 	int connect_timeout, command_timeout, data_timeout;
 	int max_messages;
@@ -222,8 +222,8 @@ struct dclient_env {
  * has one. ops run on the loop; the connection frees itself after closed.
  */
 struct dconn *dconn_new(struct dclient_env *env, struct droute *route, const char *src4,
-			const char *helo4, const char *src6, const char *helo6,
-			const struct dclient_ops *ops, void *arg);
+                        const char *helo4, const char *src6, const char *helo6,
+                        const struct dclient_ops *ops, void *arg);
 void dconn_info(const struct dconn *c, struct dconn_info *out);
 /* Asks the connection to finish its transaction and quit (or close now when abort). */
 void dconn_stop(struct dconn *c, int abort_now);
@@ -255,7 +255,7 @@ struct dsched;
  * NULL with err when the spool cannot be opened.
  */
 struct dsched *sched_new(struct event_base *base, struct config *cfg, struct store *st,
-			 struct dns_resolver *dns, SSL_CTX *ssl, char *err, size_t errlen);
+                         struct dns_resolver *dns, SSL_CTX *ssl, char *err, size_t errlen);
 /* Loads the spool and starts watching it (inotify, periodic rescans); 0 or -1. */
 int sched_start(struct dsched *s);
 /*

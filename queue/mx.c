@@ -71,9 +71,9 @@ static void mx_addresses_done(struct mx_query *q)
 	if (rt->n == 0) {
 		droute_free(rt);
 		mx_finish(q, ROUTE_TEMPFAIL,
-			  q->temp ? "4.4.3 the mail servers' addresses could not be looked up"
-				  : "4.4.4 no mail server of the domain has an address",
-			  NULL);
+		          q->temp ? "4.4.3 the mail servers' addresses could not be looked up"
+		                  : "4.4.4 no mail server of the domain has an address",
+		          NULL);
 		return;
 	}
 	mx_finish(q, ROUTE_OK, "", rt);
@@ -84,8 +84,7 @@ static void mx_addr_cb(const struct dns_result *res, void *arg, uint64_t cookie)
 	struct mx_query *q = arg;
 	size_t i = (size_t)(cookie >> 1);
 
-	if (res->status == DNS_SERVFAIL || res->status == DNS_TIMEOUT ||
-	    res->status == DNS_ERROR)
+	if (res->status == DNS_SERVFAIL || res->status == DNS_TIMEOUT || res->status == DNS_ERROR)
 		q->temp = 1;
 	if (cookie & 1)
 		q->aaaa[i] = dns_result_dup(res);
@@ -121,7 +120,7 @@ static void mx_cb_mx(const struct dns_result *res, void *arg, uint64_t cookie)
 		if (mx_is_null(q->mx, q->nmx)) {
 			q->nmx = 0;
 			mx_finish(q, ROUTE_PERMFAIL,
-				  "5.1.10 the recipient's domain accepts no mail (null MX)", NULL);
+			          "5.1.10 the recipient's domain accepts no mail (null MX)", NULL);
 			return;
 		}
 		/* A null MX mixed with others is broken; skip the "." entries. */
@@ -144,19 +143,19 @@ static void mx_cb_mx(const struct dns_result *res, void *arg, uint64_t cookie)
 		return;
 	default:
 		mx_finish(q, ROUTE_TEMPFAIL, "4.4.3 the MX lookup of the recipient's domain failed",
-			  NULL);
+		          NULL);
 		return;
 	}
 	if (q->nmx == 0) {
 		mx_finish(q, ROUTE_TEMPFAIL, "4.4.4 the domain's MX records name no usable host",
-			  NULL);
+		          NULL);
 		return;
 	}
 	mx_lookup_hosts(q);
 }
 
 void mx_resolve(struct dns_resolver *r, const char *domain, int port, mx_cb cb, void *arg,
-		uint64_t cookie)
+                uint64_t cookie)
 {
 	struct mx_query *q = xcalloc(1, sizeof(*q));
 
@@ -170,7 +169,7 @@ void mx_resolve(struct dns_resolver *r, const char *domain, int port, mx_cb cb, 
 }
 
 void mx_resolve_relay(struct dns_resolver *r, const char *relay, mx_cb cb, void *arg,
-		      uint64_t cookie)
+                      uint64_t cookie)
 {
 	struct mx_query *q = xcalloc(1, sizeof(*q));
 	char host[256];

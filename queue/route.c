@@ -64,8 +64,8 @@ const char *addr_domain(const char *addr)
 	return at ? at + 1 : "";
 }
 
-const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain,
-		      int rp_ok, char *out, size_t outlen)
+const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain, int rp_ok,
+                      char *out, size_t outlen)
 {
 	const char *dom = addr_domain(sender);
 

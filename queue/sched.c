@@ -257,13 +257,13 @@ static void sched_load(struct dsched *s, const char *id)
 	if (hmap_get(s->msgs, id) != NULL || hmap_get(s->bad, id) != NULL)
 		return;
 	m = xcalloc(1, sizeof(*m));
-	if (dq_read_file(s->queuefd, id, &qm, 0, &st, &valid, &flen, m->digest, err,
-			 sizeof(err)) == -1) {
+	if (dq_read_file(s->queuefd, id, &qm, 0, &st, &valid, &flen, m->digest, err, sizeof(err)) ==
+	    -1) {
 		free(m);
 		if (strstr(err, "No such file") != NULL)
 			return; /* gone meanwhile */
 		log_warn("event=delivery_unreadable id=%s reason=%s", id,
-			 log_quote(q, sizeof(q), err));
+		         log_quote(q, sizeof(q), err));
 		hmap_put(s->bad, id, (void *)1);
 		return;
 	}
@@ -366,7 +366,7 @@ static void load_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (s->nscan > 0)
 		log_info("event=delivery_scan_loaded messages=%zu indexed=%zu", s->nscan,
-			 hmap_count(s->msgs));
+		         hmap_count(s->msgs));
 	s->nscan = s->scan_pos = 0;
 }
 
@@ -379,7 +379,7 @@ static void rescan_cb(evutil_socket_t fd, short what, void *arg)
 	s->nscan = s->scan_pos = 0;
 	if (queue_list_files(s->dir, scan_path, s) == -1)
 		log_warn("event=delivery_scan_failed dir=%s/queue error=\"%s\"", s->dir,
-			 strerror(errno));
+		         strerror(errno));
 	if (s->nscan > 0) {
 		struct timeval zero = {0, 0};
 		evtimer_add(s->ev_load, &zero);
@@ -426,7 +426,7 @@ static void msg_persist(struct dsched *s, struct dmsg *m, const size_t *idx, siz
 }
 
 static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_t i,
-		       const struct dreply *r, const struct dconn_info *info, time_t next)
+                       const struct dreply *r, const struct dconn_info *info, time_t next)
 {
 	json_t *j;
 	char reply[700], *txt;
@@ -435,12 +435,11 @@ static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_
 		snprintf(reply, sizeof(reply), "%d %s", r->code, r->text);
 	else
 		snprintf(reply, sizeof(reply), "%s", r->text);
-	j = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:i}", "recipient", m->rcpts[i], "mx",
-		      info && info->mx ? info->mx : "", "mx_address",
-		      info && info->addr ? info->addr : "", "source_address",
-		      info && info->source ? info->source : "", "tls",
-		      info && info->tls && info->tls[0], "reply", reply, "attempt",
-		      m->st[i].attempts);
+	j = json_pack(
+	    "{s:s, s:s, s:s, s:s, s:b, s:s, s:i}", "recipient", m->rcpts[i], "mx",
+	    info && info->mx ? info->mx : "", "mx_address", info && info->addr ? info->addr : "",
+	    "source_address", info && info->source ? info->source : "", "tls",
+	    info && info->tls && info->tls[0], "reply", reply, "attempt", m->st[i].attempts);
 	if (j == NULL)
 		return;
 	if (info && info->tls && info->tls[0])
@@ -470,7 +469,7 @@ enum { OUT_DELIVERED, OUT_DEFERRED, OUT_BOUNCED };
 
 /* Records the outcome of one attempt for recipient i of m; returns OUT_*. */
 static int rcpt_outcome(struct dsched *s, struct dmsg *m, size_t i, const struct dreply *r,
-			const struct dconn_info *info, time_t now)
+                        const struct dconn_info *info, time_t now)
 {
 	struct queue_rcpt_status *st = &m->st[i];
 	char q1[300], q2[700];
@@ -491,8 +490,8 @@ static int rcpt_outcome(struct dsched *s, struct dmsg *m, size_t i, const struct
 		s->bounced++;
 		emit_event(s, "message.bounced", m, i, r, info, 0);
 		log_info("event=delivery_bounced id=%s rcpt=%s mx=%s reply=%s", m->id,
-			 log_quote(q1, sizeof(q1), m->rcpts[i]), info && info->mx ? info->mx : "",
-			 log_quote(q2, sizeof(q2), r->text));
+		         log_quote(q1, sizeof(q1), m->rcpts[i]), info && info->mx ? info->mx : "",
+		         log_quote(q2, sizeof(q2), r->text));
 		if (bounce_is_hard(r) && s->st != NULL) {
 			char addr[400], reason[600];
 			snprintf(addr, sizeof(addr), "%s", m->rcpts[i]);
@@ -505,15 +504,15 @@ static int rcpt_outcome(struct dsched *s, struct dmsg *m, size_t i, const struct
 	/* 4xx, timeouts, connection failures. */
 	{
 		time_t next = retry_next(&s->retry, m->received, now, st->attempts,
-					 reply_retry_hint(r->text), rnd01());
+		                         reply_retry_hint(r->text), rnd01());
 		if (next == 0) {
 			st->state = QRCPT_EXPIRED;
 			m->nfinal++;
 			s->bounced++;
 			emit_event(s, "message.expired", m, i, r, info, 0);
 			log_info("event=delivery_expired id=%s rcpt=%s attempts=%d last_reply=%s",
-				 m->id, log_quote(q1, sizeof(q1), m->rcpts[i]), st->attempts,
-				 log_quote(q2, sizeof(q2), r->text));
+			         m->id, log_quote(q1, sizeof(q1), m->rcpts[i]), st->attempts,
+			         log_quote(q2, sizeof(q2), r->text));
 			return OUT_BOUNCED;
 		}
 		st->state = QRCPT_DEFERRED;
@@ -529,7 +528,7 @@ static int rcpt_outcome(struct dsched *s, struct dmsg *m, size_t i, const struct
  * one_for_all) and re-queues what is deferred; frees it when nothing is.
  */
 static void item_settle(struct dsched *s, struct ditem *it, const struct dreply *per_rcpt,
-			const struct dreply *one_for_all, const struct dconn_info *info)
+                        const struct dreply *one_for_all, const struct dconn_info *info)
 {
 	struct dmsg *m = it->m;
 	time_t now = time(NULL), due = 0;
@@ -563,7 +562,7 @@ static void item_settle(struct dsched *s, struct ditem *it, const struct dreply 
 
 /* Applies one outcome to every ready item of q (a route or connection failure). */
 static void dq_fail_ready(struct dsched *s, struct dq *q, const struct dreply *why,
-			  const struct dconn_info *info)
+                          const struct dconn_info *info)
 {
 	struct ditem *list = q->ready, *it;
 	char qt[700];
@@ -571,8 +570,8 @@ static void dq_fail_ready(struct dsched *s, struct dq *q, const struct dreply *w
 	if (list == NULL)
 		return;
 	log_info("event=delivery_destination_failed tenant_id=%lld domain=%s items=%zu reply=%s",
-		 (long long)q->tenant_id, q->domain, q->nready,
-		 log_quote(qt, sizeof(qt), why->text));
+	         (long long)q->tenant_id, q->domain, q->nready,
+	         log_quote(qt, sizeof(qt), why->text));
 	q->ready = q->ready_tail = NULL;
 	q->nready = 0;
 	while ((it = list) != NULL) {
@@ -626,8 +625,7 @@ static void cx_free(struct dcx *x)
 	sched_kick(s);
 }
 
-static void route_cb(void *arg, uint64_t cookie, int status, const char *why,
-		     struct droute *route)
+static void route_cb(void *arg, uint64_t cookie, int status, const char *why, struct droute *route)
 {
 	struct dcx *x = arg;
 	struct dsched *s = x->s;
@@ -663,9 +661,9 @@ static int cx_pick_sources(struct dsched *s, struct dcx *x)
 {
 	struct pool_address pool[POOL_MAX];
 	char name[128];
-	int n = s->st ? store_tenant_pool(s->st, x->q->tenant_id, pool, POOL_MAX, name,
-					  sizeof(name))
-		      : 0;
+	int n = s->st
+	            ? store_tenant_pool(s->st, x->q->tenant_id, pool, POOL_MAX, name, sizeof(name))
+	            : 0;
 	int fam, try, have = 0, any = 0;
 
 	if (n == 0)
@@ -828,7 +826,7 @@ static void retry_requests(struct dsched *s)
 		sched_retry_now(s, de->d_name);
 		if (unlinkat(dirfd(d), de->d_name, 0) == -1 && errno != ENOENT)
 			log_warn("event=delivery_retry_unlink_failed id=%s error=\"%s\"",
-				 de->d_name, strerror(errno));
+			         de->d_name, strerror(errno));
 	}
 	closedir(d);
 }
@@ -879,7 +877,7 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		if (queue_read_fileat(s->queuefd, m->id, &qm, 1, err, sizeof(err)) == -1) {
 			/* Deleted by an operator (or damaged): forget the item. */
 			log_warn("event=delivery_message_gone id=%s reason=%s", m->id,
-				 log_quote(qe, sizeof(qe), err));
+			         log_quote(qe, sizeof(qe), err));
 			item_free(it);
 			if (m->nitems == 0 && !m->removing) {
 				hmap_del(s->msgs, m->id);
@@ -907,11 +905,11 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 			snprintf(sdom, sizeof(sdom), "%s", addr_domain(m->sender));
 			str_lower(sdom);
 			verp_host(m->sender, s->cfg->platform_return_path_prefix,
-				  s->cfg->platform_bounce_domain,
-				  s->st ? store_return_path_ok(s->st, sdom) : 0, vh, sizeof(vh));
+			          s->cfg->platform_bounce_domain,
+			          s->st ? store_return_path_ok(s->st, sdom) : 0, vh, sizeof(vh));
 			snprintf(host, sizeof(host), "%s", vh);
 			if (verp_address(addr, sizeof(addr), m->id,
-					 it->n == 1 ? (long)it->idx[0] : -1, host) == -1)
+			                 it->n == 1 ? (long)it->idx[0] : -1, host) == -1)
 				snprintf(addr, sizeof(addr), "%s", m->sender);
 			t->mail_from = xstrdup(addr);
 		}
@@ -961,12 +959,13 @@ static void ops_done(void *arg, struct dconn *c, struct dtxn *t)
 	}
 	{
 		char q1[600];
-		log_info("event=delivery_attempt id=%s tenant_id=%lld domain=%s rcpts=%zu mx=%s "
-			 "source=%s tls=%s reply=%s",
-			 it->m->id, (long long)it->m->tenant_id, it->q->domain, t->nrcpts, info.mx,
-			 info.source[0] ? info.source : "-", info.tls[0] ? info.tls : "no",
-			 log_quote(q1, sizeof(q1), t->data_reply.code ? t->data_reply.text
-								      : t->rcpt_reply[0].text));
+		log_info(
+		    "event=delivery_attempt id=%s tenant_id=%lld domain=%s rcpts=%zu mx=%s "
+		    "source=%s tls=%s reply=%s",
+		    it->m->id, (long long)it->m->tenant_id, it->q->domain, t->nrcpts, info.mx,
+		    info.source[0] ? info.source : "-", info.tls[0] ? info.tls : "no",
+		    log_quote(q1, sizeof(q1),
+		              t->data_reply.code ? t->data_reply.text : t->rcpt_reply[0].text));
 	}
 	item_settle(s, it, per, NULL, &info);
 	free(per);
@@ -998,7 +997,7 @@ static const struct dclient_ops sched_ops = {ops_next, ops_done, ops_failed, ops
 /* ---- life cycle -------------------------------------------------------- */
 
 struct dsched *sched_new(struct event_base *base, struct config *cfg, struct store *st,
-			 struct dns_resolver *dns, SSL_CTX *ssl, char *err, size_t errlen)
+                         struct dns_resolver *dns, SSL_CTX *ssl, char *err, size_t errlen)
 {
 	struct dsched *s = xcalloc(1, sizeof(*s));
 	char path[4096];
@@ -1054,7 +1053,7 @@ int sched_start(struct dsched *s)
 	s->infd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (s->infd == -1 || inotify_add_watch(s->infd, path, IN_MOVED_TO | IN_CREATE) == -1) {
 		log_warn("event=delivery_inotify_failed dir=%s error=\"%s\" fallback=rescan", path,
-			 strerror(errno));
+		         strerror(errno));
 		if (s->infd != -1)
 			close(s->infd);
 		s->infd = -1;
@@ -1098,8 +1097,8 @@ void sched_stop(struct dsched *s, int grace, void (*done)(void *arg), void *arg)
 	if (s->ev_inotify)
 		event_del(s->ev_inotify);
 	log_info("event=delivery_stopping in_flight=%zu delivered=%llu bounced=%llu deferred=%llu",
-		 s->ncx, (unsigned long long)s->delivered, (unsigned long long)s->bounced,
-		 (unsigned long long)s->deferred);
+	         s->ncx, (unsigned long long)s->delivered, (unsigned long long)s->bounced,
+	         (unsigned long long)s->deferred);
 	if (s->ncx == 0) {
 		status_writer_free(s->sw);
 		s->sw = NULL;

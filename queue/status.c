@@ -18,8 +18,7 @@
 
 #include "queue/deliver_int.h"
 
-static const char *const state_names[] = {"pending", "deferred", "delivered", "bounced",
-					  "expired"};
+static const char *const state_names[] = {"pending", "deferred", "delivered", "bounced", "expired"};
 
 const char *queue_rcpt_state_str(int state)
 {
@@ -40,7 +39,7 @@ static uint32_t get32(const unsigned char *p)
 
 /* SHA-256 of prev (32 bytes) followed by n bytes of p. */
 static void chain_digest(const unsigned char prev[32], const unsigned char *p, size_t n,
-			 unsigned char out[32])
+                         unsigned char out[32])
 {
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	unsigned int len = 32;
@@ -53,8 +52,7 @@ static void chain_digest(const unsigned char prev[32], const unsigned char *p, s
 }
 
 /* Parses one STATUS record's text; 0 with *idx and *s filled, or -1. */
-static int status_decode(const unsigned char *p, size_t n, size_t *idx,
-			 struct queue_rcpt_status *s)
+static int status_decode(const unsigned char *p, size_t n, size_t *idx, struct queue_rcpt_status *s)
 {
 	char text[128], *f[5], *save = NULL, *end;
 	long long v[5];
@@ -93,7 +91,7 @@ static int status_decode(const unsigned char *p, size_t n, size_t *idx,
 }
 
 int queue_status_parse(const unsigned char *p, size_t n, struct queue_rcpt_status *st,
-		       size_t nrcpts, size_t *valid_len, unsigned char digest[32])
+                       size_t nrcpts, size_t *valid_len, unsigned char digest[32])
 {
 	unsigned char d[32], want[32];
 	size_t off = 0, seg = 0, pend_from;
@@ -163,7 +161,7 @@ int queue_status_parse(const unsigned char *p, size_t n, struct queue_rcpt_statu
 }
 
 void queue_status_segment(struct buf *out, unsigned char digest[32], const size_t *idx, size_t n,
-			  const struct queue_rcpt_status *st)
+                          const struct queue_rcpt_status *st)
 {
 	size_t start = out->len, i;
 	unsigned char d[32];
@@ -172,8 +170,8 @@ void queue_status_segment(struct buf *out, unsigned char digest[32], const size_
 	for (i = 0; i < n; i++) {
 		const struct queue_rcpt_status *s = &st[idx[i]];
 		int len = snprintf(text, sizeof(text), "%zu %s %d %lld %lld", idx[i],
-				   queue_rcpt_state_str(s->state), s->attempts, (long long)s->last,
-				   (long long)s->next);
+		                   queue_rcpt_state_str(s->state), s->attempts, (long long)s->last,
+		                   (long long)s->next);
 		if (queue_rec_append(out, QREC_STATUS, text, (size_t)len) == -1)
 			abort();
 	}
@@ -185,7 +183,7 @@ void queue_status_segment(struct buf *out, unsigned char digest[32], const size_
 
 /* Reads a whole file into a malloc'd image; 0 or -1 with err. */
 static int read_image(int dirfd, const char *name, unsigned char **img, size_t *n, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	struct stat sb;
 	size_t got = 0;
@@ -217,8 +215,8 @@ static int read_image(int dirfd, const char *name, unsigned char **img, size_t *
 }
 
 int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body,
-		 struct queue_rcpt_status **st, size_t *valid_len, size_t *file_len,
-		 unsigned char digest[32], char *err, size_t errlen)
+                 struct queue_rcpt_status **st, size_t *valid_len, size_t *file_len,
+                 unsigned char digest[32], char *err, size_t errlen)
 {
 	unsigned char *img;
 	size_t n;
@@ -247,7 +245,7 @@ int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body
 }
 
 int queue_read_status(const char *path, struct queue_msg *m, int want_body,
-		      struct queue_rcpt_status **st, char *err, size_t errlen)
+                      struct queue_rcpt_status **st, char *err, size_t errlen)
 {
 	return dq_read_file(AT_FDCWD, path, m, want_body, st, NULL, NULL, NULL, err, errlen);
 }
@@ -258,8 +256,8 @@ struct sw_job {
 	struct sw_job *next;
 	char id[QUEUE_ID_LEN + 1];
 	struct buf data; /* bytes to append (may be empty) */
-	int remove;	 /* unlink the file afterwards */
-	off_t truncate;	 /* >= 0: cut the file to this length first (torn tail) */
+	int remove;      /* unlink the file afterwards */
+	off_t truncate;  /* >= 0: cut the file to this length first (torn tail) */
 };
 
 struct status_writer {
@@ -287,7 +285,7 @@ static void sw_append(struct status_writer *w, struct sw_job *j, int *fds, size_
 	if (fd == -1) {
 		if (errno != ENOENT)
 			log_err("event=status_append_failed id=%s error=\"open: %s\"", j->id,
-				strerror(errno));
+			        strerror(errno));
 		return;
 	}
 	if (j->truncate >= 0 && ftruncate(fd, j->truncate) == -1)
@@ -298,7 +296,7 @@ static void sw_append(struct status_writer *w, struct sw_job *j, int *fds, size_
 			continue;
 		if (r == -1) {
 			log_err("event=status_append_failed id=%s error=\"write: %s\"", j->id,
-				strerror(errno));
+			        strerror(errno));
 			break;
 		}
 		off += (size_t)r;
@@ -347,7 +345,7 @@ static void *sw_main(void *arg)
 				continue;
 			if (unlinkat(w->queuefd, j->id, 0) == -1 && errno != ENOENT)
 				log_err("event=queue_unlink_failed id=%s error=\"%s\"", j->id,
-					strerror(errno));
+				        strerror(errno));
 			removed = 1;
 		}
 		/* Removal need not be durable: a message may go out twice, never
@@ -398,7 +396,7 @@ static void sw_done(evutil_socket_t fd, short what, void *arg)
 }
 
 struct status_writer *status_writer_new(struct event_base *base, int queuefd,
-					status_removed_cb removed, void *arg)
+                                        status_removed_cb removed, void *arg)
 {
 	struct status_writer *w = xcalloc(1, sizeof(*w));
 
@@ -421,7 +419,7 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd,
 }
 
 void status_writer_push(struct status_writer *w, const char *id, struct buf *data, int remove,
-			long long truncate_to)
+                        long long truncate_to)
 {
 	struct sw_job *j = xcalloc(1, sizeof(*j));
 

@@ -59,7 +59,7 @@ static void test_next_attempt_and_expiry(void **state)
 	assert_int_equal(retry_next(&defaults, recv, recv + 10, 1, 5, 0.5), recv + 10 + 300);
 	/* Never scheduled past the expiry time... */
 	assert_int_equal(retry_next(&defaults, recv, recv + 5 * 86400 - 100, 1, -1, 0.5),
-			 recv + 5 * 86400);
+	                 recv + 5 * 86400);
 	/* ...and at or after it the message expires (0). */
 	assert_int_equal(retry_next(&defaults, recv, recv + 5 * 86400, 1, -1, 0.5), 0);
 	assert_int_equal(retry_next(&defaults, recv, recv + 6 * 86400, 3, -1, 0.5), 0);
@@ -111,11 +111,11 @@ static void test_enhanced_codes(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_delay_grows_and_caps),
-		cmocka_unit_test(test_delay_jitter_bounds),
-		cmocka_unit_test(test_next_attempt_and_expiry),
-		cmocka_unit_test(test_retry_hint),
-		cmocka_unit_test(test_enhanced_codes),
+	    cmocka_unit_test(test_delay_grows_and_caps),
+	    cmocka_unit_test(test_delay_jitter_bounds),
+	    cmocka_unit_test(test_next_attempt_and_expiry),
+	    cmocka_unit_test(test_retry_hint),
+	    cmocka_unit_test(test_enhanced_codes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -51,9 +51,8 @@ static void test_status_roundtrip(void **state)
 	make_image(&img);
 	base = img.len;
 	/* No segment yet: everything pending, the chain starts at END's digest. */
-	assert_int_equal(queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid,
-					    digest),
-			 0);
+	assert_int_equal(
+	    queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid, digest), 0);
 	assert_int_equal(valid, base);
 	assert_memory_equal(digest, img.data + base - 32, 32);
 	assert_int_equal(got[0].state, QRCPT_PENDING);
@@ -69,7 +68,7 @@ static void test_status_roundtrip(void **state)
 	queue_status_segment(&img, digest, idx, 1, st);
 
 	assert_int_equal(queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid, d2),
-			 2);
+	                 2);
 	assert_int_equal(valid, img.len);
 	assert_memory_equal(d2, digest, 32);
 	assert_int_equal(got[0].state, QRCPT_DELIVERED);
@@ -81,9 +80,8 @@ static void test_status_roundtrip(void **state)
 	assert_int_equal(got[2].last, 1700000400);
 
 	/* The message itself still reads (the spool accepts appended status). */
-	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err,
-					 sizeof(err)),
-			 0);
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), 0);
 	assert_int_equal(m.env.nrcpts, 3);
 	queue_msg_free(&m);
 	buf_free(&img);
@@ -109,21 +107,19 @@ static void test_status_torn_tail(void **state)
 
 	/* Every cut inside the second segment keeps the first one. */
 	for (cut = first_end; cut < img.len; cut++) {
-		assert_int_equal(queue_status_parse((unsigned char *)img.data, cut, got, 3, &valid,
-						    NULL),
-				 1);
+		assert_int_equal(
+		    queue_status_parse((unsigned char *)img.data, cut, got, 3, &valid, NULL), 1);
 		assert_int_equal(valid, first_end);
 		assert_int_equal(got[1].state, QRCPT_DELIVERED);
 		/* ...and the spool still reads the message. */
 		assert_int_equal(
-			queue_msg_parse((unsigned char *)img.data, cut, &m, 0, err, sizeof(err)), 0);
+		    queue_msg_parse((unsigned char *)img.data, cut, &m, 0, err, sizeof(err)), 0);
 		queue_msg_free(&m);
 	}
 	/* A flipped byte in the last segment: that segment is dropped. */
 	img.data[img.len - 40] ^= 1;
-	assert_int_equal(queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid,
-					    NULL),
-			 1);
+	assert_int_equal(
+	    queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid, NULL), 1);
 	assert_int_equal(got[1].state, QRCPT_DELIVERED);
 	assert_int_equal(valid, first_end);
 	img.data[img.len - 40] ^= 1;
@@ -131,13 +127,11 @@ static void test_status_torn_tail(void **state)
 	/* Zeros after END (a torn append on some file systems) are tolerated. */
 	img.len = first_end;
 	assert_int_equal(buf_append(&img, "\0\0\0\0\0\0\0\0", 8), 0);
-	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err,
-					 sizeof(err)),
-			 0);
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err, sizeof(err)), 0);
 	queue_msg_free(&m);
-	assert_int_equal(queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid,
-					    NULL),
-			 1);
+	assert_int_equal(
+	    queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid, NULL), 1);
 	assert_int_equal(valid, first_end);
 
 	/* Recipient indexes out of range are ignored, not trusted. */
@@ -151,17 +145,15 @@ static void test_status_torn_tail(void **state)
 		big[9] = (struct queue_rcpt_status){QRCPT_DELIVERED, 1, 5, 0};
 		queue_status_segment(&img, digest, &i9, 1, big);
 	}
-	assert_int_equal(queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid,
-					    NULL),
-			 2);
+	assert_int_equal(
+	    queue_status_parse((unsigned char *)img.data, img.len, got, 3, &valid, NULL), 2);
 	buf_free(&img);
 
 	/* Garbage after END that is not a status segment is still damage. */
 	make_image(&img);
 	assert_int_equal(buf_append(&img, "x", 1), 0);
-	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err,
-					 sizeof(err)),
-			 -1);
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err, sizeof(err)), -1);
 	buf_free(&img);
 }
 
@@ -216,16 +208,17 @@ static void test_verp(void **state)
 {
 	char host[300], out[400];
 
-	assert_string_equal(verp_host("s@Acme.example", "rp", "bounces.p.example", 1, host,
-				      sizeof(host)),
-			    "rp.Acme.example");
 	assert_string_equal(
-		verp_host("s@acme.example", "rp", "bounces.p.example", 0, host, sizeof(host)),
-		"bounces.p.example");
-	assert_int_equal(verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 3, "rp.acme.example"),
-			 0);
+	    verp_host("s@Acme.example", "rp", "bounces.p.example", 1, host, sizeof(host)),
+	    "rp.Acme.example");
+	assert_string_equal(
+	    verp_host("s@acme.example", "rp", "bounces.p.example", 0, host, sizeof(host)),
+	    "bounces.p.example");
+	assert_int_equal(
+	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 3, "rp.acme.example"), 0);
 	assert_string_equal(out, "bounce+0123456789ABCDEFGHIJ.3@rp.acme.example");
-	assert_int_equal(verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", -1, "b.example"), 0);
+	assert_int_equal(verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", -1, "b.example"),
+	                 0);
 	assert_string_equal(out, "bounce+0123456789ABCDEFGHIJ@b.example");
 	assert_int_equal(verp_address(out, 10, "0123456789ABCDEFGHIJ", 0, "b.example"), -1);
 	assert_string_equal(addr_domain("x@y@z.example"), "z.example");
@@ -309,10 +302,14 @@ static void test_ehlo_keywords(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_status_roundtrip), cmocka_unit_test(test_status_torn_tail),
-		cmocka_unit_test(test_state_names),	 cmocka_unit_test(test_mx_order),
-		cmocka_unit_test(test_verp),		 cmocka_unit_test(test_pool_pick),
-		cmocka_unit_test(test_dotstuff),	 cmocka_unit_test(test_ehlo_keywords),
+	    cmocka_unit_test(test_status_roundtrip),
+	    cmocka_unit_test(test_status_torn_tail),
+	    cmocka_unit_test(test_state_names),
+	    cmocka_unit_test(test_mx_order),
+	    cmocka_unit_test(test_verp),
+	    cmocka_unit_test(test_pool_pick),
+	    cmocka_unit_test(test_dotstuff),
+	    cmocka_unit_test(test_ehlo_keywords),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
