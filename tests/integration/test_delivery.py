@@ -296,3 +296,46 @@ def test_tenants_share_a_busy_destination(denv, ctl):
     sink.wait_for(17, timeout=30)
     order = [m.rcpts[0] for m in sink.messages]
     assert order.index("b1@shared.test") <= before + 2, (before, order)
+
+
+def test_ipv6_and_ipv4_sources_match_the_destination(denv, ctl):
+    t = h.setup_tenant(ctl)
+    denv.pool(t, h.unique_name("p46"), ("127.0.0.2", "v4.sendgate.test", 1),
+              ("::1", "v6.sendgate.test", 1))
+    s6 = denv.sink("::1")
+    s4 = denv.sink("127.0.0.28")
+    denv.dns.set("six.test", "MX", ["10 mx.six.test"])
+    denv.dns.set("mx.six.test", "AAAA", ["::1"])
+    denv.mx("four.test", (10, "mx.four.test", "127.0.0.28"))
+    d = denv.start()
+    submit(d, t, ["x@six.test"])
+    submit(d, t, ["y@four.test"])
+    m6 = s6.wait_for(1)[0]
+    m4 = s4.wait_for(1)[0]
+    assert m6.source == "::1" and m6.helo == "v6.sendgate.test"
+    assert m4.source == "127.0.0.2" and m4.helo == "v4.sendgate.test"
+
+
+def test_pool_without_the_destinations_family_defers(denv, ctl):
+    t = h.setup_tenant(ctl)
+    denv.pool(t, h.unique_name("p6"), ("::1", "v6.sendgate.test", 1))
+    sink = denv.sink("127.0.0.29")
+    denv.mx("v4only.test", (10, "mx.v4only.test", "127.0.0.29"))
+    d = denv.start()
+    qid = submit(d, t, ["x@v4only.test"])
+    ev = denv.wait_events(qid, "message.deferred")
+    assert "family" in ev[0][2]["reply"]
+    assert sink.connections == 0
+
+
+def test_messages_per_minute_per_destination(denv, tenant):
+    sink = denv.sink("127.0.0.36")
+    denv.mx("rate.test", (10, "mx.rate.test", "127.0.0.36"))
+    d = denv.start(delivery__messages_per_minute="2")
+    ids = [submit(d, tenant, ["r%d@rate.test" % i]) for i in range(4)]
+    sink.wait_for(2)
+    time.sleep(3)
+    # Two this minute; the others wait in the queue, not bounced or deferred.
+    assert sink.count == 2
+    assert len(d.queue_ids()) == 2 and set(d.queue_ids()) <= set(ids)
+    assert all(denv.events(i, "message.deferred") == [] for i in ids)
