@@ -631,13 +631,16 @@ static void conn_tls_failed(struct dconn *c, const char *why)
 	const struct dhost *h = &c->route->hosts[c->hi];
 	char q[300];
 
-	hmap_put(c->env->notls, h->addr, (void *)(intptr_t)(time(NULL) + NOTLS_SECONDS));
-	log_info("event=delivery_tls_failed mx=%s addr=%s reason=%s action=retry_in_clear", h->name,
-	         h->addr, log_quote(q, sizeof(q), why));
 	if (c->route->relay && c->env->relay_tls_required) {
+		/* TLS is required: no clear-text fallback to remember. */
+		log_info("event=delivery_tls_failed mx=%s addr=%s reason=%s action=defer", h->name,
+		         h->addr, log_quote(q, sizeof(q), why));
 		conn_fail(c, 451, "4.7.10 TLS with the relay failed");
 		return;
 	}
+	hmap_put(c->env->notls, h->addr, (void *)(intptr_t)(time(NULL) + NOTLS_SECONDS));
+	log_info("event=delivery_tls_failed mx=%s addr=%s reason=%s action=retry_in_clear", h->name,
+	         h->addr, log_quote(q, sizeof(q), why));
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	conn_connect_host(c);

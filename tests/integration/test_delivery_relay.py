@@ -89,3 +89,21 @@ def test_connection_reuse_and_destination_limit(denv, tenant):
         peers.setdefault(m.peer, []).append(m)
     assert sorted(len(v) for v in peers.values()) == [1, 3, 3]
     h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+
+
+def test_relay_tls_failure_never_falls_back_to_clear_text(denv, tenant):
+    relay = denv.sink("127.0.0.37", tls_broken=True)
+    d = denv.start(delivery__relay="127.0.0.37:%d" % denv.port, delivery__relay_starttls="yes",
+                   delivery__retry_first="1s")
+    qid = submit(d, tenant, ["x@anywhere.test"])
+    ev = denv.wait_events(qid, "message.deferred", 2)
+    assert all("4.7.10" in e[2]["reply"] for e in ev)
+    assert relay.count == 0 and d.queue_ids() == [qid]
+
+
+def test_opportunistic_tls_without_relay_requirement(denv, tenant):
+    # relay_starttls = no: STARTTLS is still used when offered...
+    relay = denv.sink("127.0.0.38")
+    d = denv.start(delivery__relay="127.0.0.38:%d" % denv.port, delivery__relay_starttls="no")
+    submit(d, tenant, ["x@anywhere.test"])
+    assert relay.wait_for(1)[0].tls
