@@ -83,8 +83,8 @@ CTL_LIBS = $(filter-out $(BUILD)/libsmtpd.a,$(LIBS))
 $(BUILD)/sendgatectl: $(patsubst %.c,$(BUILD)/%.o,$(wildcard tenants/ctl*.c)) $(CTL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(CTL_LIBS) -Wl,--end-group $(LDLIBS)
 
-$(BUILD)/sendgate-bench: $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c)) $(BUILD)/libcommon.a
-	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libcommon.a $(LDLIBS)
+$(BUILD)/sendgate-bench: $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c)) $(BUILD)/libdkim.a $(BUILD)/libcommon.a
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libdkim.a $(BUILD)/libcommon.a $(LDLIBS)
 
 # tests/unit/test_<folder>[_what].c links lib<folder>.a and libcommon.a.
 unit_folder = $(firstword $(subst _, ,$(patsubst test_%,%,$(1))))

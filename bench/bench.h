@@ -186,6 +186,8 @@ void bench_abort(struct bench_run *run, const char *fmt, ...) __attribute__((for
 
 /* Runs idle mode on run; returns the process exit status. */
 int idle_run(struct bench_run *run);
+/* sign.c: "sendgate-bench sign": DKIM signatures per second. */
+int sign_bench(int argc, char **argv);
 /* Called by conn.c when an idle-mode connection became ready or closed. */
 void idle_progress(struct worker *w);
 

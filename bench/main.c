@@ -525,6 +525,8 @@ int main(int argc, char **argv)
 	char err[256];
 	int status;
 
+	if (argc > 1 && strcmp(argv[1], "sign") == 0)
+		return sign_bench(argc, argv);
 	parse_args(argc, argv, &o);
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
