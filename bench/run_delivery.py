@@ -8,6 +8,8 @@ the sink receives to the last, with connection reuse
 
     bench/run_delivery.py [--messages 20000] [--size 5120] [--rcpts 1]
                           [--per-connection 100] [--connections 10]
+    bench/run_delivery.py --with-submission [--messages 20000]
+                          (acceptance with delivery off, then on)
 
 Prints one line of results and a JSON document (--json). Uses a throwaway
 PostgreSQL cluster like the integration tests.
@@ -63,6 +65,60 @@ def queue_file(qid, tenant_id, tenant, sender, rcpts, size):
     return out + rec(255, hashlib.sha256(out).digest())
 
 
+def combined(args, build):
+    """Submission (sendgate-bench, 50 connections) with delivery off, then
+    with delivery on to the fast sink: does delivery slow acceptance?"""
+    exe = os.path.join(build, "sendgate-bench")
+    work = tempfile.mkdtemp(prefix="sgbench-both-", dir="/var/tmp")
+    pg = h.Postgres()
+    dns = DNSServer(port=0)
+    dns.start()
+    sink = None
+    out = {}
+    try:
+        ctl = h.Ctl(build, pg.url)
+        ctl.migrate()
+        t = h.setup_tenant(ctl)
+        sink_port = h.free_port()
+        sexe = os.path.join(work, "fastsink")
+        h.run(["cc", "-O2", "-o", sexe, os.path.join(HERE, "sink", "fastsink.c")])
+        sink = subprocess.Popen([sexe, str(sink_port)], stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().startswith("PORT")
+        dns.set("example.net", "MX", ["10 mx.example.net"])
+        dns.set("mx.example.net", "A", ["127.0.0.1"])
+        cert = h.make_cert(os.path.join(work, "tls"))
+        for mode in ("off", "on"):
+            d = h.Daemon(build, pg, os.path.join(work, mode), cert=cert,
+                         delivery__enabled="yes" if mode == "on" else "no",
+                         delivery__port=sink_port, dns__servers="127.0.0.1:%d" % dns.port)
+            try:
+                r = subprocess.run([exe, "--json", "-q", "-H", "127.0.0.1", "-p",
+                                    str(d.submission_port), "-u", t.username, "-P", t.secret,
+                                    "--from", t.addr("bench"), "--to", "rcpt%d@example.net",
+                                    "-c", "50", "-n", str(args.messages)],
+                                   capture_output=True, text=True, timeout=1800)
+                res = json.loads(r.stdout)
+                if mode == "on":
+                    h.eventually(lambda: not d.queue_ids(), timeout=120, what="spool empty")
+                left = len(d.queue_ids())
+            finally:
+                d.stop()
+            out[mode] = {"accepted_msgs_per_s": res["msgs_per_s"],
+                         "p99_ms": res["latency_ms"]["p99"], "left_in_spool": left}
+            print("submission c50 %6d msgs, delivery %-3s: %7.1f msgs/s accepted, p99 %.1f ms, "
+                  "%d left in the spool" % (args.messages, mode, res["msgs_per_s"],
+                                            res["latency_ms"]["p99"], left), flush=True)
+    finally:
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
+        dns.stop()
+        pg.stop()
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
@@ -74,9 +130,13 @@ def main():
                     help="c: bench/sink/fastsink.c (built here); python: the tests' sink")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--with-submission", action="store_true",
+                    help="instead: the submission benchmark with delivery off, then on")
     args = ap.parse_args()
 
     build = h.build_dir()
+    if args.with_submission:
+        return combined(args, build)
     work = tempfile.mkdtemp(prefix="sgbench-delivery-", dir="/tmp")
     pg = h.Postgres()
     dns = sink = d = dproc = None

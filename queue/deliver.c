@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -23,6 +24,7 @@
 
 #define STOP_GRACE 5  /* seconds in-flight transactions get at shutdown */
 #define READY_WAIT 30 /* seconds to wait for the database before starting anyway */
+#define DELIVERY_NICE 10
 
 struct delivery {
 	struct event_base *base;
@@ -138,6 +140,13 @@ int delivery_run(struct config *cfg)
 	signal(SIGPIPE, SIG_IGN);
 	/* The daemon's child: end with it, even when it is killed outright. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	/*
+	 * Acceptance first: on a busy machine the submission side (a client
+	 * waiting on each reply) gets the CPU before delivery, which only has
+	 * to keep up on average.
+	 */
+	if (setpriority(PRIO_PROCESS, 0, DELIVERY_NICE) == -1)
+		log_warn("event=delivery_nice_failed error=\"%s\"", strerror(errno));
 	lockfd = delivery_lock(cfg->spool_dir);
 	if (lockfd == -1)
 		return 1;
