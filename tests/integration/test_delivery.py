@@ -339,3 +339,33 @@ def test_messages_per_minute_per_destination(denv, tenant):
     assert sink.count == 2
     assert len(d.queue_ids()) == 2 and set(d.queue_ids()) <= set(ids)
     assert all(denv.events(i, "message.deferred") == [] for i in ids)
+
+
+def test_dropped_connection_and_data_tempfail_are_retried(denv, tenant):
+    sink = denv.sink("127.0.0.39", drop=True)
+    denv.mx("flaky.test", (10, "mx.flaky.test", "127.0.0.39"))
+    d = denv.start(delivery__retry_first="1s")
+    qid = submit(d, tenant, ["x@flaky.test"])
+    ev = denv.wait_events(qid, "message.deferred")
+    assert "closed" in ev[0][2]["reply"]
+    sink.drop = False
+    sink.data_tempfail = 1
+    denv.wait_events(qid, "message.deferred", 2)
+    sink.wait_for(1, timeout=15)
+    ev = denv.wait_events(qid, "message.delivered")
+    assert ev[0][2]["attempt"] >= 3
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+
+
+def test_rejection_after_data_bounces_every_recipient_without_suppression(denv, tenant, pg):
+    sink = denv.sink("127.0.0.40", data_permfail=True)
+    denv.mx("strict.test", (10, "mx.strict.test", "127.0.0.40"))
+    d = denv.start()
+    qid = submit(d, tenant, ["p@strict.test", "q@strict.test"])
+    ev = denv.wait_events(qid, "message.bounced", 2)
+    assert {e[2]["recipient"] for e in ev} == {"p@strict.test", "q@strict.test"}
+    assert all(e[2]["reply"].startswith("554 5.7.1") for e in ev)
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+    # A content refusal says nothing about the addresses: no suppression.
+    assert pg.scalar("SELECT count(*) FROM suppressions "
+                     "WHERE address IN ('p@strict.test', 'q@strict.test')") == "0"
