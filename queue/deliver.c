@@ -23,7 +23,7 @@
 #include "tenants/tenants.h"
 
 #define STOP_GRACE 5  /* seconds in-flight transactions get at shutdown */
-#define READY_WAIT 30 /* seconds to wait for the database before starting anyway */
+#define READY_WAIT 30 /* seconds between complaints while the database is away */
 #define DELIVERY_NICE 10
 
 struct delivery {
@@ -75,10 +75,15 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (d->started || d->stopping)
 		return;
-	if (!store_ready(d->st) && d->waited++ < READY_WAIT * 10)
+	/*
+	 * Without the pools a tenant's mail would leave from the wrong
+	 * addresses: nothing goes out until the database has answered once.
+	 */
+	if (!store_ready(d->st)) {
+		if (++d->waited % (READY_WAIT * 10) == 0)
+			log_warn("event=delivery_waiting_for_database seconds=%d", d->waited / 10);
 		return;
-	if (!store_ready(d->st))
-		log_warn("event=delivery_db_not_ready action=start_without_pools");
+	}
 	event_del(d->ev_ready);
 	d->started = 1;
 	sched_start(d->sched);
