@@ -142,7 +142,9 @@ void *dconn_tag(const struct dconn *c)
 
 void dconn_info(const struct dconn *c, struct dconn_info *out)
 {
-	const struct dhost *h = c->hi < c->route->n ? &c->route->hosts[c->hi] : NULL;
+	/* Past the end of the route (every host failed): the last one tried. */
+	size_t i = c->hi < c->route->n ? c->hi : c->route->n - 1;
+	const struct dhost *h = c->route->n > 0 ? &c->route->hosts[i] : NULL;
 
 	out->mx = h ? h->name : "";
 	out->addr = h ? h->addr : "";

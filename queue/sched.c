@@ -980,7 +980,6 @@ static void ops_failed(void *arg, struct dconn *c, const struct dreply *why)
 	if (x->s->stopping)
 		return;
 	dconn_info(c, &info);
-	info.mx = x->q->domain;
 	dq_fail_ready(x->s, x->q, why, &info);
 }
 

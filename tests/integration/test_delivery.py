@@ -348,6 +348,7 @@ def test_dropped_connection_and_data_tempfail_are_retried(denv, tenant):
     qid = submit(d, tenant, ["x@flaky.test"])
     ev = denv.wait_events(qid, "message.deferred")
     assert "closed" in ev[0][2]["reply"]
+    assert ev[0][2]["mx"] == "mx.flaky.test" and ev[0][2]["mx_address"] == "127.0.0.39"
     sink.drop = False
     sink.data_tempfail = 1
     denv.wait_events(qid, "message.deferred", 2)
