@@ -13,6 +13,7 @@ misbehave.
     sink.drop = True                      # close right after the greeting
     sink.starttls = False                 # do not offer STARTTLS
     sink.greet_delay = 1.0                # wait before the greeting
+    sink.no_ehlo = True                   # 502 to EHLO: HELO only
     sink.auth = ("user", "pw")            # offer and require AUTH PLAIN
     sink.size = 1000                      # SIZE limit (EHLO and MAIL SIZE=)
     sink.wait_for(3)                      # until 3 messages were received
@@ -79,6 +80,7 @@ class Sink:
         self.tls_broken = False  # offer STARTTLS, then fail the handshake
         self.auth = None  # (user, password): offer AUTH PLAIN (after TLS) and require it
         self.greet_delay = 0  # seconds to wait before the greeting
+        self.no_ehlo = False  # refuse EHLO (an old server: HELO only)
         self.active = 0  # connections open now
         self.max_active = 0  # most connections open at once
         self._loop = None
@@ -232,7 +234,9 @@ class Sink:
                 if self.keep:
                     self.commands.append(cmd)
             verb = cmd.split(" ", 1)[0].upper()
-            if verb in ("EHLO", "HELO"):
+            if verb == "EHLO" and self.no_ehlo:
+                reply("502 5.5.1 EHLO not implemented")
+            elif verb in ("EHLO", "HELO"):
                 helo = cmd[5:].strip()
                 mail, rcpts = None, []
                 if verb == "HELO":

@@ -370,3 +370,16 @@ def test_rejection_after_data_bounces_every_recipient_without_suppression(denv, 
     # A content refusal says nothing about the addresses: no suppression.
     assert pg.scalar("SELECT count(*) FROM suppressions "
                      "WHERE address IN ('p@strict.test', 'q@strict.test')") == "0"
+
+
+def test_helo_when_ehlo_is_refused(denv, tenant):
+    sink = denv.sink("127.0.0.41", no_ehlo=True)
+    denv.mx("old.test", (10, "mx.old.test", "127.0.0.41"))
+    d = denv.start()
+    submit(d, tenant, ["x@old.test", "y@old.test"])
+    m = sink.wait_for(1)[0]
+    assert m.helo == "mx.sendgate.test" and not m.tls
+    # No ESMTP parameters to a server that did not say it knows them.
+    assert m.params == ""
+    assert sorted(m.rcpts) == ["x@old.test", "y@old.test"]
+    assert [c.split()[0].upper() for c in sink.commands][:2] == ["EHLO", "HELO"]
