@@ -270,7 +270,24 @@ static void apply_runtime_keys(struct config *cfg, struct config *nc)
 	SWAP_STR(tls_cert);
 	SWAP_STR(tls_key);
 	SWAP_STR(log_level);
+	/* What the DNS verification thread uses (restarted below). */
+	SWAP_STR(dns_servers);
+	SWAP_STR(verify_required);
+	SWAP_STR(platform_dkim_zone);
+	SWAP_STR(platform_spf_include);
+	SWAP_STR(platform_return_path_prefix);
+	SWAP_STR(platform_return_path_domain);
+	SWAP_STR(platform_bounce_domain);
+	SWAP_STR(platform_dmarc_rua);
 #undef SWAP_STR
+	cfg->dns_timeout_ms = nc->dns_timeout_ms;
+	cfg->dns_tries = nc->dns_tries;
+	cfg->verify_new_interval = nc->verify_new_interval;
+	cfg->verify_new_window = nc->verify_new_window;
+	cfg->verify_pending_interval = nc->verify_pending_interval;
+	cfg->verify_verified_interval = nc->verify_verified_interval;
+	cfg->verify_broken_interval = nc->verify_broken_interval;
+	cfg->verify_broken_window = nc->verify_broken_window;
 	cfg->max_message_size = nc->max_message_size;
 	cfg->max_recipients = nc->max_recipients;
 	cfg->max_command_line = nc->max_command_line;
@@ -350,6 +367,9 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	SSL_CTX_free(srv->tls);
 	srv->tls = ctx;
 	config_free(&nc);
+	verify_thread_stop();
+	if (verify_thread_start(srv->cfg) == -1)
+		log_err("event=reload what=verify_thread result=failed");
 	child_signal(srv, SIGHUP);
 	log_info("event=reload result=ok");
 }
