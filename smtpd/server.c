@@ -370,7 +370,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	verify_thread_stop();
 	if (verify_thread_start(srv->cfg) == -1)
 		log_err("event=reload what=verify_thread result=failed");
-	child_signal(srv, SIGHUP);
+	/* The delivery process reads [delivery] at its start: it is not
+	 * signalled (its settings change when it is restarted). */
 	log_info("event=reload result=ok");
 }
 
