@@ -383,3 +383,20 @@ def test_helo_when_ehlo_is_refused(denv, tenant):
     assert m.params == ""
     assert sorted(m.rcpts) == ["x@old.test", "y@old.test"]
     assert [c.split()[0].upper() for c in sink.commands][:2] == ["EHLO", "HELO"]
+
+
+def test_connections_per_source_address(denv, ctl):
+    t = h.setup_tenant(ctl)
+    denv.pool(t, h.unique_name("p1"), ("127.0.0.2", "one.sendgate.test", 1))
+    # Two destination domains on one sink: only the source limit keeps it at one.
+    sink = denv.sink("127.0.0.42", greet_delay=0.3)
+    denv.mx("d1.test", (10, "mx.d1.test", "127.0.0.42"))
+    denv.mx("d2.test", (10, "mx.d2.test", "127.0.0.42"))
+    d = denv.start(delivery__max_connections_per_source="1",
+                   delivery__messages_per_connection="1")
+    for i in range(3):
+        submit(d, t, ["x%d@d1.test" % i])
+        submit(d, t, ["y%d@d2.test" % i])
+    sink.wait_for(6, timeout=30)
+    assert sink.max_active == 1
+    assert {m.source for m in sink.messages} == {"127.0.0.2"}
