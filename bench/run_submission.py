@@ -161,6 +161,8 @@ def main():
     ap.add_argument("--build", default=h.build_dir())
     ap.add_argument("--quick", action="store_true", help="small counts (smoke run)")
     ap.add_argument("--only", default="", help="comma list of scenario names")
+    ap.add_argument("--algorithm", default="rsa", choices=["rsa", "ed25519", "both"],
+                    help="DKIM key(s) of the benchmark tenant's domain (default rsa)")
     ap.add_argument("--spool-dir", help="spool folder (default: temp folder in /var/tmp)")
     ap.add_argument("--hold", type=int, default=5, help="idle scenarios: seconds to hold")
     ap.add_argument("--json", metavar="FILE", help="write all results as JSON")
@@ -185,7 +187,16 @@ def main():
         pg = h.Postgres()
         ctl = h.Ctl(args.build, pg.url)
         ctl.migrate()
-        tenant = h.setup_tenant(ctl)
+        if args.algorithm == "rsa":
+            tenant = h.setup_tenant(ctl)
+        else:
+            # The same tenant, with its domain's keys of another algorithm.
+            name = h.unique_name()
+            ctl.tenant_create(name)
+            cred = ctl.credential_create(name)
+            ctl("domain", "add", name, name + ".example", "--operator-verified",
+                "--algorithm", args.algorithm)
+            tenant = h.Tenant(name, cred["username"], cred["secret"], name + ".example", cred)
         cert = h.make_cert(os.path.join(work, "tls"))
         most = max([s[2] for s in IDLE]) + 200
         daemon = h.Daemon(args.build, pg, work, cert=cert, spool_dir=spool,
