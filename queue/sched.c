@@ -84,7 +84,9 @@ struct dcx {
 	struct dq *q;
 	struct dconn *c;
 	char src4[64], src6[64], helo4[256], helo6[256];
-	int took; /* has asked for work */
+	int took;         /* has asked for work */
+	int in_new;       /* inside dconn_new */
+	int closed_early; /* the connection closed before dconn_new returned */
 	struct dcx *prev, *next;
 };
 
@@ -629,6 +631,7 @@ static void route_cb(void *arg, uint64_t cookie, int status, const char *why, st
 {
 	struct dcx *x = arg;
 	struct dsched *s = x->s;
+	struct dconn *c;
 
 	if (s->stopping) {
 		droute_free(route);
@@ -649,7 +652,15 @@ static void route_cb(void *arg, uint64_t cookie, int status, const char *why, st
 		cx_free(x);
 		return;
 	}
-	x->c = dconn_new(&s->env, route, x->src4, x->helo4, x->src6, x->helo6, &sched_ops, x);
+	/* dconn_new may fail at once (no usable address): closed runs inside. */
+	x->in_new = 1;
+	c = dconn_new(&s->env, route, x->src4, x->helo4, x->src6, x->helo6, &sched_ops, x);
+	x->in_new = 0;
+	if (x->closed_early) {
+		cx_free(x);
+		return;
+	}
+	x->c = c;
 }
 
 /*
@@ -988,6 +999,10 @@ static void ops_closed(void *arg, struct dconn *c)
 	struct dcx *x = arg;
 
 	x->c = NULL;
+	if (x->in_new) {
+		x->closed_early = 1; /* route_cb frees x once dconn_new returns */
+		return;
+	}
 	cx_free(x);
 }
 
