@@ -400,3 +400,41 @@ def test_connections_per_source_address(denv, ctl):
     sink.wait_for(6, timeout=30)
     assert sink.max_active == 1
     assert {m.source for m in sink.messages} == {"127.0.0.2"}
+
+
+def _rec(t, data):
+    import struct
+    return struct.pack(">BI", t, len(data)) + data
+
+
+def test_status_written_by_the_format_is_resumed_and_a_torn_tail_dropped(denv, tenant, pg):
+    """A queue file written here from the format in queue/queue.h: one
+    recipient already delivered (an intact STATUS segment), then a torn
+    segment that would have bounced the other. Delivery skips the first,
+    ignores the torn tail and delivers the second."""
+    import hashlib
+    sink = denv.sink("127.0.0.43")
+    denv.mx("torn.test", (10, "mx.torn.test", "127.0.0.43"))
+    tid = int(pg.scalar("SELECT id FROM tenants WHERE name = '%s'" % tenant.name))
+    qid = "0" * 11 + "TORNTAIL1"
+    hdr = ("From: %s\r\nSubject: torn\r\n\r\n" % tenant.addr()).encode()
+    img = _rec(1, b"SENDGATE-Q1") + _rec(2, b"body\r\n") + _rec(3, hdr) + _rec(10, qid.encode())
+    img += _rec(11, ("%d %s" % (tid, tenant.name)).encode()) + _rec(13, tenant.addr().encode())
+    img += _rec(14, b"a@torn.test") + _rec(14, b"b@torn.test")
+    img += _rec(15, str(int(time.time())).encode())
+    end = hashlib.sha256(img).digest()
+    img += _rec(255, end)
+    seg = _rec(20, b"0 delivered 1 1700000000 0")
+    img += seg + _rec(21, hashlib.sha256(end + seg).digest())
+    img += _rec(20, b"1 bounced 1 1700000000 0")[:12]  # torn mid-record
+    d = denv.daemon_factory(start=False)  # only to get a spool folder path
+    qdir = os.path.join(d.spool_dir, "queue")
+    os.makedirs(qdir, exist_ok=True)
+    with open(os.path.join(qdir, qid), "wb") as f:
+        f.write(img)
+    h.run(["chown", "-R", "%s:" % h.DAEMON_USER, d.spool_dir], check=False)
+    d = denv.start(spool_dir=d.spool_dir)
+    m = sink.wait_for(1)[0]
+    assert m.rcpts == ["b@torn.test"]
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+    assert denv.count_log(r"event=delivery_status_torn id=%s" % qid) == 1
