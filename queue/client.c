@@ -440,6 +440,12 @@ static void txn_start(struct dconn *c, struct dtxn *t)
 	txn_send_next(c);
 }
 
+/* Frees a dot-stuffed message once the output buffer is done with it. */
+static void free_stuffed(const void *data, size_t len, void *arg)
+{
+	free((void *)data);
+}
+
 /* Between transactions: the next one, or QUIT. */
 static void conn_ready(struct dconn *c)
 {
@@ -543,8 +549,11 @@ static void txn_reply(struct dconn *c)
 		}
 		buf_init(&out, (size_t)-1);
 		smtp_dotstuff(&out, t->msg.data, t->msg.len);
-		evbuffer_add(bufferevent_get_output(c->bev), out.data, out.len);
-		buf_free(&out);
+		/* One copy of the message per connection while it is sent: the
+		 * plain one goes now, the stuffed one is handed over, not copied. */
+		buf_free(&t->msg);
+		evbuffer_add_reference(bufferevent_get_output(c->bev), out.data, out.len,
+		                       free_stuffed, NULL);
 		c->state = C_BODY;
 		set_read_timeout(c, c->env->data_timeout);
 		return;
