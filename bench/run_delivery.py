@@ -90,7 +90,8 @@ def combined(args, build):
         for mode in ("off", "on"):
             d = h.Daemon(build, pg, os.path.join(work, mode), cert=cert,
                          delivery__enabled="yes" if mode == "on" else "no",
-                         delivery__port=sink_port, dns__servers="127.0.0.1:%d" % dns.port)
+                         delivery__port=sink_port, dns__servers="127.0.0.1:%d" % dns.port,
+                         env=({"SENDGATE_SPOOL_NO_SYNCFS": "1"} if args.no_syncfs else None))
             try:
                 r = subprocess.run([exe, "--json", "-q", "-H", "127.0.0.1", "-p",
                                     str(d.submission_port), "-u", t.username, "-P", t.secret,
@@ -130,6 +131,8 @@ def main():
                     help="c: bench/sink/fastsink.c (built here); python: the tests' sink")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--no-syncfs", action="store_true",
+                    help="--with-submission: SENDGATE_SPOOL_NO_SYNCFS=1 (fdatasync per file)")
     ap.add_argument("--with-submission", action="store_true",
                     help="instead: the submission benchmark with delivery off, then on")
     args = ap.parse_args()
