@@ -23,7 +23,16 @@
 static void child_spawn(struct server *srv)
 {
 	pid_t parent = getpid();
-	pid_t pid = fork();
+	char self[4096];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	pid_t pid;
+
+	/* The real path, so that ps shows "sendgate", not "exe". */
+	if (n <= 0 || (size_t)n >= sizeof(self) - 1)
+		snprintf(self, sizeof(self), "%s", "/proc/self/exe");
+	else
+		self[n] = '\0';
+	pid = fork();
 
 	if (pid == -1) {
 		log_err("event=delivery_spawn_failed error=\"%s\"", strerror(errno));
@@ -42,7 +51,7 @@ static void child_spawn(struct server *srv)
 		if (getppid() != parent)
 			_exit(1);
 		closefrom(3);
-		execl("/proc/self/exe", "sendgate", "--delivery-only", "-c", srv->cfg->path,
+		execl(self, "sendgate", "--delivery-only", "-c", srv->cfg->path,
 		      (char *)NULL);
 		_exit(127);
 	}
