@@ -30,16 +30,46 @@ SUBMISSION_PORT = int(os.environ.get("DEMO_SUBMISSION_PORT", "2587"))
 SMTPS_PORT = int(os.environ.get("DEMO_SMTPS_PORT", "2465"))
 
 
-def start_dns(var):
-    """Hook: a DNS server for the demo's domains (comes with DNS verification).
-    Returns an object with .stop() and the config overrides it needs, or None."""
-    return None, {}
+def start_dns(var, domain):
+    """A DNS server on loopback for everything the demo looks up: no lookup
+    leaves the machine. example.net and example.com get an MX pointing at the
+    demo's mail sink; the demo domain gets the records a customer would add."""
+    import dnsserver
+    dns = dnsserver.DNSServer(port=0, host="127.0.0.1")
+    dns.start()
+    for dest in ("example.net", "example.com"):
+        dns.set(dest, "MX", ["10 mx.sink.demo"])
+    dns.set("mx.sink.demo", "A", ["127.0.0.1"])
+    dns.set("spf.sendgate.example", "TXT", ["v=spf1 ip4:127.0.0.0/8 -all"])
+    dns.set(domain, "TXT", ["v=spf1 include:spf.sendgate.example ~all"])
+    return dns, {"dns__servers": "127.0.0.1:%d" % dns.port}
 
 
 def start_sink(var):
-    """Hook: a local SMTP sink that receives what delivery sends (comes with
-    the delivery issue). Returns an object with .stop() and config overrides."""
-    return None, {}
+    """A local SMTP sink that receives what delivery sends; each message it
+    gets is printed."""
+    import sink as sinkmod
+    sk = sinkmod.Sink("127.0.0.1", port=0, name="sink.demo")
+    sk.start()
+    return sk, {"delivery__enabled": "yes", "delivery__port": str(sk.port),
+                "delivery__retry_first": "10s"}
+
+
+def watch_sink(sk):
+    """Prints each message the sink receives (runs in a thread)."""
+    import threading
+
+    def loop():
+        seen = 0
+        while True:
+            with sk.lock:
+                new = sk.messages[seen:]
+                seen = len(sk.messages)
+            for m in new:
+                print("demo: the sink received a message from %s for %s (%d bytes, from %s)"
+                      % (m.mail_from, ", ".join(m.rcpts), len(m.data), m.peer), flush=True)
+            time.sleep(0.5)
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def ensure_tenant(ctl, tenant, domain):
@@ -91,12 +121,11 @@ def main():
         ctl.migrate()
         cred = ensure_tenant(ctl, tenant, domain)
 
-        dns, dns_conf = start_dns(VAR)
-        if dns:
-            stoppers.append(dns.stop)
+        dns, dns_conf = start_dns(VAR, domain)
+        stoppers.append(dns.stop)
         sink, sink_conf = start_sink(VAR)
-        if sink:
-            stoppers.append(sink.stop)
+        stoppers.append(sink.stop)
+        watch_sink(sink)
 
         cert = h.make_cert(os.path.join(VAR, "tls"))
         overrides = dict(dns_conf)
@@ -124,10 +153,14 @@ Send a message:
 
   swaks --server 127.0.0.1:%d -tls --auth PLAIN --auth-user %s --auth-password '%s' --from hello@%s --to someone@example.net
 
+It is DKIM-signed, queued, and delivered to the demo's mail sink (the MX of
+example.net on this machine's own DNS server, 127.0.0.1:%d); the sink prints
+each message it receives below.
+
 The queue: %s/sendgatectl -c %s queue list
 Ctrl-C stops everything.
 """ % (SUBMISSION_PORT, SMTPS_PORT, tenant, domain, cred["username"], SUBMISSION_PORT,
-            cred["username"], cred["secret"], domain, build, d.config_path), flush=True)
+            cred["username"], cred["secret"], domain, dns.port, build, d.config_path), flush=True)
 
         signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
         while d.alive():
