@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -528,10 +527,16 @@ class Entrypoint:
         self.proc = None
         self.offset = 0
 
+    run_as = None  # (uid, gid) to run as instead of the test's user
+
     def start(self, *args):
         self.offset = os.path.getsize(self.logfile) if os.path.exists(self.logfile) else 0
+        kw = {}
+        if self.run_as:
+            kw = dict(user=self.run_as[0], group=self.run_as[1], extra_groups=[])
         with open(self.logfile, "ab") as logf:
-            self.proc = subprocess.Popen([ENTRYPOINT] + list(args), stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([ENTRYPOINT] + list(args), **kw,
+                                         stdin=subprocess.DEVNULL,
                                          stdout=logf, stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
         return self.proc
@@ -616,6 +621,52 @@ def test_entrypoint_waits_for_the_database_then_migrates_and_execs(build, tmp_pa
         ep.kill()
         if pg is not None:
             pg.stop()
+        shutil.rmtree(pgdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_entrypoint_as_an_unprivileged_user(build, tmp_path):
+    """The container's case: entrypoint and daemon run as a non-root user
+    from the start, with no [server] user, and the environment overrides."""
+    import pwd
+
+    user = h.DAEMON_USER
+    pw = pwd.getpwnam(user)
+    pgdir = tempfile.mkdtemp(prefix="sgpg-ep-", dir="/tmp")
+    port = h.free_port()
+    pg = h.Postgres(dir=pgdir, port=port)
+    h.open_path_for_daemon(pgdir)
+    ep = None
+    try:
+        d = entry_config(build, tmp_path, "host=/nonexistent port=1 dbname=x", own_cert(tmp_path))
+        d.config["server"].pop("user", None)
+        d.write_config()
+        for path in (d.spool_dir, str(tmp_path / "run")):
+            os.makedirs(path, exist_ok=True)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        h.open_path_for_daemon(d.config_path)
+        h.open_path_for_daemon(build)
+        ep = Entrypoint(build, d.config_path, str(tmp_path / "ep.log"),
+                        SENDGATE_DATABASE_URL=pg.url,
+                        SENDGATE__spool__dir=d.spool_dir,
+                        SENDGATE__server__hostname="container.sendgate.test")
+        ep.run_as = (pw.pw_uid, pw.pw_gid)
+        ep.start()
+        ep.wait_ready(60)
+        # exec: the process started is the daemon, as that user.
+        exe = os.path.realpath("/proc/%d/exe" % ep.proc.pid)
+        assert exe == os.path.realpath(os.path.join(build, "sendgate")), exe
+        with open("/proc/%d/status" % ep.proc.pid) as f:
+            uid = [line.split()[1] for line in f if line.startswith("Uid:")][0]
+        assert int(uid) == pw.pw_uid, uid
+        c = h.SMTPClient.connect(d.submission_port)
+        assert "container.sendgate.test" in c.greeting.text, c.greeting
+        c.quit()
+        assert ep.stop() == 0, ep.log()[-3000:]
+    finally:
+        if ep is not None:
+            ep.kill()
+        pg.stop()
         shutil.rmtree(pgdir, ignore_errors=True)
 
 
