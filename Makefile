@@ -40,7 +40,7 @@ MIGRATIONS = $(sort $(wildcard tenants/migrations/*.sql))
 UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit integration asan asan-build run clean fuzz
+.PHONY: all deps test unit integration asan asan-build run clean fuzz FORCE
 .SECONDARY:
 
 all: $(BUILD)/sendgate $(BUILD)/sendgatectl $(BUILD)/sendgate-bench
@@ -62,9 +62,14 @@ $(foreach f,$(filter-out tenants,$(FOLDERS)),$(eval $(call folder_lib,$(f))))
 
 # The SQL migrations are compiled into libtenants so that sendgatectl needs no
 # files beside it.
-$(BUILD)/tenants/migrations_gen.c: $(MIGRATIONS) tools/embed-sql.sh
+# Regenerated every time but replaced only when its text changes: a new
+# migration file may carry an older timestamp than the generated source.
+$(BUILD)/tenants/migrations_gen.c: $(MIGRATIONS) tools/embed-sql.sh FORCE
 	@mkdir -p $(dir $@)
-	sh tools/embed-sql.sh $(MIGRATIONS) > $@
+	@sh tools/embed-sql.sh $(MIGRATIONS) > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+
+FORCE:
 
 $(BUILD)/tenants/migrations_gen.o: $(BUILD)/tenants/migrations_gen.c
 	$(CC) $(CFLAGS) -c -o $@ $<
