@@ -140,7 +140,13 @@ const struct config_key_info *config_keys(size_t *n)
 	return key_infos;
 }
 
-int parse_duration(const char *s, long long *out)
+struct unit {
+	char suffix;
+	long long mul;
+};
+
+/* A non-negative number with at most one unit suffix from units. */
+static int parse_scaled(const char *s, const struct unit *units, long long *out)
 {
 	char *end;
 	long long v, mul = 1;
@@ -150,24 +156,12 @@ int parse_duration(const char *s, long long *out)
 	if (errno || end == s || v < 0)
 		return -1;
 	if (*end) {
-		switch (*end) {
-		case 's':
-			mul = 1;
-			break;
-		case 'm':
-			mul = 60;
-			break;
-		case 'h':
-			mul = 3600;
-			break;
-		case 'd':
-			mul = 86400;
-			break;
-		default:
+		const struct unit *u;
+		for (u = units; u->suffix && u->suffix != *end; u++)
+			;
+		if (u->suffix == '\0' || end[1])
 			return -1;
-		}
-		if (end[1])
-			return -1;
+		mul = u->mul;
 	}
 	if (v > (1LL << 40) / mul)
 		return -1;
@@ -175,39 +169,22 @@ int parse_duration(const char *s, long long *out)
 	return 0;
 }
 
+int parse_duration(const char *s, long long *out)
+{
+	static const struct unit units[] = {
+	    {'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}, {'\0', 0}};
+
+	return parse_scaled(s, units, out);
+}
+
 int parse_size(const char *s, long long *out)
 {
-	char *end;
-	long long v, mul = 1;
+	static const struct unit units[] = {{'k', 1024},	       {'K', 1024},
+					    {'m', 1024 * 1024},	       {'M', 1024 * 1024},
+					    {'g', 1024LL * 1024 * 1024}, {'G', 1024LL * 1024 * 1024},
+					    {'\0', 0}};
 
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || end == s || v < 0)
-		return -1;
-	if (*end) {
-		switch (*end) {
-		case 'k':
-		case 'K':
-			mul = 1024;
-			break;
-		case 'm':
-		case 'M':
-			mul = 1024 * 1024;
-			break;
-		case 'g':
-		case 'G':
-			mul = 1024LL * 1024 * 1024;
-			break;
-		default:
-			return -1;
-		}
-		if (end[1])
-			return -1;
-	}
-	if (v > (1LL << 40) / mul)
-		return -1;
-	*out = v * mul;
-	return 0;
+	return parse_scaled(s, units, out);
 }
 
 static int parse_listen_list(const char *v, struct listen_addr *out, int max, int *n, const char **why)
