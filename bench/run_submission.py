@@ -43,6 +43,9 @@ SCENARIOS = [
     ("threads2", ["-c", "50", "-t", "2"], 20000, 1000),
     # Latency at a steady load well under saturation (open loop).
     ("rate200", ["-c", "20", "--rate", "200"], 6000, 400),
+    # The DKIM signing share of latency at a steady, heavy load (open loop).
+    ("rate1000", ["-c", "50", "--rate", "1000"], 15000, 1000),
+    ("rate2000", ["-c", "50", "--rate", "2000"], 20000, 1000),
 ]
 # name: (security flag, connections in a full run, in a --quick run)
 IDLE = [
@@ -137,6 +140,48 @@ def neighbour(exe, ctl, daemon, quick):
     return [("quiet-alone", alone), ("quiet-flood", shared), ("the-flood", loud_d)]
 
 
+def log_size(daemon):
+    try:
+        return os.path.getsize(daemon.logfile)
+    except OSError:
+        return 0
+
+
+def server_timings(daemon, offset):
+    """Percentiles of the daemon's own per-message timings (its event=message
+    log lines since offset): eod_ms, end of data to the reply, and sign_ms,
+    the part of it spent queued for and running DKIM signing."""
+    eod, sign = [], []
+    with open(daemon.logfile, "rb") as f:
+        f.seek(offset)
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            if "event=message " not in line or "result=queued" not in line:
+                continue
+            fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+            try:
+                eod.append(float(fields["eod_ms"]))
+                sign.append(float(fields["sign_ms"]))
+            except (KeyError, ValueError):
+                continue
+    if not eod:
+        return None
+
+    def pct(v, p):
+        v = sorted(v)
+        return v[min(len(v) - 1, max(0, int(round(p / 100.0 * len(v) + 0.5)) - 1))]
+
+    return {"messages": len(eod), "eod_p50": pct(eod, 50), "eod_p99": pct(eod, 99),
+            "sign_p50": pct(sign, 50), "sign_p99": pct(sign, 99)}
+
+
+def fmt_timings(t):
+    if t is None:
+        return "            (no event=message lines in the daemon log)"
+    return ("            server side: end of data to reply p50 %.2f p99 %.2f ms; "
+            "of which DKIM signing (queue + sign) p50 %.2f p99 %.2f ms"
+            % (t["eod_p50"], t["eod_p99"], t["sign_p50"], t["sign_p99"]))
+
+
 def fmt_idle(name, rc, d, err):
     if d is None or "server" not in d:
         return "%-11s FAILED (exit %d): %s" % (name, rc, err)
@@ -223,10 +268,14 @@ def main():
                 continue
             n = n_quick if args.quick else n_full
             port = daemon.smtps_port if "--tls" in extra else daemon.submission_port
+            off = log_size(daemon)
             rc, d, err = run_bench(exe, common + ["-p", str(port), "-n", str(n)] + extra,
                                    timeout=1800, server_pid=daemon.proc.pid)
             results[name] = d if d is not None else {"exit": rc, "stderr": err}
             print(fmt_load(name, rc, d, err), flush=True)
+            if d is not None:
+                d["server_timings"] = server_timings(daemon, off)
+                print(fmt_timings(d["server_timings"]), flush=True)
         if not only or "neighbour" in only:
             for name, d in neighbour(exe, ctl, daemon, args.quick):
                 results[name] = d

@@ -212,6 +212,7 @@ struct config {
 	int delivery_connect_timeout;
 	int delivery_command_timeout;
 	int delivery_data_timeout;
+	char *delivery_cpu_priority; /* background | low | normal */
 
 	/* [admin] */
 	struct listen_addr admin_listen;

@@ -61,6 +61,12 @@ static int txn_flush(struct spool_txn *t, int final)
 		t->err = errno;
 		goto fail;
 	}
+	t->written += t->out.len;
+	/* A reused file may be longer than this message: cut the old tail off. */
+	if (final && t->recycled && ftruncate(t->fd, (off_t)t->written) == -1) {
+		t->err = errno;
+		goto fail;
+	}
 	buf_reset(&t->out);
 	return 0;
 fail:
@@ -110,7 +116,13 @@ struct spool_txn *queue_begin(struct spool *sp)
 	t->body_rec = NO_BODY_REC;
 	buf_init(&t->out, SIZE_MAX / 2);
 	queue_id_new(t->id);
-	t->fd = openat(sp->tmpfd, t->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	t->fd = spool_take_free(sp, t->id);
+	if (t->fd != -1) {
+		t->recycled = 1;
+		sp->reused++;
+	}
+	else
+		t->fd = openat(sp->tmpfd, t->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (t->fd == -1) {
 		int e = errno;
 		log_warn("event=spool_begin_failed id=%s error=\"%s\"", t->id, strerror(e));

@@ -7,6 +7,8 @@
  *   tmp/         messages being received (removed at start: never acknowledged)
  *   queue/       committed messages, one file per message, named by queue id
  *   quarantine/  queue files found damaged at start
+ *   free/        delivered files kept for reuse as new messages' files (their
+ *                old bytes are overwritten and cut to length before commit)
  *
  * Queue file format: a sequence of records, each
  *   u8 type | u32 big-endian length | length bytes of data
@@ -41,6 +43,13 @@
 struct event_base;
 
 #define QUEUE_ID_LEN 20 /* characters, [0-9A-Z] */
+
+/* free/ holds at most this many files, none larger than QUEUE_FREE_MAX_SIZE. */
+#define QUEUE_FREE_MAX 4096
+#define QUEUE_FREE_MAX_SIZE (64 * 1024)
+/* Files left in free/ this long (seconds) are deleted, checked that often. */
+#define QUEUE_FREE_MAX_AGE 300
+#define QUEUE_FREE_SWEEP_SEC 60
 
 /* ---- record.c: the record format, pure ------------------------------- */
 

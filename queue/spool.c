@@ -194,7 +194,7 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 
 	sp->base = base;
 	sp->dir = xstrdup(dir);
-	sp->dirfd = sp->tmpfd = sp->queuefd = sp->quarfd = sp->efd = -1;
+	sp->dirfd = sp->tmpfd = sp->queuefd = sp->quarfd = sp->freefd = sp->efd = -1;
 	pthread_mutex_init(&sp->lock, NULL);
 	pthread_cond_init(&sp->cond, NULL);
 	if (nthreads <= 0)
@@ -223,7 +223,8 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 	}
 	if ((sp->tmpfd = spool_subdir(sp, "tmp", &created, err, errlen)) == -1 ||
 	    (sp->queuefd = spool_subdir(sp, "queue", &created, err, errlen)) == -1 ||
-	    (sp->quarfd = spool_subdir(sp, "quarantine", &created, err, errlen)) == -1)
+	    (sp->quarfd = spool_subdir(sp, "quarantine", &created, err, errlen)) == -1 ||
+	    (sp->freefd = spool_subdir(sp, "free", &created, err, errlen)) == -1)
 		goto fail;
 	if (created && fsync(sp->dirfd) == -1) {
 		snprintf(err, errlen, "%s: fsync: %s", dir, strerror(errno));
@@ -237,6 +238,8 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 	log_info("event=spool_open dir=%s queued=%zu commit_threads=%d", dir, sp->count, nthreads);
 	return sp;
 fail:
+	if (sp->freefd != -1)
+		close(sp->freefd);
 	if (sp->quarfd != -1)
 		close(sp->quarfd);
 	if (sp->queuefd != -1)
@@ -259,10 +262,15 @@ void spool_close(struct spool *sp)
 	commit_stop(sp);
 	if (sp->open_txns > 0)
 		log_warn("event=spool_close_open_txns dir=%s open=%zu", sp->dir, sp->open_txns);
+	log_info("event=spool_close dir=%s commits=%llu batches=%llu reused_files=%llu", sp->dir,
+	         (unsigned long long)sp->commits, (unsigned long long)sp->batches,
+	         (unsigned long long)sp->reused);
+	close(sp->freefd);
 	close(sp->quarfd);
 	close(sp->queuefd);
 	close(sp->tmpfd);
 	close(sp->dirfd); /* releases the flock */
+	free(sp->free_names);
 	pthread_mutex_destroy(&sp->lock);
 	pthread_cond_destroy(&sp->cond);
 	free(sp->dir);
@@ -328,4 +336,60 @@ void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches)
 	if (batches != NULL)
 		*batches = sp->batches;
 	pthread_mutex_unlock(&sp->lock);
+}
+
+/* How many names one scan of free/ takes, and how long an empty one lasts. */
+#define FREE_SCAN_MAX 256
+#define FREE_RESCAN_USEC 200000
+
+/* Reads up to FREE_SCAN_MAX names of free/ into sp->free_names. */
+static void spool_scan_free(struct spool *sp)
+{
+	int fd = openat(sp->freefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d;
+
+	sp->nfree = 0;
+	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	if (sp->free_names == NULL)
+		sp->free_names = xcalloc(FREE_SCAN_MAX, sizeof(*sp->free_names));
+	while (sp->nfree < FREE_SCAN_MAX && (de = readdir(d)) != NULL)
+		if (queue_id_valid(de->d_name))
+			memcpy(sp->free_names[sp->nfree++], de->d_name, QUEUE_ID_LEN + 1);
+	closedir(d);
+}
+
+/*
+ * Delivered files are moved to free/ by the delivery process instead of
+ * being deleted (queue.h, QUEUE_FREE_*). Reusing one costs two directory
+ * entries, where a new file costs an inode and its blocks, and a deleted
+ * one their release (and, on a disk mounted with discard, a trim in the
+ * journal commit every fsync of the spool waits for).
+ */
+int spool_take_free(struct spool *sp, const char *id)
+{
+	while (sp->nfree > 0 || now_usec() - sp->free_scanned_at >= FREE_RESCAN_USEC) {
+		const char *name;
+		int fd;
+
+		if (sp->nfree == 0) {
+			spool_scan_free(sp);
+			if (sp->nfree == 0) {
+				sp->free_scanned_at = now_usec();
+				return -1;
+			}
+		}
+		name = sp->free_names[--sp->nfree];
+		if (renameat2(sp->freefd, name, sp->tmpfd, id, RENAME_NOREPLACE) == -1)
+			continue; /* gone (an operator's cleanup): try the next */
+		fd = openat(sp->tmpfd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd == -1)
+			unlinkat(sp->tmpfd, id, 0);
+		return fd;
+	}
+	return -1;
 }

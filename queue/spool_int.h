@@ -17,6 +17,8 @@ struct spool_txn {
 	struct spool *sp;
 	struct spool_txn *next; /* in sp->pending or sp->done */
 	int fd;                 /* tmp/ID, write-only */
+	int recycled;           /* fd is a delivered file taken from free/: cut it at commit */
+	uint64_t written;       /* bytes written to fd so far */
 	int err;                /* first write error (sticky); the commit outcome later */
 	char id[QUEUE_ID_LEN + 1];
 	EVP_MD_CTX *md;  /* SHA-256 of every byte written so far */
@@ -29,14 +31,14 @@ struct spool_txn {
 struct spool {
 	struct event_base *base;
 	char *dir;
-	int dirfd, tmpfd, queuefd, quarfd;
+	int dirfd, tmpfd, queuefd, quarfd, freefd;
 
 	pthread_mutex_t lock; /* guards everything down to batches */
 	pthread_cond_t cond;
 	struct spool_txn *pending, **pending_tail; /* committed, waiting for a thread */
 	struct spool_txn *done, **done_tail;       /* finished, waiting for the loop */
 	int stopping;
-	uint64_t commits, batches;
+	uint64_t commits, batches, reused;
 
 	pthread_t *threads;
 	int nthreads;
@@ -47,12 +49,20 @@ struct spool {
 	size_t count;        /* files in queue/ (loop thread only) */
 	uint64_t counted_at; /* now_usec() of the last count of queue/ */
 	size_t open_txns;    /* begun and not yet handed to commit or abort */
+
+	/* Names in free/ (delivered files kept for reuse, see spool_take_free). */
+	char (*free_names)[QUEUE_ID_LEN + 1];
+	size_t nfree;
+	uint64_t free_scanned_at; /* now_usec() of the last empty scan of free/ */
 };
 
 /* Starts nthreads commit threads and the completion event; 0 or -1 with err. */
 int commit_start(struct spool *sp, int nthreads, char *err, size_t errlen);
 /* Lets pending commits finish, joins the threads, runs the last callbacks. */
 void commit_stop(struct spool *sp);
+
+/* Moves a file from free/ to tmp/id and opens it for writing; -1 if none. */
+int spool_take_free(struct spool *sp, const char *id);
 
 /* queue_read_file relative to an open directory. */
 int queue_read_fileat(int dirfd, const char *name, struct queue_msg *m, int want_body, char *err,

@@ -3,6 +3,7 @@
  * segments appended after END (format in queue.h), and the worker thread
  * that appends them (and removes finished files) off the event loop.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -263,6 +264,9 @@ struct sw_job {
 struct status_writer {
 	struct event_base *base;
 	int queuefd;
+	int freefd;            /* ../free, or -1: delivered files are deleted */
+	size_t nfree;          /* files in free/ as of the last count, plus moves since */
+	uint64_t free_counted; /* now_usec() of that count */
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -304,6 +308,89 @@ static void sw_append(struct status_writer *w, struct sw_job *j, int *fds, size_
 	fds[(*nfds)++] = fd;
 }
 
+/* Files in free/ (the daemon takes them from there as it receives mail). */
+static size_t count_free(int freefd)
+{
+	int fd = openat(freefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	size_t n = 0;
+	DIR *d;
+
+	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
+		if (fd != -1)
+			close(fd);
+		return SIZE_MAX;
+	}
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/*
+ * Moves a finished file to free/ for the daemon to reuse for a new message
+ * (spool_take_free) rather than deleting it, while free/ holds fewer than
+ * QUEUE_FREE_MAX files and the file is small enough to be worth keeping.
+ * 0 when moved; -1 when the caller should delete it.
+ */
+static int sw_recycle(struct status_writer *w, const char *id)
+{
+	struct stat st;
+
+	if (w->freefd == -1)
+		return -1;
+	if (w->nfree >= QUEUE_FREE_MAX && now_usec() - w->free_counted >= 1000000) {
+		w->nfree = count_free(w->freefd);
+		w->free_counted = now_usec();
+	}
+	if (w->nfree >= QUEUE_FREE_MAX)
+		return -1;
+	if (fstatat(w->queuefd, id, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(st.st_mode) ||
+	    st.st_size > QUEUE_FREE_MAX_SIZE)
+		return -1;
+	if (renameat2(w->queuefd, id, w->freefd, id, RENAME_NOREPLACE) == -1)
+		return -1;
+	w->nfree++;
+	return 0;
+}
+
+/*
+ * Deletes files that have sat in free/ longer than QUEUE_FREE_MAX_AGE: they
+ * still hold delivered mail, which should not outlive its delivery by more
+ * than that while no new message comes to overwrite it.
+ */
+static void sweep_free(struct status_writer *w)
+{
+	int fd;
+	struct dirent *de;
+	struct stat st;
+	time_t now = time(NULL);
+	size_t left = 0;
+	DIR *d;
+
+	if (w->freefd == -1)
+		return;
+	fd = openat(w->freefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		/* ctime is when the file was moved here (a rename sets it). */
+		if (fstatat(w->freefd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    now - st.st_ctime >= QUEUE_FREE_MAX_AGE &&
+		    unlinkat(w->freefd, de->d_name, 0) == 0)
+			continue;
+		left++;
+	}
+	closedir(d);
+	w->nfree = left;
+	w->free_counted = now_usec();
+}
+
 static void *sw_main(void *arg)
 {
 	struct status_writer *w = arg;
@@ -316,8 +403,17 @@ static void *sw_main(void *arg)
 		size_t nfds = 0, i, taken = 0;
 		int removed = 0;
 
-		while (w->todo == NULL && !w->stopping)
-			pthread_cond_wait(&w->cond, &w->lock);
+		while (w->todo == NULL && !w->stopping) {
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += QUEUE_FREE_SWEEP_SEC;
+			if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT &&
+			    w->todo == NULL && !w->stopping) {
+				pthread_mutex_unlock(&w->lock);
+				sweep_free(w);
+				pthread_mutex_lock(&w->lock);
+			}
+		}
 		if (w->todo == NULL && w->stopping)
 			break;
 		/* Take up to BATCH jobs; FIFO keeps a file's append before its removal. */
@@ -342,6 +438,8 @@ static void *sw_main(void *arg)
 		}
 		for (j = batch; j != NULL; j = j->next) {
 			if (!j->remove)
+				continue;
+			if (sw_recycle(w, j->id) == 0)
 				continue;
 			if (unlinkat(w->queuefd, j->id, 0) == -1 && errno != ENOENT)
 				log_err("event=queue_unlink_failed id=%s error=\"%s\"", j->id,
@@ -402,6 +500,11 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd,
 
 	w->base = base;
 	w->queuefd = queuefd;
+	w->freefd = openat(queuefd, "../free", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (w->freefd != -1) {
+		w->nfree = count_free(w->freefd);
+		w->free_counted = now_usec();
+	}
 	w->removed = removed;
 	w->arg = arg;
 	w->todo_tail = &w->todo;
@@ -451,6 +554,8 @@ void status_writer_free(struct status_writer *w)
 	sw_done(w->efd, EV_READ, w);
 	event_free(w->ev);
 	close(w->efd);
+	if (w->freefd != -1)
+		close(w->freefd);
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->cond);
 	free(w);

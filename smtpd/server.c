@@ -381,7 +381,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
  */
 void smtpd_drop_privileges(const struct config *cfg)
 {
-	static const char *const sub[] = {"", "/tmp", "/queue", "/quarantine"};
+	static const char *const sub[] = {"", "/tmp", "/queue", "/quarantine", "/free"};
 	struct passwd *pw;
 	size_t i;
 

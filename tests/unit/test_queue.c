@@ -459,6 +459,50 @@ static void test_roundtrip(void **state)
 	free(body);
 }
 
+/*
+ * A file in free/ (a delivered message kept for reuse) becomes the next
+ * message's file: rewritten from the start and cut to the new length, so
+ * nothing of the old, longer content survives after END.
+ */
+static void test_reuse_free_file(void **state)
+{
+	struct fixture *f = *state;
+	char id[QUEUE_ID_LEN + 1], old[QUEUE_ID_LEN + 1], path[256], err[256];
+	size_t n, old_len = 3 * QUEUE_BODY_CHUNK;
+	unsigned char *img, *junk = malloc(old_len);
+	struct queue_msg m;
+	int fd;
+
+	queue_id_new(old);
+	memset(junk, 'X', old_len);
+	snprintf(path, sizeof(path), "%s/free/%s", f->dir, old);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	assert_int_not_equal(fd, -1);
+	assert_int_equal(write(fd, junk, old_len), (ssize_t)old_len);
+	close(fd);
+	free(junk);
+
+	commit_one(f, 1000, 333, id);
+	assert_int_equal(count_dir(f->dir, "free"), 0);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	img = read_all(path, &n);
+	assert_true(n < 1000 + 2048);
+	assert_null(memchr(img, 'X', n));
+	assert_int_equal(queue_rec_walk(img, n, count_body, NULL, err, sizeof(err)), 0);
+	free(img);
+	if (queue_read_file(path, &m, 1, err, sizeof(err)) == -1)
+		fail_msg("queue_read_file: %s", err);
+	assert_string_equal(m.env.id, id);
+	assert_int_equal(m.message.len, strlen(test_hdr) + 1000);
+	queue_msg_free(&m);
+
+	/* free/ is empty now: the next message gets a new file. */
+	commit_one(f, 10, 10, id);
+	assert_int_equal(count_dir(f->dir, "queue"), 2);
+}
+
 static void test_empty_body(void **state)
 {
 	struct fixture *f = *state;
@@ -954,6 +998,7 @@ int main(void)
 	    cmocka_unit_test(test_env_encode_refuses),
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_empty_body, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reuse_free_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_count_follows_removals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
