@@ -213,6 +213,7 @@ struct config {
 	int delivery_command_timeout;
 	int delivery_data_timeout;
 	char *delivery_cpu_priority; /* background | low | normal */
+	int spool_reuse_max_age;     /* seconds; 0: delivered files are deleted */
 
 	/* [admin] */
 	struct listen_addr admin_listen;

@@ -55,6 +55,7 @@ static const struct key_def keys[] = {
 
 	{"spool", "dir", K_STR, O(spool_dir), "/var/spool/sendgate", 0, 0, NULL},
 	{"spool", "commit_threads", K_INT, O(commit_threads), "2", 1, 64, NULL},
+	{"spool", "reuse_max_age", K_DURATION, O(spool_reuse_max_age), "5m", 0, 86400, NULL},
 
 	{"dkim", "master_key_file", K_STR, O(dkim_master_key_file), "", 0, 0, NULL},
 	{"dkim", "default_algorithm", K_STR, O(dkim_default_algorithm), "rsa", 0, 0, "rsa|ed25519|both"},

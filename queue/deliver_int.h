@@ -107,8 +107,12 @@ int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body
 struct status_writer;
 /* Called on the loop once queue/id has been removed by the writer. */
 typedef void (*status_removed_cb)(void *arg, const char *id);
-/* Starts the writer thread for the queue directory queuefd (borrowed). */
-struct status_writer *status_writer_new(struct event_base *base, int queuefd,
+/*
+ * Starts the writer thread for the queue directory queuefd (borrowed).
+ * Finished files go to ../free for reuse and are deleted from there after
+ * reuse_max_age seconds ([spool] reuse_max_age; 0: deleted at once).
+ */
+struct status_writer *status_writer_new(struct event_base *base, int queuefd, int reuse_max_age,
                                         status_removed_cb removed, void *arg);
 /*
  * Queues work on queue/id, done in order: cut the file to truncate_to

@@ -47,8 +47,7 @@ struct event_base;
 /* free/ holds at most this many files, none larger than QUEUE_FREE_MAX_SIZE. */
 #define QUEUE_FREE_MAX 4096
 #define QUEUE_FREE_MAX_SIZE (64 * 1024)
-/* Files left in free/ this long (seconds) are deleted, checked that often. */
-#define QUEUE_FREE_MAX_AGE 300
+/* free/ is swept of files older than [spool] reuse_max_age this often (s). */
 #define QUEUE_FREE_SWEEP_SEC 60
 
 /* ---- record.c: the record format, pure ------------------------------- */

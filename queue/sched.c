@@ -1050,7 +1050,7 @@ struct dsched *sched_new(struct event_base *base, struct config *cfg, struct sto
 	s->qmap = hmap_new();
 	s->dests = hmap_new();
 	s->srcs = hmap_new();
-	s->sw = status_writer_new(base, s->queuefd, status_removed, s);
+	s->sw = status_writer_new(base, s->queuefd, cfg->spool_reuse_max_age, status_removed, s);
 	s->ev_kick = event_new(base, -1, 0, kick_cb, s);
 	s->ev_tick = event_new(base, -1, EV_PERSIST, tick_cb, s);
 	s->ev_rescan = event_new(base, -1, EV_PERSIST, rescan_cb, s);

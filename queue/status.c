@@ -265,6 +265,7 @@ struct status_writer {
 	struct event_base *base;
 	int queuefd;
 	int freefd;            /* ../free, or -1: delivered files are deleted */
+	int max_age;           /* seconds a file may wait in free/; 0: no reuse */
 	size_t nfree;          /* files in free/ as of the last count, plus moves since */
 	uint64_t free_counted; /* now_usec() of that count */
 	pthread_t thread;
@@ -337,7 +338,7 @@ static int sw_recycle(struct status_writer *w, const char *id)
 {
 	struct stat st;
 
-	if (w->freefd == -1)
+	if (w->freefd == -1 || w->max_age == 0)
 		return -1;
 	if (w->nfree >= QUEUE_FREE_MAX && now_usec() - w->free_counted >= 1000000) {
 		w->nfree = count_free(w->freefd);
@@ -355,7 +356,7 @@ static int sw_recycle(struct status_writer *w, const char *id)
 }
 
 /*
- * Deletes files that have sat in free/ longer than QUEUE_FREE_MAX_AGE: they
+ * Deletes files that have sat in free/ longer than max_age: they
  * still hold delivered mail, which should not outlive its delivery by more
  * than that while no new message comes to overwrite it.
  */
@@ -381,7 +382,7 @@ static void sweep_free(struct status_writer *w)
 			continue;
 		/* ctime is when the file was moved here (a rename sets it). */
 		if (fstatat(w->freefd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    now - st.st_ctime >= QUEUE_FREE_MAX_AGE &&
+		    now - st.st_ctime >= w->max_age &&
 		    unlinkat(w->freefd, de->d_name, 0) == 0)
 			continue;
 		left++;
@@ -406,7 +407,8 @@ static void *sw_main(void *arg)
 		while (w->todo == NULL && !w->stopping) {
 			struct timespec until;
 			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_sec += QUEUE_FREE_SWEEP_SEC;
+			until.tv_sec += w->max_age / 2 < QUEUE_FREE_SWEEP_SEC
+			                     ? w->max_age / 2 + 1 : QUEUE_FREE_SWEEP_SEC;
 			if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT &&
 			    w->todo == NULL && !w->stopping) {
 				pthread_mutex_unlock(&w->lock);
@@ -493,13 +495,14 @@ static void sw_done(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-struct status_writer *status_writer_new(struct event_base *base, int queuefd,
+struct status_writer *status_writer_new(struct event_base *base, int queuefd, int reuse_max_age,
                                         status_removed_cb removed, void *arg)
 {
 	struct status_writer *w = xcalloc(1, sizeof(*w));
 
 	w->base = base;
 	w->queuefd = queuefd;
+	w->max_age = reuse_max_age;
 	w->freefd = openat(queuefd, "../free", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (w->freefd != -1) {
 		w->nfree = count_free(w->freefd);
