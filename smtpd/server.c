@@ -2,7 +2,6 @@
  * server: the daemon's listeners, connection limits, signals, and the
  * table that maps session ids to live sessions.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <grp.h>
 #include <netinet/in.h>
@@ -27,6 +26,7 @@
 #define SLOT_BITS 24
 #define FAILURE_MEMORY 900 /* seconds an AUTH failure counts against an address */
 #define STOP_GRACE 30	    /* seconds in-flight transactions get at SIGTERM */
+#define CLIENT_SWEEP_INTERVAL 60 /* seconds between sweeps of the per-address table */
 
 struct listener_arg {
 	struct server *srv;
@@ -49,30 +49,145 @@ struct session *server_session(struct server *srv, uint64_t id)
 	return s;
 }
 
-struct client_addr *server_client(struct server *srv, const char *addr)
-{
-	struct client_addr *ca = hmap_get(srv->clients, addr);
+/* ---- the per-address table ---------------------------------------------
+ *
+ * One entry per peer key (peer.c) with a connection or with AUTH failures
+ * that still count. An entry whose last connection ends is dropped at once
+ * when it holds no failures; otherwise it goes on the idle list, which the
+ * sweep timer walks to drop entries whose failures have expired. Clients
+ * choose how many keys they come from, so the table is also capped, and
+ * checked before an entry is allocated.
+ */
 
-	if (ca == NULL) {
-		ca = xcalloc(1, sizeof(*ca));
-		hmap_put(srv->clients, addr, ca);
+/*
+ * Seconds on the monotonic clock: a wall-clock step neither erases nor
+ * stretches a penalty.
+ */
+static time_t mono_now(void)
+{
+	return (time_t)(now_usec() / 1000000u);
+}
+
+static void idle_push(struct server *srv, struct client_addr *ca)
+{
+	ca->idle_next = NULL;
+	ca->idle_prev = srv->idle_tail;
+	if (srv->idle_tail)
+		srv->idle_tail->idle_next = ca;
+	else
+		srv->idle_head = ca;
+	srv->idle_tail = ca;
+	ca->idle = 1;
+}
+
+static void idle_unlink(struct server *srv, struct client_addr *ca)
+{
+	if (!ca->idle)
+		return;
+	if (ca->idle_prev)
+		ca->idle_prev->idle_next = ca->idle_next;
+	else
+		srv->idle_head = ca->idle_next;
+	if (ca->idle_next)
+		ca->idle_next->idle_prev = ca->idle_prev;
+	else
+		srv->idle_tail = ca->idle_prev;
+	ca->idle_prev = ca->idle_next = NULL;
+	ca->idle = 0;
+}
+
+/* Drops an entry (with no connection) from the table and frees it. */
+static void client_forget(struct server *srv, struct client_addr *ca, const char *why)
+{
+	idle_unlink(srv, ca);
+	hmap_del(srv->clients, ca->key);
+	log_debug("event=client_forgotten key=%s reason=%s entries=%zu", ca->key, why,
+		  hmap_count(srv->clients));
+	free(ca);
+}
+
+/*
+ * The entry for key, made when missing; owned by the table. When the table
+ * is full, the entry that has been idle longest goes to make room. The
+ * other choice, refusing the new client, would let anyone who controls
+ * enough addresses (a /48 holds 65536 /64 keys) fill the table with failed
+ * AUTHs and lock every other client out: a brute-force defence turned into
+ * a denial of service. Evicting only shortens how long the oldest failures
+ * are remembered, and an attacker needs as many keys as the table holds to
+ * make it happen, while one who has that many can spread its guesses over
+ * them anyway.
+ */
+static struct client_addr *client_get(struct server *srv, const char *key)
+{
+	struct client_addr *ca = hmap_get(srv->clients, key);
+
+	if (ca)
+		return ca;
+	if (hmap_count(srv->clients) >= srv->clients_max) {
+		struct client_addr *old = srv->idle_head;
+		/* Entries with a connection number fewer than max_connections
+		 * here (checked before), and the cap is larger: some are idle. */
+		if (old == NULL)
+			fatal("event=bug error=\"client table full with no idle entry\" entries=%zu",
+			      hmap_count(srv->clients));
+		if (peer_forgettable(&old->st, mono_now(), FAILURE_MEMORY)) {
+			client_forget(srv, old, "expired");
+		} else {
+			log_info("event=client_evicted key=%s failures=%d entries=%zu limit=%zu",
+				 old->key, old->st.auth_failures, hmap_count(srv->clients),
+				 srv->clients_max);
+			client_forget(srv, old, "evicted");
+		}
 	}
+	ca = xcalloc(1, sizeof(*ca));
+	snprintf(ca->key, sizeof(ca->key), "%s", key);
+	hmap_put(srv->clients, ca->key, ca);
 	return ca;
 }
 
-void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *addr)
+void server_auth_failed(struct server *srv, const char *key)
+{
+	struct client_addr *ca = hmap_get(srv->clients, key);
+
+	/* The session's own connection keeps its entry in the table. */
+	if (ca)
+		peer_auth_failed(&ca->st, mono_now(), FAILURE_MEMORY);
+}
+
+/* Timer: drops idle entries whose AUTH failures no longer count. */
+static void client_sweep(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct client_addr *ca, *next;
+	time_t now = mono_now();
+	int removed = 0;
+
+	for (ca = srv->idle_head; ca; ca = next) {
+		next = ca->idle_next;
+		if (peer_forgettable(&ca->st, now, FAILURE_MEMORY)) {
+			client_forget(srv, ca, "expired");
+			removed++;
+		}
+	}
+	if (removed)
+		log_info("event=client_sweep removed=%d entries=%zu limit=%zu", removed,
+			 hmap_count(srv->clients), srv->clients_max);
+}
+
+void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *key)
 {
 	uint32_t slot = (uint32_t)(id & ((1u << SLOT_BITS) - 1));
-	struct client_addr *ca = hmap_get(srv->clients, addr);
+	struct client_addr *ca = hmap_get(srv->clients, key);
 
 	srv->slots[slot] = NULL;
 	srv->free_slots[srv->nfree++] = slot;
 	srv->nsessions--;
-	if (ca) {
-		ca->conns--;
-		if (ca->conns <= 0 && (ca->auth_failures == 0 ||
-				       time(NULL) - ca->last_failure > FAILURE_MEMORY))
-			free(hmap_del(srv->clients, addr));
+	if (ca && --ca->st.conns <= 0) {
+		ca->st.conns = 0;
+		if (peer_forgettable(&ca->st, mono_now(), FAILURE_MEMORY))
+			client_forget(srv, ca, "idle");
+		else
+			idle_push(srv, ca);
 	}
 	if (srv->stopping && srv->nsessions == 0 && !child_running(srv))
 		event_base_loopexit(srv->base, NULL);
@@ -91,16 +206,13 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	struct listener_arg *la = arg;
 	struct server *srv = la->srv;
 	const struct config *cfg = srv->cfg;
-	char addr[64] = "unknown";
+	char addr[PEER_TEXT_MAX], key[PEER_TEXT_MAX];
 	struct client_addr *ca;
 	uint32_t slot;
 	uint64_t id;
 	int delay = 0;
 
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, addr, sizeof(addr));
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
+	peer_name(sa, (size_t)salen, addr, key);
 	evutil_make_socket_nonblocking(fd);
 	/* Replies and TLS records are written whole: without this, Nagle
 	 * and the client's delayed ACK add 40 ms to a handshake. */
@@ -118,24 +230,26 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		refuse(fd, "421 4.7.0 Too many connections to this server; try again later\r\n");
 		return;
 	}
-	ca = server_client(srv, addr);
-	if (ca->conns >= cfg->max_connections_per_ip) {
-		log_warn("event=refused client=%s reason=max_connections_per_ip limit=%d", addr,
-			 cfg->max_connections_per_ip);
-		refuse(fd, "421 4.7.0 Too many connections from your address; try again later\r\n");
+	ca = client_get(srv, key);
+	if (ca->st.conns >= cfg->max_connections_per_ip) {
+		char text[200];
+		log_warn("event=refused client=%s key=%s reason=max_connections_per_ip limit=%d", addr,
+			 key, cfg->max_connections_per_ip);
+		snprintf(text, sizeof(text),
+			 "421 4.7.0 Too many connections from your %s %s: at most %d at a time; try "
+			 "again later\r\n",
+			 strchr(key, '/') ? "network" : "address", key, cfg->max_connections_per_ip);
+		refuse(fd, text);
 		return;
 	}
-	if (ca->auth_failures >= cfg->auth_max_failures) {
-		if (time(NULL) - ca->last_failure > FAILURE_MEMORY)
-			ca->auth_failures = 0;
-		else
-			delay = cfg->auth_fail_delay;
-	}
-	ca->conns++;
+	if (peer_penalized(&ca->st, mono_now(), FAILURE_MEMORY, cfg->auth_max_failures))
+		delay = cfg->auth_fail_delay;
+	idle_unlink(srv, ca);
+	ca->st.conns++;
 	slot = srv->free_slots[--srv->nfree];
 	id = (++srv->generation << SLOT_BITS) | slot;
 	srv->nsessions++;
-	session_start(srv, fd, addr, la->implicit_tls, id, delay);
+	session_start(srv, fd, addr, key, la->implicit_tls, id, delay);
 }
 
 static void resume_accepting(evutil_socket_t fd, short what, void *arg)
@@ -465,6 +579,14 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	for (i = 0; i < srv.nslots; i++)
 		srv.free_slots[srv.nfree++] = srv.nslots - 1 - i;
 	srv.clients = hmap_new();
+	/* Entries with a connection number at most max_connections; as many
+	 * again may be kept for their AUTH failures alone. */
+	srv.clients_max = 2 * (size_t)cfg->max_connections;
+	srv.ev_client_sweep = event_new(srv.base, -1, EV_PERSIST, client_sweep, &srv);
+	{
+		struct timeval tv = {CLIENT_SWEEP_INTERVAL, 0};
+		event_add(srv.ev_client_sweep, &tv);
+	}
 	srv.store = store_open(srv.base, cfg->database_url);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
 	if (cfg->dkim_master_key_file[0]) {
@@ -530,6 +652,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	spool_close(srv.spool);
 	store_close(srv.store);
 	event_free(srv.ev_ready);
+	event_free(srv.ev_client_sweep);
 	event_free(srv.ev_sigterm);
 	event_free(srv.ev_sigint);
 	event_free(srv.ev_sighup);

@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 
 #include "common/common.h"
+#include "smtpd/smtpd.h"
 #include "queue/queue.h"
 #include "tenants/tenants.h"
 
@@ -18,11 +19,17 @@ struct session;
 struct evconnlistener;
 struct evhttp;
 
-/* Per client address: open connections and recent AUTH failures. */
+/*
+ * One key of the per-address limits (an IPv4 address or an IPv6 /64, see
+ * peer.c): open connections and recent AUTH failures. An entry with no
+ * connection is kept only while its failures count, on the idle list
+ * (oldest first), from which the sweep and eviction take it.
+ */
 struct client_addr {
-	int conns;
-	int auth_failures;
-	time_t last_failure;
+	struct peer_state st;
+	struct client_addr *idle_prev, *idle_next;
+	int idle; /* on the idle list */
+	char key[PEER_TEXT_MAX];
 };
 
 struct server {
@@ -45,7 +52,10 @@ struct server {
 	uint64_t generation;
 	int nsessions;
 
-	struct hmap *clients; /* address text → struct client_addr */
+	struct hmap *clients; /* peer key → struct client_addr */
+	size_t clients_max;   /* entries the table may hold */
+	struct client_addr *idle_head, *idle_tail;
+	struct event *ev_client_sweep;
 
 	struct evhttp *http; /* [admin] listen */
 
@@ -102,14 +112,18 @@ void tls_describe(SSL *ssl, char *out, size_t outlen);
 /* server.c */
 /* Finds a live session by id; NULL when it has closed meanwhile. */
 struct session *server_session(struct server *srv, uint64_t id);
-struct client_addr *server_client(struct server *srv, const char *addr);
-/* Called by a session as it frees itself. */
-void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *addr);
+/* Counts a failed AUTH against a connected session's peer key. */
+void server_auth_failed(struct server *srv, const char *key);
+/* Called by a session as it frees itself; key is its peer key. */
+void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *key);
 
 /* session.c */
-/* Starts a session on an accepted socket; implicit = TLS from the start. */
-void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int implicit_tls,
-		   uint64_t id, int greeting_delay);
+/*
+ * Starts a session on an accepted socket; implicit = TLS from the start.
+ * addr is the client's address as logged, key its peer key (both copied).
+ */
+void session_start(struct server *srv, evutil_socket_t fd, const char *addr, const char *key,
+		   int implicit_tls, uint64_t id, int greeting_delay);
 /* Asks the session to finish at the next command boundary (shutdown). */
 void session_shutdown(struct session *s);
 /* Frees a session at exit, without callbacks or replies. */

@@ -67,7 +67,8 @@ struct session {
 	struct server *srv;
 	struct bufferevent *bev;
 	evutil_socket_t fd;
-	char addr[64];
+	char addr[PEER_TEXT_MAX]; /* the client's address, for logs */
+	char peer[PEER_TEXT_MAX]; /* its key in the per-address limits */
 	enum state state;
 	int implicit_tls;
 	int bev_owns_fd; /* TLS bufferevents close the socket themselves */
@@ -310,7 +311,6 @@ static void start_tls(struct session *s)
 static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
-	struct client_addr *ca;
 
 	if (s == NULL)
 		return;
@@ -323,9 +323,7 @@ static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 		reply(s, "235 2.7.0 Authentication successful");
 	} else if (ok == 0) {
 		s->auth_failures++;
-		ca = server_client(s->srv, s->addr);
-		ca->auth_failures++;
-		ca->last_failure = time(NULL);
+		server_auth_failed(s->srv, s->peer);
 		char q[600];
 		log_warn("event=auth client=%s user=%s result=failed failures=%d", s->addr,
 			 log_quote(q, sizeof(q), s->user), s->auth_failures);
@@ -1267,8 +1265,8 @@ static void greet_later(evutil_socket_t fd, short what, void *arg)
 	process_input(s);
 }
 
-void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int implicit_tls,
-		   uint64_t id, int greeting_delay)
+void session_start(struct server *srv, evutil_socket_t fd, const char *addr, const char *key,
+		   int implicit_tls, uint64_t id, int greeting_delay)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
 
@@ -1279,6 +1277,7 @@ void session_start(struct server *srv, evutil_socket_t fd, const char *addr, int
 	s->started = now_usec();
 	s->implicit_tls = implicit_tls;
 	snprintf(s->addr, sizeof(s->addr), "%s", addr);
+	snprintf(s->peer, sizeof(s->peer), "%s", key);
 	srv->slots[id & 0xffffff] = s;
 	if (implicit_tls) {
 		SSL *ssl = SSL_new(srv->tls);
@@ -1343,7 +1342,7 @@ static void session_free(struct session *s)
 	}
 	if (!s->bev_owns_fd || s->bev == NULL)
 		evutil_closesocket(s->fd);
-	server_session_gone(s->srv, s, s->id, s->addr);
+	server_session_gone(s->srv, s, s->id, s->peer);
 	explicit_bzero(s, sizeof(*s));
 	free(s);
 }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "common/common.h"
 
@@ -183,6 +184,35 @@ int header_has(const char *hdr, size_t len, const char *name);
  * returns how many the value holds, or -1 when it does not parse.
  */
 int header_mailboxes(const char *value, size_t len, char out[][SMTP_ADDR_MAX + 1], int max);
+
+/* ---- peer.c: client addresses for the per-address limits -------------- */
+
+struct sockaddr;
+
+#define PEER_TEXT_MAX 64 /* an IPv6 address text, a "/64" key, "unknown" */
+
+/*
+ * Names a client socket address: text is the address as logged, key what
+ * the per-address limits count by: the IPv4 address, or the IPv6 /64
+ * ("2001:db8:1:2::/64"); IPv4-mapped IPv6 (::ffff:a.b.c.d) is IPv4. Fills
+ * both (PEER_TEXT_MAX bytes each); 0, or -1 with both "unknown" when sa is
+ * neither IPv4 nor IPv6.
+ */
+int peer_name(const struct sockaddr *sa, size_t salen, char *text, char *key);
+
+/* What the limits remember about one key. Times are in seconds of one clock. */
+struct peer_state {
+	int conns;	     /* open connections */
+	int auth_failures;   /* failed AUTHs within the memory window */
+	time_t last_failure; /* when the last one happened */
+};
+
+/* Counts a failed AUTH at now; failures older than memory s are forgotten. */
+void peer_auth_failed(struct peer_state *p, time_t now, int memory);
+/* 1 when the key has max_failures recent failures (its greeting is delayed). */
+int peer_penalized(struct peer_state *p, time_t now, int memory, int max_failures);
+/* 1 when the key has no connection and no failure within memory s. */
+int peer_forgettable(const struct peer_state *p, time_t now, int memory);
 
 /* ---- server.c: the daemon ---------------------------------------------- */
 
