@@ -1,13 +1,19 @@
 /*
  * store: the daemon's connection to PostgreSQL. One libpq connection in
  * non-blocking mode driven by the event loop; requests wait in a FIFO and
- * run one at a time. Credentials and domains are cached in memory and
- * reloaded whenever the database sends a NOTIFY on sendgate_cache, so the
- * SMTP hot path never waits on a round trip. Events are written in batches.
+ * run one at a time. Credentials and domains are cached in memory, so the
+ * SMTP hot path never waits on a round trip; the triggers of migration 001
+ * NOTIFY sendgate_cache with the changed table's name as payload, and only
+ * the caches built from that table are reloaded (an empty or unknown
+ * payload reloads them all, as does a reconnection). Usernames that
+ * Postgres did not know are remembered too, so that a repeated unknown
+ * username is answered from memory like a known one. Events are written in
+ * batches.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -18,6 +24,10 @@
 
 #define EVENT_BATCH_MAX 1000
 #define EVENT_QUEUE_MAX 200000
+/* Unknown usernames remembered (cleared whenever credentials reload). */
+#define UNKNOWN_USERS_MAX 4096
+/* Longer names are not remembered (SASL fields are at most 255 bytes). */
+#define UNKNOWN_USER_LEN_MAX 255
 
 enum req_kind {
 	REQ_LISTEN,
@@ -32,6 +42,54 @@ enum req_kind {
 	REQ_AUTH,
 	REQ_DOMAIN,
 	REQ_EVENTS,
+};
+
+/* The caches, as bits of a reload mask. */
+enum cache_bit {
+	C_CREDS = 1 << 0,
+	C_SUPPR = 1 << 1,
+	C_POOLS = 1 << 2,
+	C_TENANT_POOLS = 1 << 3,
+	C_KEYS = 1 << 4,
+	C_DOMAINS = 1 << 5,
+	C_ALL = (1 << 6) - 1,
+};
+
+/*
+ * Each cache, in the order a reload runs its loads: the domains load goes
+ * last because store_ready waits for it.
+ */
+static const struct cache_def {
+	int bit;
+	enum req_kind kind;
+	const char *name; /* as logged: event=cache_reload table=NAME */
+} caches[] = {
+    {C_CREDS, REQ_LOAD_CREDS, "credentials"},
+    {C_SUPPR, REQ_LOAD_SUPPR, "suppressions"},
+    {C_POOLS, REQ_LOAD_POOLS, "pools"},
+    {C_TENANT_POOLS, REQ_LOAD_TENANT_POOLS, "tenant_pools"},
+    {C_KEYS, REQ_LOAD_KEYS, "dkim_keys"},
+    {C_DOMAINS, REQ_LOAD_DOMAINS, "domains"},
+};
+#define NCACHES (int)(sizeof(caches) / sizeof(caches[0]))
+
+/*
+ * What a change to each table (the NOTIFY payload) makes stale. Credentials
+ * carry their tenant's name and tenants their pool; deleting a pool or a
+ * domain changes tenants or dkim_keys through the foreign keys, whose own
+ * triggers report it.
+ */
+static const struct {
+	const char *table;
+	int caches;
+} notify_tables[] = {
+    {"credentials", C_CREDS},
+    {"tenants", C_CREDS | C_TENANT_POOLS},
+    {"domains", C_DOMAINS},
+    {"dkim_keys", C_KEYS},
+    {"suppressions", C_SUPPR},
+    {"pools", C_POOLS | C_TENANT_POOLS},
+    {"pool_addresses", C_POOLS},
 };
 
 #define KEYS_PER_DOMAIN 8
@@ -49,6 +107,8 @@ struct req {
 	char *arg;     /* username / domain / events JSON */
 	int64_t tenant_id;
 	unsigned char hash[32]; /* REQ_AUTH: SHA-256 of the offered secret */
+	unsigned cred_gen;	/* REQ_AUTH: st->cred_gen when asked */
+	struct timespec sent;	/* cache loads: when the query went out */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
 	char *p[4];	/* REQ_SUPPRESS parameters */
 };
@@ -107,6 +167,8 @@ struct store {
 	PGresult *result;
 
 	struct hmap *creds;   /* username → struct cred */
+	struct hmap *unknown_users; /* username → &unknown_user: not in Postgres */
+	unsigned cred_gen;    /* bumped by every NOTIFY that touches credentials */
 	struct hmap *domains; /* name → struct dom */
 	struct hmap *keys;    /* domain → struct key_list */
 	struct hmap *supp;    /* "tenant:address" → struct supp */
@@ -118,8 +180,17 @@ struct store {
 	unsigned char master[32];
 	int key_errors;
 	int key_good;
-	int reload_queued;
-	int reload_again; /* a NOTIFY came while a reload was running */
+	/*
+	 * Reloads run one batch at a time. A NOTIFY adds to reload_want; the
+	 * next batch takes it once the running one (reload_left loads still
+	 * queued or in flight) is over. reload_batch holds the caches of the
+	 * running batch and reload_sent those whose query has gone out: a
+	 * NOTIFY for a cache not yet sent needs no second load.
+	 */
+	int reload_want;
+	int reload_batch;
+	int reload_sent;
+	int reload_left;
 	int grace;
 
 	struct pending_event *ev_head, *ev_tail;
@@ -287,7 +358,9 @@ static void load_creds(struct store *st, PGresult *res)
 	hmap_free(st->creds, free);
 	st->creds = m;
 	st->creds_loaded = 1;
-	log_debug("event=cache_loaded what=credentials count=%d", PQntuples(res));
+	/* Whoever was unknown may exist now. */
+	hmap_free(st->unknown_users, NULL);
+	st->unknown_users = hmap_new();
 }
 
 static void load_domains(struct store *st, PGresult *res)
@@ -300,7 +373,6 @@ static void load_domains(struct store *st, PGresult *res)
 	hmap_free(st->domains, free);
 	st->domains = m;
 	st->domains_loaded = 1;
-	log_debug("event=cache_loaded what=domains count=%d", PQntuples(res));
 }
 
 static const char SQL_LOAD_KEYS[] =
@@ -415,8 +487,6 @@ static void load_keys(struct store *st, PGresult *res)
 	}
 	hmap_free(st->keys, key_list_free);
 	st->keys = m;
-	log_debug("event=cache_loaded what=dkim_keys count=%d errors=%d", PQntuples(res),
-		  st->key_errors);
 }
 
 void store_set_master_key(struct store *st, const unsigned char mkey[32])
@@ -592,26 +662,150 @@ int store_return_path_ok(struct store *st, const char *domain)
 	return d && d->return_path_verified;
 }
 
-static void queue_reload(struct store *st)
+/* The cache a load request fills, or NULL for other requests. */
+static const struct cache_def *cache_of(enum req_kind kind)
 {
-	if (st->reload_queued)
+	int i;
+
+	for (i = 0; i < NCACHES; i++)
+		if (caches[i].kind == kind)
+			return &caches[i];
+	return NULL;
+}
+
+/*
+ * The caches a NOTIFY payload makes stale: table names separated by commas
+ * or spaces (the triggers send one). Empty, or any name not known here,
+ * means everything, so that older or hand-made senders keep working.
+ */
+static int notify_caches(const char *payload)
+{
+	const char *p = payload;
+	int mask = 0;
+
+	for (;;) {
+		size_t n, i;
+		p += strspn(p, ", \t");
+		if (*p == '\0')
+			break;
+		n = strcspn(p, ", \t");
+		for (i = 0; i < sizeof(notify_tables) / sizeof(notify_tables[0]); i++)
+			if (strlen(notify_tables[i].table) == n &&
+			    memcmp(notify_tables[i].table, p, n) == 0)
+				break;
+		if (i == sizeof(notify_tables) / sizeof(notify_tables[0]))
+			return C_ALL;
+		mask |= notify_tables[i].caches;
+		p += n;
+	}
+	return mask ? mask : C_ALL;
+}
+
+/*
+ * Queues the loads of the caches in reload_want as the next batch, ahead
+ * of every lookup waiting so that those see fresh data. Does not send.
+ */
+static void reload_push(struct store *st)
+{
+	int i, mask = st->reload_want;
+
+	if (!st->have_master)
+		mask &= ~C_KEYS; /* without the master key no key is loaded */
+	st->reload_want = 0;
+	st->reload_batch = mask;
+	st->reload_sent = 0;
+	st->reload_left = 0;
+	for (i = NCACHES - 1; i >= 0; i--)
+		if (mask & caches[i].bit) {
+			req_push_front(st, req_new(caches[i].kind));
+			st->reload_left++;
+		}
+}
+
+/* Starts the next batch when none is running and something is stale. */
+static void reload_start(struct store *st)
+{
+	if (!st->connected || st->reload_left || !st->reload_want)
 		return;
-	st->reload_queued = 1;
-	/* Loads go first so that lookups queued meanwhile see fresh data;
-	 * the domains load ends the reload, so it goes last. */
-	req_push_front(st, req_new(REQ_LOAD_DOMAINS));
-	if (st->have_master)
-		req_push_front(st, req_new(REQ_LOAD_KEYS));
-	req_push_front(st, req_new(REQ_LOAD_TENANT_POOLS));
-	req_push_front(st, req_new(REQ_LOAD_POOLS));
-	req_push_front(st, req_new(REQ_LOAD_SUPPR));
-	req_push_front(st, req_new(REQ_LOAD_CREDS));
+	reload_push(st);
 	store_kick(st);
+}
+
+/* Schedules a reload of mask; bursts of changes coalesce into one batch. */
+static void reload_schedule(struct store *st, int mask)
+{
+	struct timeval tv = {0, 5000};
+
+	/* A load still waiting to be sent will see the change anyway. */
+	if (st->reload_left)
+		mask &= ~(st->reload_batch & ~st->reload_sent);
+	if (mask == 0)
+		return;
+	st->reload_want |= mask;
+	if (st->reload_left == 0)
+		evtimer_add(st->ev_reload, &tv);
+	/* else the end of the running batch starts the next one */
 }
 
 static void reload_cb(evutil_socket_t fd, short what, void *arg)
 {
-	queue_reload(arg);
+	reload_start(arg);
+}
+
+/* Milliseconds since t. */
+static long ms_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* A load of the running batch is over (loaded, failed or dropped). */
+static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
+{
+	const struct cache_def *c = cache_of(r->kind);
+
+	if (ok && c->bit == C_KEYS)
+		log_info("event=cache_reload table=%s rows=%d ms=%ld key_errors=%d", c->name,
+			 PQntuples(res), ms_since(&r->sent), st->key_errors);
+	else if (ok)
+		log_info("event=cache_reload table=%s rows=%d ms=%ld", c->name, PQntuples(res),
+			 ms_since(&r->sent));
+	/* A failed load keeps the cache as it was (the error is logged). */
+	if (st->reload_left > 0 && --st->reload_left == 0 && st->reload_want) {
+		struct timeval tv = {0, 5000};
+		evtimer_add(st->ev_reload, &tv);
+	}
+}
+
+/* Forgets every unknown username: one of them may exist now. */
+static void unknown_users_clear(struct store *st)
+{
+	st->cred_gen++;
+	if (hmap_count(st->unknown_users) == 0)
+		return;
+	hmap_free(st->unknown_users, NULL);
+	st->unknown_users = hmap_new();
+}
+
+static const char unknown_user = 1; /* the value of every unknown_users entry */
+
+/*
+ * Remembers that Postgres has no credential named user. The bound holds
+ * before anything is allocated: at the limit the set starts over, so that
+ * names a client invents keep costing at most UNKNOWN_USERS_MAX entries.
+ */
+static void unknown_users_add(struct store *st, const char *user)
+{
+	if (strlen(user) > UNKNOWN_USER_LEN_MAX)
+		return;
+	if (hmap_count(st->unknown_users) >= UNKNOWN_USERS_MAX) {
+		log_info("event=auth_unknown_users_full count=%d action=cleared", UNKNOWN_USERS_MAX);
+		hmap_free(st->unknown_users, NULL);
+		st->unknown_users = hmap_new();
+	}
+	hmap_put(st->unknown_users, user, (void *)&unknown_user);
 }
 
 /* ---- answering requests ----------------------------------------------- */
@@ -647,32 +841,32 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 	case REQ_LOAD_CREDS:
 		if (ok)
 			load_creds(st, res);
+		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_DOMAINS:
-		st->reload_queued = 0;
 		if (ok)
 			load_domains(st, res);
-		if (st->reload_again) {
-			struct timeval tv = {0, 5000};
-			st->reload_again = 0;
-			evtimer_add(st->ev_reload, &tv);
-		}
+		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_KEYS:
 		if (ok)
 			load_keys(st, res);
+		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_SUPPR:
 		if (ok)
 			load_suppr(st, res);
+		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_POOLS:
 		if (ok)
 			load_pools(st, res);
+		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_TENANT_POOLS:
 		if (ok)
 			load_tenant_pools(st, res);
+		reload_step(st, r, res, ok);
 		break;
 	case REQ_SUPPRESS:
 		break;
@@ -687,14 +881,22 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 	}
 	case REQ_AUTH: {
 		struct cred *c = ok && PQntuples(res) == 1 ? cred_from_row(res, 0, 1) : NULL;
+		/* A credentials NOTIFY since the question makes the answer
+		 * too old to remember (it is still the right answer to give). */
+		int fresh = r->cred_gen == st->cred_gen;
 		if (!ok) {
 			auth_answer(r, -1, NULL);
 		} else if (c == NULL) {
+			if (fresh && PQntuples(res) == 0)
+				unknown_users_add(st, r->arg);
 			auth_answer(r, 0, NULL);
 		} else {
 			int match = ct_equal(c->hash, r->hash, 32);
 			struct tenant_ref who = c->who;
-			free(hmap_put(st->creds, r->arg, c));
+			if (fresh)
+				free(hmap_put(st->creds, r->arg, c));
+			else
+				free(c);
 			auth_answer(r, match, match ? &who : NULL);
 		}
 		break;
@@ -735,7 +937,9 @@ static void fail_all(struct store *st)
 			st->tail = NULL;
 		req_done(st, r, NULL);
 	}
-	st->reload_queued = 0;
+	/* The next connection reloads everything. */
+	st->reload_left = 0;
+	st->reload_batch = st->reload_sent = 0;
 }
 
 /* ---- the connection --------------------------------------------------- */
@@ -782,6 +986,10 @@ static void send_next(struct store *st)
 	st->head = r->next;
 	if (st->head == NULL)
 		st->tail = NULL;
+	if (cache_of(r->kind)) {
+		st->reload_sent |= cache_of(r->kind)->bit;
+		clock_gettime(CLOCK_MONOTONIC, &r->sent);
+	}
 	switch (r->kind) {
 	case REQ_LISTEN:
 		sql = "LISTEN sendgate_cache";
@@ -850,23 +1058,24 @@ static void store_kick(struct store *st)
 	send_next(st);
 }
 
+/*
+ * Reloads the caches the pending NOTIFYs name. Runs before the results read
+ * with them are handled: a lookup answered before a change committed must
+ * not be remembered after its NOTIFY (see cred_gen).
+ */
 static void handle_notifies(struct store *st)
 {
 	PGnotify *n;
-	int any = 0;
+	int mask = 0;
 
 	while ((n = PQnotifies(st->conn))) {
-		any = 1;
+		mask |= notify_caches(n->extra ? n->extra : "");
 		PQfreemem(n);
 	}
-	if (any && st->reload_queued) {
-		/* The running reload may have read the old rows already. */
-		st->reload_again = 1;
-	} else if (any) {
-		/* Coalesce bursts of changes into one reload. */
-		struct timeval tv = {0, 5000};
-		evtimer_add(st->ev_reload, &tv);
-	}
+	if (mask & C_CREDS)
+		unknown_users_clear(st);
+	if (mask)
+		reload_schedule(st, mask);
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -927,10 +1136,12 @@ static void connected(struct store *st)
 	event_add(st->ev_read, NULL);
 	log_info("event=db_connected");
 	/* LISTEN before loading, so no change can fall between the two:
-	 * connected is set only once everything is queued in order. */
+	 * connected is set only once everything is queued in order. Every
+	 * cache reloads, since NOTIFYs may have been missed meanwhile. */
 	st->connected = 0;
-	st->reload_queued = 0;
-	queue_reload(st);
+	evtimer_del(st->ev_reload);
+	st->reload_want = C_ALL;
+	reload_push(st);
 	req_push_front(st, req_new(REQ_LISTEN));
 	req_push_front(st, req_new(REQ_SCHEMA));
 	st->connected = 1;
@@ -1079,6 +1290,7 @@ struct store *store_open(struct event_base *base, const char *conninfo)
 	st->base = base;
 	st->conninfo = xstrdup(conninfo);
 	st->creds = hmap_new();
+	st->unknown_users = hmap_new();
 	st->domains = hmap_new();
 	st->keys = hmap_new();
 	st->supp = hmap_new();
@@ -1142,6 +1354,7 @@ void store_close(struct store *st)
 	event_free(st->ev_reload);
 	event_free(st->ev_flush);
 	hmap_free(st->creds, free);
+	hmap_free(st->unknown_users, NULL);
 	hmap_free(st->domains, free);
 	hmap_free(st->keys, key_list_free);
 	hmap_free(st->supp, free);
@@ -1176,6 +1389,13 @@ void store_auth(struct store *st, const char *user, const char *secret, store_au
 		cb(cookie, match, match ? &c->who : NULL);
 		return;
 	}
+	if (hmap_get(st->unknown_users, user)) {
+		/* Postgres said no lately: answer as fast as for a known name. */
+		static const unsigned char none[32];
+		(void)ct_equal(none, h, 32);
+		cb(cookie, 0, NULL);
+		return;
+	}
 	if (!st->connected) {
 		/* Unknown here and no way to ask: a loaded cache is complete. */
 		cb(cookie, st->creds_loaded ? 0 : -1, NULL);
@@ -1183,7 +1403,12 @@ void store_auth(struct store *st, const char *user, const char *secret, store_au
 	}
 	r = req_new(REQ_AUTH);
 	r->arg = xstrdup(user);
+	r->cred_gen = st->cred_gen;
 	memcpy(r->hash, h, 32);
+	{
+		char q[600];
+		log_debug("event=auth_db_lookup user=%s", log_quote(q, sizeof(q), user));
+	}
 	r->cb = (void *)cb;
 	r->cookie = cookie;
 	req_push(st, r);
