@@ -450,21 +450,41 @@ static void auth_continue(struct session *s, const char *line, size_t len)
 	}
 }
 
-/* Sentence for a domain the tenant may not send from. */
-static void domain_refusal(struct session *s, const char *what, const char *domain, const char *why)
+/*
+ * The reply to a sender domain that did not pass store_domain_check, for
+ * MAIL FROM and for the From/Sender header fields alike: ok and why are
+ * the check's answer (0 refused, -1 not known), where names where the
+ * domain was found ("Envelope sender", "From header", "Sender header").
+ * Writes the text after the code ("5.7.1 ...") into text and returns the
+ * code. Another tenant's domain gets the same sentence as an unknown one,
+ * so a reply never tells that a domain exists elsewhere.
+ */
+static int domain_refusal(struct session *s, int ok, const char *where, const char *domain,
+			  const char *why, char *text, size_t textlen)
 {
-	if (strcmp(why, "other_tenant") == 0 || strcmp(why, "not_found") == 0)
-		reply_err(s, "550 5.7.1 %s domain %s is not a sending domain of tenant %s", what, domain,
-			  s->who.tenant);
-	else if (strcmp(why, "broken") == 0) {
-		const char *failing = store_domain_failing(s->srv->store, domain);
-		reply_err(s, "550 5.7.1 %s domain %s of tenant %s has broken DNS records (%s) and its "
-			  "grace period is over",
-			  what, domain, s->who.tenant, failing ? failing : "see sendgatectl domain show");
+	const char *failing;
+
+	if (why == NULL)
+		why = "unknown";
+	if (ok < 0) {
+		snprintf(text, textlen, "4.3.0 %s domain %s cannot be checked right now; try again later",
+			 where, domain);
+		return 451;
 	}
-	else
-		reply_err(s, "550 5.7.1 %s domain %s of tenant %s is not verified yet (state %s)", what,
-			  domain, s->who.tenant, why);
+	if (strcmp(why, "other_tenant") == 0 || strcmp(why, "not_found") == 0) {
+		snprintf(text, textlen, "5.7.1 %s domain %s is not a sending domain of tenant %s", where,
+			 domain, s->who.tenant);
+	} else if (strcmp(why, "broken") == 0) {
+		failing = store_domain_failing(s->srv->store, domain);
+		snprintf(text, textlen,
+			 "5.7.1 %s domain %s of tenant %s has broken DNS records (%s) and its grace "
+			 "period is over",
+			 where, domain, s->who.tenant, failing ? failing : "see sendgatectl domain show");
+	} else {
+		snprintf(text, textlen, "5.7.1 %s domain %s of tenant %s is not verified yet (state %s)",
+			 where, domain, s->who.tenant, why);
+	}
+	return 550;
 }
 
 static void mail_domain_result(uint64_t cookie, int ok, const char *why)
@@ -477,14 +497,16 @@ static void mail_domain_result(uint64_t cookie, int ok, const char *why)
 		set_state(s, ST_MAIL);
 		reply(s, "250 2.1.0 Sender <%s> ok", s->tx->from.addr);
 	} else {
-		char d[256];
-		snprintf(d, sizeof(d), "%s", s->tx->from.domain);
+		char text[512];
+		int code = domain_refusal(s, ok, "Envelope sender", s->tx->from.domain, why, text,
+					  sizeof(text));
 		txn_free(s->tx);
 		s->tx = NULL;
-		if (ok == 0)
-			domain_refusal(s, "Sender", d, why);
+		/* A database that cannot answer is not the client's error. */
+		if (code >= 500)
+			reply_err(s, "%d %s", code, text);
 		else
-			reply(s, "451 4.3.0 Cannot check sender domain %s right now; try again later", d);
+			reply(s, "%d %s", code, text);
 	}
 	wait_end(s);
 }
@@ -883,21 +905,11 @@ static void eod_domain_result(uint64_t cookie, int ok, const char *why)
 		return;
 	}
 	{
-		const char *what = s->tx->eod_step == 0 ? "From" : "Sender";
+		const char *where = s->tx->eod_step == 0 ? "From header" : "Sender header";
 		const char *d = s->tx->eod_step == 0 ? s->tx->from_domain : s->tx->sender_domain;
-		if (ok == 0) {
-			if (strcmp(why, "other_tenant") == 0 || strcmp(why, "not_found") == 0)
-				message_done(s, 550,
-					     "5.7.1 %s header domain %s is not a sending domain of tenant %s",
-					     what, d, s->who.tenant);
-			else
-				message_done(s, 550,
-					     "5.7.1 %s header domain %s of tenant %s is not sendable (state %s)",
-					     what, d, s->who.tenant, why);
-		} else {
-			message_done(s, 451, "4.3.0 Cannot check %s header domain %s right now; try again later",
-				     what, d);
-		}
+		char text[512];
+		int code = domain_refusal(s, ok, where, d, why, text, sizeof(text));
+		message_done(s, code, "%s", text);
 	}
 	wait_end(s);
 }
