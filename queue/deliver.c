@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,7 +25,6 @@
 
 #define STOP_GRACE 5  /* seconds in-flight transactions get at shutdown */
 #define READY_WAIT 30 /* seconds between complaints while the database is away */
-#define DELIVERY_NICE 10
 
 struct delivery {
 	struct event_base *base;
@@ -130,6 +130,33 @@ static int delivery_lock(const char *dir)
 	return fd;
 }
 
+/*
+ * Acceptance first ([delivery] cpu_priority). background: SCHED_IDLE, so
+ * delivery runs on CPU time that receiving mail leaves unused and never
+ * delays a waiting client; low: nice 10; normal: as the daemon. Set on the
+ * loop thread once the status writer thread exists: that thread keeps the
+ * normal priority, because it renames and deletes in the spool's
+ * directories and, preempted while holding a directory's lock, would make
+ * the daemon's commits wait (a priority inversion).
+ */
+static void delivery_priority(const struct config *cfg)
+{
+	const char *p = cfg->delivery_cpu_priority;
+	int rc = 0;
+
+	if (strcmp(p, "background") == 0) {
+		struct sched_param sp = {0};
+		rc = sched_setscheduler(0, SCHED_IDLE, &sp);
+	} else if (strcmp(p, "low") == 0) {
+		rc = setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
+	}
+	if (rc == -1)
+		log_warn("event=delivery_priority_failed cpu_priority=%s error=\"%s\"", p,
+		         strerror(errno));
+	else
+		log_info("event=delivery_priority cpu_priority=%s", p);
+}
+
 int delivery_run(struct config *cfg)
 {
 	struct delivery d;
@@ -145,13 +172,6 @@ int delivery_run(struct config *cfg)
 	signal(SIGPIPE, SIG_IGN);
 	/* The daemon's child: end with it, even when it is killed outright. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
-	/*
-	 * Acceptance first: on a busy machine the submission side (a client
-	 * waiting on each reply) gets the CPU before delivery, which only has
-	 * to keep up on average.
-	 */
-	if (setpriority(PRIO_PROCESS, 0, DELIVERY_NICE) == -1)
-		log_warn("event=delivery_nice_failed error=\"%s\"", strerror(errno));
 	lockfd = delivery_lock(cfg->spool_dir);
 	if (lockfd == -1)
 		return 1;
@@ -181,6 +201,7 @@ int delivery_run(struct config *cfg)
 		log_err("event=delivery_failed error=\"%s\"", err);
 		goto out;
 	}
+	delivery_priority(cfg);
 	d.ev_term = evsignal_new(d.base, SIGTERM, on_signal, &d);
 	d.ev_int = evsignal_new(d.base, SIGINT, on_signal, &d);
 	event_add(d.ev_term, NULL);

@@ -1,11 +1,8 @@
 /* main: the sendgate daemon's command line. */
-#include <errno.h>
 #include <getopt.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -88,30 +85,6 @@ static int level_of(const char *s)
 	if (strcmp(s, "debug") == 0)
 		return SGLOG_DEBUG;
 	return SGLOG_INFO;
-}
-
-/*
- * [delivery] cpu_priority, set before any thread exists (threads inherit
- * it). background: SCHED_IDLE, so delivery runs on CPU time that receiving
- * mail leaves unused and never delays a session; low: nice 10; normal: as
- * the daemon.
- */
-static void delivery_priority(const struct config *cfg)
-{
-	const char *p = cfg->delivery_cpu_priority;
-	int rc = 0;
-
-	if (strcmp(p, "background") == 0) {
-		struct sched_param sp = {0};
-		rc = sched_setscheduler(0, SCHED_IDLE, &sp);
-	} else if (strcmp(p, "low") == 0) {
-		rc = setpriority(PRIO_PROCESS, 0, 10);
-	}
-	if (rc == -1)
-		log_warn("event=delivery_priority_failed cpu_priority=%s error=\"%s\"", p,
-			 strerror(errno));
-	else
-		log_info("event=delivery_priority cpu_priority=%s", p);
 }
 
 int main(int argc, char **argv)
@@ -197,7 +170,6 @@ int main(int argc, char **argv)
 	if (delivery_only) {
 		log_init("sendgate-delivery", strcmp(cfg.log_target, "syslog") == 0,
 			 level_of(cfg.log_level));
-		delivery_priority(&cfg);
 		smtpd_drop_privileges(&cfg);
 		rc = delivery_run(&cfg);
 		config_free(&cfg);

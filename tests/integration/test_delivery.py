@@ -475,3 +475,33 @@ def test_reuse_off_deletes_delivered_files(denv, tenant):
     sink.wait_for(1)
     h.eventually(lambda: d.queue_ids() == [], what="empty queue")
     assert os.listdir(os.path.join(d.spool_dir, "free")) == []
+
+
+def _threads_sched(pid):
+    """{tid: (policy, nice)} of every thread of pid, from /proc."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        # after "pid (comm) ": state is field 3, nice 19, policy 41
+        out[int(tid)] = (int(fields[38]), int(fields[16]))
+    return out
+
+
+@pytest.mark.parametrize("priority,loop,writer", [
+    ("background", (5, 0), (0, 0)),  # SCHED_IDLE
+    ("low", (0, 10), (0, 0)),
+    ("normal", (0, 0), (0, 0)),
+])
+def test_cpu_priority_of_the_delivery_process(denv, priority, loop, writer):
+    """[delivery] cpu_priority applies to the delivery loop; the status
+    writer thread, which renames in the spool's directories, keeps the
+    normal priority so that it never holds a directory lock the daemon's
+    commits wait for while it is starved."""
+    denv.start(delivery__cpu_priority=priority)
+    denv.wait_log(r"event=delivery_priority cpu_priority=%s" % priority)
+    pid = denv.delivery_pid()
+    th = _threads_sched(pid)
+    assert th[pid] == loop, th
+    others = [v for t, v in th.items() if t != pid]
+    assert others and all(v == writer for v in others), th
