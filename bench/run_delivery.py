@@ -119,6 +119,8 @@ def combined(args, build):
                                     "-c", "50", "-n", str(args.messages)],
                                    capture_output=True, text=True, timeout=1800)
                 res = json.loads(r.stdout)
+                # Delivered while acceptance ran: accepted minus still queued.
+                during = res["accepted"] - len(d.queue_ids()) if mode == "on" else None
                 if mode == "on":
                     t0 = time.monotonic()
                     h.eventually(lambda: not d.queue_ids(), timeout=300, interval=0.1,
@@ -134,10 +136,11 @@ def combined(args, build):
                 time.sleep(3)
             runs[mode].append({"accepted_msgs_per_s": res["msgs_per_s"],
                                "p99_ms": res["latency_ms"]["p99"], "left_in_spool": left,
-                               "drained_after_s": drain})
+                               "drained_after_s": drain, "delivered_during": during})
             print("submission c50 %6d msgs, delivery %-3s: %7.1f msgs/s accepted, p99 %5.1f ms%s"
                   % (args.messages, mode, res["msgs_per_s"], res["latency_ms"]["p99"],
-                     ", spool empty %.1f s after the last 250" % drain if drain is not None
+                     ", %d delivered meanwhile, spool empty %.1f s after the last 250"
+                     % (during, drain) if drain is not None
                      else ", %d left in the spool" % left), flush=True)
     finally:
         if sink is not None:

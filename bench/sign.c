@@ -38,6 +38,7 @@ static void *sign_worker(void *p)
 	sp.timestamp = time(NULL);
 	sp.oversign = 1;
 	buf_init(&out, 1 << 16);
+	dkim_sign_thread_cache(1); /* as the daemon's signer threads do */
 	for (i = 0; i < a->count; i++) {
 		buf_reset(&out);
 		if (dkim_sign(a->key, &sp, a->hdr, a->hlen, a->bh, &out, err, sizeof(err)) == -1) {
@@ -47,6 +48,7 @@ static void *sign_worker(void *p)
 		}
 	}
 	buf_free(&out);
+	dkim_sign_thread_cache(0);
 	return NULL;
 }
 

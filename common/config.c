@@ -104,7 +104,7 @@ static const struct key_def keys[] = {
 	{"delivery", "connect_timeout", K_DURATION, O(delivery_connect_timeout), "30s", 1, 3600, NULL},
 	{"delivery", "command_timeout", K_DURATION, O(delivery_command_timeout), "5m", 1, 3600, NULL},
 	{"delivery", "data_timeout", K_DURATION, O(delivery_data_timeout), "10m", 1, 3600, NULL},
-	{"delivery", "cpu_priority", K_STR, O(delivery_cpu_priority), "background", 0, 0,
+	{"delivery", "cpu_priority", K_STR, O(delivery_cpu_priority), "low", 0, 0,
 	 "background|low|normal"},
 
 	{"admin", "listen", K_LISTEN, O(admin_listen), "", 0, 0, NULL},

@@ -5,6 +5,8 @@
 #ifndef SENDGATE_DKIM_PRIVATE_H
 #define SENDGATE_DKIM_PRIVATE_H
 
+#include <stdint.h>
+
 #include <openssl/evp.h>
 
 #include "dkim/dkim.h"
@@ -17,6 +19,7 @@ struct dkim_key {
 	EVP_PKEY *pkey;
 	enum dkim_alg alg;
 	int bits;
+	uint64_t serial; /* unique per key made in this process (sign.c's thread cache) */
 };
 
 /* Writes "OpenSSL says X" style detail after prefix into err; clears the queue. */

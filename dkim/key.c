@@ -34,6 +34,8 @@ void dkim_ssl_error(char *err, size_t errlen, const char *prefix)
 	ERR_clear_error();
 }
 
+static uint64_t next_serial;
+
 /* Wraps pkey (taking ownership) after checking it is a key DKIM can use. */
 static struct dkim_key *key_wrap(EVP_PKEY *pkey, char *err, size_t errlen)
 {
@@ -61,6 +63,7 @@ static struct dkim_key *key_wrap(EVP_PKEY *pkey, char *err, size_t errlen)
 	k->pkey = pkey;
 	k->alg = alg;
 	k->bits = bits;
+	k->serial = __atomic_add_fetch(&next_serial, 1, __ATOMIC_RELAXED);
 	return k;
 fail:
 	EVP_PKEY_free(pkey);

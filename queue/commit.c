@@ -120,9 +120,10 @@ struct spool_txn *queue_begin(struct spool *sp)
 	if (t->fd != -1) {
 		t->recycled = 1;
 		sp->reused++;
-	}
-	else
+	} else {
+		queue_id_new(t->id); /* tmp/ID may be a reused file that could not be removed */
 		t->fd = openat(sp->tmpfd, t->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	}
 	if (t->fd == -1) {
 		int e = errno;
 		log_warn("event=spool_begin_failed id=%s error=\"%s\"", t->id, strerror(e));

@@ -131,13 +131,15 @@ static int delivery_lock(const char *dir)
 }
 
 /*
- * Acceptance first ([delivery] cpu_priority). background: SCHED_IDLE, so
- * delivery runs on CPU time that receiving mail leaves unused and never
- * delays a waiting client; low: nice 10; normal: as the daemon. Set on the
- * loop thread once the status writer thread exists: that thread keeps the
- * normal priority, because it renames and deletes in the spool's
- * directories and, preempted while holding a directory's lock, would make
- * the daemon's commits wait (a priority inversion).
+ * Acceptance first ([delivery] cpu_priority). low (the default): nice 10,
+ * so a client waiting for its 250 comes first but delivery always gets a
+ * share; background: SCHED_IDLE, only CPU time nothing else wants (delivery
+ * nearly stops under a load that keeps every core busy, and the loop's own
+ * listing of queue/ could then hold that directory's lock while starved);
+ * normal: as the daemon. Set on the loop thread once the status writer
+ * thread exists: that thread keeps the normal priority, because it renames
+ * and deletes in the spool's directories and, preempted while holding a
+ * directory's lock, would make the daemon's commits wait.
  */
 static void delivery_priority(const struct config *cfg)
 {

@@ -62,17 +62,21 @@ static int spool_subdir(struct spool *sp, const char *name, int *created, char *
 	return fd;
 }
 
-/* Deletes everything in tmp/: messages whose commit never completed. */
-static int spool_clear_tmp(struct spool *sp, char *err, size_t errlen)
+/*
+ * Deletes everything in the subdirectory name (open as dfd): in tmp/,
+ * messages whose commit never completed; in free/, delivered mail kept for
+ * reuse by an earlier run, which should not outlive it.
+ */
+static int spool_clear(struct spool *sp, const char *name, int dfd, char *err, size_t errlen)
 {
 	struct dirent *de;
-	int fd = openat(sp->dirfd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC), removed = 0;
+	int fd = openat(sp->dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC), removed = 0;
 	DIR *d;
 
-	/* A descriptor of its own: a dup would share (and move) tmpfd's offset. */
+	/* A descriptor of its own: a dup would share (and move) dfd's offset. */
 	d = fd == -1 ? NULL : fdopendir(fd);
 	if (d == NULL) {
-		snprintf(err, errlen, "%s/tmp: %s", sp->dir, strerror(errno));
+		snprintf(err, errlen, "%s/%s: %s", sp->dir, name, strerror(errno));
 		if (fd != -1)
 			close(fd);
 		return -1;
@@ -80,15 +84,15 @@ static int spool_clear_tmp(struct spool *sp, char *err, size_t errlen)
 	while ((de = readdir(d)) != NULL) {
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		if (unlinkat(sp->tmpfd, de->d_name, 0) == 0)
+		if (unlinkat(dfd, de->d_name, 0) == 0)
 			removed++;
 		else
-			log_warn("event=spool_tmp_unlink_failed dir=%s/tmp file=%s error=\"%s\"",
-			         sp->dir, de->d_name, strerror(errno));
+			log_warn("event=spool_clear_unlink_failed dir=%s/%s file=%s error=\"%s\"",
+			         sp->dir, name, de->d_name, strerror(errno));
 	}
 	closedir(d);
 	if (removed > 0)
-		log_info("event=spool_tmp_cleared dir=%s/tmp removed=%d", sp->dir, removed);
+		log_info("event=spool_cleared dir=%s/%s removed=%d", sp->dir, name, removed);
 	return 0;
 }
 
@@ -230,7 +234,9 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
 		snprintf(err, errlen, "%s: fsync: %s", dir, strerror(errno));
 		goto fail;
 	}
-	if (spool_clear_tmp(sp, err, errlen) == -1 || spool_check_queue(sp, err, errlen) == -1)
+	if (spool_clear(sp, "tmp", sp->tmpfd, err, errlen) == -1 ||
+	    spool_clear(sp, "free", sp->freefd, err, errlen) == -1 ||
+	    spool_check_queue(sp, err, errlen) == -1)
 		goto fail;
 	sp->counted_at = now_usec();
 	if (commit_start(sp, nthreads, err, errlen) == -1)
@@ -368,10 +374,13 @@ static void spool_scan_free(struct spool *sp)
  * being deleted (queue.h, QUEUE_FREE_*). Reusing one costs two directory
  * entries, where a new file costs an inode and its blocks, and a deleted
  * one their release (and, on a disk mounted with discard, a trim in the
- * journal commit every fsync of the spool waits for).
+ * journal commit every fsync of the spool waits for). A new message
+ * shorter than the old file still frees the tail blocks at commit.
  */
 int spool_take_free(struct spool *sp, const char *id)
 {
+	struct stat st;
+
 	while (sp->nfree > 0 || now_usec() - sp->free_scanned_at >= FREE_RESCAN_USEC) {
 		const char *name;
 		int fd;
@@ -385,10 +394,26 @@ int spool_take_free(struct spool *sp, const char *id)
 		}
 		name = sp->free_names[--sp->nfree];
 		if (renameat2(sp->freefd, name, sp->tmpfd, id, RENAME_NOREPLACE) == -1)
-			continue; /* gone (an operator's cleanup): try the next */
-		fd = openat(sp->tmpfd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd == -1)
+			continue; /* gone (swept meanwhile): try the next */
+		/* Only a plain file of ours with no other name is written over. */
+		fd = openat(sp->tmpfd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		if (fd != -1 && (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+		                 st.st_uid != geteuid())) {
+			close(fd);
+			fd = -1;
+			errno = EPERM;
+		}
+		if (fd == -1) {
+			log_warn("event=spool_reuse_refused file=free/%s error=\"%s\"", name,
+			         strerror(errno));
 			unlinkat(sp->tmpfd, id, 0);
+			continue;
+		}
+		if (fcntl(fd, F_SETFL, 0) == -1) { /* back to blocking writes */
+			close(fd);
+			unlinkat(sp->tmpfd, id, 0);
+			continue;
+		}
 		return fd;
 	}
 	return -1;

@@ -258,6 +258,7 @@ struct sw_job {
 	char id[QUEUE_ID_LEN + 1];
 	struct buf data; /* bytes to append (may be empty) */
 	int remove;      /* unlink the file afterwards */
+	int recycled;    /* moved to free/ instead (writer thread) */
 	off_t truncate;  /* >= 0: cut the file to this length first (torn tail) */
 };
 
@@ -309,6 +310,12 @@ static void sw_append(struct status_writer *w, struct sw_job *j, int *fds, size_
 	fds[(*nfds)++] = fd;
 }
 
+/* 1 for the names "." and "..". */
+static int dot_or_dotdot(const char *n)
+{
+	return n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'));
+}
+
 /* Files in free/ (the daemon takes them from there as it receives mail). */
 static size_t count_free(int freefd)
 {
@@ -318,24 +325,30 @@ static size_t count_free(int freefd)
 	DIR *d;
 
 	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
+		log_warn("event=spool_free_unreadable error=\"%s\"", strerror(errno));
 		if (fd != -1)
 			close(fd);
 		return SIZE_MAX;
 	}
 	while ((de = readdir(d)) != NULL)
-		n += de->d_name[0] != '.';
+		n += !dot_or_dotdot(de->d_name);
 	closedir(d);
 	return n;
 }
 
 /*
- * Moves a finished file to free/ for the daemon to reuse for a new message
- * (spool_take_free) rather than deleting it, while free/ holds fewer than
- * QUEUE_FREE_MAX files and the file is small enough to be worth keeping.
- * 0 when moved; -1 when the caller should delete it.
+ * First half of moving a finished file to free/ for the daemon to reuse for
+ * a new message (spool_take_free) instead of deleting it, while free/ holds
+ * fewer than QUEUE_FREE_MAX files and the file is small enough to be worth
+ * keeping: queue/ID becomes free/.ID, a name the daemon does not take.
+ * sw_main then syncs queue/ once for the batch and renames each to free/ID.
+ * The order matters: the daemon overwrites a reused file in place, and
+ * were queue/ID to come back after a power loss, it would hold pieces of
+ * that new message. 0 when moved; -1 when the caller should delete it.
  */
 static int sw_recycle(struct status_writer *w, const char *id)
 {
+	char staged[QUEUE_ID_LEN + 2];
 	struct stat st;
 
 	if (w->freefd == -1 || w->max_age == 0)
@@ -347,18 +360,21 @@ static int sw_recycle(struct status_writer *w, const char *id)
 	if (w->nfree >= QUEUE_FREE_MAX)
 		return -1;
 	if (fstatat(w->queuefd, id, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(st.st_mode) ||
-	    st.st_size > QUEUE_FREE_MAX_SIZE)
+	    st.st_nlink != 1 || st.st_size > QUEUE_FREE_MAX_SIZE)
 		return -1;
-	if (renameat2(w->queuefd, id, w->freefd, id, RENAME_NOREPLACE) == -1)
+	snprintf(staged, sizeof(staged), ".%s", id);
+	if (renameat2(w->queuefd, id, w->freefd, staged, RENAME_NOREPLACE) == -1) {
+		log_warn("event=spool_recycle_failed id=%s error=\"%s\"", id, strerror(errno));
 		return -1;
+	}
 	w->nfree++;
 	return 0;
 }
 
 /*
- * Deletes files that have sat in free/ longer than max_age: they
- * still hold delivered mail, which should not outlive its delivery by more
- * than that while no new message comes to overwrite it.
+ * Deletes what has sat in free/ longer than max_age (everything when reuse
+ * is off): it still holds delivered mail, which should not outlive its
+ * delivery by more than that while no new message comes to overwrite it.
  */
 static void sweep_free(struct status_writer *w)
 {
@@ -373,18 +389,23 @@ static void sweep_free(struct status_writer *w)
 		return;
 	fd = openat(w->freefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
+		log_warn("event=spool_free_unreadable error=\"%s\"", strerror(errno));
 		if (fd != -1)
 			close(fd);
 		return;
 	}
 	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
+		if (dot_or_dotdot(de->d_name))
 			continue;
 		/* ctime is when the file was moved here (a rename sets it). */
 		if (fstatat(w->freefd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    now - st.st_ctime >= w->max_age &&
-		    unlinkat(w->freefd, de->d_name, 0) == 0)
-			continue;
+		    now - st.st_ctime >= w->max_age) {
+			if (unlinkat(w->freefd, de->d_name, 0) == 0)
+				continue;
+			if (errno != ENOENT) /* ENOENT: the daemon took it meanwhile */
+				log_warn("event=spool_free_unlink_failed file=%s error=\"%s\"",
+				         de->d_name, strerror(errno));
+		}
 		left++;
 	}
 	closedir(d);
@@ -392,32 +413,50 @@ static void sweep_free(struct status_writer *w)
 	w->free_counted = now_usec();
 }
 
+/* Seconds between sweeps of free/: often enough to honour max_age. */
+static int sweep_interval(const struct status_writer *w)
+{
+	return w->max_age / 2 < QUEUE_FREE_SWEEP_SEC ? w->max_age / 2 + 1 : QUEUE_FREE_SWEEP_SEC;
+}
+
 static void *sw_main(void *arg)
 {
 	struct status_writer *w = arg;
 	enum { BATCH = 256 };
 	int fds[BATCH];
+	uint64_t last_sweep;
 
+	/* What an earlier run left in free/ (or all of it, reuse being off). */
+	sweep_free(w);
+	last_sweep = now_usec();
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		struct sw_job *batch, *j, **tail;
-		size_t nfds = 0, i, taken = 0;
-		int removed = 0;
+		size_t nfds = 0, i, taken = 0, recycled = 0;
 
 		while (w->todo == NULL && !w->stopping) {
 			struct timespec until;
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_sec += w->max_age / 2 < QUEUE_FREE_SWEEP_SEC
-			                     ? w->max_age / 2 + 1 : QUEUE_FREE_SWEEP_SEC;
-			if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT &&
-			    w->todo == NULL && !w->stopping) {
-				pthread_mutex_unlock(&w->lock);
-				sweep_free(w);
-				pthread_mutex_lock(&w->lock);
+			if (w->max_age == 0 || w->freefd == -1) { /* swept once at start */
+				pthread_cond_wait(&w->cond, &w->lock);
+				continue;
 			}
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += sweep_interval(w);
+			if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT)
+				break; /* sweep below, then wait again */
 		}
 		if (w->todo == NULL && w->stopping)
 			break;
+		/* On schedule, busy or not: a steady stream of jobs must not hold it off. */
+		if (w->max_age > 0 && w->freefd != -1 &&
+		    now_usec() - last_sweep >= (uint64_t)sweep_interval(w) * 1000000u) {
+			pthread_mutex_unlock(&w->lock);
+			sweep_free(w);
+			last_sweep = now_usec();
+			pthread_mutex_lock(&w->lock);
+		}
+		if (w->todo == NULL)
+			continue;
 		/* Take up to BATCH jobs; FIFO keeps a file's append before its removal. */
 		batch = w->todo;
 		tail = &w->todo;
@@ -441,18 +480,37 @@ static void *sw_main(void *arg)
 		for (j = batch; j != NULL; j = j->next) {
 			if (!j->remove)
 				continue;
-			if (sw_recycle(w, j->id) == 0)
+			j->recycled = sw_recycle(w, j->id) == 0;
+			if (j->recycled) {
+				recycled++;
 				continue;
+			}
 			if (unlinkat(w->queuefd, j->id, 0) == -1 && errno != ENOENT)
 				log_err("event=queue_unlink_failed id=%s error=\"%s\"", j->id,
 				        strerror(errno));
-			removed = 1;
 		}
-		/* Removal need not be durable: a message may go out twice, never
-		 * zero times. No directory sync here: with online discard, each
-		 * one waits for the freed blocks to be trimmed, and removal fell
-		 * far behind delivery; the journal commits within seconds anyway. */
-		(void)removed;
+		/*
+		 * Deleting need not be durable: a message may go out twice,
+		 * never zero times, and a directory sync after deletions waits
+		 * for the freed blocks to be trimmed (online discard), which put
+		 * removal far behind delivery. A move to free/ must be durable
+		 * before the daemon may overwrite the file (sw_recycle), and
+		 * frees no blocks: one sync of queue/ for the batch.
+		 */
+		if (recycled > 0) {
+			int synced = fsync(w->queuefd) == 0;
+			if (!synced)
+				log_err("event=queue_sync_failed error=\"%s\"", strerror(errno));
+			for (j = batch; j != NULL; j = j->next) {
+				char staged[QUEUE_ID_LEN + 2];
+				if (!j->recycled)
+					continue;
+				snprintf(staged, sizeof(staged), ".%s", j->id);
+				/* Not synced: left as .ID, which the sweep deletes. */
+				if (synced)
+					renameat(w->freefd, staged, w->freefd, j->id);
+			}
+		}
 
 		pthread_mutex_lock(&w->lock);
 		w->busy = 0;

@@ -83,6 +83,7 @@ static void *worker(void *arg)
 	struct signer *sg = arg;
 	uint64_t one = 1;
 
+	dkim_sign_thread_cache(1);
 	pthread_mutex_lock(&sg->lock);
 	for (;;) {
 		struct sign_job *j;
@@ -109,6 +110,7 @@ static void *worker(void *arg)
 			abort();
 	}
 	pthread_mutex_unlock(&sg->lock);
+	dkim_sign_thread_cache(0);
 	return NULL;
 }
 

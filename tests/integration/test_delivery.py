@@ -505,3 +505,26 @@ def test_cpu_priority_of_the_delivery_process(denv, priority, loop, writer):
     assert th[pid] == loop, th
     others = [v for t, v in th.items() if t != pid]
     assert others and all(v == writer for v in others), th
+
+
+def test_free_files_are_swept_while_delivery_is_busy(denv, tenant):
+    """The sweep of free/ runs on schedule even when the status writer
+    never sits idle (here: a recipient deferred again every second)."""
+    good = denv.sink("127.0.0.46")
+    busy = denv.sink("127.0.0.47")
+    busy.rcpt_rule("again@busy.test", "tempfail")
+    denv.mx("swept.test", (10, "mx.swept.test", "127.0.0.46"))
+    denv.mx("busy.test", (10, "mx.busy.test", "127.0.0.47"))
+    d = denv.start(spool__reuse_max_age="3s", delivery__retry_first="1s",
+                   delivery__retry_factor="1")
+    free = os.path.join(d.spool_dir, "free")
+    deferred = submit(d, tenant, ["again@busy.test"])
+    denv.wait_events(deferred, "message.deferred", 2, timeout=20)
+    q = submit(d, tenant, ["x@swept.test"])
+    good.wait_for(1)
+    h.eventually(lambda: q in os.listdir(free), what="delivered file in free/")
+    h.eventually(lambda: q not in os.listdir(free), timeout=20, what="free/ swept")
+    # ... while the other message kept being retried all along.
+    n = len(denv.events(deferred, "message.deferred"))
+    denv.wait_events(deferred, "message.deferred", n + 1, timeout=20)
+    assert d.queue_ids() == [deferred]

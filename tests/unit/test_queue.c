@@ -471,6 +471,8 @@ static void test_reuse_free_file(void **state)
 	size_t n, old_len = 3 * QUEUE_BODY_CHUNK;
 	unsigned char *img, *junk = malloc(old_len);
 	struct queue_msg m;
+	struct stat st;
+	ino_t ino;
 	int fd;
 
 	queue_id_new(old);
@@ -479,6 +481,8 @@ static void test_reuse_free_file(void **state)
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
 	assert_int_not_equal(fd, -1);
 	assert_int_equal(write(fd, junk, old_len), (ssize_t)old_len);
+	assert_int_equal(fstat(fd, &st), 0);
+	ino = st.st_ino;
 	close(fd);
 	free(junk);
 
@@ -487,6 +491,8 @@ static void test_reuse_free_file(void **state)
 	assert_int_equal(count_dir(f->dir, "tmp"), 0);
 	assert_int_equal(count_dir(f->dir, "queue"), 1);
 	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, id);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_ino, ino); /* the same file, written over */
 	img = read_all(path, &n);
 	assert_true(n < 1000 + 2048);
 	assert_null(memchr(img, 'X', n));
@@ -501,6 +507,37 @@ static void test_reuse_free_file(void **state)
 	/* free/ is empty now: the next message gets a new file. */
 	commit_one(f, 10, 10, id);
 	assert_int_equal(count_dir(f->dir, "queue"), 2);
+}
+
+/* A FIFO or a file with a second name in free/ is never written over. */
+static void test_reuse_refuses_odd_files(void **state)
+{
+	struct fixture *f = *state;
+	char id[QUEUE_ID_LEN + 1], a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1];
+	char path[256], other[256];
+	struct stat st;
+	int fd;
+
+	queue_id_new(a);
+	snprintf(path, sizeof(path), "%s/free/%s", f->dir, a);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	queue_id_new(b);
+	snprintf(path, sizeof(path), "%s/free/%s", f->dir, b);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	assert_int_not_equal(fd, -1);
+	assert_int_equal(write(fd, "keep me", 7), 7);
+	close(fd);
+	snprintf(other, sizeof(other), "%s/backup-link", f->dir);
+	assert_int_equal(link(path, other), 0);
+
+	commit_one(f, 100, 100, id); /* must not block on the FIFO */
+	assert_int_equal(count_dir(f->dir, "free"), 0);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	assert_int_equal(stat(other, &st), 0);
+	assert_int_equal(st.st_size, 7); /* the other name's content untouched */
+	assert_int_equal(st.st_nlink, 1);
+	unlink(other);
 }
 
 static void test_empty_body(void **state)
@@ -999,6 +1036,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_empty_body, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_reuse_free_file, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reuse_refuses_odd_files, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_count_follows_removals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
