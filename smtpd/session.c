@@ -26,6 +26,18 @@
 #define OUTPUT_HIGH 65536   /* stop reading commands while replies pile up */
 #define INPUT_HIGH 262144
 
+/*
+ * A failed AUTH (535, or the 421 of the last allowed failure) is answered
+ * no sooner than this after its credentials arrived. store_auth answers a
+ * known or remembered-unknown username from memory but asks Postgres about
+ * a name it has never seen, so without a floor the reply's latency would
+ * tell which usernames exist; the floor, well above a Postgres round trip,
+ * hides that and slows password guessing on one connection. A lookup
+ * slower than the floor still shows, so keep it above the database's
+ * usual latency. A success is answered at once: the 235 says it anyway.
+ */
+#define AUTH_FAIL_MIN_MSEC 250
+
 enum state {
 	ST_GREETING, /* greeting held back (tarpit) */
 	ST_CONNECTED,
@@ -93,6 +105,10 @@ struct session {
 	char tls_desc[96];
 	struct txn *tx;
 	struct event *ev_delay;
+	uint64_t t_auth;        /* when the credentials being checked arrived */
+	struct event *ev_auth;  /* holds back a failed AUTH's reply */
+	const char *auth_reply; /* that reply, a string constant */
+	int auth_reply_close;   /* ... and whether the session ends after it */
 };
 
 static struct server *srv_of_callbacks; /* one server per process */
@@ -308,6 +324,66 @@ static void start_tls(struct session *s)
 	setup_bev(s);
 }
 
+/* Sends the held-back reply of a failed AUTH and resumes reading input. */
+static void auth_reply_send(struct session *s)
+{
+	/* A read timeout's 421 may have ended the session meanwhile. */
+	if (!s->close_after_write) {
+		if (s->auth_reply_close)
+			reply_close(s, s->auth_reply);
+		else
+			reply(s, "%s", s->auth_reply);
+	}
+	s->auth_reply = NULL;
+	wait_end(s);
+}
+
+static void auth_reply_due(evutil_socket_t fd, short what, void *arg);
+
+/* Arms the timer for what is left until the failed AUTH may be answered;
+ * returns 0, or -1 when that time has come. */
+static int auth_reply_arm(struct session *s)
+{
+	uint64_t due = s->t_auth + (uint64_t)AUTH_FAIL_MIN_MSEC * 1000u;
+	uint64_t now = now_usec();
+	struct timeval tv;
+
+	if (now >= due)
+		return -1;
+	if (s->ev_auth == NULL)
+		s->ev_auth = evtimer_new(s->srv->base, auth_reply_due, s);
+	if (s->ev_auth == NULL)
+		abort();
+	tv.tv_sec = (time_t)((due - now) / 1000000u);
+	tv.tv_usec = (suseconds_t)((due - now) % 1000000u);
+	evtimer_add(s->ev_auth, &tv);
+	return 0;
+}
+
+static void auth_reply_due(evutil_socket_t fd, short what, void *arg)
+{
+	/* libevent counts from the time cached at the top of the loop pass,
+	 * so the timer may fire a little early: never answer early. */
+	if (auth_reply_arm(arg) == -1)
+		auth_reply_send(arg);
+}
+
+/*
+ * Answers a failed AUTH with text (a string constant) once
+ * AUTH_FAIL_MIN_MSEC have passed since its credentials arrived, from a
+ * timer so the loop never blocks. The session stays waiting until then:
+ * pipelined commands stay buffered and are handled after the reply; if
+ * the client goes away first, session_free cancels the timer. The timer
+ * belongs to the session and dies with it, so it may carry the pointer.
+ */
+static void auth_reply_later(struct session *s, const char *text, int then_close)
+{
+	s->auth_reply = text;
+	s->auth_reply_close = then_close;
+	if (auth_reply_arm(s) == -1)
+		auth_reply_send(s);
+}
+
 static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
@@ -321,7 +397,10 @@ static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 		log_info("event=auth client=%s user=%s tenant=%s result=ok", s->addr,
 			 log_quote(q, sizeof(q), s->user), who->tenant);
 		reply(s, "235 2.7.0 Authentication successful");
+		wait_end(s);
 	} else if (ok == 0) {
+		/* Counted now, not when the reply goes: hanging up during the
+		 * delay must not spare a guesser the per-address lockout. */
 		s->auth_failures++;
 		server_auth_failed(s->srv, s->peer);
 		char q[600];
@@ -329,20 +408,29 @@ static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 			 log_quote(q, sizeof(q), s->user), s->auth_failures);
 		s->user[0] = '\0';
 		if (s->auth_failures >= s->srv->cfg->auth_max_failures)
-			reply_close(s, "421 4.7.0 Too many authentication failures; closing connection");
+			auth_reply_later(
+			    s, "421 4.7.0 Too many authentication failures; closing connection", 1);
 		else
-			reply(s, "535 5.7.8 Authentication credentials invalid");
+			auth_reply_later(s, "535 5.7.8 Authentication credentials invalid", 0);
 	} else {
+		/*
+		 * Postgres could not be asked. This gets the same floor: the
+		 * 454 only ever comes for a username not in memory, which the
+		 * delay cannot hide, but no failure is then quicker than
+		 * another, and a client retrying in a loop through an outage
+		 * (or probing names during one) is slowed down like a guesser.
+		 * A real client loses 250 ms on a path that failed anyway.
+		 */
 		s->user[0] = '\0';
-		reply(s, "454 4.7.0 Temporary authentication failure; try again later");
+		auth_reply_later(s, "454 4.7.0 Temporary authentication failure; try again later", 0);
 	}
-	wait_end(s);
 }
 
 /* Checks user/secret; the secret is wiped once hashed. */
 static void auth_check(struct session *s, const char *user, char *pass)
 {
 	snprintf(s->user, sizeof(s->user), "%s", user);
+	s->t_auth = now_usec();
 	wait_begin(s);
 	store_auth(s->srv->store, user, pass, auth_result, s->id);
 	explicit_bzero(pass, strlen(pass));
@@ -1347,6 +1435,8 @@ static void session_free(struct session *s)
 	txn_free(s->tx);
 	if (s->ev_delay)
 		event_free(s->ev_delay);
+	if (s->ev_auth)
+		event_free(s->ev_auth);
 	if (s->bev) {
 		/* Unregister before the socket goes, so epoll never sees a dead fd. */
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);

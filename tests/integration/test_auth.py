@@ -1,10 +1,13 @@
 """AUTH, TLS and session order: who may submit, over which transport."""
 
 import base64
+import re
 import smtplib
 import socket
 import ssl
+import struct
 import threading
+import time
 
 import pytest
 
@@ -375,3 +378,130 @@ def test_hostile_usernames(daemon, tenant, n):
     assert r.code in (535, 501), "AUTH as %r: %r" % (user, r)
     c.quit()
     assert daemon.alive()
+
+
+# ---- the floor under a failed AUTH's reply (timing oracle) ---------------
+
+# smtpd/session.c AUTH_FAIL_MIN_MSEC: a failed AUTH is answered no sooner
+# than this after its credentials arrived. Only the lower bound is asserted:
+# a slow machine can make a reply later, never earlier.
+AUTH_FAIL_MIN = 0.250
+
+
+def bad_secret(tenant):
+    return tenant.secret[:-1] + ("A" if tenant.secret[-1] != "A" else "B")
+
+
+def timed_auth_plain(c, user, secret):
+    t0 = time.monotonic()
+    r = c.auth_plain(user, secret)
+    return r, time.monotonic() - t0
+
+
+def test_failed_auth_waits_for_the_floor(daemon_factory, tenant):
+    """A username never seen (one Postgres round trip) and a known one with
+    a wrong secret (answered from memory) both take at least the floor, over
+    PLAIN and LOGIN; so does the second try of the never-seen name (now
+    remembered as unknown)."""
+    d = daemon_factory()
+    unknown = "never-seen-" + h.unique_name()
+    cases = [("unknown", unknown, tenant.secret), ("wrong secret", tenant.username, bad_secret(tenant)),
+             ("unknown again", unknown, tenant.secret)]
+    for n, (what, user, secret) in enumerate(cases):
+        # One failure per address and connection: no per-address lockout.
+        c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.%d" % (n + 1))
+        c.ehlo()
+        r, took = timed_auth_plain(c, user, secret)
+        assert (r.code, r.enhanced) == (535, "5.7.8"), (what, r)
+        assert took >= AUTH_FAIL_MIN, "AUTH PLAIN (%s) answered after %.3fs" % (what, took)
+        c.quit()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.9")
+    c.ehlo()
+    assert c.cmd("AUTH LOGIN").code == 334
+    assert c.cmd(base64.b64encode(("login-" + unknown).encode()).decode()).code == 334
+    t0 = time.monotonic()
+    r = c.cmd(base64.b64encode(b"not-the-secret").decode())
+    took = time.monotonic() - t0
+    assert (r.code, r.enhanced) == (535, "5.7.8"), r
+    assert took >= AUTH_FAIL_MIN, "AUTH LOGIN failure answered after %.3fs" % took
+    c.quit()
+
+
+def test_successful_auth_is_not_held_back(daemon, tenant):
+    """A success is answered at once. The median of several exchanges is
+    compared, so one slow exchange on a busy machine does not fail it."""
+    times = []
+    for _ in range(7):
+        c = h.SMTPClient.connect(daemon.smtps_port, tls=True)
+        c.ehlo()
+        r, took = timed_auth_plain(c, tenant.username, tenant.secret)
+        assert r.code == 235, r
+        times.append(took)
+        c.quit()
+    times.sort()
+    assert times[len(times) // 2] < AUTH_FAIL_MIN, "successful AUTHs held back: %r" % times
+
+
+def test_failed_auth_third_failure_421_waits_too(daemon_factory, tenant):
+    """The 421 of the last allowed failure is a failed AUTH's reply too."""
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.20")
+    c.ehlo()
+    codes = []
+    for i in range(3):
+        r, took = timed_auth_plain(c, tenant.username, "wrong-%d" % i)
+        codes.append(r.code)
+        assert took >= AUTH_FAIL_MIN, "failure %d (%r) answered after %.3fs" % (i + 1, r, took)
+    assert codes == [535, 535, 421], codes
+    assert c.is_closed(), "still connected after the 421"
+    c.close()
+
+
+@pytest.mark.parametrize("how", ["fin", "reset", "fin_after_pipelining"])
+def test_disconnect_during_auth_delay(daemon_factory, tenant, how):
+    """A client gone before the held-back 535: the session ends (its timer
+    with it), the failure still counts, the daemon serves the next client."""
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.30")
+    c.ehlo()
+    tok = base64.b64encode(b"\0" + tenant.username.encode() + b"\0" + b"wrong").decode()
+    extra = "NOOP\r\nMAIL FROM:<%s>\r\n" % tenant.addr() if how == "fin_after_pipelining" else ""
+    c.send("AUTH PLAIN %s\r\n%s" % (tok, extra))
+    if how == "reset":
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    h.eventually(lambda: re.search(r"event=session_end client=127\.0\.2\.30\b", d.log_text()),
+                 timeout=5 * h.SLOW, what="the abandoned session to end")
+    assert re.search(r"event=auth client=127\.0\.2\.30\S* user=\S+ result=failed failures=1",
+                     d.log_text()), "the failure was not counted"
+    assert d.alive()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.31")
+    c.login(tenant)
+    assert c.cmd("NOOP").code == 250
+    c.quit()
+    assert d.alive()
+
+
+def test_pipelined_commands_after_failed_auth(daemon_factory, tenant):
+    """Commands pipelined behind a failing AUTH wait for its 535 and are
+    then answered in order; a good AUTH among them still works."""
+    d = daemon_factory()
+    c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.40")
+    c.ehlo()
+
+    def plain(user, secret):
+        return base64.b64encode(b"\0" + user.encode() + b"\0" + secret.encode()).decode()
+
+    t0 = time.monotonic()
+    c.send("AUTH PLAIN %s\r\nNOOP\r\nMAIL FROM:<%s>\r\nRSET\r\nAUTH PLAIN %s\r\nMAIL FROM:<%s>\r\n"
+           % (plain("nobody-" + h.unique_name(), "x"), tenant.addr(),
+              plain(tenant.username, tenant.secret), tenant.addr()))
+    first = c.reply()
+    took = time.monotonic() - t0
+    rest = c.replies(5)
+    assert (first.code, first.enhanced) == (535, "5.7.8"), first
+    assert took >= AUTH_FAIL_MIN, "535 after %.3fs" % took
+    assert [r.code for r in rest] == [250, 530, 250, 235, 250], rest
+    rs, closed = c.pending_replies(quiet=0.5)
+    assert rs == [] and not closed, rs
+    c.quit()
