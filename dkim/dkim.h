@@ -123,12 +123,26 @@ int dkim_sign_field(const struct dkim_key *k, const char *hdr, size_t hlen, cons
 /* ---- seal.c: private keys at rest (AES-256-GCM) ------------------------ */
 
 /*
- * Encrypts plain under the 32-byte master key with a random 96-bit nonce.
- * Appends nonce | ciphertext | 16-byte tag to out. 0 or -1.
+ * Encrypts plain under the 32-byte master key with a random 96-bit nonce,
+ * authenticating aad (aadlen bytes; may be 0) with it. Appends the v2 blob
+ * "SGK" 0x02 | nonce | ciphertext | 16-byte tag to out. 0 or -1.
  */
-int dkim_seal(const unsigned char mkey[32], const void *plain, size_t n, struct buf *out);
-/* Reverses dkim_seal; -1 when the key is wrong or the data was altered. */
-int dkim_unseal(const unsigned char mkey[32], const void *sealed, size_t n, struct buf *out);
+int dkim_seal(const unsigned char mkey[32], const void *aad, size_t aadlen, const void *plain,
+	      size_t n, struct buf *out);
+/*
+ * Reverses dkim_seal (same aad); also opens v1 blobs (nonce | ciphertext |
+ * tag, sealed without aad before keys were bound to their rows). Returns
+ * the version opened (1 or 2), or -1 when the key or aad is wrong or the
+ * data was altered.
+ */
+int dkim_unseal(const unsigned char mkey[32], const void *aad, size_t aadlen, const void *sealed,
+		size_t n, struct buf *out);
+/*
+ * Appends the aad that binds a sealed private key to its dkim_keys row:
+ * "sendgate-dkim-v2" NUL domain NUL selector (both as stored: lower case).
+ * 0 or -1.
+ */
+int dkim_key_aad(const char *domain, const char *selector, struct buf *out);
 /*
  * Reads a master key file: 64 hex digits or 44 base64 characters (32
  * bytes), optional trailing newline. 0, or -1 with err naming the problem.

@@ -1,7 +1,18 @@
 /*
  * seal: DKIM private keys at rest, encrypted with AES-256-GCM under the
- * operator's master key. Layout: 12-byte random nonce | ciphertext |
- * 16-byte tag. Also loads the master key file at start-up.
+ * operator's master key. Also loads the master key file at start-up.
+ *
+ * Two blob formats (dkim_keys.private_sealed):
+ *   v1 (before row binding): nonce(12) | ciphertext | tag(16), no AAD.
+ *   v2: "SGK" 0x02 | nonce(12) | ciphertext | tag(16), with the caller's
+ *       additional authenticated data (for a key row: dkim_key_aad's
+ *       "sendgate-dkim-v2" NUL domain NUL selector), so a blob copied to
+ *       another row, or a v2 blob with its header altered, does not open.
+ * dkim_seal always writes v2. A v1 nonce is random, so 1 in 2^32 v1 blobs
+ * starts with the v2 header by chance: a blob with the header that does
+ * not open as v2 is tried as v1. That gives nothing away: the v1 attempt
+ * authenticates the whole blob, header included, with no AAD, which a v2
+ * blob never matches (its tag covers the AAD).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,15 +29,31 @@
 
 #define NONCE_LEN 12
 #define TAG_LEN 16
+#define V2_HEADER "SGK\x02"
+#define V2_HEADER_LEN 4
+#define AAD_CONTEXT "sendgate-dkim-v2"
 
-/* Encrypts plain under mkey; appends nonce | ciphertext | tag to out. 0 or -1. */
-int dkim_seal(const unsigned char mkey[32], const void *plain, size_t n, struct buf *out)
+/* Appends "sendgate-dkim-v2" NUL domain NUL selector to out. 0 or -1. */
+int dkim_key_aad(const char *domain, const char *selector, struct buf *out)
+{
+	static const char nul = '\0';
+
+	if (buf_append(out, AAD_CONTEXT, sizeof(AAD_CONTEXT) - 1) == -1 ||
+	    buf_append(out, &nul, 1) == -1 || buf_append(out, domain, strlen(domain)) == -1 ||
+	    buf_append(out, &nul, 1) == -1 || buf_append(out, selector, strlen(selector)) == -1)
+		return -1;
+	return 0;
+}
+
+/* Encrypts plain under mkey and aad; appends a v2 blob to out. 0 or -1. */
+int dkim_seal(const unsigned char mkey[32], const void *aad, size_t aadlen, const void *plain,
+	      size_t n, struct buf *out)
 {
 	unsigned char nonce[NONCE_LEN], tag[TAG_LEN], *ct = NULL;
 	EVP_CIPHER_CTX *ctx = NULL;
-	int len = 0, fin = 0, rc = -1;
+	int len = 0, fin = 0, alen = 0, rc = -1;
 
-	if (n > INT_MAX - 64)
+	if (n > INT_MAX - 64 || aadlen > INT_MAX)
 		return -1;
 	random_bytes(nonce, sizeof(nonce));
 	ct = xmalloc(n + 16);
@@ -34,11 +61,13 @@ int dkim_seal(const unsigned char mkey[32], const void *plain, size_t n, struct 
 	if (ctx == NULL)
 		abort();
 	if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, mkey, nonce) != 1 ||
+	    (aadlen > 0 && EVP_EncryptUpdate(ctx, NULL, &alen, aad, (int)aadlen) != 1) ||
 	    EVP_EncryptUpdate(ctx, ct, &len, plain, (int)n) != 1 ||
 	    EVP_EncryptFinal_ex(ctx, ct + len, &fin) != 1 ||
 	    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) != 1)
 		goto fail;
-	if (buf_append(out, nonce, sizeof(nonce)) == -1 ||
+	if (buf_append(out, V2_HEADER, V2_HEADER_LEN) == -1 ||
+	    buf_append(out, nonce, sizeof(nonce)) == -1 ||
 	    buf_append(out, ct, (size_t)(len + fin)) == -1 || buf_append(out, tag, TAG_LEN) == -1)
 		goto fail;
 	rc = 0;
@@ -49,18 +78,18 @@ fail:
 }
 
 /*
- * Decrypts what dkim_seal made; appends the plaintext to out. -1 when the
- * key is wrong or any byte was altered (nothing is appended then).
+ * Opens nonce | ciphertext | tag (n bytes at s) with aad (none when aadlen
+ * is 0); appends the plaintext to out. 0, or -1 with nothing appended.
  */
-int dkim_unseal(const unsigned char mkey[32], const void *sealed, size_t n, struct buf *out)
+static int gcm_open(const unsigned char mkey[32], const void *aad, size_t aadlen,
+		    const unsigned char *s, size_t n, struct buf *out)
 {
-	const unsigned char *s = sealed;
 	unsigned char *pt = NULL, tag[TAG_LEN];
 	EVP_CIPHER_CTX *ctx = NULL;
 	size_t ctlen;
-	int len = 0, fin = 0, rc = -1;
+	int len = 0, fin = 0, alen = 0, rc = -1;
 
-	if (n < NONCE_LEN + TAG_LEN || n > INT_MAX - 64)
+	if (n < NONCE_LEN + TAG_LEN || n > INT_MAX - 64 || aadlen > INT_MAX)
 		return -1;
 	ctlen = n - NONCE_LEN - TAG_LEN;
 	memcpy(tag, s + n - TAG_LEN, TAG_LEN);
@@ -69,6 +98,7 @@ int dkim_unseal(const unsigned char mkey[32], const void *sealed, size_t n, stru
 	if (ctx == NULL)
 		abort();
 	if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, mkey, s) != 1 ||
+	    (aadlen > 0 && EVP_DecryptUpdate(ctx, NULL, &alen, aad, (int)aadlen) != 1) ||
 	    EVP_DecryptUpdate(ctx, pt, &len, s + NONCE_LEN, (int)ctlen) != 1 ||
 	    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) != 1 ||
 	    EVP_DecryptFinal_ex(ctx, pt + len, &fin) != 1)
@@ -81,6 +111,25 @@ fail:
 	OPENSSL_cleanse(pt, ctlen + 16);
 	free(pt);
 	return rc;
+}
+
+/*
+ * Decrypts what dkim_seal made (v2, with the same aad) or a v1 blob (aad
+ * not used); appends the plaintext to out. Returns the format version it
+ * opened (1 or 2), or -1 when the key or aad is wrong or any byte was
+ * altered (nothing is appended then).
+ */
+int dkim_unseal(const unsigned char mkey[32], const void *aad, size_t aadlen, const void *sealed,
+		size_t n, struct buf *out)
+{
+	const unsigned char *s = sealed;
+
+	if (n >= V2_HEADER_LEN && memcmp(s, V2_HEADER, V2_HEADER_LEN) == 0 &&
+	    gcm_open(mkey, aad, aadlen, s + V2_HEADER_LEN, n - V2_HEADER_LEN, out) == 0)
+		return 2;
+	if (gcm_open(mkey, NULL, 0, s, n, out) == 0)
+		return 1;
+	return -1;
 }
 
 static int hex_value(char c)

@@ -48,6 +48,8 @@ static const char help_text[] =
     "  dkim zone                             TXT records of the platform's DKIM zone\n"
     "  dkim import DOMAIN SELECTOR PEMFILE [--replace] [--overlap DURATION]\n"
     "                                        sign with an existing private key\n"
+    "  dkim reseal                           bind every sealed private key to its\n"
+    "                                        domain and selector (v1 keys to v2)\n"
     "  queue list                            list the messages in the spool\n"
     "  queue show ID                         one message: envelope, headers, recipients\n"
     "  queue delete ID                       remove a message from the spool\n"

@@ -87,9 +87,9 @@ struct ctl_dkim_newkey {
 };
 
 /*
- * Loads [dkim] master_key_file into mkey and checks that it opens the
- * newest key already stored (a valid but different key file would seal
- * keys the daemon cannot use). 0, or -1 with the error printed. The
+ * Loads [dkim] master_key_file into mkey and checks that it opens one of
+ * the newest keys already stored (a valid but different key file would
+ * seal keys the daemon cannot use). 0, or -1 with the error printed. The
  * caller wipes mkey (OPENSSL_cleanse) when done.
  */
 int ctl_dkim_master_key(struct ctl *c, unsigned char mkey[32]);
@@ -97,11 +97,12 @@ void ctl_dkim_newkey_init(struct ctl_dkim_newkey *nk);
 void ctl_dkim_newkey_free(struct ctl_dkim_newkey *nk);
 /*
  * Generates a key of alg ("rsa": [dkim] rsa_bits; "ed25519") and seals it
- * under mkey into nk (initialised; selector left to the caller). The
+ * under mkey into nk (initialised, selector set by the caller), bound to
+ * domain (its name as stored) and nk->selector: the row it goes into. The
  * private key is wiped from memory after sealing. 0, or -1 (printed).
  */
-int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const unsigned char mkey[32],
-                             struct ctl_dkim_newkey *nk);
+int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const char *domain,
+                             const unsigned char mkey[32], struct ctl_dkim_newkey *nk);
 /*
  * Inserts nk for the domain inside the caller's transaction, signing from
  * now() + delay seconds; sign_from (40 bytes, may be NULL) gets that time.

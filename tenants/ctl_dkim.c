@@ -1,6 +1,6 @@
 /*
  * ctl_dkim: the domains' DKIM keys. `sendgatectl dkim list|rotate|zone|
- * import`, and the pieces `domain add` and `domain show` use: the master
+ * import|reseal`, and the pieces `domain add` and `domain show` use: the master
  * key, sealed key generation, and the records a customer publishes.
  *
  * Selectors: RSA keys rotate between sg1 and sg2, Ed25519 keys between
@@ -30,7 +30,8 @@
 
 static const char usage[] = "dkim list DOMAIN | dkim rotate DOMAIN [--algorithm rsa|ed25519|both]"
                             " [--publish-delay DURATION] [--overlap DURATION] | dkim zone |"
-                            " dkim import DOMAIN SELECTOR PEMFILE [--replace] [--overlap DURATION]";
+                            " dkim import DOMAIN SELECTOR PEMFILE [--replace] [--overlap DURATION]"
+                            " | dkim reseal";
 static const char usage_rotate[] = "dkim rotate DOMAIN [--algorithm rsa|ed25519|both]"
                                    " [--publish-delay DURATION] [--overlap DURATION]";
 static const char usage_import[] =
@@ -74,13 +75,38 @@ static int hex_decode(const char *s, struct buf *out)
 	return 0;
 }
 
+/*
+ * Opens the sealed key of domain's selector (hex as encode(bytea, 'hex')
+ * gives it) under mkey and the row's aad. The PEM goes to pem when not
+ * NULL (the caller wipes it), else it is wiped here. The blob's version
+ * (1 or 2), or -1 when it does not open.
+ */
+static int ctl_dkim_unseal_row(const unsigned char mkey[32], const char *domain,
+                               const char *selector, const char *hex, struct buf *pem)
+{
+	struct buf sealed, aad, plain;
+	int version = -1;
+
+	buf_init(&sealed, (size_t)-1);
+	buf_init(&aad, (size_t)-1);
+	buf_init(&plain, (size_t)-1);
+	if (hex_decode(hex, &sealed) == 0 && dkim_key_aad(domain, selector, &aad) == 0)
+		version = dkim_unseal(mkey, aad.data, aad.len, sealed.data, sealed.len,
+		                      pem ? pem : &plain);
+	if (plain.data)
+		OPENSSL_cleanse(plain.data, plain.len);
+	buf_free(&plain);
+	buf_free(&aad);
+	buf_free(&sealed);
+	return version;
+}
+
 int ctl_dkim_master_key(struct ctl *c, unsigned char mkey[32])
 {
 	const char *path = c->cfg.dkim_master_key_file;
-	struct buf sealed, plain;
 	char err[512];
 	PGresult *r;
-	int rc = -1;
+	int i, rc = -1;
 
 	if (path == NULL || *path == '\0') {
 		ctl_error("no DKIM master key: set [dkim] master_key_file in %s to a file "
@@ -95,10 +121,14 @@ int ctl_dkim_master_key(struct ctl *c, unsigned char mkey[32])
 	}
 	/*
 	 * A key that loads may still be the wrong one: new keys sealed under
-	 * it would be keys the daemon cannot open. Try it on a stored key.
+	 * it would be keys the daemon cannot open. Try it on the newest stored
+	 * keys: one that opens is enough (another may have been altered or
+	 * moved to the wrong row, which is not the master key's fault).
 	 */
 	r = ctl_exec(c, "checking the DKIM master key",
-	             "SELECT encode(private_sealed, 'hex') FROM dkim_keys ORDER BY id DESC LIMIT 1",
+	             "SELECT d.name, k.selector, encode(k.private_sealed, 'hex')"
+	             " FROM dkim_keys k JOIN domains d ON d.id = k.domain_id"
+	             " ORDER BY k.id DESC LIMIT 20",
 	             0, NULL, NULL, NULL);
 	if (r == NULL)
 		goto out;
@@ -106,20 +136,16 @@ int ctl_dkim_master_key(struct ctl *c, unsigned char mkey[32])
 		rc = 0;
 		goto out;
 	}
-	buf_init(&sealed, (size_t)-1);
-	buf_init(&plain, (size_t)-1);
-	if (hex_decode(PQgetvalue(r, 0, 0), &sealed) == -1 ||
-	    dkim_unseal(mkey, sealed.data, sealed.len, &plain) == -1)
+	for (i = 0; i < PQntuples(r) && rc == -1; i++) {
+		if (ctl_dkim_unseal_row(mkey, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+		                        PQgetvalue(r, i, 2), NULL) != -1)
+			rc = 0;
+	}
+	if (rc == -1)
 		ctl_error("[dkim] master_key_file: %s does not open the DKIM keys already in the "
 		          "database (they were sealed under another master key); refusing to "
 		          "seal new keys under it",
 		          path);
-	else
-		rc = 0;
-	if (plain.data)
-		OPENSSL_cleanse(plain.data, plain.len);
-	buf_free(&plain);
-	buf_free(&sealed);
 out:
 	PQclear(r);
 	if (rc == -1)
@@ -127,20 +153,25 @@ out:
 	return rc;
 }
 
-/* Seals k under mkey into nk (whose alg and selector the caller sets). 0 or -1 (printed). */
-static int newkey_fill(struct ctl_dkim_newkey *nk, struct dkim_key *k, const unsigned char mkey[32])
+/*
+ * Seals k under mkey into nk (whose selector the caller sets), bound to
+ * domain and nk->selector. 0 or -1 (printed).
+ */
+static int newkey_fill(struct ctl_dkim_newkey *nk, struct dkim_key *k, const char *domain,
+                       const unsigned char mkey[32])
 {
-	struct buf pem, sealed;
+	struct buf pem, sealed, aad;
 	char *hex;
 	int rc = -1;
 
 	buf_init(&pem, (size_t)-1);
 	buf_init(&sealed, (size_t)-1);
+	buf_init(&aad, (size_t)-1);
 	nk->bits = dkim_key_bits(k);
 	snprintf(nk->alg, sizeof(nk->alg), "%s",
 	         dkim_key_alg(k) == DKIM_ALG_ED25519_SHA256 ? "ed25519" : "rsa");
-	if (dkim_key_private_pem(k, &pem) == -1 ||
-	    dkim_seal(mkey, pem.data, pem.len, &sealed) == -1 ||
+	if (dkim_key_private_pem(k, &pem) == -1 || dkim_key_aad(domain, nk->selector, &aad) == -1 ||
+	    dkim_seal(mkey, aad.data, aad.len, pem.data, pem.len, &sealed) == -1 ||
 	    dkim_key_public_b64(k, &nk->public_b64) == -1) {
 		ctl_error("cannot seal the new DKIM key");
 		goto fail;
@@ -156,6 +187,7 @@ fail:
 		OPENSSL_cleanse(pem.data, pem.len);
 	buf_free(&pem);
 	buf_free(&sealed);
+	buf_free(&aad);
 	return rc;
 }
 
@@ -172,8 +204,8 @@ void ctl_dkim_newkey_free(struct ctl_dkim_newkey *nk)
 	buf_free(&nk->public_b64);
 }
 
-int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const unsigned char mkey[32],
-                             struct ctl_dkim_newkey *nk)
+int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const char *domain,
+                             const unsigned char mkey[32], struct ctl_dkim_newkey *nk)
 {
 	enum dkim_alg a =
 	    strcmp(alg, "ed25519") == 0 ? DKIM_ALG_ED25519_SHA256 : DKIM_ALG_RSA_SHA256;
@@ -186,7 +218,7 @@ int ctl_dkim_newkey_generate(struct ctl *c, const char *alg, const unsigned char
 		ctl_error("cannot generate a DKIM key: %s", err);
 		return -1;
 	}
-	rc = newkey_fill(nk, k, mkey);
+	rc = newkey_fill(nk, k, domain, mkey);
 	dkim_key_free(k);
 	return rc;
 }
@@ -598,7 +630,7 @@ static int rotate_one(struct ctl *c, const struct dom *d, const PGresult *keys,
 			return CTL_FAIL;
 		PQclear(r);
 	}
-	if (ctl_dkim_newkey_generate(c, rot->alg, mkey, &rot->nk) == -1 ||
+	if (ctl_dkim_newkey_generate(c, rot->alg, d->name, mkey, &rot->nk) == -1 ||
 	    ctl_dkim_key_insert(c, d->id, &rot->nk, delay, 0, rot->sign_from) == -1)
 		return CTL_FAIL;
 	if (signing_row >= 0) {
@@ -1090,13 +1122,10 @@ static int dkim_import(struct ctl *c, int argc, char **argv)
 	if (ctl_dkim_master_key(c, mkey) == -1)
 		goto out;
 	snprintf(nk.selector, sizeof(nk.selector), "%s", selector);
-	j = newkey_fill(&nk, k, mkey);
-	OPENSSL_cleanse(mkey, sizeof(mkey));
-	if (j == -1)
-		goto out;
 	if (ctl_run(c, "importing the DKIM key", "BEGIN") == -1)
 		goto out;
-	if (dom_lookup(c, pos[0], 1, &d) == -1 ||
+	/* Sealed once the domain's stored name is known: the seal binds to it. */
+	if (dom_lookup(c, pos[0], 1, &d) == -1 || newkey_fill(&nk, k, d.name, mkey) == -1 ||
 	    import_prepare(c, &d, &nk, replace, overlap) != CTL_OK ||
 	    ctl_dkim_key_insert(c, d.id, &nk, 0, 1, sign_from) == -1 ||
 	    (recs = ctl_dkim_records(c, d.id, d.name, d.mode)) == NULL ||
@@ -1106,11 +1135,176 @@ static int dkim_import(struct ctl *c, int argc, char **argv)
 	recs = NULL;
 	rc = CTL_OK;
 out:
+	OPENSSL_cleanse(mkey, sizeof(mkey));
 	rollback(c);
 	json_decref(recs);
 	if (k)
 		dkim_key_free(k);
 	ctl_dkim_newkey_free(&nk);
+	return rc;
+}
+
+/* ---- dkim reseal ------------------------------------------------------ */
+
+/*
+ * 1 when pem is a private key whose public half is public_b64 (the row's
+ * p= value), else 0: a v1 blob is bound to nothing, so before binding it
+ * to its row, check that it is the key the row publishes.
+ */
+static int pem_matches_public(const struct buf *pem, const char *public_b64)
+{
+	struct dkim_key *k;
+	struct buf pub;
+	char err[256];
+	int ok;
+
+	k = dkim_key_from_pem(pem->data ? pem->data : "", pem->len, err, sizeof(err));
+	if (k == NULL)
+		return 0;
+	buf_init(&pub, (size_t)-1);
+	ok = dkim_key_public_b64(k, &pub) == 0 && pub.len == strlen(public_b64) &&
+	     memcmp(pub.data, public_b64, pub.len) == 0;
+	buf_free(&pub);
+	dkim_key_free(k);
+	return ok;
+}
+
+/* Seals pem for domain/selector and stores it in row id. 0, or -1 (printed). */
+static int reseal_row(struct ctl *c, const unsigned char mkey[32], const char *id,
+                      const char *domain, const char *selector, const struct buf *pem)
+{
+	struct buf aad, sealed, hex;
+	const char *params[2];
+	PGresult *r = NULL;
+	char *h;
+
+	buf_init(&aad, (size_t)-1);
+	buf_init(&sealed, (size_t)-1);
+	buf_init(&hex, (size_t)-1);
+	if (dkim_key_aad(domain, selector, &aad) == -1 ||
+	    dkim_seal(mkey, aad.data, aad.len, pem->data, pem->len, &sealed) == -1) {
+		ctl_error("cannot seal the DKIM key of %s selector %s", domain, selector);
+		goto out;
+	}
+	h = xmalloc(sealed.len * 2 + 1);
+	hex_encode((const unsigned char *)sealed.data, sealed.len, h);
+	buf_puts(&hex, "\\x");
+	buf_puts(&hex, h);
+	free(h);
+	params[0] = id;
+	params[1] = hex.data;
+	r = ctl_exec(c, "storing the resealed DKIM key",
+	             "UPDATE dkim_keys SET private_sealed = $2::bytea WHERE id = $1", 2, params,
+	             NULL, NULL);
+out:
+	buf_free(&aad);
+	buf_free(&sealed);
+	buf_free(&hex);
+	if (r == NULL)
+		return -1;
+	PQclear(r);
+	return 0;
+}
+
+/*
+ * `dkim reseal`: rewrites every key still sealed in the v1 format (no
+ * binding) as v2, bound to its domain and selector. Keys already v2 are
+ * left alone, so running it again changes nothing. A key that does not
+ * open, or a v1 key that is not the key its row publishes, is reported
+ * and left as it is (the exit status is then CTL_FAIL); the others are
+ * resealed all the same.
+ */
+static int dkim_reseal(struct ctl *c, int argc, char **argv)
+{
+	enum { R_ID, R_DOMAIN, R_SELECTOR, R_SEALED, R_PUBLIC };
+	json_t *done = NULL, *failed = NULL;
+	unsigned char mkey[32];
+	int i, n_v2 = 0, rc = CTL_FAIL;
+	PGresult *r = NULL;
+	struct buf pem;
+
+	(void)argv;
+	if (argc != 2)
+		return ctl_usage("dkim reseal", "dkim reseal takes no arguments");
+	if (ctl_dkim_master_key(c, mkey) == -1)
+		return CTL_FAIL;
+	buf_init(&pem, (size_t)-1);
+	done = json_array();
+	failed = json_array();
+	if (ctl_run(c, "resealing the DKIM keys", "BEGIN") == -1)
+		goto out;
+	r = ctl_exec(
+	    c, "reading the DKIM keys",
+	    "SELECT k.id, d.name, k.selector, encode(k.private_sealed, 'hex'), k.public_b64"
+	    " FROM dkim_keys k JOIN domains d ON d.id = k.domain_id"
+	    " ORDER BY d.name, k.selector FOR UPDATE OF k",
+	    0, NULL, NULL, NULL);
+	if (r == NULL)
+		goto out;
+	for (i = 0; i < PQntuples(r); i++) {
+		const char *domain = PQgetvalue(r, i, R_DOMAIN);
+		const char *selector = PQgetvalue(r, i, R_SELECTOR);
+		const char *why = NULL;
+		int version;
+
+		if (pem.data)
+			OPENSSL_cleanse(pem.data, pem.len);
+		buf_reset(&pem);
+		version =
+		    ctl_dkim_unseal_row(mkey, domain, selector, PQgetvalue(r, i, R_SEALED), &pem);
+		if (version == 2) {
+			n_v2++;
+			continue;
+		}
+		if (version == -1)
+			why = "the sealed key does not open under the master key: it was altered, "
+			      "or moved here from another domain or selector";
+		else if (!pem_matches_public(&pem, PQgetvalue(r, i, R_PUBLIC)))
+			why = "the v1 sealed key is not the key this selector publishes (moved "
+			      "here from another row?)";
+		if (why) {
+			ctl_error("%s selector %s: %s; left as it is", domain, selector, why);
+			json_array_append_new(failed,
+			                      json_pack("{s:s, s:s, s:s}", "domain", domain,
+			                                "selector", selector, "error", why));
+			continue;
+		}
+		if (reseal_row(c, mkey, PQgetvalue(r, i, R_ID), domain, selector, &pem) == -1)
+			goto out;
+		json_array_append_new(
+		    done, json_pack("{s:s, s:s}", "domain", domain, "selector", selector));
+	}
+	if (ctl_run(c, "resealing the DKIM keys", "COMMIT") == -1)
+		goto out;
+	if (c->json) {
+		ctl_json_print(json_pack("{s:i, s:i, s:i, s:O, s:O}", "resealed",
+		                         (int)json_array_size(done), "already_v2", n_v2, "failed",
+		                         (int)json_array_size(failed), "keys", done, "errors",
+		                         failed));
+	} else {
+		size_t j;
+		json_t *e;
+
+		printf("resealed %zu DKIM key%s in the v2 format (bound to domain and selector); "
+		       "%d already v2",
+		       json_array_size(done), json_array_size(done) == 1 ? "" : "s", n_v2);
+		if (json_array_size(failed))
+			printf("; %zu left as they are (see above)", json_array_size(failed));
+		printf("\n");
+		json_array_foreach(done, j, e)
+		    printf("  %s selector %s\n", json_string_value(json_object_get(e, "domain")),
+		           json_string_value(json_object_get(e, "selector")));
+	}
+	rc = json_array_size(failed) ? CTL_FAIL : CTL_OK;
+out:
+	rollback(c);
+	OPENSSL_cleanse(mkey, sizeof(mkey));
+	if (pem.data)
+		OPENSSL_cleanse(pem.data, pem.len);
+	buf_free(&pem);
+	PQclear(r);
+	json_decref(done);
+	json_decref(failed);
 	return rc;
 }
 
@@ -1129,5 +1323,7 @@ int ctl_cmd_dkim(struct ctl *c, int argc, char **argv)
 		return dkim_zone(c, argc, argv);
 	if (strcmp(argv[1], "import") == 0)
 		return dkim_import(c, argc, argv);
+	if (strcmp(argv[1], "reseal") == 0)
+		return dkim_reseal(c, argc, argv);
 	return ctl_usage(usage, "unknown dkim subcommand \"%s\"", argv[1]);
 }

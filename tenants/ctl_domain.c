@@ -142,7 +142,7 @@ static int domain_add_keys(struct ctl *c, struct domain_add *da)
 			continue;
 		ctl_dkim_newkey_init(&nk);
 		snprintf(nk.selector, sizeof(nk.selector), "%s", ctl_dkim_selector(algs[i].alg, 1));
-		if (ctl_dkim_newkey_generate(c, algs[i].alg, da->mkey, &nk) == -1 ||
+		if (ctl_dkim_newkey_generate(c, algs[i].alg, da->name, da->mkey, &nk) == -1 ||
 		    ctl_dkim_key_insert(c, da->id, &nk, 0, 0, NULL) == -1)
 			rc = CTL_FAIL;
 		ctl_dkim_newkey_free(&nk);

@@ -424,21 +424,33 @@ static int unhex_bytea(const char *s, struct buf *out)
 /* Unseals and parses one row's key; NULL (logged) when it cannot. */
 static struct signing_key *key_from_row(struct store *st, PGresult *res, int i)
 {
+	const char *domain = PQgetvalue(res, i, 0), *selector = PQgetvalue(res, i, 1);
 	struct signing_key *k;
-	struct buf sealed, pem;
+	struct buf sealed, pem, aad;
 	char err[256];
+	int version = -1;
 
 	buf_init(&sealed, 1 << 20);
 	buf_init(&pem, 1 << 20);
+	buf_init(&aad, 1024);
 	if (unhex_bytea(PQgetvalue(res, i, 3), &sealed) == -1 ||
-	    dkim_unseal(st->master, sealed.data, sealed.len, &pem) == -1) {
+	    dkim_key_aad(domain, selector, &aad) == -1 ||
+	    (version = dkim_unseal(st->master, aad.data, aad.len, sealed.data, sealed.len, &pem)) ==
+		-1) {
 		log_err("event=dkim_key_error domain=%s selector=%s error=\"cannot decrypt the private "
-			"key: is [dkim] master_key_file the key that sealed it?\"",
-			PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+			"key: either [dkim] master_key_file is not the key that sealed it, or the "
+			"sealed key was altered or belongs to another domain or selector; the key "
+			"is not used\"",
+			domain, selector);
 		st->key_errors++;
 		k = NULL;
 		goto done;
 	}
+	if (version == 1)
+		log_warn("event=dkim_key_unbound domain=%s selector=%s error=\"the private key is "
+			 "sealed in the old v1 format, not bound to its domain and selector; run "
+			 "'sendgatectl dkim reseal'\"",
+			 domain, selector);
 	k = xcalloc(1, sizeof(*k));
 	k->key = dkim_key_from_pem(pem.data, pem.len, err, sizeof(err));
 	if (k->key == NULL) {
@@ -457,9 +469,11 @@ static struct signing_key *key_from_row(struct store *st, PGresult *res, int i)
 	k->sign_from = (time_t)strtoll(PQgetvalue(res, i, 4), NULL, 10);
 	k->sign_until = (time_t)strtoll(PQgetvalue(res, i, 5), NULL, 10);
 done:
-	explicit_bzero(pem.data, pem.len);
+	if (pem.data)
+		explicit_bzero(pem.data, pem.len);
 	buf_free(&pem);
 	buf_free(&sealed);
+	buf_free(&aad);
 	return k;
 }
 

@@ -1406,7 +1406,7 @@ static void test_seal(void **state)
 {
 	unsigned char key[32], other[32];
 	const char plain[] = "-----BEGIN PRIVATE KEY-----\nnot really\n";
-	struct buf s1, s2, out;
+	struct buf s1, s2, out, aad;
 	size_t i;
 
 	random_bytes(key, sizeof(key));
@@ -1415,33 +1415,192 @@ static void test_seal(void **state)
 	buf_init(&s1, 4096);
 	buf_init(&s2, 4096);
 	buf_init(&out, 4096);
-	assert_int_equal(dkim_seal(key, plain, sizeof(plain), &s1), 0);
-	assert_int_equal(s1.len, 12 + sizeof(plain) + 16);
+	buf_init(&aad, 4096);
+	assert_int_equal(dkim_key_aad("example.com", "sg1", &aad), 0);
+	assert_int_equal(aad.len, sizeof("sendgate-dkim-v2\0example.com\0sg1") - 1);
+	assert_memory_equal(aad.data, "sendgate-dkim-v2\0example.com\0sg1", aad.len);
+	assert_int_equal(dkim_seal(key, aad.data, aad.len, plain, sizeof(plain), &s1), 0);
+	/* v2: "SGK" 0x02 | nonce | ciphertext | tag */
+	assert_int_equal(s1.len, 4 + 12 + sizeof(plain) + 16);
+	assert_memory_equal(s1.data, "SGK\x02", 4);
 	assert_null(memmem(s1.data, s1.len, "BEGIN", 5));
-	assert_int_equal(dkim_unseal(key, s1.data, s1.len, &out), 0);
+	assert_int_equal(dkim_unseal(key, aad.data, aad.len, s1.data, s1.len, &out), 2);
 	assert_int_equal(out.len, sizeof(plain));
 	assert_memory_equal(out.data, plain, sizeof(plain));
 	/* A fresh nonce each time. */
-	assert_int_equal(dkim_seal(key, plain, sizeof(plain), &s2), 0);
+	assert_int_equal(dkim_seal(key, aad.data, aad.len, plain, sizeof(plain), &s2), 0);
 	assert_memory_not_equal(s1.data, s2.data, s1.len);
 	/* Wrong key, each altered byte, truncation: all refused, nothing appended. */
 	buf_reset(&out);
-	assert_int_equal(dkim_unseal(other, s1.data, s1.len, &out), -1);
+	assert_int_equal(dkim_unseal(other, aad.data, aad.len, s1.data, s1.len, &out), -1);
 	for (i = 0; i < s1.len; i++) {
 		s1.data[i] ^= 0x40;
-		assert_int_equal(dkim_unseal(key, s1.data, s1.len, &out), -1);
+		assert_int_equal(dkim_unseal(key, aad.data, aad.len, s1.data, s1.len, &out), -1);
 		s1.data[i] ^= 0x40;
 	}
-	assert_int_equal(dkim_unseal(key, s1.data, s1.len - 1, &out), -1);
-	assert_int_equal(dkim_unseal(key, s1.data, 27, &out), -1);
+	assert_int_equal(dkim_unseal(key, aad.data, aad.len, s1.data, s1.len - 1, &out), -1);
+	assert_int_equal(dkim_unseal(key, aad.data, aad.len, s1.data, 31, &out), -1);
+	assert_int_equal(dkim_unseal(key, aad.data, aad.len, s1.data, 0, &out), -1);
 	assert_int_equal(out.len, 0);
 	/* Empty plaintext works too. */
 	buf_reset(&s2);
-	assert_int_equal(dkim_seal(key, "", 0, &s2), 0);
-	assert_int_equal(dkim_unseal(key, s2.data, s2.len, &out), 0);
+	assert_int_equal(dkim_seal(key, aad.data, aad.len, "", 0, &s2), 0);
+	assert_int_equal(dkim_unseal(key, aad.data, aad.len, s2.data, s2.len, &out), 2);
 	assert_int_equal(out.len, 0);
+	/* No aad at all is a valid v2 seal, and opens only without aad. */
+	buf_reset(&s2);
+	assert_int_equal(dkim_seal(key, NULL, 0, plain, sizeof(plain), &s2), 0);
+	assert_int_equal(dkim_unseal(key, NULL, 0, s2.data, s2.len, &out), 2);
+	assert_int_equal(dkim_unseal(key, aad.data, aad.len, s2.data, s2.len, &out), -1);
+	assert_int_equal(out.len, sizeof(plain));
 	buf_free(&s1);
 	buf_free(&s2);
+	buf_free(&out);
+	buf_free(&aad);
+}
+
+/* The v2 blob of domain/selector under key, in s (reset first). */
+static void seal_for(const unsigned char key[32], const char *domain, const char *selector,
+		     const char *plain, size_t n, struct buf *s)
+{
+	struct buf aad;
+
+	buf_init(&aad, 4096);
+	assert_int_equal(dkim_key_aad(domain, selector, &aad), 0);
+	buf_reset(s);
+	assert_int_equal(dkim_seal(key, aad.data, aad.len, plain, n, s), 0);
+	buf_free(&aad);
+}
+
+/* 0 when the blob opens as domain/selector's key, else -1. */
+static int unseal_for(const unsigned char key[32], const char *domain, const char *selector,
+		      const struct buf *s, struct buf *out)
+{
+	struct buf aad;
+	int v;
+
+	buf_init(&aad, 4096);
+	assert_int_equal(dkim_key_aad(domain, selector, &aad), 0);
+	v = dkim_unseal(key, aad.data, aad.len, s->data, s->len, out);
+	buf_free(&aad);
+	return v;
+}
+
+static void test_seal_aad_binding(void **state)
+{
+	unsigned char key[32];
+	const char plain[] = "private key of example.com sg1";
+	struct buf s, out;
+
+	random_bytes(key, sizeof(key));
+	buf_init(&s, 4096);
+	buf_init(&out, 4096);
+	seal_for(key, "example.com", "sg1", plain, sizeof(plain), &s);
+	assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), 2);
+	buf_reset(&out);
+	/* Another selector, another domain, or the fields shifted: refused. */
+	assert_int_equal(unseal_for(key, "example.com", "sg2", &s, &out), -1);
+	assert_int_equal(unseal_for(key, "example.org", "sg1", &s, &out), -1);
+	assert_int_equal(unseal_for(key, "example.co", "msg1", &s, &out), -1);
+	assert_int_equal(unseal_for(key, "example.comsg1", "", &s, &out), -1);
+	assert_int_equal(unseal_for(key, "", "", &s, &out), -1);
+	assert_int_equal(dkim_unseal(key, NULL, 0, s.data, s.len, &out), -1);
+	/* Stripping the header leaves a blob that does not open as v1 either. */
+	{
+		struct buf stripped;
+
+		buf_init(&stripped, 4096);
+		assert_int_equal(buf_append(&stripped, s.data + 4, s.len - 4), 0);
+		assert_int_equal(unseal_for(key, "example.com", "sg1", &stripped, &out), -1);
+		assert_int_equal(dkim_unseal(key, NULL, 0, stripped.data, stripped.len, &out), -1);
+		buf_free(&stripped);
+	}
+	assert_int_equal(out.len, 0);
+	buf_free(&s);
+	buf_free(&out);
+}
+
+/* A v1 blob as sealed before keys were bound: nonce | ciphertext | tag, no aad. */
+static void seal_v1(const unsigned char key[32], const unsigned char nonce[12], const char *plain,
+		    size_t n, struct buf *s)
+{
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	unsigned char ct[256], tag[16];
+	int len = 0, fin = 0;
+
+	assert_non_null(ctx);
+	assert_true(n <= sizeof(ct));
+	assert_int_equal(EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce), 1);
+	assert_int_equal(EVP_EncryptUpdate(ctx, ct, &len, (const unsigned char *)plain, (int)n), 1);
+	assert_int_equal(EVP_EncryptFinal_ex(ctx, ct + len, &fin), 1);
+	assert_int_equal(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag), 1);
+	EVP_CIPHER_CTX_free(ctx);
+	buf_reset(s);
+	assert_int_equal(buf_append(s, nonce, 12), 0);
+	assert_int_equal(buf_append(s, ct, (size_t)(len + fin)), 0);
+	assert_int_equal(buf_append(s, tag, 16), 0);
+}
+
+static void test_seal_v1_compat(void **state)
+{
+	unsigned char key[32], nonce[12];
+	const char plain[] = "-----BEGIN PRIVATE KEY-----\nold\n";
+	struct buf s, out;
+	size_t i;
+
+	random_bytes(key, sizeof(key));
+	random_bytes(nonce, sizeof(nonce));
+	nonce[0] = 0x00; /* not "SGK" */
+	buf_init(&s, 4096);
+	buf_init(&out, 4096);
+	seal_v1(key, nonce, plain, sizeof(plain), &s);
+	/* v1 opens whatever the aad (it has none): reported as version 1. */
+	assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), 1);
+	assert_int_equal(out.len, sizeof(plain));
+	assert_memory_equal(out.data, plain, sizeof(plain));
+	buf_reset(&out);
+	assert_int_equal(dkim_unseal(key, NULL, 0, s.data, s.len, &out), 1);
+	buf_reset(&out);
+	for (i = 0; i < s.len; i++) {
+		s.data[i] ^= 0x01;
+		assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), -1);
+		s.data[i] ^= 0x01;
+	}
+	assert_int_equal(out.len, 0);
+	/* A v1 nonce that happens to start with the v2 header still opens as v1. */
+	memcpy(nonce, "SGK\x02", 4);
+	seal_v1(key, nonce, plain, sizeof(plain), &s);
+	assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), 1);
+	assert_memory_equal(out.data, plain, sizeof(plain));
+	buf_free(&s);
+	buf_free(&out);
+}
+
+static void test_seal_version_byte(void **state)
+{
+	unsigned char key[32];
+	const char plain[] = "private key";
+	struct buf s, out;
+	int b;
+
+	random_bytes(key, sizeof(key));
+	buf_init(&s, 4096);
+	buf_init(&out, 4096);
+	seal_for(key, "example.com", "sg1", plain, sizeof(plain), &s);
+	/* Every other version byte (1 included: no downgrade) and header byte: refused. */
+	for (b = 0; b < 256; b++) {
+		if (b == 2)
+			continue;
+		s.data[3] = (char)b;
+		assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), -1);
+	}
+	s.data[3] = 2;
+	s.data[0] = 'T';
+	assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), -1);
+	s.data[0] = 'S';
+	assert_int_equal(out.len, 0);
+	assert_int_equal(unseal_for(key, "example.com", "sg1", &s, &out), 2);
+	buf_free(&s);
 	buf_free(&out);
 }
 
@@ -1538,6 +1697,9 @@ int main(void)
 	    cmocka_unit_test(test_sign_rfc8463_message),
 	    cmocka_unit_test(test_key_generate_rules),
 	    cmocka_unit_test(test_seal),
+	    cmocka_unit_test(test_seal_aad_binding),
+	    cmocka_unit_test(test_seal_v1_compat),
+	    cmocka_unit_test(test_seal_version_byte),
 	    cmocka_unit_test(test_master_key_load),
 	};
 	const struct CMUnitTest with_keys[] = {
