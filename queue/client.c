@@ -30,6 +30,25 @@
 #define NOTLS_SECONDS 3600 /* how long a host whose TLS failed gets clear text */
 #define REPLY_LINE_MAX 4096
 
+/*
+ * The message goes out as the connection's output drains: the header block
+ * (kept in memory from the queue file's check) at once, then the body read
+ * from the file QUEUE_BODY_CHUNK bytes at a time, dot-stuffed, whenever the
+ * output buffer is at or below STREAM_LOW (the write callback, which
+ * libevent runs when the output drains to the low watermark). So while DATA
+ * is sent a connection holds, whatever the message's size:
+ *   the file reader's buffer          QUEUE_BODY_CHUNK           (64 KB)
+ *   the stuffed piece (scratch)       2 * QUEUE_BODY_CHUNK + 2   (128 KB)
+ *   the output buffer                 STREAM_LOW + the above     (192 KB)
+ *   with TLS, the socket's buffer     STREAM_HIGH + one record   (~144 KB)
+ * (the TLS filter moves output to the socket only while that holds less
+ * than STREAM_HIGH), about 530 KB, plus once at the start the header block
+ * and its stuffed copy (the header block is at most [smtp] max_header_size,
+ * 256 KB by default, so at most 3 * max_header_size + 2 for a moment).
+ */
+#define STREAM_LOW QUEUE_BODY_CHUNK
+#define STREAM_HIGH (2 * QUEUE_BODY_CHUNK)
+
 enum cstate {
 	C_CONNECT,
 	C_GREETING,
@@ -75,11 +94,16 @@ struct dconn {
 	size_t ncmds;    /* commands in this transaction: 2 + nrcpts */
 	int mail_ok, accepted, data_ok;
 	int cur_lines; /* lines of the reply being read */
-	int in_cb;     /* inside a callback of ours: free later */
-	int dead;      /* closed; freed once in_cb is 0 */
+	/* the message being streamed (C_BODY) */
+	int streaming;      /* body bytes (or the final dot) still to queue */
+	struct dotstuff ds; /* the stuffer's state across pieces */
+	struct buf stuffed; /* scratch: one stuffed piece */
+	int in_cb;          /* inside a callback of ours: free later */
+	int dead;           /* closed; freed once in_cb is 0 */
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_connect_host(struct dconn *c);
 static void conn_ready(struct dconn *c);
@@ -162,6 +186,7 @@ static void set_reply(struct dreply *r, int code, const char *text, int stage)
 
 static void conn_destroy(struct dconn *c)
 {
+	buf_free(&c->stuffed);
 	droute_free(c->route);
 	free(c);
 }
@@ -340,7 +365,8 @@ static void conn_connect_host(struct dconn *c)
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->bev = bufferevent_socket_new(c->env->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_WRITE, STREAM_LOW, STREAM_HIGH);
 	bufferevent_set_timeouts(c->bev, &ct, &ct);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&ss, (int)sl) == -1) {
@@ -436,14 +462,9 @@ static void txn_start(struct dconn *c, struct dtxn *t)
 	c->ncmds = 2 + t->nrcpts;
 	c->mail_ok = c->accepted = c->data_ok = 0;
 	c->state = C_TXN;
+	c->streaming = 0;
 	set_read_timeout(c, c->env->command_timeout);
 	txn_send_next(c);
-}
-
-/* Frees a dot-stuffed message once the output buffer is done with it. */
-static void free_stuffed(const void *data, size_t len, void *arg)
-{
-	free((void *)data);
 }
 
 /* Between transactions: the next one, or QUIT. */
@@ -497,6 +518,68 @@ static void txn_finish(struct dconn *c)
 		conn_ready(c);
 }
 
+/*
+ * Queues body pieces while the output holds at most STREAM_LOW bytes, and
+ * the final dot after the last one (the bound is in the comment at the
+ * top). A queue file that changed since its check, or cannot be read, ends
+ * the connection without the dot, so the server drops the partial message.
+ */
+static void body_pump(struct dconn *c)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct dtxn *t = c->txn;
+	int progress = 0;
+
+	while (c->streaming && evbuffer_get_length(out) <= STREAM_LOW) {
+		const char *p;
+		size_t n;
+		char err[256], q[300];
+		int r = t->body != NULL ? qbody_next(t->body, &p, &n, err, sizeof(err)) : 0;
+
+		if (r == -1) {
+			log_warn("event=delivery_read_failed reason=%s",
+			         log_quote(q, sizeof(q), err));
+			c->streaming = 0;
+			buf_free(&c->stuffed);
+			set_reply(&t->data_reply, 451,
+			          "4.3.0 the queue file could not be read while sending",
+			          DSTAGE_DATA);
+			conn_fail(c, 451, "4.3.0 the queue file could not be read while sending");
+			return;
+		}
+		if (c->stuffed.max == 0)
+			buf_init(&c->stuffed, 2 * QUEUE_BODY_CHUNK + 8);
+		buf_reset(&c->stuffed);
+		if (r == 0) {
+			dotstuff_end(&c->ds, &c->stuffed);
+			c->streaming = 0;
+		} else {
+			dotstuff_chunk(&c->ds, &c->stuffed, p, n);
+		}
+		if (c->stuffed.len > 0)
+			evbuffer_add(out, c->stuffed.data, c->stuffed.len);
+		progress = 1;
+	}
+	if (!c->streaming)
+		buf_free(&c->stuffed); /* nothing kept between messages */
+	/* The reply wait counts from the last progress, not from DATA. */
+	if (progress)
+		set_read_timeout(c, c->env->data_timeout);
+}
+
+/* The output drained to STREAM_LOW: more of the message, if one is going out. */
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct dconn *c = arg;
+
+	if (c->dead || c->bev != bev || !c->streaming || c->txn == NULL)
+		return;
+	c->in_cb++;
+	body_pump(c);
+	if (--c->in_cb == 0 && c->dead)
+		conn_destroy(c);
+}
+
 /* A reply to MAIL, RCPT or DATA in a transaction. */
 static void txn_reply(struct dconn *c)
 {
@@ -547,15 +630,18 @@ static void txn_reply(struct dconn *c)
 			c->state = C_RSET; /* the reply to the empty message is ignored */
 			return;
 		}
+		/* The header block goes at once (and its plain copy now), the
+		 * body as the output drains: body_pump. */
+		dotstuff_init(&c->ds);
 		buf_init(&out, (size_t)-1);
-		smtp_dotstuff(&out, t->msg.data, t->msg.len);
-		/* One copy of the message per connection while it is sent: the
-		 * plain one goes now, the stuffed one is handed over, not copied. */
-		buf_free(&t->msg);
-		evbuffer_add_reference(bufferevent_get_output(c->bev), out.data, out.len,
-		                       free_stuffed, NULL);
+		dotstuff_chunk(&c->ds, &out, t->hdr.data, t->hdr.len);
+		buf_free(&t->hdr);
+		evbuffer_add(bufferevent_get_output(c->bev), out.data, out.len);
+		buf_free(&out);
 		c->state = C_BODY;
+		c->streaming = 1;
 		set_read_timeout(c, c->env->data_timeout);
+		body_pump(c);
 		return;
 	}
 	if (c->mail_ok && c->accepted > 0 && t->data_reply.code == 0)
@@ -631,7 +717,9 @@ static void conn_start_tls(struct dconn *c)
 	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
 	c->bev = tb;
 	c->state = C_TLS;
-	bufferevent_setcb(tb, conn_read_cb, NULL, conn_event_cb, c);
+	bufferevent_setcb(tb, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	/* The filter hands ciphertext to the socket only below STREAM_HIGH. */
+	bufferevent_setwatermark(tb, EV_WRITE, STREAM_LOW, STREAM_HIGH);
 	set_read_timeout(c, c->env->command_timeout);
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
 }
@@ -718,6 +806,22 @@ static void conn_reply(struct dconn *c)
 	case C_BODY:
 		c->txn->data_reply = *r;
 		c->txn->data_reply.stage = DSTAGE_DATA;
+		if (c->streaming) {
+			/* A reply before the end of the message: the server gave up on
+			 * it (a success there would be nonsense). The rest cannot be
+			 * sent, so this connection ends here. */
+			struct dtxn *t = c->txn;
+			if (r->code / 100 == 2)
+				set_reply(&t->data_reply, 451,
+				          "4.5.0 the server replied before the end of the message",
+				          DSTAGE_DATA);
+			c->streaming = 0;
+			c->txn = NULL;
+			c->ntxn++;
+			c->ops->done(c->arg, c, t);
+			conn_free(c);
+			return;
+		}
 		set_read_timeout(c, c->env->command_timeout);
 		txn_finish(c);
 		return;

@@ -86,10 +86,22 @@ int pool_pick(const struct pool_address *a, int n, int family, uint32_t r);
 /* AF_INET or AF_INET6 for an address literal, else AF_UNSPEC. */
 int addr_family(const char *addr);
 /*
- * Appends the message (n bytes, CRLF lines) to out for DATA: a leading
- * '.' of each line doubled, a bare CR or LF made CRLF, CRLF added at the
- * end when missing, then ".\r\n". Returns the bytes appended.
+ * Dot-stuffing for DATA, for a message that arrives in pieces split
+ * anywhere: a leading '.' of each line doubled, CRLF, a bare CR and a bare
+ * LF all sent as CRLF (a CR at the end of a piece waits for the next one),
+ * CRLF added at the end when missing, then ".\r\n". The state is two flags.
  */
+struct dotstuff {
+	int bol; /* the next byte starts a line */
+	int cr;  /* a CR was seen and not yet written */
+};
+
+void dotstuff_init(struct dotstuff *ds);
+/* Appends the stuffed form of p (n bytes) to out: at most 2 * n + 2 bytes. */
+void dotstuff_chunk(struct dotstuff *ds, struct buf *out, const char *p, size_t n);
+/* Ends the message: a held CR or the missing final CRLF, then ".\r\n" (<= 5 bytes). */
+void dotstuff_end(struct dotstuff *ds, struct buf *out);
+/* The whole message (n bytes) stuffed onto out in one go; the bytes appended. */
 size_t smtp_dotstuff(struct buf *out, const char *p, size_t n);
 
 /* ---- status.c: the durable per-recipient results --------------------- */
@@ -103,6 +115,46 @@ size_t smtp_dotstuff(struct buf *out, const char *p, size_t n);
 int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body,
                  struct queue_rcpt_status **st, size_t *valid_len, size_t *file_len,
                  unsigned char digest[32], char *err, size_t errlen);
+
+/* ---- qstream.c: queue files read in bounded pieces -------------------- */
+
+/* What a sequential check of a queue file learnt besides the envelope. */
+struct qfile_info {
+	size_t body_len;              /* bytes in BODY records */
+	size_t end_off;               /* offset of the END record */
+	unsigned char end_digest[32]; /* its digest (of the whole message) */
+	size_t valid_len;             /* the intact length, status segments included */
+	size_t file_len;              /* bytes read */
+	unsigned char digest[32];     /* the last END/SEGEND digest, to chain from */
+};
+
+/*
+ * Checks the queue file open on fd (framing, END digest, envelope, status
+ * segments) in one pass through a QUEUE_BODY_CHUNK buffer, keeping only
+ * the envelope, the header block and the segments: the body is hashed and
+ * dropped. m gets the envelope and, when want_headers, the header block as
+ * m->message; *st the recipients' status (malloc'd). Both are the caller's
+ * (queue_msg_free, free); fd stays open and is the caller's. 0, or -1 with
+ * err (m and *st then empty).
+ */
+int dq_scan_file(int fd, struct queue_msg *m, int want_headers, struct queue_rcpt_status **st,
+                 struct qfile_info *info, char *err, size_t errlen);
+
+struct qbody;
+/*
+ * Reads the body of the file on fd (taken over), checked by dq_scan_file
+ * into info, again from the start, for sending. Freed by qbody_close.
+ */
+struct qbody *qbody_open(int fd, const struct qfile_info *info);
+/*
+ * The next piece of body (at most QUEUE_BODY_CHUNK bytes, in the reader's
+ * buffer until the next call): 1 with *p and *n set; 0 at the end, once
+ * the file's bytes up to END have hashed again to the checked digest; -1
+ * with err when the file changed or could not be read meanwhile (the
+ * message must then not be ended).
+ */
+int qbody_next(struct qbody *b, const char **p, size_t *n, char *err, size_t errlen);
+void qbody_close(struct qbody *b);
 
 struct status_writer;
 /* Called on the loop once queue/id has been removed by the writer. */
@@ -176,9 +228,10 @@ struct dtxn {
 	char *mail_from;
 	char **rcpts; /* borrowed from the message */
 	size_t nrcpts;
-	struct buf msg; /* the message, CRLF */
-	size_t size;
-	int flags; /* QFLAG_* */
+	struct buf hdr;     /* the header block, CRLF (the client frees it once queued) */
+	struct qbody *body; /* the body, read as DATA goes (the owner closes it) */
+	size_t size;        /* header block + body bytes */
+	int flags;          /* QFLAG_* */
 	/* results, filled by the client */
 	struct dreply *rcpt_reply; /* nrcpts: the RCPT reply of each */
 	struct dreply data_reply;  /* after the final dot (or why it never came) */

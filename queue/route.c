@@ -121,35 +121,75 @@ int pool_pick(const struct pool_address *a, int n, int family, uint32_t r)
 	return -1;
 }
 
-size_t smtp_dotstuff(struct buf *out, const char *p, size_t n)
+void dotstuff_init(struct dotstuff *ds)
 {
-	size_t start = out->len, i = 0, run;
-	int bol = 1;
+	ds->bol = 1;
+	ds->cr = 0;
+}
+
+static void put(struct buf *out, const char *p, size_t n)
+{
+	if (buf_append(out, p, n) == -1)
+		abort();
+}
+
+void dotstuff_chunk(struct dotstuff *ds, struct buf *out, const char *p, size_t n)
+{
+	size_t i = 0, run;
 
 	while (i < n) {
-		if (bol && p[i] == '.' && buf_append(out, ".", 1) == -1)
-			abort();
+		if (ds->cr) {
+			/* CRLF, or a bare CR: either way one CRLF. */
+			ds->cr = 0;
+			put(out, "\r\n", 2);
+			ds->bol = 1;
+			if (p[i] == '\n') {
+				i++;
+				continue;
+			}
+		}
+		if (p[i] == '\r') {
+			ds->cr = 1;
+			i++;
+			continue;
+		}
+		if (p[i] == '\n') {
+			put(out, "\r\n", 2);
+			ds->bol = 1;
+			i++;
+			continue;
+		}
+		if (ds->bol && p[i] == '.')
+			put(out, ".", 1);
 		/* Copy up to the next CR or LF in one piece. */
 		for (run = i; run < n && p[run] != '\r' && p[run] != '\n'; run++)
 			;
-		if (buf_append(out, p + i, run - i) == -1)
-			abort();
+		put(out, p + i, run - i);
+		ds->bol = 0;
 		i = run;
-		bol = 0;
-		if (i == n)
-			break;
-		/* CRLF, bare CR or bare LF all end a line as CRLF. */
-		if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
-			i += 2;
-		else
-			i += 1;
-		if (buf_append(out, "\r\n", 2) == -1)
-			abort();
-		bol = 1;
 	}
-	if (!bol && buf_append(out, "\r\n", 2) == -1)
-		abort();
-	if (buf_append(out, ".\r\n", 3) == -1)
-		abort();
+}
+
+void dotstuff_end(struct dotstuff *ds, struct buf *out)
+{
+	if (ds->cr) {
+		put(out, "\r\n", 2);
+		ds->cr = 0;
+		ds->bol = 1;
+	}
+	if (!ds->bol)
+		put(out, "\r\n", 2);
+	put(out, ".\r\n", 3);
+	ds->bol = 1;
+}
+
+size_t smtp_dotstuff(struct buf *out, const char *p, size_t n)
+{
+	struct dotstuff ds;
+	size_t start = out->len;
+
+	dotstuff_init(&ds);
+	dotstuff_chunk(&ds, out, p, n);
+	dotstuff_end(&ds, out);
 	return out->len - start;
 }

@@ -250,18 +250,26 @@ static void sched_load(struct dsched *s, const char *id)
 {
 	struct queue_msg qm;
 	struct queue_rcpt_status *st;
+	struct qfile_info info;
 	size_t valid, flen, i, j;
 	char err[256], q[300];
 	struct dmsg *m;
 	time_t now = time(NULL);
 	char *done;
+	int fd, rc;
 
 	if (hmap_get(s->msgs, id) != NULL || hmap_get(s->bad, id) != NULL)
 		return;
-	m = xcalloc(1, sizeof(*m));
-	if (dq_read_file(s->queuefd, id, &qm, 0, &st, &valid, &flen, m->digest, err, sizeof(err)) ==
-	    -1) {
-		free(m);
+	/* Checked in bounded pieces: the body is hashed, never held. */
+	fd = openat(s->queuefd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1) {
+		snprintf(err, sizeof(err), "open: %s", strerror(errno));
+		rc = -1;
+	} else {
+		rc = dq_scan_file(fd, &qm, 0, &st, &info, err, sizeof(err));
+		close(fd);
+	}
+	if (rc == -1) {
 		if (strstr(err, "No such file") != NULL)
 			return; /* gone meanwhile */
 		log_warn("event=delivery_unreadable id=%s reason=%s", id,
@@ -269,6 +277,10 @@ static void sched_load(struct dsched *s, const char *id)
 		hmap_put(s->bad, id, (void *)1);
 		return;
 	}
+	valid = info.valid_len;
+	flen = info.file_len;
+	m = xcalloc(1, sizeof(*m));
+	memcpy(m->digest, info.digest, sizeof(m->digest));
 	snprintf(m->id, sizeof(m->id), "%s", id);
 	m->tenant_id = qm.env.tenant_id;
 	m->sender = qm.env.sender ? qm.env.sender : xstrdup("");
@@ -880,12 +892,28 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		struct ditem *it = q->ready;
 		struct dmsg *m = it->m;
 		struct queue_msg qm;
+		struct queue_rcpt_status *st = NULL;
+		struct qfile_info info;
 		struct dtxn *t;
 		char err[256], host[300], qe[300];
 		size_t k;
+		int fd, rc = -1;
 
 		item_unlink(it);
-		if (queue_read_fileat(s->queuefd, m->id, &qm, 1, err, sizeof(err)) == -1) {
+		/*
+		 * The whole file is checked now (a damaged one is never half
+		 * sent), keeping the header block; the body is read again while
+		 * DATA goes (qbody_next), so memory does not grow with its size.
+		 */
+		fd = openat(s->queuefd, m->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd == -1)
+			snprintf(err, sizeof(err), "open: %s", strerror(errno));
+		else
+			rc = dq_scan_file(fd, &qm, 1, &st, &info, err, sizeof(err));
+		free(st);
+		if (rc == -1) {
+			if (fd != -1)
+				close(fd);
 			/* Deleted by an operator (or damaged): forget the item. */
 			log_warn("event=delivery_message_gone id=%s reason=%s", m->id,
 			         log_quote(qe, sizeof(qe), err));
@@ -898,10 +926,11 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		}
 		t = xcalloc(1, sizeof(*t));
 		t->owner = it;
-		t->msg = qm.message;
+		t->hdr = qm.message;
 		buf_init(&qm.message, 0);
 		queue_msg_free(&qm);
-		t->size = t->msg.len;
+		t->body = qbody_open(fd, &info);
+		t->size = t->hdr.len + info.body_len;
 		t->flags = m->flags;
 		t->nrcpts = it->n;
 		t->rcpts = xcalloc(it->n, sizeof(char *));
@@ -932,7 +961,8 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 
 static void txn_free(struct dtxn *t)
 {
-	buf_free(&t->msg);
+	buf_free(&t->hdr);
+	qbody_close(t->body);
 	free(t->rcpts);
 	free(t->rcpt_reply);
 	free(t->mail_from);
