@@ -283,6 +283,7 @@ static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd)
 {
 	struct spool_txn *t;
 	int renamed = 0, dir_synced = 0, dir_err = 0;
+	uint64_t sync_start = 0;
 
 	commit_sync_files(sp, batch, sbfd);
 	for (t = batch; t != NULL; t = t->next) {
@@ -299,6 +300,7 @@ static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd)
 	}
 	if (renamed > 0) {
 		dir_synced = 1;
+		sync_start = now_usec();
 		if (fsync(sp->queuefd) == -1)
 			dir_err = errno;
 	}
@@ -315,6 +317,8 @@ static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd)
 	}
 
 	pthread_mutex_lock(&sp->lock);
+	if (dir_synced && dir_err == 0 && sync_start > sp->dirsync_started)
+		sp->dirsync_started = sync_start;
 	sp->batches += (uint64_t)dir_synced;
 	sp->commits += (uint64_t)renamed;
 	*sp->done_tail = batch;

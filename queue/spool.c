@@ -356,6 +356,7 @@ static void spool_scan_free(struct spool *sp)
 	DIR *d;
 
 	sp->nfree = 0;
+	sp->free_listed_at = now_usec();
 	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
 		if (fd != -1)
 			close(fd);
@@ -376,10 +377,19 @@ static void spool_scan_free(struct spool *sp)
  * one their release (and, on a disk mounted with discard, a trim in the
  * journal commit every fsync of the spool waits for). A new message
  * shorter than the old file still frees the tail blocks at commit.
+ *
+ * The delivery process does not sync its move queue/ID -> free/ID. Were it
+ * lost in a power cut after this file was written over, queue/ID would come
+ * back holding pieces of another message. So names read from free/ are used
+ * only once a sync of queue/ that began after the read has completed (the
+ * commit threads sync queue/ after every batch): the journal commits in
+ * order, so that sync made every earlier move out of queue/ durable. Until
+ * then new files are created, which only costs speed.
  */
 int spool_take_free(struct spool *sp, const char *id)
 {
 	struct stat st;
+	int synced;
 
 	while (sp->nfree > 0 || now_usec() - sp->free_scanned_at >= FREE_RESCAN_USEC) {
 		const char *name;
@@ -392,6 +402,11 @@ int spool_take_free(struct spool *sp, const char *id)
 				return -1;
 			}
 		}
+		pthread_mutex_lock(&sp->lock);
+		synced = sp->dirsync_started > sp->free_listed_at;
+		pthread_mutex_unlock(&sp->lock);
+		if (!synced)
+			return -1;
 		name = sp->free_names[--sp->nfree];
 		if (renameat2(sp->freefd, name, sp->tmpfd, id, RENAME_NOREPLACE) == -1)
 			continue; /* gone (swept meanwhile): try the next */

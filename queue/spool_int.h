@@ -54,6 +54,8 @@ struct spool {
 	char (*free_names)[QUEUE_ID_LEN + 1];
 	size_t nfree;
 	uint64_t free_scanned_at; /* now_usec() of the last empty scan of free/ */
+	uint64_t free_listed_at;  /* now_usec() just before free_names was read */
+	uint64_t dirsync_started; /* start of the last successful sync of queue/ (under lock) */
 };
 
 /* Starts nthreads commit threads and the completion event; 0 or -1 with err. */

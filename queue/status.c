@@ -337,18 +337,15 @@ static size_t count_free(int freefd)
 }
 
 /*
- * First half of moving a finished file to free/ for the daemon to reuse for
- * a new message (spool_take_free) instead of deleting it, while free/ holds
- * fewer than QUEUE_FREE_MAX files and the file is small enough to be worth
- * keeping: queue/ID becomes free/.ID, a name the daemon does not take.
- * sw_main then syncs queue/ once for the batch and renames each to free/ID.
- * The order matters: the daemon overwrites a reused file in place, and
- * were queue/ID to come back after a power loss, it would hold pieces of
- * that new message. 0 when moved; -1 when the caller should delete it.
+ * Moves a finished file to free/ for the daemon to reuse for a new message
+ * (spool_take_free) instead of deleting it, while free/ holds fewer than
+ * QUEUE_FREE_MAX files and the file is small enough to be worth keeping.
+ * The move need not be synced here: the daemon writes over a file only
+ * once one of its own syncs of queue/ has made the move durable (see
+ * spool_take_free). 0 when moved; -1 when the caller should delete it.
  */
 static int sw_recycle(struct status_writer *w, const char *id)
 {
-	char staged[QUEUE_ID_LEN + 2];
 	struct stat st;
 
 	if (w->freefd == -1 || w->max_age == 0)
@@ -362,8 +359,7 @@ static int sw_recycle(struct status_writer *w, const char *id)
 	if (fstatat(w->queuefd, id, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(st.st_mode) ||
 	    st.st_nlink != 1 || st.st_size > QUEUE_FREE_MAX_SIZE)
 		return -1;
-	snprintf(staged, sizeof(staged), ".%s", id);
-	if (renameat2(w->queuefd, id, w->freefd, staged, RENAME_NOREPLACE) == -1) {
+	if (renameat2(w->queuefd, id, w->freefd, id, RENAME_NOREPLACE) == -1) {
 		log_warn("event=spool_recycle_failed id=%s error=\"%s\"", id, strerror(errno));
 		return -1;
 	}
@@ -490,27 +486,12 @@ static void *sw_main(void *arg)
 				        strerror(errno));
 		}
 		/*
-		 * Deleting need not be durable: a message may go out twice,
-		 * never zero times, and a directory sync after deletions waits
-		 * for the freed blocks to be trimmed (online discard), which put
-		 * removal far behind delivery. A move to free/ must be durable
-		 * before the daemon may overwrite the file (sw_recycle), and
-		 * frees no blocks: one sync of queue/ for the batch.
+		 * Neither deleting nor moving need be durable here: a message may
+		 * go out twice, never zero times, and a directory sync after
+		 * deletions waits for the freed blocks to be trimmed (online
+		 * discard), which put removal far behind delivery.
 		 */
-		if (recycled > 0) {
-			int synced = fsync(w->queuefd) == 0;
-			if (!synced)
-				log_err("event=queue_sync_failed error=\"%s\"", strerror(errno));
-			for (j = batch; j != NULL; j = j->next) {
-				char staged[QUEUE_ID_LEN + 2];
-				if (!j->recycled)
-					continue;
-				snprintf(staged, sizeof(staged), ".%s", j->id);
-				/* Not synced: left as .ID, which the sweep deletes. */
-				if (synced)
-					renameat(w->freefd, staged, w->freefd, j->id);
-			}
-		}
+		(void)recycled;
 
 		pthread_mutex_lock(&w->lock);
 		w->busy = 0;
