@@ -82,7 +82,16 @@ def combined(args, build):
     try:
         ctl = h.Ctl(build, pg.url)
         ctl.migrate()
-        t = h.setup_tenant(ctl)
+        if args.algorithm == "rsa":
+            t = h.setup_tenant(ctl)
+        else:
+            # The same kind of tenant, with its domain's keys of another algorithm.
+            name = h.unique_name()
+            ctl.tenant_create(name)
+            cred = ctl.credential_create(name)
+            ctl("domain", "add", name, name + ".example", "--operator-verified",
+                "--algorithm", args.algorithm)
+            t = h.Tenant(name, cred["username"], cred["secret"], name + ".example", cred)
         sink_port = h.free_port()
         sexe = os.path.join(work, "fastsink")
         h.run(["cc", "-O2", "-o", sexe, os.path.join(HERE, "sink", "fastsink.c")])
@@ -116,7 +125,8 @@ def combined(args, build):
                 r = subprocess.run([exe, "--json", "-q", "-H", "127.0.0.1", "-p",
                                     str(d.submission_port), "-u", t.username, "-P", t.secret,
                                     "--from", t.addr("bench"), "--to", "rcpt%d@example.net",
-                                    "-c", "50", "-n", str(args.messages)],
+                                    "-c", "50", "-n", str(args.messages)]
+                                   + (["--pipelining"] if args.pipelining else []),
                                    capture_output=True, text=True, timeout=1800)
                 res = json.loads(r.stdout)
                 # Delivered while acceptance ran: accepted minus still queued.
@@ -137,8 +147,9 @@ def combined(args, build):
             runs[mode].append({"accepted_msgs_per_s": res["msgs_per_s"],
                                "p99_ms": res["latency_ms"]["p99"], "left_in_spool": left,
                                "drained_after_s": drain, "delivered_during": during})
-            print("submission c50 %6d msgs, delivery %-3s: %7.1f msgs/s accepted, p99 %5.1f ms%s"
-                  % (args.messages, mode, res["msgs_per_s"], res["latency_ms"]["p99"],
+            print("submission c50%s %s %6d msgs, delivery %-3s: %7.1f msgs/s accepted, "
+                  "p99 %5.1f ms%s"
+                  % (" pipelined" if args.pipelining else "", args.algorithm, args.messages, mode, res["msgs_per_s"], res["latency_ms"]["p99"],
                      ", %d delivered meanwhile, spool empty %.1f s after the last 250"
                      % (during, drain) if drain is not None
                      else ", %d left in the spool" % left), flush=True)
@@ -176,6 +187,10 @@ def main():
                     help="instead: the submission benchmark with delivery off and on")
     ap.add_argument("--rounds", type=int, default=3,
                     help="--with-submission: off/on pairs, alternated (3)")
+    ap.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                    help="--with-submission: DKIM key of the tenant's domain (rsa)")
+    ap.add_argument("--pipelining", action="store_true",
+                    help="--with-submission: the client pipelines (RFC 2920)")
     ap.add_argument("--reuse-max-age", metavar="DURATION",
                     help="--with-submission: [spool] reuse_max_age (0: delete delivered files)")
     ap.add_argument("--cpu-priority", choices=("background", "low", "normal"),
