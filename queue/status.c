@@ -258,7 +258,6 @@ struct sw_job {
 	char id[QUEUE_ID_LEN + 1];
 	struct buf data; /* bytes to append (may be empty) */
 	int remove;      /* unlink the file afterwards */
-	int recycled;    /* moved to free/ instead (writer thread) */
 	off_t truncate;  /* >= 0: cut the file to this length first (torn tail) */
 };
 
@@ -428,7 +427,7 @@ static void *sw_main(void *arg)
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		struct sw_job *batch, *j, **tail;
-		size_t nfds = 0, i, taken = 0, recycled = 0;
+		size_t nfds = 0, i, taken = 0;
 
 		while (w->todo == NULL && !w->stopping) {
 			struct timespec until;
@@ -476,11 +475,8 @@ static void *sw_main(void *arg)
 		for (j = batch; j != NULL; j = j->next) {
 			if (!j->remove)
 				continue;
-			j->recycled = sw_recycle(w, j->id) == 0;
-			if (j->recycled) {
-				recycled++;
+			if (sw_recycle(w, j->id) == 0)
 				continue;
-			}
 			if (unlinkat(w->queuefd, j->id, 0) == -1 && errno != ENOENT)
 				log_err("event=queue_unlink_failed id=%s error=\"%s\"", j->id,
 				        strerror(errno));
@@ -491,7 +487,6 @@ static void *sw_main(void *arg)
 		 * deletions waits for the freed blocks to be trimmed (online
 		 * discard), which put removal far behind delivery.
 		 */
-		(void)recycled;
 
 		pthread_mutex_lock(&w->lock);
 		w->busy = 0;
