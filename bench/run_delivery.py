@@ -82,16 +82,7 @@ def combined(args, build):
     try:
         ctl = h.Ctl(build, pg.url)
         ctl.migrate()
-        if args.algorithm == "rsa":
-            t = h.setup_tenant(ctl)
-        else:
-            # The same kind of tenant, with its domain's keys of another algorithm.
-            name = h.unique_name()
-            ctl.tenant_create(name)
-            cred = ctl.credential_create(name)
-            ctl("domain", "add", name, name + ".example", "--operator-verified",
-                "--algorithm", args.algorithm)
-            t = h.Tenant(name, cred["username"], cred["secret"], name + ".example", cred)
+        t = h.setup_tenant(ctl, algorithm=args.algorithm)
         sink_port = h.free_port()
         sexe = os.path.join(work, "fastsink")
         h.run(["cc", "-O2", "-o", sexe, os.path.join(HERE, "sink", "fastsink.c")])

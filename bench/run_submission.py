@@ -232,16 +232,7 @@ def main():
         pg = h.Postgres()
         ctl = h.Ctl(args.build, pg.url)
         ctl.migrate()
-        if args.algorithm == "rsa":
-            tenant = h.setup_tenant(ctl)
-        else:
-            # The same tenant, with its domain's keys of another algorithm.
-            name = h.unique_name()
-            ctl.tenant_create(name)
-            cred = ctl.credential_create(name)
-            ctl("domain", "add", name, name + ".example", "--operator-verified",
-                "--algorithm", args.algorithm)
-            tenant = h.Tenant(name, cred["username"], cred["secret"], name + ".example", cred)
+        tenant = h.setup_tenant(ctl, algorithm=args.algorithm)
         cert = h.make_cert(os.path.join(work, "tls"))
         most = max([s[2] for s in IDLE]) + 200
         daemon = h.Daemon(args.build, pg, work, cert=cert, spool_dir=spool,

@@ -289,10 +289,12 @@ class Ctl:
     def credential_revoke(self, username):
         return self("credential", "revoke", username)
 
-    def domain_add(self, tenant, domain, operator_verified=False):
+    def domain_add(self, tenant, domain, operator_verified=False, algorithm=None):
         args = ["domain", "add", tenant, domain]
         if operator_verified:
             args.append("--operator-verified")
+        if algorithm:
+            args += ["--algorithm", algorithm]
         return self(*args)
 
     def queue_list(self):
@@ -322,9 +324,10 @@ class Tenant:
         return "Tenant(%s, %s, %s)" % (self.name, self.username, self.domain)
 
 
-def setup_tenant(ctl, name=None, domain=None, verified=True):
+def setup_tenant(ctl, name=None, domain=None, verified=True, algorithm=None):
     """Creates a tenant, a credential and a domain (operator-verified unless
-    verified=False). Returns a Tenant."""
+    verified=False; DKIM keys of the daemon's default algorithm unless
+    algorithm names one). Returns a Tenant."""
     name = name or unique_name()
     domain = domain or ("%s.example" % name)
     ctl.tenant_create(name)
@@ -332,7 +335,7 @@ def setup_tenant(ctl, name=None, domain=None, verified=True):
     if not isinstance(cred, dict) or "username" not in cred or "secret" not in cred:
         raise AssertionError("credential create --json gave %r, expected username and secret"
                              % (cred,))
-    ctl.domain_add(name, domain, operator_verified=verified)
+    ctl.domain_add(name, domain, operator_verified=verified, algorithm=algorithm)
     return Tenant(name, cred["username"], cred["secret"], domain, cred)
 
 
