@@ -1122,6 +1122,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 			return;
 		send_next(st);
 	}
+	/*
+	 * PQisBusy and PQgetResult parse whatever input is buffered, NOTIFYs
+	 * included: one that arrived behind a result is queued in libpq now,
+	 * and the socket may stay quiet for a long time. Take it here.
+	 */
+	if (st->conn)
+		handle_notifies(st);
 	if (st->conn && PQstatus(st->conn) == CONNECTION_BAD)
 		conn_drop(st, PQerrorMessage(st->conn));
 }
