@@ -42,11 +42,42 @@ def build_dir():
     return os.environ.get("SENDGATE_BUILD") or os.path.join(REPO, "build")
 
 
+def _port_pool():
+    """Ports below the kernel's ephemeral range, walked from a pid-based start.
+
+    Asking the kernel for port 0 and closing the socket hands back ephemeral
+    ports: two calls may return the same one (a daemon's submission and smtps
+    ports once did), and any outgoing connection may take it before the
+    daemon binds it. Ports outside that range are never picked by the kernel,
+    and each is handed out once per process."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    first, last = 10000, max(low - 1, 10999)
+    span = last - first + 1
+    start = (os.getpid() * 7919) % span
+    for i in range(span):
+        yield first + (start + i) % span
+
+
+_ports = _port_pool()
+_ports_lock = threading.Lock()
+
+
 def free_port():
-    """A TCP port free on 127.0.0.1 at the time of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1, never handed out before by this process."""
+    with _ports_lock:
+        for port in _ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free TCP port left below the ephemeral range")
 
 
 def eventually(fn, timeout=5.0, interval=0.1, what="condition"):
