@@ -126,26 +126,35 @@ struct qfile_info {
 	size_t valid_len;             /* the intact length, status segments included */
 	size_t file_len;              /* bytes read */
 	unsigned char digest[32];     /* the last END/SEGEND digest, to chain from */
+	unsigned char *image;         /* DQ_SCAN_KEEP: the file up to END, when it */
+	size_t image_len;             /* was read in one piece (dq_info_release) */
 };
+
+#define DQ_SCAN_HEADERS 0x1 /* m->message gets the header block */
+#define DQ_SCAN_KEEP 0x2    /* info->image: the checked bytes, for qbody_open */
 
 /*
  * Checks the queue file open on fd (framing, END digest, envelope, status
  * segments) in one pass through a QUEUE_BODY_CHUNK buffer, keeping only
  * the envelope, the header block and the segments: the body is hashed and
- * dropped. m gets the envelope and, when want_headers, the header block as
- * m->message; *st the recipients' status (malloc'd). Both are the caller's
- * (queue_msg_free, free); fd stays open and is the caller's. 0, or -1 with
- * err (m and *st then empty).
+ * dropped. m gets the envelope and, with DQ_SCAN_HEADERS, the header block
+ * as m->message; *st the recipients' status (malloc'd). Both are the
+ * caller's (queue_msg_free, free); fd stays open and is the caller's. With
+ * DQ_SCAN_KEEP a file read in one piece is kept as info->image, which
+ * qbody_open takes over (else dq_info_release). 0, or -1 with err (m, *st
+ * and info->image then empty).
  */
-int dq_scan_file(int fd, struct queue_msg *m, int want_headers, struct queue_rcpt_status **st,
+int dq_scan_file(int fd, struct queue_msg *m, int flags, struct queue_rcpt_status **st,
                  struct qfile_info *info, char *err, size_t errlen);
+void dq_info_release(struct qfile_info *info);
 
 struct qbody;
 /*
  * Reads the body of the file on fd (taken over), checked by dq_scan_file
- * into info, again from the start, for sending. Freed by qbody_close.
+ * into info, again from the start, for sending; or, when info->image is
+ * set, from that (taken over; fd is closed at once). Freed by qbody_close.
  */
-struct qbody *qbody_open(int fd, const struct qfile_info *info);
+struct qbody *qbody_open(int fd, struct qfile_info *info);
 /*
  * The next piece of body (at most QUEUE_BODY_CHUNK bytes, in the reader's
  * buffer until the next call): 1 with *p and *n set; 0 at the end, once

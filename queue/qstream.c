@@ -6,9 +6,15 @@
  * segments. The body is then read again record by record while it is sent
  * (qbody_next), hashed again, and a file whose bytes changed since the
  * check is reported at its END, before the caller sends the final dot.
+ *
+ * A file that the check read in one piece (at most QUEUE_BODY_CHUNK bytes,
+ * which is most mail) is not read twice: the check's buffer is kept
+ * (DQ_SCAN_KEEP) and the body is sent from it, the very bytes whose digest
+ * was just checked.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,17 +35,30 @@ struct qcursor {
 	size_t pos, len; /* unread bytes are buf[pos..len) */
 	size_t off;      /* file offset of buf[pos] */
 	size_t rd;       /* file offset of buf[len]: where the next pread starts */
+	unsigned fills;  /* preads that returned bytes: 1 means buf holds all read */
 	EVP_MD_CTX *md;  /* hashes what is taken with hash set */
 	char err[128];
 };
 
+static EVP_MD *sha256_md;
+
+static void sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 static void cur_init(struct qcursor *c, int fd)
 {
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	/* Fetched once: EVP_sha256() would look the implementation up in
+	 * OpenSSL's provider store (under a lock) at every file. */
+	pthread_once(&once, sha256_fetch);
 	memset(c, 0, sizeof(*c));
 	c->fd = fd;
 	c->buf = xmalloc(QUEUE_BODY_CHUNK);
 	c->md = EVP_MD_CTX_new();
-	if (c->md == NULL || EVP_DigestInit_ex(c->md, EVP_sha256(), NULL) != 1)
+	if (sha256_md == NULL || c->md == NULL || EVP_DigestInit_ex(c->md, sha256_md, NULL) != 1)
 		abort();
 }
 
@@ -68,6 +87,8 @@ static int cur_fill(struct qcursor *c)
 	}
 	c->len = (size_t)r;
 	c->rd += (size_t)r;
+	if (r > 0)
+		c->fills++;
 	return r > 0;
 }
 
@@ -124,8 +145,8 @@ static uint32_t get32(const unsigned char *p)
  * after it (the status segments), and info's end_off, end_digest,
  * body_len and file_len are set. 0, or -1 with err.
  */
-static int scan_records(int fd, struct buf *small, struct qfile_info *info, char *err,
-                        size_t errlen)
+static int scan_records(int fd, struct buf *small, struct qfile_info *info, int keep,
+                        char *err, size_t errlen)
 {
 	struct qcursor c;
 	struct stat sb;
@@ -232,6 +253,12 @@ static int scan_records(int fd, struct buf *small, struct qfile_info *info, char
 			abort();
 	}
 	info->file_len = c.off;
+	if (keep && c.fills == 1) {
+		/* One pread read it all: buf[0..rd) is the file as checked. */
+		info->image = c.buf;
+		info->image_len = info->end_off + QREC_HDR_LEN + sizeof(info->end_digest);
+		c.buf = NULL;
+	}
 	rc = 0;
 	goto out;
 truncated:
@@ -245,7 +272,7 @@ out:
 	return rc;
 }
 
-int dq_scan_file(int fd, struct queue_msg *m, int want_headers, struct queue_rcpt_status **st,
+int dq_scan_file(int fd, struct queue_msg *m, int flags, struct queue_rcpt_status **st,
                  struct qfile_info *info, char *err, size_t errlen)
 {
 	struct buf small;
@@ -257,7 +284,7 @@ int dq_scan_file(int fd, struct queue_msg *m, int want_headers, struct queue_rcp
 	memset(m, 0, sizeof(*m));
 	memset(info, 0, sizeof(*info));
 	buf_init(&small, (size_t)-1);
-	if (scan_records(fd, &small, info, err, errlen) == -1)
+	if (scan_records(fd, &small, info, flags & DQ_SCAN_KEEP, err, errlen) == -1)
 		goto out;
 	/*
 	 * small is the file without its BODY records: a valid image of a
@@ -276,8 +303,8 @@ int dq_scan_file(int fd, struct queue_msg *m, int want_headers, struct queue_rcp
 	}
 	sha256(small.data, end_small, sum);
 	memcpy(small.data + end_small + QREC_HDR_LEN, sum, sizeof(sum));
-	if (queue_msg_parse((unsigned char *)small.data, small.len, m, want_headers, err, errlen) ==
-	    -1)
+	if (queue_msg_parse((unsigned char *)small.data, small.len, m, flags & DQ_SCAN_HEADERS,
+	                    err, errlen) == -1)
 		goto out;
 	memcpy(small.data + end_small + QREC_HDR_LEN, info->end_digest, sizeof(sum));
 	*st = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(**st));
@@ -294,15 +321,25 @@ out:
 		free(*st);
 		*st = NULL;
 		queue_msg_free(m);
+		dq_info_release(info);
 	}
 	buf_free(&small);
 	return rc;
+}
+
+void dq_info_release(struct qfile_info *info)
+{
+	free(info->image);
+	info->image = NULL;
+	info->image_len = 0;
 }
 
 /* ---- the body, while it is sent ---------------------------------------- */
 
 struct qbody {
 	struct qcursor c;
+	unsigned char *image;     /* the checked file up to END, or NULL: read fd */
+	size_t ipos;              /* in image: the next record */
 	size_t end_off;           /* where END was when the file was checked */
 	unsigned char digest[32]; /* and its digest */
 	int type;                 /* of the record being read */
@@ -310,20 +347,48 @@ struct qbody {
 	int done;
 };
 
-struct qbody *qbody_open(int fd, const struct qfile_info *info)
+struct qbody *qbody_open(int fd, struct qfile_info *info)
 {
 	struct qbody *b = xcalloc(1, sizeof(*b));
 
+	if (info->image != NULL) {
+		b->image = info->image;
+		b->end_off = info->end_off;
+		info->image = NULL;
+		info->image_len = 0;
+		close(fd);
+		b->c.fd = -1;
+		return b;
+	}
 	cur_init(&b->c, fd);
 	b->end_off = info->end_off;
 	memcpy(b->digest, info->end_digest, sizeof(b->digest));
 	return b;
 }
 
+/* The body from the kept image, framed and checked by dq_scan_file. */
+static int image_next(struct qbody *b, const char **p, size_t *n)
+{
+	while (b->ipos < b->end_off) {
+		const unsigned char *h = b->image + b->ipos;
+		size_t len = get32(h + 1);
+
+		b->ipos += QREC_HDR_LEN + len;
+		if (h[0] == QREC_BODY && len > 0) {
+			*p = (const char *)h + QREC_HDR_LEN;
+			*n = len;
+			return 1;
+		}
+	}
+	return 0;
+}
+
 int qbody_next(struct qbody *b, const char **p, size_t *n, char *err, size_t errlen)
 {
 	unsigned char h[QREC_HDR_LEN];
 
+	if (b->image != NULL)
+		return image_next(b, p, n);
 	for (;;) {
 		if (b->rem > 0) {
 			const unsigned char *d;
@@ -371,7 +436,9 @@ void qbody_close(struct qbody *b)
 {
 	if (b == NULL)
 		return;
-	close(b->c.fd);
+	if (b->c.fd != -1)
+		close(b->c.fd);
 	cur_free(&b->c);
+	free(b->image);
 	free(b);
 }

@@ -903,13 +903,16 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		/*
 		 * The whole file is checked now (a damaged one is never half
 		 * sent), keeping the header block; the body is read again while
-		 * DATA goes (qbody_next), so memory does not grow with its size.
+		 * DATA goes (qbody_next), so memory does not grow with its size,
+		 * unless the check read the file in one piece: then it goes out
+		 * from that piece.
 		 */
 		fd = openat(s->queuefd, m->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		if (fd == -1)
 			snprintf(err, sizeof(err), "open: %s", strerror(errno));
 		else
-			rc = dq_scan_file(fd, &qm, 1, &st, &info, err, sizeof(err));
+			rc = dq_scan_file(fd, &qm, DQ_SCAN_HEADERS | DQ_SCAN_KEEP, &st, &info, err,
+			                  sizeof(err));
 		free(st);
 		if (rc == -1) {
 			if (fd != -1)

@@ -337,6 +337,84 @@ static void test_scan_damaged(void **state)
 	buf_free(&img);
 }
 
+/*
+ * A file read in one piece (DQ_SCAN_KEEP): the body goes out from the
+ * checked bytes, so it is the same as read from the file, no pread follows,
+ * and a change to the file after the check changes nothing that is sent.
+ */
+static void test_scan_keep_small(void **state)
+{
+	const char body[] = "first line\r\n.dot line\r\nlast\r\n";
+	char path[64], err[256];
+	struct queue_msg m;
+	struct queue_rcpt_status *st;
+	struct qfile_info info;
+	struct buf img, got;
+	int fd;
+
+	make_file(&img, body, strlen(body), 7); /* several BODY records */
+	fd = write_tmp(&img, path);
+	assert_int_equal(
+	    dq_scan_file(fd, &m, DQ_SCAN_HEADERS | DQ_SCAN_KEEP, &st, &info, err, sizeof(err)), 0);
+	assert_non_null(info.image);
+	assert_int_equal(info.image_len, info.end_off + QREC_HDR_LEN + 32);
+	assert_memory_equal(info.image, img.data, info.image_len);
+	queue_msg_free(&m);
+	free(st);
+	{
+		struct qbody *b = qbody_open(dup(fd), &info);
+		char x = 'Z';
+		assert_null(info.image); /* taken over */
+		/* Scribbled over after the check: what goes out is what was checked. */
+		assert_int_equal(pwrite(fd, &x, 1, 10), 1);
+		assert_int_equal(read_body(b, &got), 0);
+		assert_int_equal(got.len, strlen(body));
+		assert_memory_equal(got.data, body, got.len);
+		buf_free(&got);
+		qbody_close(b);
+	}
+	/* Checked again, the change is seen, and a failed check keeps nothing. */
+	assert_int_equal(dq_scan_file(fd, &m, DQ_SCAN_KEEP, &st, &info, err, sizeof(err)), -1);
+	assert_null(info.image);
+	close(fd);
+	unlink(path);
+	buf_free(&img);
+}
+
+/* A file larger than one read is streamed from the file, never kept. */
+static void test_scan_keep_large(void **state)
+{
+	size_t blen = QUEUE_BODY_CHUNK + 100, i;
+	char *body = malloc(blen), path[64], err[256];
+	struct queue_msg m;
+	struct queue_rcpt_status *st;
+	struct qfile_info info;
+	struct buf img, got;
+	int fd;
+
+	for (i = 0; i < blen; i++)
+		body[i] = i % 70 == 69 ? '\n' : 'k';
+	make_file(&img, body, blen, QUEUE_BODY_CHUNK);
+	fd = write_tmp(&img, path);
+	assert_int_equal(
+	    dq_scan_file(fd, &m, DQ_SCAN_HEADERS | DQ_SCAN_KEEP, &st, &info, err, sizeof(err)), 0);
+	assert_null(info.image);
+	queue_msg_free(&m);
+	free(st);
+	{
+		struct qbody *b = qbody_open(dup(fd), &info);
+		assert_int_equal(read_body(b, &got), 0);
+		assert_int_equal(got.len, blen);
+		assert_memory_equal(got.data, body, blen);
+		buf_free(&got);
+		qbody_close(b);
+	}
+	close(fd);
+	unlink(path);
+	buf_free(&img);
+	free(body);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -344,6 +422,7 @@ int main(void)
 	    cmocka_unit_test(test_split_crlf),           cmocka_unit_test(test_split_bare_cr_lf),
 	    cmocka_unit_test(test_no_final_crlf),        cmocka_unit_test(test_random_splits),
 	    cmocka_unit_test(test_scan_and_body),        cmocka_unit_test(test_scan_damaged),
+	    cmocka_unit_test(test_scan_keep_small),      cmocka_unit_test(test_scan_keep_large),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
