@@ -103,9 +103,11 @@ extern const char *const dkim_default_headers[];
 int dkim_sign(const struct dkim_key *k, const struct dkim_sign_params *p, const char *hdr,
 	      size_t hlen, const unsigned char bh[32], struct buf *out, char *err, size_t errlen);
 /*
- * 1: this thread keeps RSA signing contexts between dkim_sign calls (a few
- * keys' worth); 0: frees them. Long-lived signing threads turn it on at
- * start and off before they exit.
+ * 1: this thread keeps an RSA signing context on each key it signs with,
+ * for its next signatures with that key (at most 16 threads at a time;
+ * more sign without); 0: it stops. Long-lived signing threads turn it on
+ * at start and off before they exit. The contexts go with their key
+ * (dkim_key_free).
  */
 void dkim_sign_thread_cache(int on);
 

@@ -11,15 +11,20 @@
 
 #include "dkim/dkim.h"
 
+/* Signing threads that can keep RSA contexts on a key (sign.c). */
+#define DKIM_CTX_THREADS 16
+
 /*
  * A parsed key. The EVP_PKEY is read-only after construction, so worker
- * threads sign with it concurrently, each with its own EVP_PKEY_CTX.
+ * threads sign with it concurrently, each with its own EVP_PKEY_CTX:
+ * made per signature, or kept in tctx[] at the index the signing thread
+ * holds (dkim_sign_thread_cache), which only that thread touches.
  */
 struct dkim_key {
 	EVP_PKEY *pkey;
 	enum dkim_alg alg;
 	int bits;
-	uint64_t serial; /* unique per key made in this process (sign.c's thread cache) */
+	EVP_PKEY_CTX *tctx[DKIM_CTX_THREADS];
 };
 
 /* Writes "OpenSSL says X" style detail after prefix into err; clears the queue. */

@@ -34,8 +34,6 @@ void dkim_ssl_error(char *err, size_t errlen, const char *prefix)
 	ERR_clear_error();
 }
 
-static uint64_t next_serial;
-
 /* Wraps pkey (taking ownership) after checking it is a key DKIM can use. */
 static struct dkim_key *key_wrap(EVP_PKEY *pkey, char *err, size_t errlen)
 {
@@ -63,7 +61,6 @@ static struct dkim_key *key_wrap(EVP_PKEY *pkey, char *err, size_t errlen)
 	k->pkey = pkey;
 	k->alg = alg;
 	k->bits = bits;
-	k->serial = __atomic_add_fetch(&next_serial, 1, __ATOMIC_RELAXED);
 	return k;
 fail:
 	EVP_PKEY_free(pkey);
@@ -229,8 +226,12 @@ int dkim_key_dns_record(const struct dkim_key *k, struct buf *out)
 
 void dkim_key_free(struct dkim_key *k)
 {
+	int i;
+
 	if (k == NULL)
 		return;
+	for (i = 0; i < DKIM_CTX_THREADS; i++)
+		EVP_PKEY_CTX_free(k->tctx[i]);
 	EVP_PKEY_free(k->pkey);
 	free(k);
 }

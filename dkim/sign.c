@@ -198,31 +198,39 @@ fail:
 
 /*
  * Per-thread RSA signing contexts, for threads that sign all day (the
- * daemon's signers) and opt in with dkim_sign_thread_cache(1). Each holds
- * its own copy of the key, so OpenSSL's RSA blinding state is the thread's
- * own instead of one shared, locked one, and the context is set up once
- * instead of per signature: 5-10 % more signatures per second on two
- * threads. Keys are matched by serial, never by address, so a freed key's
- * slot can only go stale, not be mistaken for a new key at that address.
+ * daemon's signers) and opt in with dkim_sign_thread_cache(1). A thread
+ * takes an index in tl_used and keeps, on each key it signs with, a
+ * context in that key's tctx[index] over its own copy of the key: OpenSSL's
+ * RSA blinding state is then the thread's own instead of one shared,
+ * locked one, and the context is set up once per key instead of per
+ * signature (5-10 % more signatures per second on two threads). Kept on
+ * the key, not in a per-thread table, so that any number of tenants' keys
+ * stay warm: the first signature with a key costs a copy of it (about
+ * twice a signature), every later one nothing. An index given back may be
+ * taken by a later thread; the contexts it finds are still only its own.
  */
-#define TL_SLOTS 4
-static __thread struct {
-	uint64_t serial;
-	EVP_PKEY_CTX *ctx;
-} tl_slots[TL_SLOTS];
-static __thread int tl_on, tl_next;
+static unsigned tl_used; /* bit i: index i is held by a thread */
+static __thread int tl_index = -1;
 
 void dkim_sign_thread_cache(int on)
 {
-	int i;
-
-	if (!on)
-		for (i = 0; i < TL_SLOTS; i++) {
-			EVP_PKEY_CTX_free(tl_slots[i].ctx);
-			tl_slots[i].ctx = NULL;
-			tl_slots[i].serial = 0;
+	if (on && tl_index < 0) {
+		unsigned cur = __atomic_load_n(&tl_used, __ATOMIC_RELAXED);
+		int i;
+		for (i = 0; i < DKIM_CTX_THREADS; i++) {
+			if (cur & (1u << i))
+				continue;
+			if (__atomic_compare_exchange_n(&tl_used, &cur, cur | (1u << i), 0,
+							__ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+				tl_index = i;
+				return;
+			}
+			i = -1; /* cur was reloaded: start over */
 		}
-	tl_on = on;
+	} else if (!on && tl_index >= 0) {
+		__atomic_and_fetch(&tl_used, ~(1u << tl_index), __ATOMIC_ACQ_REL);
+		tl_index = -1;
+	}
 }
 
 /* A fresh RSA signing context (PKCS#1 v1.5, SHA-256) over pkey; NULL on error. */
@@ -239,29 +247,21 @@ static EVP_PKEY_CTX *rsa_sign_ctx(EVP_PKEY *pkey)
 	return c;
 }
 
-/* This thread's cached context for k (made on first use), or NULL. */
+/* This thread's kept context on k (made on first use), or NULL. */
 static EVP_PKEY_CTX *tl_ctx(const struct dkim_key *k)
 {
+	/* tctx[tl_index] is this thread's alone: writing it is no data race. */
+	EVP_PKEY_CTX **slot = (EVP_PKEY_CTX **)&k->tctx[tl_index];
 	EVP_PKEY *dup;
-	EVP_PKEY_CTX *c;
-	int i;
 
-	for (i = 0; i < TL_SLOTS; i++)
-		if (tl_slots[i].ctx != NULL && tl_slots[i].serial == k->serial)
-			return tl_slots[i].ctx;
+	if (*slot != NULL)
+		return *slot;
 	dup = EVP_PKEY_dup(k->pkey);
 	if (dup == NULL)
 		return NULL;
-	c = rsa_sign_ctx(dup);
+	*slot = rsa_sign_ctx(dup);
 	EVP_PKEY_free(dup); /* the context holds its own reference */
-	if (c == NULL)
-		return NULL;
-	i = tl_next;
-	tl_next = (tl_next + 1) % TL_SLOTS;
-	EVP_PKEY_CTX_free(tl_slots[i].ctx);
-	tl_slots[i].ctx = c;
-	tl_slots[i].serial = k->serial;
-	return c;
+	return *slot;
 }
 
 /*
@@ -280,7 +280,7 @@ static int sign_digest(const struct dkim_key *k, const unsigned char digest[32],
 	int rc = -1;
 
 	if (k->alg == DKIM_ALG_RSA_SHA256) {
-		EVP_PKEY_CTX *c = tl_on ? tl_ctx(k) : NULL;
+		EVP_PKEY_CTX *c = tl_index >= 0 ? tl_ctx(k) : NULL;
 		if (c == NULL)
 			c = pctx = rsa_sign_ctx(k->pkey); /* freed below */
 		if (c == NULL || EVP_PKEY_sign(c, NULL, &siglen, digest, 32) != 1)
