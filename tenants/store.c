@@ -71,7 +71,7 @@ static const struct cache_def {
     {C_KEYS, REQ_LOAD_KEYS, "dkim_keys"},
     {C_DOMAINS, REQ_LOAD_DOMAINS, "domains"},
 };
-#define NCACHES (int)(sizeof(caches) / sizeof(caches[0]))
+#define NCACHES (int)ARRAY_LEN(caches)
 
 /*
  * What a change to each table (the NOTIFY payload) makes stale. Credentials
@@ -108,7 +108,7 @@ struct req {
 	int64_t tenant_id;
 	unsigned char hash[32]; /* REQ_AUTH: SHA-256 of the offered secret */
 	unsigned cred_gen;	/* REQ_AUTH: st->cred_gen when asked */
-	struct timespec sent;	/* cache loads: when the query went out */
+	uint64_t sent_usec;	/* cache loads: when the query went out (now_usec) */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
 	char *p[4];	/* REQ_SUPPRESS parameters */
 };
@@ -345,6 +345,8 @@ static const char SQL_EVENTS[] =
     "SELECT e->>'type', (e->>'tenant_id')::bigint, e->>'message_id', e->'data' "
     "FROM jsonb_array_elements($1::jsonb) AS e";
 
+static void unknown_users_clear(struct store *st);
+
 static void load_creds(struct store *st, PGresult *res)
 {
 	struct hmap *m = hmap_new();
@@ -358,9 +360,7 @@ static void load_creds(struct store *st, PGresult *res)
 	hmap_free(st->creds, free);
 	st->creds = m;
 	st->creds_loaded = 1;
-	/* Whoever was unknown may exist now. */
-	hmap_free(st->unknown_users, NULL);
-	st->unknown_users = hmap_new();
+	unknown_users_clear(st); /* whoever was unknown may exist now */
 }
 
 static void load_domains(struct store *st, PGresult *res)
@@ -703,11 +703,11 @@ static int notify_caches(const char *payload)
 		if (*p == '\0')
 			break;
 		n = strcspn(p, ", \t");
-		for (i = 0; i < sizeof(notify_tables) / sizeof(notify_tables[0]); i++)
+		for (i = 0; i < ARRAY_LEN(notify_tables); i++)
 			if (strlen(notify_tables[i].table) == n &&
 			    memcmp(notify_tables[i].table, p, n) == 0)
 				break;
-		if (i == sizeof(notify_tables) / sizeof(notify_tables[0]))
+		if (i == ARRAY_LEN(notify_tables))
 			return C_ALL;
 		mask |= notify_tables[i].caches;
 		p += n;
@@ -766,15 +766,6 @@ static void reload_cb(evutil_socket_t fd, short what, void *arg)
 	reload_start(arg);
 }
 
-/* Milliseconds since t. */
-static long ms_since(const struct timespec *t)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
-}
-
 /* A load of the running batch is over (loaded, failed or dropped). */
 static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
 {
@@ -782,10 +773,10 @@ static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
 
 	if (ok && c->bit == C_KEYS)
 		log_info("event=cache_reload table=%s rows=%d ms=%ld key_errors=%d", c->name,
-			 PQntuples(res), ms_since(&r->sent), st->key_errors);
+			 PQntuples(res), (long)((now_usec() - r->sent_usec) / 1000), st->key_errors);
 	else if (ok)
 		log_info("event=cache_reload table=%s rows=%d ms=%ld", c->name, PQntuples(res),
-			 ms_since(&r->sent));
+			 (long)((now_usec() - r->sent_usec) / 1000));
 	/* A failed load keeps the cache as it was (the error is logged). */
 	if (st->reload_left > 0 && --st->reload_left == 0 && st->reload_want) {
 		struct timeval tv = {0, 5000};
@@ -793,14 +784,20 @@ static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
 	}
 }
 
-/* Forgets every unknown username: one of them may exist now. */
-static void unknown_users_clear(struct store *st)
+/* Empties the set of unknown usernames. */
+static void unknown_users_reset(struct store *st)
 {
-	st->cred_gen++;
 	if (hmap_count(st->unknown_users) == 0)
 		return;
 	hmap_free(st->unknown_users, NULL);
 	st->unknown_users = hmap_new();
+}
+
+/* Forgets every unknown username: one of them may exist now. */
+static void unknown_users_clear(struct store *st)
+{
+	st->cred_gen++;
+	unknown_users_reset(st);
 }
 
 static const char unknown_user = 1; /* the value of every unknown_users entry */
@@ -816,8 +813,7 @@ static void unknown_users_add(struct store *st, const char *user)
 		return;
 	if (hmap_count(st->unknown_users) >= UNKNOWN_USERS_MAX) {
 		log_info("event=auth_unknown_users_full count=%d action=cleared", UNKNOWN_USERS_MAX);
-		hmap_free(st->unknown_users, NULL);
-		st->unknown_users = hmap_new();
+		unknown_users_reset(st);
 	}
 	hmap_put(st->unknown_users, user, (void *)&unknown_user);
 }
@@ -1002,7 +998,7 @@ static void send_next(struct store *st)
 		st->tail = NULL;
 	if (cache_of(r->kind)) {
 		st->reload_sent |= cache_of(r->kind)->bit;
-		clock_gettime(CLOCK_MONOTONIC, &r->sent);
+		r->sent_usec = now_usec();
 	}
 	switch (r->kind) {
 	case REQ_LISTEN:
@@ -1411,9 +1407,8 @@ void store_auth(struct store *st, const char *user, const char *secret, store_au
 		return;
 	}
 	if (hmap_get(st->unknown_users, user)) {
-		/* Postgres said no lately: answer as fast as for a known name. */
-		static const unsigned char none[32];
-		(void)ct_equal(none, h, 32);
+		/* Postgres said no lately (the 250 ms floor on failed AUTH in
+		 * session.c hides how fast that answer is). */
 		cb(cookie, 0, NULL);
 		return;
 	}
