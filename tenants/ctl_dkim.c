@@ -154,40 +154,55 @@ out:
 }
 
 /*
+ * Appends pem sealed under mkey and bound to domain and selector, as a
+ * bytea literal ("\\x" and hex), to out. 0, or -1.
+ */
+static int seal_hex(const unsigned char mkey[32], const char *domain, const char *selector,
+                    const struct buf *pem, struct buf *out)
+{
+	struct buf aad, sealed;
+	char *hex;
+	int rc = -1;
+
+	buf_init(&aad, (size_t)-1);
+	buf_init(&sealed, (size_t)-1);
+	if (dkim_key_aad(domain, selector, &aad) == 0 &&
+	    dkim_seal(mkey, aad.data, aad.len, pem->data, pem->len, &sealed) == 0) {
+		hex = xmalloc(sealed.len * 2 + 1);
+		hex_encode((const unsigned char *)sealed.data, sealed.len, hex);
+		buf_puts(out, "\\x");
+		buf_puts(out, hex);
+		free(hex);
+		rc = 0;
+	}
+	buf_free(&aad);
+	buf_free(&sealed);
+	return rc;
+}
+
+/*
  * Seals k under mkey into nk (whose selector the caller sets), bound to
  * domain and nk->selector. 0 or -1 (printed).
  */
 static int newkey_fill(struct ctl_dkim_newkey *nk, struct dkim_key *k, const char *domain,
                        const unsigned char mkey[32])
 {
-	struct buf pem, sealed, aad;
-	char *hex;
+	struct buf pem;
 	int rc = -1;
 
 	buf_init(&pem, (size_t)-1);
-	buf_init(&sealed, (size_t)-1);
-	buf_init(&aad, (size_t)-1);
 	nk->bits = dkim_key_bits(k);
 	snprintf(nk->alg, sizeof(nk->alg), "%s",
 	         dkim_key_alg(k) == DKIM_ALG_ED25519_SHA256 ? "ed25519" : "rsa");
-	if (dkim_key_private_pem(k, &pem) == -1 || dkim_key_aad(domain, nk->selector, &aad) == -1 ||
-	    dkim_seal(mkey, aad.data, aad.len, pem.data, pem.len, &sealed) == -1 ||
-	    dkim_key_public_b64(k, &nk->public_b64) == -1) {
+	if (dkim_key_private_pem(k, &pem) == -1 ||
+	    seal_hex(mkey, domain, nk->selector, &pem, &nk->sealed_hex) == -1 ||
+	    dkim_key_public_b64(k, &nk->public_b64) == -1)
 		ctl_error("cannot seal the new DKIM key");
-		goto fail;
-	}
-	hex = xmalloc(sealed.len * 2 + 1);
-	hex_encode((const unsigned char *)sealed.data, sealed.len, hex);
-	buf_puts(&nk->sealed_hex, "\\x");
-	buf_puts(&nk->sealed_hex, hex);
-	free(hex);
-	rc = 0;
-fail:
+	else
+		rc = 0;
 	if (pem.data)
 		OPENSSL_cleanse(pem.data, pem.len);
 	buf_free(&pem);
-	buf_free(&sealed);
-	buf_free(&aad);
 	return rc;
 }
 
@@ -1173,32 +1188,20 @@ static int pem_matches_public(const struct buf *pem, const char *public_b64)
 static int reseal_row(struct ctl *c, const unsigned char mkey[32], const char *id,
                       const char *domain, const char *selector, const struct buf *pem)
 {
-	struct buf aad, sealed, hex;
+	struct buf hex;
 	const char *params[2];
 	PGresult *r = NULL;
-	char *h;
 
-	buf_init(&aad, (size_t)-1);
-	buf_init(&sealed, (size_t)-1);
 	buf_init(&hex, (size_t)-1);
-	if (dkim_key_aad(domain, selector, &aad) == -1 ||
-	    dkim_seal(mkey, aad.data, aad.len, pem->data, pem->len, &sealed) == -1) {
+	if (seal_hex(mkey, domain, selector, pem, &hex) == -1) {
 		ctl_error("cannot seal the DKIM key of %s selector %s", domain, selector);
-		goto out;
+	} else {
+		params[0] = id;
+		params[1] = hex.data;
+		r = ctl_exec(c, "storing the resealed DKIM key",
+		             "UPDATE dkim_keys SET private_sealed = $2::bytea WHERE id = $1", 2,
+		             params, NULL, NULL);
 	}
-	h = xmalloc(sealed.len * 2 + 1);
-	hex_encode((const unsigned char *)sealed.data, sealed.len, h);
-	buf_puts(&hex, "\\x");
-	buf_puts(&hex, h);
-	free(h);
-	params[0] = id;
-	params[1] = hex.data;
-	r = ctl_exec(c, "storing the resealed DKIM key",
-	             "UPDATE dkim_keys SET private_sealed = $2::bytea WHERE id = $1", 2, params,
-	             NULL, NULL);
-out:
-	buf_free(&aad);
-	buf_free(&sealed);
 	buf_free(&hex);
 	if (r == NULL)
 		return -1;
