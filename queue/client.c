@@ -810,16 +810,13 @@ static void conn_reply(struct dconn *c)
 			/* A reply before the end of the message: the server gave up on
 			 * it (a success there would be nonsense). The rest cannot be
 			 * sent, so this connection ends here. */
-			struct dtxn *t = c->txn;
 			if (r->code / 100 == 2)
-				set_reply(&t->data_reply, 451,
+				set_reply(&c->txn->data_reply, 451,
 				          "4.5.0 the server replied before the end of the message",
 				          DSTAGE_DATA);
 			c->streaming = 0;
-			c->txn = NULL;
-			c->ntxn++;
-			c->ops->done(c->arg, c, t);
-			conn_free(c);
+			/* Every reply is set: conn_fail only hands the transaction back. */
+			conn_fail(c, 451, "4.5.0 the server replied before the end of the message");
 			return;
 		}
 		set_read_timeout(c, c->env->command_timeout);

@@ -126,8 +126,8 @@ struct qfile_info {
 	size_t valid_len;             /* the intact length, status segments included */
 	size_t file_len;              /* bytes read */
 	unsigned char digest[32];     /* the last END/SEGEND digest, to chain from */
-	unsigned char *image;         /* DQ_SCAN_KEEP: the file up to END, when it */
-	size_t image_len;             /* was read in one piece (dq_info_release) */
+	unsigned char *image;         /* DQ_SCAN_KEEP: the file through END, when it
+	                                 was read in one piece (dq_info_release) */
 };
 
 #define DQ_SCAN_HEADERS 0x1 /* m->message gets the header block */

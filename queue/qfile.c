@@ -10,9 +10,6 @@
 
 #include "queue/spool_int.h"
 
-/* Files past this are not ours: the biggest message is far smaller. */
-#define QFILE_MAX_SIZE ((off_t)1 << 30)
-
 int queue_read_fileat(int dirfd, const char *name, struct queue_msg *m, int want_body, char *err,
                       size_t errlen)
 {
@@ -35,7 +32,7 @@ int queue_read_fileat(int dirfd, const char *name, struct queue_msg *m, int want
 		snprintf(err, errlen, "not a regular file");
 		goto out;
 	}
-	if (st.st_size > QFILE_MAX_SIZE) {
+	if (st.st_size > QUEUE_FILE_MAX) {
 		snprintf(err, errlen, "file too large (%lld bytes)", (long long)st.st_size);
 		goto out;
 	}

@@ -25,9 +25,6 @@
 
 #include "queue/deliver_int.h"
 
-/* Files past this are not ours (as in qfile.c). */
-#define QSTREAM_MAX_FILE ((off_t)1 << 30)
-
 /* A forward-only reader of one file with one QUEUE_BODY_CHUNK buffer. */
 struct qcursor {
 	int fd;
@@ -133,11 +130,6 @@ static int cur_copy(struct qcursor *c, void *dst, size_t n, int hash)
 	return 0;
 }
 
-static uint32_t get32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 /*
  * The sequential check. Every record but BODY is copied into *small (its
  * header and data, in file order); BODY data is hashed and dropped. On
@@ -158,7 +150,7 @@ static int scan_records(int fd, struct buf *small, struct qfile_info *info, int 
 		snprintf(err, errlen, "not a regular file");
 		return -1;
 	}
-	if (sb.st_size > QSTREAM_MAX_FILE) {
+	if (sb.st_size > QUEUE_FILE_MAX) {
 		snprintf(err, errlen, "file too large (%lld bytes)", (long long)sb.st_size);
 		return -1;
 	}
@@ -180,7 +172,7 @@ static int scan_records(int fd, struct buf *small, struct qfile_info *info, int 
 			goto out;
 		}
 		type = h[0];
-		len = get32(h + 1);
+		len = queue_rec_len(h);
 		if (len > QREC_MAX_LEN) {
 			snprintf(err, errlen,
 			         "record type %d at offset %zu claims %u bytes (max %u)", type,
@@ -256,7 +248,6 @@ static int scan_records(int fd, struct buf *small, struct qfile_info *info, int 
 	if (keep && c.fills == 1) {
 		/* One pread read it all: buf[0..rd) is the file as checked. */
 		info->image = c.buf;
-		info->image_len = info->end_off + QREC_HDR_LEN + sizeof(info->end_digest);
 		c.buf = NULL;
 	}
 	rc = 0;
@@ -298,7 +289,7 @@ int dq_scan_file(int fd, struct queue_msg *m, int flags, struct queue_rcpt_statu
 		/* Find END in small: its records are well framed up to END. */
 		size_t off = 0;
 		while ((unsigned char)small.data[off] != QREC_END)
-			off += QREC_HDR_LEN + get32((unsigned char *)small.data + off + 1);
+			off += QREC_HDR_LEN + queue_rec_len((unsigned char *)small.data + off);
 		end_small = off;
 	}
 	sha256(small.data, end_small, sum);
@@ -331,7 +322,6 @@ void dq_info_release(struct qfile_info *info)
 {
 	free(info->image);
 	info->image = NULL;
-	info->image_len = 0;
 }
 
 /* ---- the body, while it is sent ---------------------------------------- */
@@ -355,7 +345,6 @@ struct qbody *qbody_open(int fd, struct qfile_info *info)
 		b->image = info->image;
 		b->end_off = info->end_off;
 		info->image = NULL;
-		info->image_len = 0;
 		close(fd);
 		b->c.fd = -1;
 		return b;
@@ -371,7 +360,7 @@ static int image_next(struct qbody *b, const char **p, size_t *n)
 {
 	while (b->ipos < b->end_off) {
 		const unsigned char *h = b->image + b->ipos;
-		size_t len = get32(h + 1);
+		size_t len = queue_rec_len(h);
 
 		b->ipos += QREC_HDR_LEN + len;
 		if (h[0] == QREC_BODY && len > 0) {
@@ -410,7 +399,7 @@ int qbody_next(struct qbody *b, const char **p, size_t *n, char *err, size_t err
 		if (b->c.off - QREC_HDR_LEN == b->end_off) {
 			unsigned char want[32], sum[32];
 			unsigned int dlen = sizeof(sum);
-			if (h[0] != QREC_END || get32(h + 1) != 32 ||
+			if (h[0] != QREC_END || queue_rec_len(h) != 32 ||
 			    cur_copy(&b->c, want, sizeof(want), 0) == -1)
 				goto changed;
 			if (EVP_DigestFinal_ex(b->c.md, sum, &dlen) != 1)
@@ -424,7 +413,7 @@ int qbody_next(struct qbody *b, const char **p, size_t *n, char *err, size_t err
 		if (EVP_DigestUpdate(b->c.md, h, sizeof(h)) != 1)
 			abort();
 		b->type = h[0];
-		b->rem = get32(h + 1);
+		b->rem = queue_rec_len(h);
 	}
 changed:
 	snprintf(err, errlen, "queue file changed or unreadable since it was checked%s%s",

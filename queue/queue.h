@@ -71,9 +71,13 @@ enum queue_rec_type {
 #define QREC_MAX_LEN (64u << 20)
 #define QREC_FIRST_OPTIONAL 100      /* unknown types from here on are skipped */
 #define QUEUE_BODY_CHUNK (64u << 10) /* body bytes per BODY record */
+/* Files past this are not ours: the biggest message is far smaller. */
+#define QUEUE_FILE_MAX ((long long)1 << 30)
 
 /* Writes a record header for (type, len) into out[5]. */
 void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len);
+/* The length a record header h[5] gives. */
+uint32_t queue_rec_len(const unsigned char *h);
 
 /*
  * Walks a whole queue file image. Calls fn for each record before END and
@@ -174,6 +178,12 @@ struct spool *spool_open(struct event_base *base, const char *dir, int nthreads,
                          size_t errlen);
 /* Waits for in-flight commits, stops the threads, frees the spool. */
 void spool_close(struct spool *sp);
+/*
+ * 0: new messages never take files from free/ ([spool] reuse_max_age = 0,
+ * where the delivery side deletes delivered files), so free/ is not even
+ * listed. On by default.
+ */
+void spool_set_reuse(struct spool *sp, int on);
 /*
  * Number of messages in queue/: counted at open, kept up to date by
  * commits, and recounted at most once a second (the delivery process

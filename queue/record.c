@@ -19,6 +19,11 @@ void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len)
 	out[4] = (unsigned char)len;
 }
 
+uint32_t queue_rec_len(const unsigned char *h)
+{
+	return (uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 8 | (uint32_t)h[4];
+}
+
 int queue_rec_append(struct buf *out, int type, const void *data, size_t len)
 {
 	unsigned char h[QREC_HDR_LEN];
@@ -80,8 +85,7 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 			return -1;
 		}
 		type = p[off];
-		len = (uint32_t)p[off + 1] << 24 | (uint32_t)p[off + 2] << 16 |
-		      (uint32_t)p[off + 3] << 8 | (uint32_t)p[off + 4];
+		len = queue_rec_len(p + off);
 		if (len > QREC_MAX_LEN) {
 			snprintf(err, errlen,
 			         "record type %d at offset %zu claims %u bytes (max %u)", type, off,
@@ -147,8 +151,7 @@ int queue_rec_walk(const unsigned char *p, size_t n,
 	/* The image is known to be well framed up to end_off from here on. */
 	while (off < end_off) {
 		int type = p[off];
-		size_t len = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 |
-		             (size_t)p[off + 3] << 8 | (size_t)p[off + 4];
+		size_t len = queue_rec_len(p + off);
 
 		if (fn != NULL && fn(arg, type, p + off + QREC_HDR_LEN, len) != 0) {
 			snprintf(err, errlen, "record type %d at offset %zu rejected", type, off);

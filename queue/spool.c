@@ -386,11 +386,18 @@ static void spool_scan_free(struct spool *sp)
  * order, so that sync made every earlier move out of queue/ durable. Until
  * then new files are created, which only costs speed.
  */
+void spool_set_reuse(struct spool *sp, int on)
+{
+	sp->no_reuse = !on;
+}
+
 int spool_take_free(struct spool *sp, const char *id)
 {
 	struct stat st;
 	int synced;
 
+	if (sp->no_reuse)
+		return -1;
 	while (sp->nfree > 0 || now_usec() - sp->free_scanned_at >= FREE_RESCAN_USEC) {
 		const char *name;
 		int fd;

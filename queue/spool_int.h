@@ -38,7 +38,9 @@ struct spool {
 	struct spool_txn *pending, **pending_tail; /* committed, waiting for a thread */
 	struct spool_txn *done, **done_tail;       /* finished, waiting for the loop */
 	int stopping;
-	uint64_t commits, batches, reused;
+	uint64_t commits, batches;
+	uint64_t reused; /* loop thread only, as is no_reuse */
+	int no_reuse;    /* spool_set_reuse(sp, 0) */
 
 	pthread_t *threads;
 	int nthreads;

@@ -33,11 +33,6 @@ int queue_rcpt_state_final(int state)
 	return state == QRCPT_DELIVERED || state == QRCPT_BOUNCED || state == QRCPT_EXPIRED;
 }
 
-static uint32_t get32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 /* SHA-256 of prev (32 bytes) followed by n bytes of p. */
 static void chain_digest(const unsigned char prev[32], const unsigned char *p, size_t n,
                          unsigned char out[32])
@@ -108,7 +103,7 @@ int queue_status_parse(const unsigned char *p, size_t n, struct queue_rcpt_statu
 		if (n - off < QREC_HDR_LEN)
 			return -1;
 		type = p[off];
-		len = get32(p + off + 1);
+		len = queue_rec_len(p + off);
 		if (len > n - off - QREC_HDR_LEN)
 			return -1;
 		off += QREC_HDR_LEN + len;
@@ -124,7 +119,7 @@ int queue_status_parse(const unsigned char *p, size_t n, struct queue_rcpt_statu
 	/* Segments: apply each one only once its SEGEND checks. */
 	while (n - off >= QREC_HDR_LEN) {
 		int type = p[off];
-		uint32_t len = get32(p + off + 1);
+		uint32_t len = queue_rec_len(p + off);
 
 		if (len > n - off - QREC_HDR_LEN)
 			break;
@@ -139,7 +134,7 @@ int queue_status_parse(const unsigned char *p, size_t n, struct queue_rcpt_statu
 			break;
 		/* Intact: apply its records in order. */
 		for (size_t r = seg; r < off;) {
-			uint32_t rl = get32(p + r + 1);
+			uint32_t rl = queue_rec_len(p + r);
 			struct queue_rcpt_status s;
 			size_t idx;
 
@@ -315,26 +310,6 @@ static int dot_or_dotdot(const char *n)
 	return n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'));
 }
 
-/* Files in free/ (the daemon takes them from there as it receives mail). */
-static size_t count_free(int freefd)
-{
-	int fd = openat(freefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct dirent *de;
-	size_t n = 0;
-	DIR *d;
-
-	if (fd == -1 || (d = fdopendir(fd)) == NULL) {
-		log_warn("event=spool_free_unreadable error=\"%s\"", strerror(errno));
-		if (fd != -1)
-			close(fd);
-		return SIZE_MAX;
-	}
-	while ((de = readdir(d)) != NULL)
-		n += !dot_or_dotdot(de->d_name);
-	closedir(d);
-	return n;
-}
-
 /*
  * Moves a finished file to free/ for the daemon to reuse for a new message
  * (spool_take_free) instead of deleting it, while free/ holds fewer than
@@ -343,6 +318,8 @@ static size_t count_free(int freefd)
  * once one of its own syncs of queue/ has made the move durable (see
  * spool_take_free). 0 when moved; -1 when the caller should delete it.
  */
+static void sweep_free(struct status_writer *w);
+
 static int sw_recycle(struct status_writer *w, const char *id)
 {
 	struct stat st;
@@ -350,8 +327,10 @@ static int sw_recycle(struct status_writer *w, const char *id)
 	if (w->freefd == -1 || w->max_age == 0)
 		return -1;
 	if (w->nfree >= QUEUE_FREE_MAX && now_usec() - w->free_counted >= 1000000) {
-		w->nfree = count_free(w->freefd);
+		/* Full as last counted: count again (the daemon takes files),
+		 * deleting what is past max_age while at it. */
 		w->free_counted = now_usec();
+		sweep_free(w);
 	}
 	if (w->nfree >= QUEUE_FREE_MAX)
 		return -1;
@@ -537,11 +516,8 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd, in
 	w->base = base;
 	w->queuefd = queuefd;
 	w->max_age = reuse_max_age;
+	/* nfree is counted by the first sweep, before any job runs (sw_main). */
 	w->freefd = openat(queuefd, "../free", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (w->freefd != -1) {
-		w->nfree = count_free(w->freefd);
-		w->free_counted = now_usec();
-	}
 	w->removed = removed;
 	w->arg = arg;
 	w->todo_tail = &w->todo;

@@ -571,6 +571,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	srv.spool = spool_open(srv.base, cfg->spool_dir, cfg->commit_threads, err, sizeof(err));
 	if (srv.spool == NULL)
 		fatal("event=start_failed error=\"spool %s: %s\"", cfg->spool_dir, err);
+	spool_set_reuse(srv.spool, cfg->spool_reuse_max_age > 0);
 	srv.nslots = (uint32_t)cfg->max_connections + 1;
 	if (srv.nslots > (1u << SLOT_BITS))
 		srv.nslots = 1u << SLOT_BITS;

@@ -72,6 +72,7 @@ class Sink:
         self.greeting = None
         self.stall = False
         self.stall_data = False
+        self.early_reply = None  # reply this after the first DATA bytes, then read no more
         self.drop = False
         self.starttls = cert is not None
         self.pipelining = True
@@ -322,6 +323,12 @@ class Sink:
                     continue
                 reply("354 go ahead")
                 await flush()
+                if self.early_reply:
+                    await reader.read(4096)
+                    reply(self.early_reply)
+                    await flush()
+                    await asyncio.sleep(60)  # the client must hang up, not finish
+                    return
                 # The whole message at once (a line at a time is too slow for
                 # benchmarks): up to CRLF "." CRLF, then undo dot-stuffing.
                 first = await reader.readexactly(3)

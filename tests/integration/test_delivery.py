@@ -448,7 +448,8 @@ def test_delivered_files_are_reused_then_swept(denv, tenant):
     [spool] reuse_max_age."""
     sink = denv.sink("127.0.0.44")
     denv.mx("reuse.test", (10, "mx.reuse.test", "127.0.0.44"))
-    d = denv.start(spool__reuse_max_age="6s")
+    # Long enough that q1 is still in free/ when q3 comes, also under ASan.
+    d = denv.start(spool__reuse_max_age="%ds" % int(6 * h.SLOW))
     free = os.path.join(d.spool_dir, "free")
     long_line = "x" * 70 + "\r\n"
     q1 = submit(d, tenant, ["a@reuse.test"], body=long_line * 200, subject="first")
@@ -479,6 +480,25 @@ def test_reuse_off_deletes_delivered_files(denv, tenant):
     sink.wait_for(1)
     h.eventually(lambda: d.queue_ids() == [], what="empty queue")
     assert os.listdir(os.path.join(d.spool_dir, "free")) == []
+
+
+def test_reuse_off_never_takes_from_free(denv, tenant):
+    """With reuse off the daemon does not even look in free/: a file there,
+    which it would take for the second message were reuse on, stays."""
+    sink = denv.sink("127.0.0.46")
+    denv.mx("noreuse2.test", (10, "mx.noreuse2.test", "127.0.0.46"))
+    d = denv.start(spool__reuse_max_age="0")
+    planted = os.path.join(d.spool_dir, "free", "1J0S5KJANQLURGB6LRI1")
+    with open(planted, "wb") as f:
+        f.write(b"x" * 100)
+    h.run(["chown", "%s:" % h.DAEMON_USER, planted], check=False)
+    ino = os.stat(planted).st_ino
+    submit(d, tenant, ["a@noreuse2.test"], subject="first")
+    submit(d, tenant, ["b@noreuse2.test"], subject="second")
+    sink.wait_for(2)
+    h.eventually(lambda: d.queue_ids() == [], what="empty queue")
+    assert os.listdir(os.path.join(d.spool_dir, "free")) == [os.path.basename(planted)]
+    assert os.stat(planted).st_ino == ino
 
 
 def _threads_sched(pid):

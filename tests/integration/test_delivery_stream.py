@@ -77,6 +77,23 @@ def submit_raw(daemon, tenant, rcpt, body, subject):
         c.close()
 
 
+def test_reply_before_the_end_defers(denv, tenant):
+    """A server that answers while the message is still going out (here a
+    nonsensical 250 after the first bytes, then it stops reading): the
+    client stops sending, hangs up without the final dot, and the
+    recipient is deferred, never counted as delivered."""
+    sink = denv.sink("127.0.0.42", early_reply="250 2.0.0 ok already")
+    denv.mx("early.test", (10, "mx.early.test", "127.0.0.42"))
+    d = denv.start(max_message_size="64M", delivery__retry_first="1h")
+    body = body_lines(16 * MB, 3)  # far more than the socket buffers hold
+    qid, _ = submit_raw(d, tenant, "a@early.test", body, "early")
+    ev = denv.wait_events(qid, "message.deferred", timeout=60)
+    assert "before the end of the message" in ev[0][2]["reply"], ev
+    assert denv.events(qid, "message.delivered") == []
+    assert sink.count == 0
+    assert d.queue_ids() == [qid]
+
+
 def check_delivered(msg, head, body, dns):
     """msg.data is the signed message: our header lines among the added
     ones, then the body byte for byte; every DKIM signature verifies."""
