@@ -406,3 +406,14 @@ def test_idle_mode_tls_and_auth(sink):
 
 if __name__ == "__main__":
     sys.exit(pytest.main(["-q", __file__]))
+
+
+def test_sign_cycles_over_keys():
+    """sendgate-bench sign -k N signs with N keys in turn, each signature made."""
+    r = subprocess.run([EXE, "sign", "--alg", "ed25519", "-t", "2", "-n", "30", "-k", "3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    fields = dict(kv.split("=", 1) for kv in r.stdout.split())
+    assert fields["keys"] == "3" and fields["signatures"] == "30" and fields["threads"] == "2"
+    bad = subprocess.run([EXE, "sign", "-k", "0"], capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 2 and "-k 1..1000" in bad.stderr

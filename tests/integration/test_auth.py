@@ -461,7 +461,8 @@ def test_failed_auth_third_failure_421_waits_too(daemon_factory, tenant):
 def test_disconnect_during_auth_delay(daemon_factory, tenant, how):
     """A client gone before the held-back 535: the session ends (its timer
     with it), the failure still counts, the daemon serves the next client."""
-    d = daemon_factory()
+    # One failure locks the address out: that shows the failure counted.
+    d = daemon_factory(auth_max_failures=1, auth_fail_delay="120s")
     c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.30")
     c.ehlo()
     tok = base64.b64encode(b"\0" + tenant.username.encode() + b"\0" + b"wrong").decode()
@@ -474,6 +475,11 @@ def test_disconnect_during_auth_delay(daemon_factory, tenant, how):
                  timeout=5 * h.SLOW, what="the abandoned session to end")
     assert re.search(r"event=auth client=127\.0\.2\.30\S* user=\S+ result=failed failures=1",
                      d.log_text()), "the failure was not counted"
+    # Counted for the address, not only logged: its next connection waits.
+    c = h.SMTPClient.connect(d.submission_port, read_greeting=False, source="127.0.2.30")
+    rs, closed = c.pending_replies(quiet=1)
+    assert rs == [] and not closed, "greeted at once after a failed AUTH: %r" % rs
+    c.close()
     assert d.alive()
     c = h.SMTPClient.connect(d.smtps_port, tls=True, source="127.0.2.31")
     c.login(tenant)

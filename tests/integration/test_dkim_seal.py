@@ -16,6 +16,8 @@ checked here with the cryptography module, independently of seal.c.
 
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -250,3 +252,38 @@ def test_reseal_usage(ctl):
     r = ctl.raw("dkim", "reseal", "extra")
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "dkim reseal" in r.stderr
+
+
+def _wrong_master_key():
+    """A readable master key file that is not the one the keys are sealed with."""
+    d = tempfile.mkdtemp(prefix="sgmk-wrong-", dir="/tmp")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "wrong.key")
+    with open(path, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_wrong_master_key_stops_start_and_sealing(build, pg, daemon_factory, doms):
+    """With a master key that opens none of the stored DKIM keys the daemon
+    refuses to start (naming the file), and sendgatectl refuses to seal new
+    keys under it (they would not match the ones already stored)."""
+    wrong = _wrong_master_key()
+    try:
+        d = daemon_factory(start=False, dkim__master_key_file=wrong)
+        with pytest.raises(h.DaemonDied) as ei:
+            d.start()
+        text = str(ei.value)
+        assert "wrong master key" in text and wrong in text, text[-2000:]
+
+        cfg = os.path.join(os.path.dirname(wrong), "ctl.conf")
+        with open(cfg, "w") as f:
+            f.write("[database]\nurl = %s\n[dkim]\nmaster_key_file = %s\n" % (pg.url, wrong))
+        other = h.Ctl(build, pg.url, config=cfg)
+        r = other.raw("domain", "add", doms.tenant.name, "new.%s" % doms.a, json_out=False)
+        assert r.returncode != 0, r.stdout
+        assert "does not open the DKIM keys already in the database" in r.stderr, r.stderr
+        assert wrong in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(os.path.dirname(wrong), ignore_errors=True)

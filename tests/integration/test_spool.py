@@ -190,9 +190,16 @@ def test_start_removes_temp_files_and_quarantines_damaged(daemon_factory, tenant
     stray = os.path.join(d.spool_dir, "tmp", "leftover-from-crash")
     with open(stray, "wb") as f:
         f.write(b"\x01\x00\x00\x00\x0bSENDGATE-Q1partial")
+    # A delivered file kept for reuse (free/ holds delivered mail, which
+    # must not outlive a restart: nothing knows how old it is).
+    os.makedirs(os.path.join(d.spool_dir, "free"), exist_ok=True)
+    kept = os.path.join(d.spool_dir, "free", "1J0S5KJANQLURGB6LRI1")
+    with open(kept, "wb") as f:
+        f.write(b"\x01\x00\x00\x00\x0bSENDGATE-Q1delivered")
     d.start()
     assert not os.path.exists(stray), "temp file survived start"
     assert os.listdir(os.path.join(d.spool_dir, "tmp")) == []
+    assert os.listdir(os.path.join(d.spool_dir, "free")) == [], "free/ not emptied at start"
     assert d.queue_ids() == [good], d.queue_ids()
     qdir = os.path.join(d.spool_dir, "quarantine")
     assert os.path.isdir(qdir) and any(bad in n for n in os.listdir(qdir)), \
