@@ -414,7 +414,7 @@ static void *sw_main(void *arg)
 				pthread_cond_wait(&w->cond, &w->lock);
 				continue;
 			}
-			clock_gettime(CLOCK_REALTIME, &until);
+			clock_gettime(CLOCK_MONOTONIC, &until); /* the cond's clock */
 			until.tv_sec += sweep_interval(w);
 			if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT)
 				break; /* sweep below, then wait again */
@@ -523,7 +523,15 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd, in
 	w->todo_tail = &w->todo;
 	w->done_tail = &w->done;
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_cond_init(&w->cond, NULL);
+	{
+		/* Timed waits on the monotonic clock, as now_usec() that decides
+		 * whether a sweep is due: a wall-clock step delays neither. */
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&w->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (w->efd == -1)
 		fatal("event=status_writer_failed error=\"eventfd: %s\"", strerror(errno));
