@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import statistics
 import struct
 import subprocess
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
 import sgharness as h  # noqa: E402
 from dnsserver import DNSServer  # noqa: E402
+import settle  # noqa: E402
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
 
@@ -73,6 +73,7 @@ def combined(args, build):
     on, off, ...) so that drift of a shared machine hits both alike: does
     delivery slow acceptance?"""
     exe = os.path.join(build, "sendgate-bench")
+    settle.wait_settled("/var/tmp")
     work = tempfile.mkdtemp(prefix="sgbench-both-", dir="/var/tmp")
     pg = h.Postgres()
     dns = DNSServer(port=0)
@@ -129,12 +130,11 @@ def combined(args, build):
                     drain = time.monotonic() - t0
                 left = len(d.queue_ids())
             finally:
+                # Each round's spool stays until the end: removing 20,000
+                # files would slow the next round's file creation (see
+                # bench/settle.py) and trim their blocks meanwhile.
                 d.stop()
-                # Deleting 20,000 files frees blocks that the disk trims
-                # in later journal commits: let that pass before the next run.
-                shutil.rmtree(d.dir, ignore_errors=True)
                 os.sync()
-                time.sleep(3)
             runs[mode].append({"accepted_msgs_per_s": res["msgs_per_s"],
                                "p99_ms": res["latency_ms"]["p99"], "left_in_spool": left,
                                "drained_after_s": drain, "delivered_during": during})
@@ -150,7 +150,7 @@ def combined(args, build):
             sink.wait(10)
         dns.stop()
         pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        settle.remove_tree(work)
     med = {m: statistics.median(x["accepted_msgs_per_s"] for x in runs[m]) for m in runs}
     print("median of %d: delivery off %.1f msgs/s, on %.1f msgs/s accepted (%+.1f %%), "
           "cpu_priority=%s reuse_max_age=%s"
@@ -191,7 +191,8 @@ def main():
     build = h.build_dir()
     if args.with_submission:
         return combined(args, build)
-    work = tempfile.mkdtemp(prefix="sgbench-delivery-", dir="/tmp")
+    settle.wait_settled("/var/tmp")
+    work = tempfile.mkdtemp(prefix="sgbench-delivery-", dir="/var/tmp")
     pg = h.Postgres()
     dns = sink = d = dproc = None
     try:
@@ -294,6 +295,7 @@ def main():
         if dns is not None:
             dns.stop()
         pg.stop()
+        settle.remove_tree(work)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ the disk under the spool decides the numbers.
 import argparse
 import json
 import os
-import shutil
 import resource
 import signal
 import subprocess
@@ -29,6 +28,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
 import sgharness as h  # noqa: E402
+import settle  # noqa: E402
 
 # name: (sendgate-bench arguments, messages in a full run, in a --quick run)
 SCENARIOS = [
@@ -214,6 +214,9 @@ def main():
     ap.add_argument("--keep", action="store_true",
                     help="start everything, print the bench command line, wait for ^C")
     ap.add_argument("--log-level", default="info", help="daemon log level (info)")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="do not wait out the minute after an earlier run's clean-up "
+                    "(see bench/settle.py)")
     args = ap.parse_args()
 
     args.build = os.path.abspath(args.build)
@@ -225,6 +228,8 @@ def main():
                                                            ", ".join(sorted(known))))
     work = tempfile.mkdtemp(prefix="sgbench-", dir="/var/tmp")
     spool = args.spool_dir or os.path.join(work, "spool")
+    if not (args.quick or args.no_settle or args.keep):
+        settle.wait_settled(os.path.dirname(os.path.abspath(spool)))
     pg = daemon = None
     keep_work = False
     results = {}
@@ -306,7 +311,7 @@ def main():
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
         if not args.spool_dir and not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
+            settle.remove_tree(work)
     return 0
 
 
