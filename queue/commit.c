@@ -121,8 +121,13 @@ struct spool_txn *queue_begin(struct spool *sp)
 		t->recycled = 1;
 		sp->reused++;
 	} else {
-		queue_id_new(t->id); /* tmp/ID may be a reused file that could not be removed */
 		t->fd = openat(sp->tmpfd, t->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (t->fd == -1 && errno == EEXIST) {
+			/* tmp/ID: a file from free/ that was refused and could not be removed */
+			queue_id_new(t->id);
+			t->fd = openat(sp->tmpfd, t->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			               0600);
+		}
 	}
 	if (t->fd == -1) {
 		int e = errno;

@@ -29,8 +29,13 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t err
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
 				     SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
-	/* Idle connections keep no 34 KB of record buffers each. */
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	/* Idle connections keep no 34 KB of record buffers each. A write that
+	 * blocked may be repeated from where the bytes now are (session.c
+	 * writes replies itself, the bufferevent repeats a blocked one). */
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* Sessions are never resumed (no cache, no tickets): do not send the
+	 * two TLS 1.3 tickets OpenSSL otherwise writes after each handshake. */
+	SSL_CTX_set_num_tickets(ctx, 0);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
 		tls_error(err, errlen, "cannot load certificate", cert);
