@@ -183,6 +183,8 @@ static void flush_direct(struct session *s)
 	if (n <= 0) {
 		/* Blocked or failed: the bufferevent repeats the write (the
 		 * same bytes, as OpenSSL requires) and reports any error. */
+		log_debug("event=reply_write_blocked client=%s bytes=%zu ssl_error=%d", s->addr, len,
+			  SSL_get_error(ssl, n));
 		ERR_clear_error();
 		return;
 	}

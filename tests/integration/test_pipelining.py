@@ -1,9 +1,15 @@
 """RFC 2920 pipelining over TLS: many commands in one write, one reply
 each, in order, and the right outcome for every transaction."""
 
+import asyncio
+import socket
+
 import pytest
 
 import sgharness as h
+
+# Debug logging shows when a reply could not be written at once.
+DAEMON_CONFIG = {"server__log_level": "debug"}
 
 
 @pytest.fixture
@@ -98,3 +104,49 @@ def test_pipelined_over_starttls(daemon, tenant):
     assert h.queued_id(r), r
     assert c.reply().code == 221
     assert c.is_closed()
+
+
+def test_replies_survive_a_client_that_stops_reading(daemon):
+    """Over TLS the server writes a pass's replies itself and hands them to
+    the bufferevent only when the socket is full. A client that keeps
+    pipelining NOOPs without reading fills its side; the server must block
+    (logged), stop reading commands, and later deliver every reply exactly
+    once and in order."""
+    batches, per_batch = 8000, 50
+    total = batches * per_batch
+
+    async def run():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A small receive window: the server's socket fills quickly.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", daemon.smtps_port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=h.client_tls_context(), server_hostname="localhost",
+            limit=1 << 16)
+        assert (await reader.readline()).startswith(b"220 ")
+        writer.write(b"EHLO stalled.example\r\n")
+        while not (await reader.readline()).startswith(b"250 "):
+            pass
+        # Small writes, one pass of the server each, and no reading. Each
+        # batch ends in HELP, so the replies show their order.
+        for _ in range(batches):
+            writer.write(b"NOOP\r\n" * (per_batch - 1) + b"HELP\r\n")
+            await asyncio.sleep(0)
+        writer.write(b"QUIT\r\n")
+        await asyncio.to_thread(daemon.wait_log, r"event=reply_write_blocked", 20 * h.SLOW)
+        data, n = bytearray(), 0
+        while n < total + 1:
+            chunk = await asyncio.wait_for(reader.read(1 << 16), 20 * h.SLOW)
+            assert chunk, "connection closed after %d replies" % n
+            data += chunk
+            n += chunk.count(b"\n")
+        writer.close()
+        return bytes(data).split(b"\r\n")
+
+    lines = asyncio.run(run())
+    want = ([b"250 2.0.0 Ok"] * (per_batch - 1) + [b"214"]) * batches
+    got = [ln[:3] if ln.startswith(b"214 ") else ln for ln in lines[:total]]
+    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert not bad, "reply %d: %r" % (bad[0], lines[bad[0]])
+    assert lines[total].startswith(b"221 "), lines[total]
