@@ -443,7 +443,7 @@ static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_
                        const struct dreply *r, const struct dconn_info *info, time_t next)
 {
 	json_t *j;
-	char reply[700], *txt;
+	char reply[700];
 
 	if (r->code > 0)
 		snprintf(reply, sizeof(reply), "%d %s", r->code, r->text);
@@ -462,11 +462,10 @@ static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_
 		json_object_set_new(j, "enhanced_code", json_string(r->enh));
 	if (next > 0)
 		json_object_set_new(j, "next_attempt", json_integer((json_int_t)next));
-	txt = json_dumps(j, JSON_COMPACT);
-	if (txt != NULL && s->st != NULL)
-		store_event(s->st, type, m->tenant_id, m->id, txt);
-	free(txt);
-	json_decref(j);
+	if (s->st != NULL)
+		store_event(s->st, type, m->tenant_id, m->id, j);
+	else
+		json_decref(j);
 }
 
 /* A hard bounce says the address itself is bad: suppress it. */

@@ -920,7 +920,6 @@ static void commit_result(uint64_t cookie, const char *id, int err)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
 	json_t *data;
-	char *json;
 
 	if (s == NULL) {
 		/* The client left before hearing the answer: the message is
@@ -937,10 +936,7 @@ static void commit_result(uint64_t cookie, const char *id, int err)
 		data = json_pack("{s:s, s:I, s:I, s:s}", "sender", s->tx->from.addr, "recipients",
 				 (json_int_t)s->tx->nrcpts, "size", (json_int_t)s->tx->dr.size, "auth_user",
 				 s->user);
-		json = data ? json_dumps(data, JSON_COMPACT) : NULL;
-		json_decref(data);
-		store_event(s->srv->store, "message.accepted", s->who.tenant_id, id, json);
-		free(json);
+		store_event(s->srv->store, "message.accepted", s->who.tenant_id, id, data);
 		snprintf(s->tx->qid, sizeof(s->tx->qid), "%s", id);
 		message_done(s, 250, "2.0.0 Ok: queued as %s", id);
 	}

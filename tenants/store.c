@@ -1269,17 +1269,16 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 void store_event(struct store *st, const char *type, int64_t tenant_id, const char *message_id,
-		 const char *json)
+		 json_t *data)
 {
 	struct pending_event *e;
-	json_t *obj, *data;
-	json_error_t jerr;
+	json_t *obj;
 
 	if (st->nevents >= EVENT_QUEUE_MAX) {
 		st->dropped_events++;
+		json_decref(data);
 		return;
 	}
-	data = json ? json_loads(json, 0, &jerr) : json_object();
 	if (data == NULL)
 		data = json_object();
 	obj = json_pack("{s:s, s:I, s:s?, s:o}", "type", type, "tenant_id", (json_int_t)tenant_id,

@@ -148,11 +148,13 @@ const char *store_domain_failing(struct store *st, const char *domain);
 int store_return_path_ok(struct store *st, const char *domain);
 
 /*
- * Queues an event row (type, tenant, message id, JSON object text) for the
- * next batched insert. Never blocks; the batch is written within ~100 ms.
+ * Queues an event row (type, tenant, message id, data: a JSON object whose
+ * reference is taken over, or NULL for {}) for the next batched insert.
+ * Never blocks; the batch is written within ~100 ms.
  */
+struct json_t;
 void store_event(struct store *st, const char *type, int64_t tenant_id, const char *message_id,
-		 const char *json);
+		 struct json_t *data);
 
 /* ==== DNS verification of domains (verify_plan.c: pure; verify.c: runner) ====
  * Owned by the DNS-verification work; the rest of this header is the lead's.
