@@ -13,7 +13,12 @@ production, has no such check.
 So the benchmark scripts remove their folders with remove_tree (which syncs,
 so the freed inodes' blocks are clean, and leaves a time stamp), and call
 wait_settled before a measured run: on a journal-less ext4 it sleeps out
-what remains of the minute after the last removal and says so.
+what remains of the minute after the last removal and says so. (A block
+the new run dirties again extends its freed neighbours' grace to six
+minutes until it is written back; the daemon's syncfs per commit batch
+writes it back within milliseconds, so the minute is what counts here.)
+Removals not made through remove_tree (PostgreSQL's throwaway cluster, a
+few thousand files) are not stamped; their effect is small.
 """
 
 import os
@@ -27,6 +32,8 @@ SETTLE_S = 65
 
 def _ext4_sysfs(path):
     """/sys/fs/ext4/<device> of the filesystem holding path, or None."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
     st = os.stat(path)
     try:
         dev = os.path.basename(os.path.realpath(

@@ -547,8 +547,10 @@ static void ready_check(evutil_socket_t fd, short what, void *arg)
 /*
  * The event loop, with epoll's changelist: interest changes are applied once
  * per loop turn, so a write interest switched on and off within one turn
- * (session.c, flush_direct) costs no system call. Its one caveat, dup()ed
- * descriptors sharing an epoll entry, does not arise here.
+ * (session.c, flush_direct) costs no system call. Its caveat is a socket
+ * still open elsewhere when its removal is applied after our close: only a
+ * delivery child being forked holds copies of open sockets, until it closes
+ * them at once, and that can cost a spurious wake-up, nothing more.
  */
 static struct event_base *loop_new(void)
 {

@@ -159,7 +159,11 @@ static void reply(struct session *s, const char *fmt, ...)
  * of the bufferevent is half done: OpenSSL wants a blocked write repeated
  * with the same bytes) and nothing waits on the write callback (closing,
  * STARTTLS). Whatever is not written here stays with the bufferevent,
- * which then writes it as before: this only ever saves work.
+ * which then writes it as before: this only ever saves work. For "this
+ * pass's replies" to hold, every reply counted in s->unflushed is followed
+ * by flush_direct (end of process_input) before control returns to the
+ * loop, or the count is cleared (greet, reply_close). A direct write never
+ * runs the write callback: anything that needs it must stay excluded.
  */
 static void flush_direct(struct session *s)
 {
@@ -172,8 +176,7 @@ static void flush_direct(struct session *s)
 	int mine = len == s->unflushed;
 
 	s->unflushed = 0;
-	if (len == 0 || !mine || !s->tls || s->close_after_write || s->state == ST_TLS ||
-	    len > OUTPUT_HIGH)
+	if (len == 0 || !mine || !s->tls || s->close_after_write || len > OUTPUT_HIGH)
 		return;
 	ssl = bufferevent_openssl_get_ssl(s->bev);
 	if (ssl == NULL || (p = evbuffer_pullup(out, -1)) == NULL)
@@ -182,9 +185,19 @@ static void flush_direct(struct session *s)
 	n = SSL_write(ssl, p, (int)len);
 	if (n <= 0) {
 		/* Blocked or failed: the bufferevent repeats the write (the
-		 * same bytes, as OpenSSL requires) and reports any error. */
-		log_debug("event=reply_write_blocked client=%s bytes=%zu ssl_error=%d", s->addr, len,
-			  SSL_get_error(ssl, n));
+		 * same bytes, as OpenSSL requires) and reports the failure;
+		 * the reason is logged here, where OpenSSL gave it. */
+		int e = SSL_get_error(ssl, n);
+		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+			log_debug("event=reply_write_blocked client=%s bytes=%zu", s->addr, len);
+		} else {
+			char reason[160] = "", q[200];
+			unsigned long err = ERR_peek_last_error();
+			if (err)
+				ERR_error_string_n(err, reason, sizeof(reason));
+			log_info("event=tls_error client=%s op=write ssl_error=%d error=%s", s->addr, e,
+				 log_quote(q, sizeof(q), reason[0] ? reason : strerror(errno)));
+		}
 		ERR_clear_error();
 		return;
 	}
@@ -201,6 +214,7 @@ static void reply_close(struct session *s, const char *text)
 	reply(s, "%s", text);
 	s->close_after_write = 1;
 	bufferevent_disable(s->bev, EV_READ);
+	s->unflushed = 0; /* the bufferevent writes it, then on_write closes */
 }
 
 /* Counts a failed command; past max_errors the session ends. */
@@ -1408,6 +1422,9 @@ static void greet(struct session *s)
 {
 	set_state(s, ST_CONNECTED);
 	reply(s, "220 %s ESMTP ready", s->srv->cfg->hostname);
+	/* The bufferevent writes the greeting (on implicit TLS, once the
+	 * handshake is done): flush_direct must never count it as its own. */
+	s->unflushed = 0;
 }
 
 static void greet_later(evutil_socket_t fd, short what, void *arg)
@@ -1491,7 +1508,8 @@ static void session_free(struct session *s)
 	if (s->ev_auth)
 		event_free(s->ev_auth);
 	if (s->bev) {
-		/* Unregister before the socket goes, so epoll never sees a dead fd. */
+		/* Unregister before the socket goes (with the changelist the
+		 * epoll entry goes when the socket closes). */
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_free(s->bev);
 	}

@@ -31,7 +31,8 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t err
 				     SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
 	/* Idle connections keep no 34 KB of record buffers each. A write that
 	 * blocked may be repeated from where the bytes now are (session.c
-	 * writes replies itself, the bufferevent repeats a blocked one). */
+	 * writes replies itself, the bufferevent repeats a blocked one;
+	 * libevent sets this mode too, it is stated here for our own use). */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	/* Sessions are never resumed (no cache, no tickets): do not send the
 	 * two TLS 1.3 tickets OpenSSL otherwise writes after each handshake. */

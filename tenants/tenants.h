@@ -168,7 +168,6 @@ void store_event(struct store *st, const char *type, int64_t tenant_id, const ch
 struct pg_conn;
 struct dns_platform;
 struct dns_resolver;
-struct json_t;
 
 enum domain_state { DOMAIN_PENDING, DOMAIN_PARTIAL, DOMAIN_VERIFIED, DOMAIN_BROKEN };
 

@@ -109,32 +109,47 @@ def test_pipelined_over_starttls(daemon, tenant):
 def test_replies_survive_a_client_that_stops_reading(daemon):
     """Over TLS the server writes a pass's replies itself and hands them to
     the bufferevent only when the socket is full. A client that keeps
-    pipelining NOOPs without reading fills its side; the server must block
-    (logged), stop reading commands, and later deliver every reply exactly
-    once and in order."""
-    batches, per_batch = 8000, 50
+    pipelining commands without reading fills its side; the server's write
+    must block (logged), and every reply must still arrive exactly once and
+    in order."""
+    # More replies than the kernel can buffer: the server's send buffer
+    # grows up to tcp_wmem's maximum, the client's receive side is small.
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        wmem_max = int(f.read().split()[2])
+    per_batch = 50
+    batches = max(8000, (wmem_max + (2 << 20)) // (14 * per_batch) + 1)
     total = batches * per_batch
+    log_from = len(daemon.log_text())
+
+    def blocked():
+        return "event=reply_write_blocked" in daemon.log_text()[log_from:]
 
     async def run():
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # A small receive window: the server's socket fills quickly.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", daemon.smtps_port))
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(
             sock=sock, ssl=h.client_tls_context(), server_hostname="localhost",
             limit=1 << 16)
-        assert (await reader.readline()).startswith(b"220 ")
+
+        async def line():
+            ln = await asyncio.wait_for(reader.readline(), 20 * h.SLOW)
+            assert ln, "connection closed"
+            return ln
+
+        assert (await line()).startswith(b"220 ")
         writer.write(b"EHLO stalled.example\r\n")
-        while not (await reader.readline()).startswith(b"250 "):
+        while not (await line()).startswith(b"250 "):
             pass
-        # Small writes, one pass of the server each, and no reading. Each
-        # batch ends in HELP, so the replies show their order.
+        # Many small writes, and no reading. Each batch ends in HELP, so
+        # the replies show their order.
         for _ in range(batches):
             writer.write(b"NOOP\r\n" * (per_batch - 1) + b"HELP\r\n")
             await asyncio.sleep(0)
         writer.write(b"QUIT\r\n")
-        await asyncio.to_thread(daemon.wait_log, r"event=reply_write_blocked", 20 * h.SLOW)
+        await asyncio.to_thread(h.eventually, blocked, 20, 0.1,
+                                "event=reply_write_blocked in the log")
         data, n = bytearray(), 0
         while n < total + 1:
             chunk = await asyncio.wait_for(reader.read(1 << 16), 20 * h.SLOW)
