@@ -1,5 +1,7 @@
 """ESMTP parameters: 8BITMIME, SMTPUTF8 and SIZE, and what the spool records."""
 
+import socket
+
 import pytest
 
 import sgharness as h
@@ -66,3 +68,22 @@ def test_vrfy_expn_not_helpful(client):
         r = client.cmd(cmd)
         assert r.code in (252, 502, 550), (cmd, r)
     client.quit()
+
+
+def test_half_closed_client_gets_every_reply(daemon):
+    """A client that sends its commands and then closes its sending side
+    (as `nc -N` does) still reads every reply before the server closes."""
+    c = h.SMTPClient.connect(daemon.submission_port)
+    c.send("EHLO half.example\r\n" + "NOOP\r\n" * 20 + "HELP\r\n")
+    c.sock.shutdown(socket.SHUT_WR)
+    data = b""
+    c.sock.settimeout(10 * h.SLOW)
+    while True:
+        chunk = c.sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    lines = (c.buf + data).split(b"\r\n")
+    assert [ln for ln in lines if ln.startswith(b"250 2.0.0")] == [b"250 2.0.0 Ok"] * 20, lines
+    assert any(ln.startswith(b"214 ") for ln in lines), lines
