@@ -92,7 +92,6 @@ struct session {
 	int close_now;
 	int close_after_write;
 	size_t unflushed; /* reply bytes added since the last flush_direct */
-	int write_off;    /* flush_direct turned the bufferevent's writing off */
 	int eof; /* the client sent FIN: finish what is buffered, then close */
 	int discarding;
 	enum auth_step auth_step;
@@ -138,10 +137,9 @@ static void reply(struct session *s, const char *fmt, ...)
 		n = sizeof(line) - 3;
 	line[n++] = '\r';
 	line[n++] = '\n';
-	if (s->write_off) {
+	/* flush_direct may have turned writing off after its last write. */
+	if (!(bufferevent_get_enabled(s->bev) & EV_WRITE))
 		bufferevent_enable(s->bev, EV_WRITE);
-		s->write_off = 0;
-	}
 	bufferevent_write(s->bev, line, (size_t)n);
 	s->unflushed += (size_t)n;
 }
@@ -169,11 +167,10 @@ static void flush_direct(struct session *s)
 {
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	size_t len = evbuffer_get_length(out);
+	int mine = len == s->unflushed;
 	unsigned char *p;
 	SSL *ssl;
 	int n;
-
-	int mine = len == s->unflushed;
 
 	s->unflushed = 0;
 	if (len == 0 || !mine || !s->tls || s->close_after_write || len > OUTPUT_HIGH)
@@ -202,10 +199,8 @@ static void flush_direct(struct session *s)
 		return;
 	}
 	evbuffer_drain(out, (size_t)n);
-	if ((size_t)n == len) {
-		bufferevent_disable(s->bev, EV_WRITE);
-		s->write_off = 1;
-	}
+	if ((size_t)n == len)
+		bufferevent_disable(s->bev, EV_WRITE); /* reply() turns it on again */
 }
 
 /* Sends the reply, then closes once it is written. */
