@@ -417,3 +417,27 @@ def test_sign_cycles_over_keys():
     assert fields["keys"] == "3" and fields["signatures"] == "30" and fields["threads"] == "2"
     bad = subprocess.run([EXE, "sign", "-k", "0"], capture_output=True, text=True, timeout=10)
     assert bad.returncode == 2 and "-k 1..1000" in bad.stderr
+
+
+def test_settle_waits_after_a_removal_only_where_it_matters(monkeypatch, tmp_path):
+    """bench/settle.py: remove_tree removes and stamps; wait_settled sleeps
+    out the rest of the window only on ext4 without a journal."""
+    sys.path.insert(0, HERE)
+    import settle
+    monkeypatch.setattr(settle, "STAMP", str(tmp_path / "stamp"))
+    monkeypatch.setattr(settle, "SETTLE_S", 1.0)
+    victim = tmp_path / "spool"
+    (victim / "queue").mkdir(parents=True)
+    (victim / "queue" / "f").write_text("x")
+    assert settle.wait_settled(str(tmp_path), quiet=True) == 0.0  # nothing removed yet
+    settle.remove_tree(str(victim))
+    assert not victim.exists() and os.path.exists(settle.STAMP)
+    slept = settle.wait_settled(str(tmp_path), quiet=True)
+    if settle.journal_less_ext4(str(tmp_path)):
+        assert 0.0 < slept <= 1.0
+    else:
+        assert slept == 0.0
+    assert settle.wait_settled(str(tmp_path), quiet=True) == 0.0  # the window is over
+    # A folder that does not exist yet is judged by the nearest one that does.
+    assert settle.journal_less_ext4(str(tmp_path / "not" / "yet")) == \
+        settle.journal_less_ext4(str(tmp_path))

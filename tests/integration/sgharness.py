@@ -255,18 +255,24 @@ def client_tls_context():
 _MASTER_KEY = None
 
 
+def new_master_key_file(name="master.key"):
+    """A fresh random DKIM master key in a file of its own, readable by the
+    daemon's unprivileged user."""
+    d = tempfile.mkdtemp(prefix="sgmk-", dir="/tmp")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(path, 0o644)
+    return path
+
+
 def master_key_file():
     """One DKIM master key file per test process, shared by sendgatectl
     (which seals domain keys with it) and the daemon (which unseals them)."""
     global _MASTER_KEY
     if _MASTER_KEY is None:
-        d = tempfile.mkdtemp(prefix="sgmk-", dir="/tmp")
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "master.key")
-        with open(path, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
-        os.chmod(path, 0o644)
-        _MASTER_KEY = path
+        _MASTER_KEY = new_master_key_file()
     return _MASTER_KEY
 
 

@@ -17,7 +17,6 @@ checked here with the cryptography module, independently of seal.c.
 import os
 import re
 import shutil
-import tempfile
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -254,22 +253,11 @@ def test_reseal_usage(ctl):
     assert "dkim reseal" in r.stderr
 
 
-def _wrong_master_key():
-    """A readable master key file that is not the one the keys are sealed with."""
-    d = tempfile.mkdtemp(prefix="sgmk-wrong-", dir="/tmp")
-    os.chmod(d, 0o755)
-    path = os.path.join(d, "wrong.key")
-    with open(path, "w") as f:
-        f.write(os.urandom(32).hex() + "\n")
-    os.chmod(path, 0o644)
-    return path
-
-
 def test_wrong_master_key_stops_start_and_sealing(build, pg, daemon_factory, doms):
     """With a master key that opens none of the stored DKIM keys the daemon
     refuses to start (naming the file), and sendgatectl refuses to seal new
     keys under it (they would not match the ones already stored)."""
-    wrong = _wrong_master_key()
+    wrong = h.new_master_key_file("wrong.key")  # not the key the rows are sealed with
     try:
         d = daemon_factory(start=False, dkim__master_key_file=wrong)
         with pytest.raises(h.DaemonDied) as ei:

@@ -27,6 +27,16 @@ def greeting(port, source=None, host="127.0.0.1"):
         return c, None
 
 
+def require_bind(addr, why):
+    """Skips the test unless an IPv6 socket can bind addr here."""
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.bind((addr, 0))
+        s.close()
+    except OSError:
+        pytest.skip(why)
+
+
 def assert_refused_per_address(r, who):
     assert r is not None, "refused without a reply"
     assert (r.code, r.enhanced) == (421, "4.7.0"), r
@@ -79,12 +89,7 @@ def test_limit_is_per_address(daemon_factory):
 def test_mapped_ipv4_counts_as_ipv4(daemon_factory):
     """On an IPv6 socket an IPv4 client is ::ffff:a.b.c.d: still one IPv4
     address, logged and limited as such."""
-    try:
-        s = socket.socket(socket.AF_INET6)
-        s.bind(("::ffff:127.0.0.1", 0))
-        s.close()
-    except OSError:
-        pytest.skip("no IPv4-mapped IPv6 sockets here")
+    require_bind("::ffff:127.0.0.1", "no IPv4-mapped IPv6 sockets here")
     port = h.free_port()
     d = daemon_factory(submission_port=port, max_connections_per_ip=1,
                        submission_listen="[::ffff:127.0.0.1]:%d" % port)
@@ -105,12 +110,7 @@ def test_mapped_ipv4_counts_as_ipv4(daemon_factory):
 
 def test_ipv6_counts_by_network(daemon_factory):
     """::1 is in ::/64, and an IPv6 client is limited by its /64."""
-    try:
-        s = socket.socket(socket.AF_INET6)
-        s.bind(("::1", 0))
-        s.close()
-    except OSError:
-        pytest.skip("no IPv6 loopback")
+    require_bind("::1", "no IPv6 loopback")
     port = h.free_port()
     d = daemon_factory(submission_port=port, max_connections_per_ip=1,
                        submission_listen="[::1]:%d" % port)

@@ -229,6 +229,18 @@ static int read_body(struct qbody *b, struct buf *out)
 	return r;
 }
 
+/* The body b yields is exactly body[0..blen); closes b. */
+static void assert_body_is(struct qbody *b, const char *body, size_t blen)
+{
+	struct buf got;
+
+	assert_int_equal(read_body(b, &got), 0);
+	assert_int_equal(got.len, blen);
+	assert_memory_equal(got.data, body, blen);
+	buf_free(&got);
+	qbody_close(b);
+}
+
 static void test_scan_and_body(void **state)
 {
 	size_t blen = 3 * QUEUE_BODY_CHUNK + 1234, i;
@@ -275,14 +287,7 @@ static void test_scan_and_body(void **state)
 	queue_msg_free(&m);
 	free(st);
 
-	{
-		struct qbody *b = qbody_open(dup(fd), &info);
-		assert_int_equal(read_body(b, &got), 0);
-		assert_int_equal(got.len, blen);
-		assert_memory_equal(got.data, body, blen);
-		buf_free(&got);
-		qbody_close(b);
-	}
+	assert_body_is(qbody_open(dup(fd), &info), body, blen);
 	/* The file changes after the check: the end is refused. */
 	{
 		struct qbody *b = qbody_open(dup(fd), &info);
@@ -349,7 +354,7 @@ static void test_scan_keep_small(void **state)
 	struct queue_msg m;
 	struct queue_rcpt_status *st;
 	struct qfile_info info;
-	struct buf img, got;
+	struct buf img;
 	int fd;
 
 	make_file(&img, body, strlen(body), 7); /* several BODY records */
@@ -366,11 +371,7 @@ static void test_scan_keep_small(void **state)
 		assert_null(info.image); /* taken over */
 		/* Scribbled over after the check: what goes out is what was checked. */
 		assert_int_equal(pwrite(fd, &x, 1, 10), 1);
-		assert_int_equal(read_body(b, &got), 0);
-		assert_int_equal(got.len, strlen(body));
-		assert_memory_equal(got.data, body, got.len);
-		buf_free(&got);
-		qbody_close(b);
+		assert_body_is(b, body, strlen(body));
 	}
 	/* Checked again, the change is seen, and a failed check keeps nothing. */
 	assert_int_equal(dq_scan_file(fd, &m, DQ_SCAN_KEEP, &st, &info, err, sizeof(err)), -1);
@@ -388,7 +389,7 @@ static void test_scan_keep_large(void **state)
 	struct queue_msg m;
 	struct queue_rcpt_status *st;
 	struct qfile_info info;
-	struct buf img, got;
+	struct buf img;
 	int fd;
 
 	for (i = 0; i < blen; i++)
@@ -400,14 +401,7 @@ static void test_scan_keep_large(void **state)
 	assert_null(info.image);
 	queue_msg_free(&m);
 	free(st);
-	{
-		struct qbody *b = qbody_open(dup(fd), &info);
-		assert_int_equal(read_body(b, &got), 0);
-		assert_int_equal(got.len, blen);
-		assert_memory_equal(got.data, body, blen);
-		buf_free(&got);
-		qbody_close(b);
-	}
+	assert_body_is(qbody_open(dup(fd), &info), body, blen);
 	close(fd);
 	unlink(path);
 	buf_free(&img);
