@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import statistics
 import struct
 import subprocess
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 import sgharness as h  # noqa: E402
 from dnsserver import DNSServer  # noqa: E402
 import settle  # noqa: E402
+import cpustat  # noqa: E402
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
 
@@ -65,6 +67,24 @@ def queue_file(qid, tenant_id, tenant, sender, rcpts, size):
         out += rec(14, r.encode())
     out += rec(15, str(int(time.time())).encode())
     return out + rec(255, hashlib.sha256(out).digest())
+
+
+def pause_delivery(d):
+    """Stops the daemon's delivery child (SIGSTOP) once it is ready; its pids."""
+    h.eventually(lambda: children(d.proc.pid), timeout=30, what="delivery process")
+    time.sleep(1)  # past its start-up scan
+    pids = children(d.proc.pid)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 def combined(args, build):
@@ -113,13 +133,21 @@ def combined(args, build):
                          env=({"SENDGATE_SPOOL_NO_SYNCFS": "1"} if args.no_syncfs else None),
                          **extra)
             drain = None
+            stopped = []
             try:
+                if mode == "on" and args.pause_delivery:
+                    stopped = pause_delivery(d)
+                cpu0 = cpustat.snapshot()
                 r = subprocess.run([exe, "--json", "-q", "-H", "127.0.0.1", "-p",
                                     str(d.submission_port), "-u", t.username, "-P", t.secret,
                                     "--from", t.addr("bench"), "--to", "rcpt%d@example.net",
                                     "-c", "50", "-n", str(args.messages)]
                                    + (["--pipelining"] if args.pipelining else []),
                                    capture_output=True, text=True, timeout=1800)
+                cpu1 = cpustat.snapshot()
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+                stopped = []
                 res = json.loads(r.stdout)
                 # Delivered while acceptance ran: accepted minus still queued.
                 during = res["accepted"] - len(d.queue_ids()) if mode == "on" else None
@@ -130,6 +158,8 @@ def combined(args, build):
                     drain = time.monotonic() - t0
                 left = len(d.queue_ids())
             finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
                 # Each round's spool stays until the end: removing 20,000
                 # files would slow the next round's file creation (see
                 # bench/settle.py) and trim their blocks meanwhile.
@@ -140,10 +170,14 @@ def combined(args, build):
                                "drained_after_s": drain, "delivered_during": during})
             print("submission c50%s %s %6d msgs, delivery %-3s: %7.1f msgs/s accepted, "
                   "p99 %5.1f ms%s"
-                  % (" pipelined" if args.pipelining else "", args.algorithm, args.messages, mode, res["msgs_per_s"], res["latency_ms"]["p99"],
+                  % (" pipelined" if args.pipelining else "", args.algorithm, args.messages,
+                     "on, stopped while loaded" if mode == "on" and args.pause_delivery
+                     else mode, res["msgs_per_s"], res["latency_ms"]["p99"],
                      ", %d delivered meanwhile, spool empty %.1f s after the last 250"
                      % (during, drain) if drain is not None
                      else ", %d left in the spool" % left), flush=True)
+            if args.cpu_report:
+                print(cpustat.report(cpu0, cpu1, res["accepted"]), flush=True)
     finally:
         if sink is not None:
             sink.terminate()
@@ -186,6 +220,13 @@ def main():
                     help="--with-submission: [spool] reuse_max_age (0: delete delivered files)")
     ap.add_argument("--cpu-priority", choices=("background", "low", "normal"),
                     help="--with-submission: [delivery] cpu_priority (the daemon's default)")
+    ap.add_argument("--pause-delivery", action="store_true",
+                    help="--with-submission: in the 'on' rounds, stop the delivery process "
+                         "(SIGSTOP) while the load runs, then let it drain: what delivery "
+                         "costs acceptance apart from its own work")
+    ap.add_argument("--cpu-report", action="store_true",
+                    help="--with-submission: CPU per accepted message by process and "
+                         "thread, and the machine's split, for each round")
     args = ap.parse_args()
 
     build = h.build_dir()

@@ -437,6 +437,8 @@ int commit_start(struct spool *sp, int nthreads, char *err, size_t errlen)
 	sp->threads = xcalloc((size_t)nthreads, sizeof(*sp->threads));
 	for (i = 0; i < nthreads; i++) {
 		rc = pthread_create(&sp->threads[i], NULL, commit_thread, sp);
+		if (rc == 0)
+			pthread_setname_np(sp->threads[i], "sg-commit");
 		if (rc != 0) {
 			snprintf(err, errlen, "pthread_create: %s", strerror(rc));
 			sp->nthreads = i;

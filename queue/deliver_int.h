@@ -178,7 +178,8 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd, in
 /*
  * Queues work on queue/id, done in order: cut the file to truncate_to
  * bytes when >= 0 (a torn tail), append data (taken over, *data left
- * empty; NULL: nothing) and fdatasync, then unlink when remove.
+ * empty; NULL: nothing) and fdatasync, then unlink when remove. The
+ * writer thread gets a loop turn's pushes together, after that turn.
  */
 void status_writer_push(struct status_writer *w, const char *id, struct buf *data, int remove,
                         long long truncate_to);

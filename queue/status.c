@@ -268,6 +268,9 @@ struct status_writer {
 	pthread_cond_t cond;
 	struct sw_job *todo, **todo_tail;
 	struct sw_job *done, **done_tail;
+	/* Jobs pushed during this loop turn, handed over together (loop only). */
+	struct sw_job *staged, **staged_tail;
+	struct event *ev_handoff;
 	int stopping;
 	int busy;
 	int efd;
@@ -484,6 +487,26 @@ static void *sw_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Runs on the loop once per turn in which jobs were pushed: hands them all
+ * to the writer under one lock and one wakeup, instead of one per message
+ * (each a futex call and, often, a switch to the writer thread).
+ */
+static void sw_handoff(evutil_socket_t fd, short what, void *arg)
+{
+	struct status_writer *w = arg;
+
+	if (w->staged == NULL)
+		return;
+	pthread_mutex_lock(&w->lock);
+	*w->todo_tail = w->staged;
+	w->todo_tail = w->staged_tail;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+	w->staged = NULL;
+	w->staged_tail = &w->staged;
+}
+
 /* Runs on the loop: tells the owner which files are gone, frees jobs. */
 static void sw_done(evutil_socket_t fd, short what, void *arg)
 {
@@ -522,6 +545,8 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd, in
 	w->arg = arg;
 	w->todo_tail = &w->todo;
 	w->done_tail = &w->done;
+	w->staged_tail = &w->staged;
+	w->ev_handoff = event_new(base, -1, 0, sw_handoff, w);
 	pthread_mutex_init(&w->lock, NULL);
 	{
 		/* Timed waits on the monotonic clock, as now_usec() that decides
@@ -539,6 +564,7 @@ struct status_writer *status_writer_new(struct event_base *base, int queuefd, in
 	event_add(w->ev, NULL);
 	if (pthread_create(&w->thread, NULL, sw_main, w) != 0)
 		fatal("event=status_writer_failed error=\"pthread_create\"");
+	pthread_setname_np(w->thread, "sg-status");
 	return w;
 }
 
@@ -556,17 +582,19 @@ void status_writer_push(struct status_writer *w, const char *id, struct buf *dat
 	}
 	j->remove = remove;
 	j->truncate = truncate_to;
-	pthread_mutex_lock(&w->lock);
-	*w->todo_tail = j;
-	w->todo_tail = &j->next;
-	pthread_cond_signal(&w->cond);
-	pthread_mutex_unlock(&w->lock);
+	/* FIFO as before: a file's append still precedes its removal. */
+	if (w->staged == NULL)
+		event_active(w->ev_handoff, EV_TIMEOUT, 1);
+	*w->staged_tail = j;
+	w->staged_tail = &j->next;
 }
 
 void status_writer_free(struct status_writer *w)
 {
 	if (w == NULL)
 		return;
+	sw_handoff(-1, 0, w); /* what this turn pushed is written before the end */
+	event_free(w->ev_handoff);
 	pthread_mutex_lock(&w->lock);
 	w->stopping = 1;
 	pthread_cond_broadcast(&w->cond);

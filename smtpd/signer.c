@@ -147,9 +147,11 @@ struct signer *signer_new(struct event_base *base, int nthreads)
 	event_add(sg->ev, NULL);
 	sg->nthreads = nthreads;
 	sg->threads = xcalloc((size_t)nthreads, sizeof(*sg->threads));
-	for (i = 0; i < nthreads; i++)
+	for (i = 0; i < nthreads; i++) {
 		if (pthread_create(&sg->threads[i], NULL, worker, sg) != 0)
 			fatal("event=start_failed error=\"cannot start signing threads\"");
+		pthread_setname_np(sg->threads[i], "sg-signer");
+	}
 	return sg;
 }
 

@@ -910,6 +910,7 @@ int verify_thread_start(const struct config *cfg)
 		thread_cfg_free();
 		return -1;
 	}
+	pthread_setname_np(vt.tid, "sg-verify");
 	vt.started = 1;
 	return 0;
 }
