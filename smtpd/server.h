@@ -84,7 +84,9 @@ struct signer *signer_new(struct event_base *base, int nthreads);
 void signer_free(struct signer *sg);
 /*
  * Signs hdr (copied) with each key; takes over the key references. The
- * callback runs on the loop later. hcanon/bcanon are enum dkim_canon.
+ * callback runs on the loop later (when every key is Ed25519, the
+ * signing is done before this returns: see signer.c). hcanon/bcanon are
+ * enum dkim_canon.
  */
 int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
 		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,

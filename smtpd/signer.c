@@ -3,6 +3,15 @@
  * final header block, the body hash, the keys) to a small pool of worker
  * threads; the finished DKIM-Signature fields come back to the loop
  * through an eventfd, and the callback finds its session by id.
+ *
+ * Jobs that only need Ed25519 signatures (about 40 us each) are signed on
+ * the loop instead: handing one to a thread and back (a futex wake, an
+ * eventfd write and read, a thread switch, each a costly trap on a virtual
+ * machine) costs the machine more than the signature itself. Their
+ * callbacks run at the end of the loop's pass, not at once: the pass's
+ * messages then reach the spool's commit thread together and share its
+ * syncs (called at once, each went alone: fewer messages per second in
+ * alternated runs).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -42,6 +51,9 @@ struct signer {
 	int stop;
 	int efd;
 	struct event *ev;
+	/* Signed on the loop, callbacks not yet run (loop only). */
+	struct sign_job *inline_head, *inline_tail;
+	struct event *ev_inline;
 };
 
 static void job_free(struct sign_job *j)
@@ -101,13 +113,16 @@ static void *worker(void *arg)
 
 		pthread_mutex_lock(&sg->lock);
 		j->next = NULL;
-		if (sg->done_tail)
+		/* A list that was not empty has its wake-up pending already:
+		 * on_done takes the whole list after reading the eventfd. */
+		if (sg->done_tail) {
 			sg->done_tail->next = j;
-		else
+		} else {
 			sg->done_head = j;
+			if (write(sg->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+				abort();
+		}
 		sg->done_tail = j;
-		if (write(sg->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			abort();
 	}
 	pthread_mutex_unlock(&sg->lock);
 	dkim_sign_thread_cache(0);
@@ -133,6 +148,31 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The callbacks of jobs signed on the loop, at the end of the pass. */
+static void on_inline(evutil_socket_t fd, short what, void *arg)
+{
+	struct signer *sg = arg;
+	struct sign_job *j = sg->inline_head, *next;
+
+	sg->inline_head = sg->inline_tail = NULL;
+	for (; j; j = next) {
+		next = j->next;
+		j->cb(j->cookie, j->failed ? NULL : &j->out, j->failed ? j->err : NULL);
+		job_free(j);
+	}
+}
+
+/* 1 when every key of j is Ed25519: cheap enough to sign on the loop. */
+static int job_is_light(const struct sign_job *j)
+{
+	int i;
+
+	for (i = 0; i < j->nkeys; i++)
+		if (j->keys[i]->alg != DKIM_ALG_ED25519_SHA256)
+			return 0;
+	return j->nkeys > 0;
+}
+
 struct signer *signer_new(struct event_base *base, int nthreads)
 {
 	struct signer *sg = xcalloc(1, sizeof(*sg));
@@ -145,6 +185,7 @@ struct signer *signer_new(struct event_base *base, int nthreads)
 		fatal("event=start_failed error=\"eventfd: %s\"", strerror(errno));
 	sg->ev = event_new(base, sg->efd, EV_READ | EV_PERSIST, on_done, sg);
 	event_add(sg->ev, NULL);
+	sg->ev_inline = event_new(base, -1, 0, on_inline, sg);
 	sg->nthreads = nthreads;
 	sg->threads = xcalloc((size_t)nthreads, sizeof(*sg->threads));
 	for (i = 0; i < nthreads; i++) {
@@ -169,6 +210,8 @@ void signer_free(struct signer *sg)
 		pthread_join(sg->threads[i], NULL);
 	/* Answers nobody will collect any more. */
 	on_done(sg->efd, EV_READ, sg);
+	on_inline(-1, 0, sg);
+	event_free(sg->ev_inline);
 	event_free(sg->ev);
 	close(sg->efd);
 	pthread_mutex_destroy(&sg->lock);
@@ -196,6 +239,16 @@ int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const
 	j->bcanon = (enum dkim_canon)bcanon;
 	j->cb = cb;
 	j->cookie = cookie;
+	if (job_is_light(j)) {
+		run_job(j);
+		if (sg->inline_tail)
+			sg->inline_tail->next = j;
+		else
+			sg->inline_head = j;
+		sg->inline_tail = j;
+		event_active(sg->ev_inline, EV_TIMEOUT, 1);
+		return 0;
+	}
 	pthread_mutex_lock(&sg->lock);
 	if (sg->todo_tail)
 		sg->todo_tail->next = j;

@@ -152,11 +152,17 @@ int main(int argc, char **argv)
 				continue;
 			}
 			for (;;) {
-				ssize_t r = read(c->fd, c->buf + c->len, BUFSZ - c->len);
+				size_t room = BUFSZ - c->len;
+				ssize_t r = read(c->fd, c->buf + c->len, room);
 				if (r > 0) {
 					c->len += (size_t)r;
 					if (process(c) == -1) {
 						r = 0;
+					} else if ((size_t)r < room) {
+						/* Drained (epoll is level-triggered:
+						 * more data wakes us again); no read
+						 * just to see EAGAIN. */
+						break;
 					} else {
 						continue;
 					}
