@@ -32,6 +32,7 @@ struct qcursor {
 	size_t pos, len; /* unread bytes are buf[pos..len) */
 	size_t off;      /* file offset of buf[pos] */
 	size_t rd;       /* file offset of buf[len]: where the next pread starts */
+	size_t size;     /* the file's size when it was opened: no pread past it */
 	unsigned fills;  /* preads that returned bytes: 1 means buf holds all read */
 	EVP_MD_CTX *md;  /* hashes what is taken with hash set */
 	char err[128];
@@ -53,6 +54,7 @@ static void cur_init(struct qcursor *c, int fd)
 	pthread_once(&once, sha256_fetch);
 	memset(c, 0, sizeof(*c));
 	c->fd = fd;
+	c->size = (size_t)-1;
 	c->buf = xmalloc(QUEUE_BODY_CHUNK);
 	c->md = EVP_MD_CTX_new();
 	if (sha256_md == NULL || c->md == NULL || EVP_DigestInit_ex(c->md, sha256_md, NULL) != 1)
@@ -75,6 +77,10 @@ static int cur_fill(struct qcursor *c)
 	if (c->pos < c->len)
 		return 1;
 	c->pos = c->len = 0;
+	/* At the size known from fstat: the end, without a pread to see it
+	 * (bytes appended since are not part of this reading). */
+	if (c->rd >= c->size)
+		return 0;
 	do
 		r = pread(c->fd, c->buf, QUEUE_BODY_CHUNK, (off_t)c->rd);
 	while (r == -1 && errno == EINTR);
@@ -155,6 +161,8 @@ static int scan_records(int fd, struct buf *small, struct qfile_info *info, int 
 		return -1;
 	}
 	cur_init(&c, fd);
+	c.size = (size_t)sb.st_size;
+	info->ino = (unsigned long long)sb.st_ino;
 	for (;;) {
 		size_t rec_off = c.off;
 		uint32_t len;
@@ -345,7 +353,8 @@ struct qbody *qbody_open(int fd, struct qfile_info *info)
 		b->image = info->image;
 		b->end_off = info->end_off;
 		info->image = NULL;
-		close(fd);
+		if (fd != -1)
+			close(fd);
 		b->c.fd = -1;
 		return b;
 	}
