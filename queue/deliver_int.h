@@ -128,7 +128,6 @@ struct qfile_info {
 	unsigned char digest[32];     /* the last END/SEGEND digest, to chain from */
 	unsigned char *image;         /* DQ_SCAN_KEEP: the file through END, when it
 	                                 was read in one piece (dq_info_release) */
-	unsigned long long ino;       /* the file's inode number */
 };
 
 #define DQ_SCAN_HEADERS 0x1 /* m->message gets the header block */
@@ -153,8 +152,7 @@ struct qbody;
 /*
  * Reads the body of the file on fd (taken over), checked by dq_scan_file
  * into info, again from the start, for sending; or, when info->image is
- * set, from that (taken over; fd, unless -1, is closed at once). Freed by
- * qbody_close.
+ * set, from that (taken over; fd is closed at once). Freed by qbody_close.
  */
 struct qbody *qbody_open(int fd, struct qfile_info *info);
 /*

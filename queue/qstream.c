@@ -162,7 +162,6 @@ static int scan_records(int fd, struct buf *small, struct qfile_info *info, int 
 	}
 	cur_init(&c, fd);
 	c.size = (size_t)sb.st_size;
-	info->ino = (unsigned long long)sb.st_ino;
 	for (;;) {
 		size_t rec_off = c.off;
 		uint32_t len;
@@ -353,8 +352,7 @@ struct qbody *qbody_open(int fd, struct qfile_info *info)
 		b->image = info->image;
 		b->end_off = info->end_off;
 		info->image = NULL;
-		if (fd != -1)
-			close(fd);
+		close(fd);
 		b->c.fd = -1;
 		return b;
 	}

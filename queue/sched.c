@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -29,8 +28,6 @@
 #define RESCAN_SECONDS 30
 #define SCAN_SLICE 256 /* queue files read per loop turn while loading a scan */
 #define POOL_MAX 64
-/* Bytes of checked queue files kept from their load for their first send. */
-#define FRESH_MAX ((size_t)32 << 20)
 
 struct dq;
 
@@ -48,19 +45,6 @@ struct dmsg {
 	size_t nfinal;
 	int nitems;   /* items alive */
 	int removing; /* every recipient final: unlink queued */
-	/*
-	 * The file as its load read and checked it, kept for its first send
-	 * when it came in one piece, all its recipients are in one domain and
-	 * none was tried yet (most new mail): the send then needs no second
-	 * open, read and digest of it. NULL once used or dropped.
-	 */
-	struct dfresh *fresh;
-};
-
-struct dfresh {
-	struct qfile_info info; /* .image: the file through END */
-	struct buf hdr;         /* the header block */
-	size_t bytes;           /* counted in dsched.fresh_bytes */
 };
 
 /* Some recipients of one message for one destination domain. */
@@ -129,7 +113,6 @@ struct dsched {
 	struct event *ev_tick, *ev_kick, *ev_rescan, *ev_inotify, *ev_grace, *ev_load;
 	char (*scan)[QUEUE_ID_LEN + 1]; /* ids of the scan being loaded */
 	size_t nscan, scan_pos, scan_cap;
-	size_t fresh_bytes; /* held by dmsg.fresh */
 	int infd;
 	int stopping;
 	void (*stop_done)(void *);
@@ -178,8 +161,6 @@ static void item_unlink(struct ditem *it)
 }
 
 /* Puts it in its queue: ready when due, else waiting. */
-static void fresh_drop(struct dsched *s, struct dmsg *m);
-
 static void item_queue(struct dsched *s, struct ditem *it, time_t now)
 {
 	struct dq *q = it->q;
@@ -196,7 +177,6 @@ static void item_queue(struct dsched *s, struct ditem *it, time_t now)
 		q->nready++;
 		sched_kick(s);
 	} else {
-		fresh_drop(s, it->m); /* not sent soon: its memory is better spent */
 		it->where = 2;
 		it->prev = NULL;
 		it->next = q->wait;
@@ -233,23 +213,10 @@ static struct dq *dq_get(struct dsched *s, int64_t tenant_id, const char *domain
 	return q;
 }
 
-static void fresh_drop(struct dsched *s, struct dmsg *m)
-{
-	if (m->fresh == NULL)
-		return;
-	if (s != NULL)
-		s->fresh_bytes -= m->fresh->bytes;
-	dq_info_release(&m->fresh->info);
-	buf_free(&m->fresh->hdr);
-	free(m->fresh);
-	m->fresh = NULL;
-}
-
-static void msg_free(struct dsched *s, struct dmsg *m)
+static void msg_free(struct dmsg *m)
 {
 	size_t i;
 
-	fresh_drop(s, m);
 	for (i = 0; i < m->nrcpts; i++)
 		free(m->rcpts[i]);
 	free(m->rcpts);
@@ -274,21 +241,8 @@ static void status_removed(void *arg, const char *id)
 
 	if (m != NULL && m->removing && m->nitems == 0) {
 		hmap_del(s->msgs, id);
-		msg_free(s, m);
+		msg_free(m);
 	}
-}
-
-/* 1 when m is new mail for one domain: one item, sent soon (dmsg.fresh). */
-static int fresh_fits(const struct dmsg *m)
-{
-	const char *d0 = addr_domain(m->rcpts[0]);
-	size_t i;
-
-	for (i = 0; i < m->nrcpts; i++)
-		if (m->st[i].state != QRCPT_PENDING || m->st[i].attempts != 0 ||
-		    strcasecmp(addr_domain(m->rcpts[i]), d0) != 0)
-			return 0;
-	return 1;
 }
 
 /* Adds queue file id to the index (no-op when known). */
@@ -302,20 +256,17 @@ static void sched_load(struct dsched *s, const char *id)
 	struct dmsg *m;
 	time_t now = time(NULL);
 	char *done;
-	int fd, rc, keep = s->fresh_bytes < FRESH_MAX;
-	struct buf hdr;
+	int fd, rc;
 
 	if (hmap_get(s->msgs, id) != NULL || hmap_get(s->bad, id) != NULL)
 		return;
-	/* Checked in bounded pieces: the body is hashed, and held only when
-	 * the file came in one piece and may be sent from it (dmsg.fresh). */
+	/* Checked in bounded pieces: the body is hashed, never held. */
 	fd = openat(s->queuefd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd == -1) {
 		snprintf(err, sizeof(err), "open: %s", strerror(errno));
 		rc = -1;
 	} else {
-		rc = dq_scan_file(fd, &qm, keep ? DQ_SCAN_HEADERS | DQ_SCAN_KEEP : 0, &st, &info,
-		                  err, sizeof(err));
+		rc = dq_scan_file(fd, &qm, 0, &st, &info, err, sizeof(err));
 		close(fd);
 	}
 	if (rc == -1) {
@@ -341,8 +292,6 @@ static void sched_load(struct dsched *s, const char *id)
 	qm.env.rcpts = NULL;
 	qm.env.nrcpts = 0;
 	m->st = st;
-	hdr = qm.message;
-	buf_init(&qm.message, 0);
 	queue_msg_free(&qm);
 	hmap_put(s->msgs, id, m);
 	if (valid < flen) {
@@ -356,19 +305,7 @@ static void sched_load(struct dsched *s, const char *id)
 		/* Every result was on disk but the file was not removed yet. */
 		m->removing = 1;
 		status_writer_push(s->sw, id, NULL, 1, -1);
-		dq_info_release(&info);
-		buf_free(&hdr);
 		return;
-	}
-	if (info.image != NULL && valid == flen && fresh_fits(m)) {
-		m->fresh = xcalloc(1, sizeof(*m->fresh));
-		m->fresh->info = info;
-		m->fresh->hdr = hdr;
-		m->fresh->bytes = info.file_len + hdr.len;
-		s->fresh_bytes += m->fresh->bytes;
-	} else {
-		dq_info_release(&info);
-		buf_free(&hdr);
 	}
 	/* Group the open recipients by domain, one item per domain. */
 	done = xcalloc(m->nrcpts, 1);
@@ -939,73 +876,6 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the client's callbacks ------------------------------------------ */
 
-/*
- * A transaction for item it of its message: the header block (taken
- * over) and the body reader come from the message's fresh copy or from
- * the file just checked.
- */
-static struct dtxn *txn_new(struct dsched *s, struct ditem *it, struct buf *hdr,
-                            struct qbody *body, size_t body_len)
-{
-	struct dmsg *m = it->m;
-	struct dtxn *t = xcalloc(1, sizeof(*t));
-	size_t k;
-
-	t->owner = it;
-	t->hdr = *hdr;
-	buf_init(hdr, 0);
-	t->body = body;
-	t->size = t->hdr.len + body_len;
-	t->flags = m->flags;
-	t->nrcpts = it->n;
-	t->rcpts = xcalloc(it->n, sizeof(char *));
-	t->rcpt_reply = xcalloc(it->n, sizeof(struct dreply));
-	for (k = 0; k < it->n; k++)
-		t->rcpts[k] = m->rcpts[it->idx[k]];
-	if (m->sender[0] == '\0') {
-		t->mail_from = xstrdup("");
-	} else {
-		char vh[300], addr[400];
-		char sdom[256];
-		snprintf(sdom, sizeof(sdom), "%s", addr_domain(m->sender));
-		str_lower(sdom);
-		verp_host(m->sender, s->cfg->platform_return_path_prefix,
-		          s->cfg->platform_bounce_domain,
-		          s->st ? store_return_path_ok(s->st, sdom) : 0, vh, sizeof(vh));
-		if (verp_address(addr, sizeof(addr), m->id, it->n == 1 ? (long)it->idx[0] : -1,
-		                 vh) == -1)
-			snprintf(addr, sizeof(addr), "%s", m->sender);
-		t->mail_from = xstrdup(addr);
-	}
-	return t;
-}
-
-/*
- * The transaction for it from its message's fresh copy, when it has one
- * and its file is still the one that was read (an operator may have
- * deleted it meanwhile: then the file path below notices): one fstatat
- * instead of an open, reads and a digest. NULL otherwise (the copy is
- * dropped: it serves one send only).
- */
-static struct dtxn *fresh_take(struct dsched *s, struct ditem *it)
-{
-	struct dmsg *m = it->m;
-	struct dfresh *f = m->fresh;
-	struct stat sb;
-	struct dtxn *t;
-
-	if (f == NULL)
-		return NULL;
-	if (m->nitems != 1 || fstatat(s->queuefd, m->id, &sb, AT_SYMLINK_NOFOLLOW) == -1 ||
-	    !S_ISREG(sb.st_mode) || (unsigned long long)sb.st_ino != f->info.ino) {
-		fresh_drop(s, m);
-		return NULL;
-	}
-	t = txn_new(s, it, &f->hdr, qbody_open(-1, &f->info), f->info.body_len);
-	fresh_drop(s, m);
-	return t;
-}
-
 static struct dtxn *ops_next(void *arg, struct dconn *c)
 {
 	struct dcx *x = arg;
@@ -1024,41 +894,66 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		struct queue_rcpt_status *st = NULL;
 		struct qfile_info info;
 		struct dtxn *t;
-		char err[256], qe[300];
+		char err[256], host[300], qe[300];
+		size_t k;
 		int fd, rc = -1;
 
 		item_unlink(it);
-		t = fresh_take(s, it);
-		if (t == NULL) {
-			/*
-			 * The whole file is checked now (a damaged one is never
-			 * half sent), keeping the header block; the body is read
-			 * again while DATA goes (qbody_next), so memory does not
-			 * grow with its size, unless the check read the file in
-			 * one piece: then it goes out from that piece.
-			 */
-			fd = openat(s->queuefd, m->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-			if (fd == -1)
-				snprintf(err, sizeof(err), "open: %s", strerror(errno));
-			else
-				rc = dq_scan_file(fd, &qm, DQ_SCAN_HEADERS | DQ_SCAN_KEEP, &st,
-				                  &info, err, sizeof(err));
-			free(st);
-			if (rc == -1) {
-				if (fd != -1)
-					close(fd);
-				/* Deleted by an operator (or damaged): forget the item. */
-				log_warn("event=delivery_message_gone id=%s reason=%s", m->id,
-				         log_quote(qe, sizeof(qe), err));
-				item_free(it);
-				if (m->nitems == 0 && !m->removing) {
-					hmap_del(s->msgs, m->id);
-					msg_free(s, m);
-				}
-				continue;
+		/*
+		 * The whole file is checked now (a damaged one is never half
+		 * sent), keeping the header block; the body is read again while
+		 * DATA goes (qbody_next), so memory does not grow with its size,
+		 * unless the check read the file in one piece: then it goes out
+		 * from that piece.
+		 */
+		fd = openat(s->queuefd, m->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd == -1)
+			snprintf(err, sizeof(err), "open: %s", strerror(errno));
+		else
+			rc = dq_scan_file(fd, &qm, DQ_SCAN_HEADERS | DQ_SCAN_KEEP, &st, &info, err,
+			                  sizeof(err));
+		free(st);
+		if (rc == -1) {
+			if (fd != -1)
+				close(fd);
+			/* Deleted by an operator (or damaged): forget the item. */
+			log_warn("event=delivery_message_gone id=%s reason=%s", m->id,
+			         log_quote(qe, sizeof(qe), err));
+			item_free(it);
+			if (m->nitems == 0 && !m->removing) {
+				hmap_del(s->msgs, m->id);
+				msg_free(m);
 			}
-			t = txn_new(s, it, &qm.message, qbody_open(fd, &info), info.body_len);
-			queue_msg_free(&qm);
+			continue;
+		}
+		t = xcalloc(1, sizeof(*t));
+		t->owner = it;
+		t->hdr = qm.message;
+		buf_init(&qm.message, 0);
+		queue_msg_free(&qm);
+		t->body = qbody_open(fd, &info);
+		t->size = t->hdr.len + info.body_len;
+		t->flags = m->flags;
+		t->nrcpts = it->n;
+		t->rcpts = xcalloc(it->n, sizeof(char *));
+		t->rcpt_reply = xcalloc(it->n, sizeof(struct dreply));
+		for (k = 0; k < it->n; k++)
+			t->rcpts[k] = m->rcpts[it->idx[k]];
+		if (m->sender[0] == '\0') {
+			t->mail_from = xstrdup("");
+		} else {
+			char vh[300], addr[400];
+			char sdom[256];
+			snprintf(sdom, sizeof(sdom), "%s", addr_domain(m->sender));
+			str_lower(sdom);
+			verp_host(m->sender, s->cfg->platform_return_path_prefix,
+			          s->cfg->platform_bounce_domain,
+			          s->st ? store_return_path_ok(s->st, sdom) : 0, vh, sizeof(vh));
+			snprintf(host, sizeof(host), "%s", vh);
+			if (verp_address(addr, sizeof(addr), m->id,
+			                 it->n == 1 ? (long)it->idx[0] : -1, host) == -1)
+				snprintf(addr, sizeof(addr), "%s", m->sender);
+			t->mail_from = xstrdup(addr);
 		}
 		q->dest->win_count++;
 		return t;
@@ -1280,7 +1175,7 @@ static void free_dq(void *v)
 
 static void free_msg(void *v)
 {
-	msg_free(NULL, v); /* the whole index goes: no count to keep */
+	msg_free(v);
 }
 
 void sched_free(struct dsched *s)
