@@ -1296,6 +1296,54 @@ static int handle_line(struct session *s)
 	return 1;
 }
 
+/*
+ * Moves what OpenSSL already holds into the input: 1 when bytes came, 0
+ * when there is nothing to take (or only part of a record: the socket
+ * then shows the rest as readable). The server context reads ahead (one
+ * read() for all the records that arrived instead of two per record), so
+ * OpenSSL can hold whole records after the socket stopped being readable,
+ * and libevent 2.1 reads on only while SSL_pending() counts decrypted
+ * bytes: without this a client's last command could sit there unanswered.
+ * The end of the stream and TLS errors end the session as libevent's own
+ * reads would.
+ */
+static int tls_pull(struct session *s)
+{
+	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer_iovec v;
+	int n, e;
+
+	if (ssl == NULL || s->eof || !SSL_has_pending(ssl) ||
+	    !(bufferevent_get_enabled(s->bev) & EV_READ))
+		return 0;
+	if (evbuffer_reserve_space(in, 16384, &v, 1) < 1)
+		return 0;
+	ERR_clear_error();
+	n = SSL_read(ssl, v.iov_base, (int)v.iov_len);
+	if (n > 0) {
+		v.iov_len = (size_t)n;
+		evbuffer_commit_space(in, &v, 1);
+		return 1;
+	}
+	e = SSL_get_error(ssl, n);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return 0;
+	if (e == SSL_ERROR_ZERO_RETURN) {
+		s->eof = 1; /* close_notify: as a half-close (on_event) */
+		bufferevent_disable(s->bev, EV_READ);
+		return 0;
+	}
+	{
+		char reason[160], q[200];
+		ERR_error_string_n(ERR_peek_last_error(), reason, sizeof(reason));
+		log_info("event=tls_error client=%s op=read error=%s", s->addr,
+			 log_quote(q, sizeof(q), reason));
+	}
+	s->close_now = 1;
+	return 0;
+}
+
 /* Handles everything buffered until the session must wait or input runs out. */
 static void process_input(struct session *s)
 {
@@ -1312,13 +1360,19 @@ static void process_input(struct session *s)
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
 			break; /* resumed from the write callback */
 		if (s->state == ST_DATA) {
-			if (!feed_data(s))
+			if (!feed_data(s)) {
+				if (tls_pull(s))
+					continue;
 				break;
+			}
 			end_of_data(s);
 			continue;
 		}
-		if (!handle_line(s))
+		if (!handle_line(s)) {
+			if (tls_pull(s))
+				continue;
 			break;
+		}
 	}
 	s->in_process = 0;
 	flush_direct(s);
@@ -1363,6 +1417,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		s->tls = 1;
 		if (ssl)
 			tls_describe(ssl, s->tls_desc, sizeof(s->tls_desc));
+		/* A command that came with the end of the handshake may be held
+		 * by OpenSSL (read-ahead) with nothing more on the socket. */
+		if (!s->in_process)
+			process_input(s);
 		return;
 	}
 	/* During a TLS handshake no 421 can be written: just close. */

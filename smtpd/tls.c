@@ -34,6 +34,10 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t err
 	 * writes replies itself, the bufferevent repeats a blocked one;
 	 * libevent sets this mode too, it is stated here for our own use). */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* One read() for whatever records arrived, instead of two (header,
+	 * then body) per record; session.c (tls_pull) takes the records
+	 * OpenSSL then holds that libevent would not ask for. */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	/* Sessions are never resumed (no cache, no tickets): do not send the
 	 * two TLS 1.3 tickets OpenSSL otherwise writes after each handshake. */
 	SSL_CTX_set_num_tickets(ctx, 0);

@@ -1,6 +1,7 @@
 """STARTTLS: plaintext sent with the command is an injection attack
 (CVE-2011-0411 class) and closes the connection; state resets after it."""
 
+import socket
 import ssl
 
 import pytest
@@ -79,3 +80,87 @@ def test_rcpt_without_mail_refused(daemon, tenant):
     r = c.cmd("RCPT TO:<x@example.net>")
     assert r.code == 503, "RCPT without MAIL: %r" % r
     c.quit()
+
+
+class RecordClient:
+    """TLS through memory BIOs on a raw socket, so that the test decides how
+    TLS records are grouped into TCP writes."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = h.client_tls_context().wrap_bio(self.inc, self.out)
+        self.text = b""
+
+    def handshake(self):
+        """Runs the handshake; returns the client's last flight unsent."""
+        while True:
+            try:
+                self.tls.do_handshake()
+                return self.out.read()
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.out.read())
+                data = self.sock.recv(65536)
+                assert data, "closed during the handshake"
+                self.inc.write(data)
+
+    def records(self, *lines):
+        """One TLS record per line, as bytes to send."""
+        for line in lines:
+            self.tls.write(line)
+        return self.out.read()
+
+    def replies(self, n, timeout=5.0):
+        """The next n complete replies (last lines "ddd "), or fails."""
+        self.sock.settimeout(timeout * h.SLOW)
+        got = []
+        while len(got) < n:
+            while b"\r\n" in self.text and len(got) < n:
+                line, self.text = self.text.split(b"\r\n", 1)
+                if len(line) >= 4 and line[3:4] == b" ":
+                    got.append(line)
+            if len(got) == n:
+                break
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError("%d of %d replies, then silence" % (len(got), n))
+            assert data, "closed after %d of %d replies" % (len(got), n)
+            self.inc.write(data)
+            try:
+                while True:
+                    self.text += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        return got
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_records_that_arrive_together_are_all_answered(daemon, mode):
+    """The server reads TLS ahead (several records per read): commands in
+    records that came in one TCP write, and one that came with the end of
+    the handshake, are all answered without waiting for more input."""
+    if mode == "starttls":
+        sock = socket.create_connection(("127.0.0.1", daemon.submission_port),
+                                        timeout=10 * h.SLOW)
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"EHLO plain\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        sock.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220")
+    else:
+        sock = socket.create_connection(("127.0.0.1", daemon.smtps_port), timeout=10 * h.SLOW)
+    c = RecordClient(sock)
+    last = c.handshake()
+    sock.sendall(last + c.records(b"EHLO together\r\n"))
+    want = 2 if mode == "implicit" else 1  # the greeting comes over TLS too
+    rs = c.replies(want)
+    assert rs[-1].startswith(b"250 "), rs
+    sock.sendall(c.records(b"NOOP\r\n", b"RSET\r\n", b"NOOP\r\n", b"RSET\r\n", b"NOOP\r\n"))
+    rs = c.replies(5)
+    assert all(r.startswith(b"250 ") for r in rs), rs
+    sock.sendall(c.records(b"QUIT\r\n"))
+    assert c.replies(1)[0].startswith(b"221"), "no 221"
+    sock.close()
