@@ -1,5 +1,6 @@
 /* log: one key=value line per event, on stderr or to syslog. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,11 +42,26 @@ static void write_all(const char *p, size_t n)
 	}
 }
 
+/*
+ * Writes the kept lines in pieces of whole lines of at most PIPE_BUF bytes:
+ * on a pipe (stderr under a supervisor, shared with the delivery process)
+ * such a write is never interleaved with another process's.
+ */
 void log_flush(void)
 {
+	size_t off = 0;
+
 	if (batch == NULL || batch->len == 0)
 		return;
-	write_all(batch->buf, batch->len);
+	while (off < batch->len) {
+		size_t n = batch->len - off;
+		if (n > PIPE_BUF) {
+			const char *nl = memrchr(batch->buf + off, '\n', PIPE_BUF);
+			n = nl != NULL ? (size_t)(nl - (batch->buf + off)) + 1 : PIPE_BUF;
+		}
+		write_all(batch->buf + off, n);
+		off += n;
+	}
 	batch->len = 0;
 }
 
@@ -139,6 +155,9 @@ static void log_vmsg(int level, const char *fmt, va_list ap)
 	if (batch->len == 0)
 		batch->arm(batch->arg);
 	batch->len += (size_t)n;
+	/* An error may come just before the process dies (abort()): out now. */
+	if (level == SGLOG_ERR)
+		log_flush();
 }
 
 void log_msg(int level, const char *fmt, ...)

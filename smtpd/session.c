@@ -173,7 +173,8 @@ static void flush_direct(struct session *s)
 	int n;
 
 	s->unflushed = 0;
-	if (len == 0 || !mine || !s->tls || s->close_after_write || len > OUTPUT_HIGH)
+	if (len == 0 || !mine || !s->tls || s->close_after_write || s->close_now ||
+	    len > OUTPUT_HIGH)
 		return;
 	ssl = bufferevent_openssl_get_ssl(s->bev);
 	if (ssl == NULL || (p = evbuffer_pullup(out, -1)) == NULL)
@@ -1296,18 +1297,23 @@ static int handle_line(struct session *s)
 	return 1;
 }
 
+/* Bytes tls_pull takes in one process_input call, at most. */
+#define TLS_PULL_MAX (256 * 1024)
+
 /*
  * Moves what OpenSSL already holds into the input: 1 when bytes came, 0
- * when there is nothing to take (or only part of a record: the socket
- * then shows the rest as readable). The server context reads ahead (one
+ * when there is nothing to take. The server context reads ahead (one
  * read() for all the records that arrived instead of two per record), so
  * OpenSSL can hold whole records after the socket stopped being readable,
  * and libevent 2.1 reads on only while SSL_pending() counts decrypted
  * bytes: without this a client's last command could sit there unanswered.
- * The end of the stream and TLS errors end the session as libevent's own
- * reads would.
+ * Holding part of a record, SSL_read reads the socket itself; *budget
+ * bounds what one call of process_input takes that way, so that a fast
+ * sender cannot keep the loop to itself: past it, the read callback is
+ * run again after the loop's other work. The end of the stream and TLS
+ * errors end the session as libevent's own reads would.
  */
-static int tls_pull(struct session *s)
+static int tls_pull(struct session *s, size_t *budget)
 {
 	SSL *ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
 	struct evbuffer *in = bufferevent_get_input(s->bev);
@@ -1317,6 +1323,11 @@ static int tls_pull(struct session *s)
 	if (ssl == NULL || s->eof || !SSL_has_pending(ssl) ||
 	    !(bufferevent_get_enabled(s->bev) & EV_READ))
 		return 0;
+	if (*budget == 0) {
+		bufferevent_trigger(s->bev, EV_READ,
+				    BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+		return 0;
+	}
 	if (evbuffer_reserve_space(in, 16384, &v, 1) < 1)
 		return 0;
 	ERR_clear_error();
@@ -1324,6 +1335,7 @@ static int tls_pull(struct session *s)
 	if (n > 0) {
 		v.iov_len = (size_t)n;
 		evbuffer_commit_space(in, &v, 1);
+		*budget = *budget > (size_t)n ? *budget - (size_t)n : 0;
 		return 1;
 	}
 	e = SSL_get_error(ssl, n);
@@ -1336,17 +1348,25 @@ static int tls_pull(struct session *s)
 	}
 	{
 		char reason[160], q[200];
-		ERR_error_string_n(ERR_peek_last_error(), reason, sizeof(reason));
+		unsigned long err = ERR_peek_last_error();
+		if (err != 0)
+			ERR_error_string_n(err, reason, sizeof(reason));
+		else
+			snprintf(reason, sizeof(reason), "%s",
+				 e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "unexpected end");
 		log_info("event=tls_error client=%s op=read error=%s", s->addr,
 			 log_quote(q, sizeof(q), reason));
 	}
-	s->close_now = 1;
+	s->close_now = 1; /* the pass's replies are not written (flush_direct) */
 	return 0;
 }
 
 /* Handles everything buffered until the session must wait or input runs out. */
 static void process_input(struct session *s)
 {
+	size_t budget = TLS_PULL_MAX;
+	int starved = 0; /* stopped for want of input */
+
 	if (s->in_process)
 		return;
 	s->in_process = 1;
@@ -1361,25 +1381,29 @@ static void process_input(struct session *s)
 			break; /* resumed from the write callback */
 		if (s->state == ST_DATA) {
 			if (!feed_data(s)) {
-				if (tls_pull(s))
+				if (tls_pull(s, &budget))
 					continue;
+				starved = 1;
 				break;
 			}
 			end_of_data(s);
 			continue;
 		}
 		if (!handle_line(s)) {
-			if (tls_pull(s))
+			if (tls_pull(s, &budget))
 				continue;
+			starved = 1;
 			break;
 		}
 	}
 	s->in_process = 0;
 	flush_direct(s);
 	if (s->eof && !s->waiting && !s->close_after_write && !s->close_now) {
-		/* Half-closed and nothing left that could finish: done. */
-		if (s->state == ST_DATA || evbuffer_get_length(bufferevent_get_input(s->bev)) == 0 ||
-		    s->state == ST_TLS || s->state == ST_AUTH)
+		/* Half-closed and nothing left that could finish (a partial
+		 * command line never will): done. */
+		if (s->state == ST_DATA || starved ||
+		    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0 || s->state == ST_TLS ||
+		    s->state == ST_AUTH)
 			s->close_now = 1;
 	}
 	if (s->close_now)

@@ -87,3 +87,24 @@ def test_half_closed_client_gets_every_reply(daemon):
     lines = (c.buf + data).split(b"\r\n")
     assert [ln for ln in lines if ln.startswith(b"250 2.0.0")] == [b"250 2.0.0 Ok"] * 20, lines
     assert any(ln.startswith(b"214 ") for ln in lines), lines
+
+
+def test_half_closed_client_with_a_partial_line_is_let_go(daemon):
+    """A command line cut off by the client's half-close can never be
+    completed: the server answers what came before it and closes, instead
+    of keeping the session (its reads off, so no timeout) for ever."""
+    c = h.SMTPClient.connect(daemon.submission_port)
+    c.send("NOOP\r\nNOO")
+    c.sock.shutdown(socket.SHUT_WR)
+    data = b""
+    c.sock.settimeout(10 * h.SLOW)
+    try:
+        while True:
+            chunk = c.sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        raise AssertionError("session kept open after the half-close: %r" % (c.buf + data))
+    c.close()
+    assert b"250 2.0.0" in c.buf + data, c.buf + data
