@@ -52,22 +52,6 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_info(...) log_msg(SGLOG_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(SGLOG_DEBUG, __VA_ARGS__)
 /* Fatal: logs and exits 1. */
-/*
- * Batching for an event loop's thread: lines it logs are kept (16 KB at
- * most, then written) until log_flush(), so a busy loop writes one pass's
- * lines with one write() instead of one per line. arm(arg) is called when
- * the first line goes in: the loop schedules a flush for the end of the
- * pass. log_batch(NULL, NULL) flushes and stops batching. A process that
- * dies by a signal loses at most the lines of the pass it died in.
- */
-void log_batch(void (*arm)(void *), void *arg);
-void log_flush(void);
-/* Batching for the calling thread's libevent loop (flushed at the end of
- * each pass); log_batch_loop_end(ev) stops it, flushes, frees ev. */
-struct event_base;
-struct event;
-struct event *log_batch_loop(struct event_base *base);
-void log_batch_loop_end(struct event *ev);
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /*
  * Quotes s for a key=value line into out (always NUL-terminated): bare when

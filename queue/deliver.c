@@ -162,7 +162,6 @@ static void delivery_priority(const struct config *cfg)
 int delivery_run(struct config *cfg)
 {
 	struct delivery d;
-	struct event *ev_log;
 	struct dns_config dc;
 	struct dns_resolver *dns;
 	struct timeval tenth = {0, 100000};
@@ -211,9 +210,7 @@ int delivery_run(struct config *cfg)
 	event_add(d.ev_int, NULL);
 	d.ev_ready = event_new(d.base, -1, EV_PERSIST, ready_cb, &d);
 	event_add(d.ev_ready, &tenth);
-	ev_log = log_batch_loop(d.base);
 	event_base_dispatch(d.base);
-	log_batch_loop_end(ev_log);
 	log_info("event=delivery_exit");
 	rc = 0;
 out:

@@ -568,7 +568,6 @@ static struct event_base *loop_new(void)
 int smtpd_run(struct config *cfg, const char *config_path)
 {
 	struct server srv;
-	struct event *ev_log;
 	char err[1024];
 	char q[2000];
 	uint32_t i;
@@ -659,9 +658,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 		event_add(srv.ev_ready, &tv);
 	}
 
-	ev_log = log_batch_loop(srv.base);
 	event_base_dispatch(srv.base);
-	log_batch_loop_end(ev_log);
 
 	log_info("event=stopped sessions=%d", srv.nsessions);
 	/* Sessions still open at the deadline go first, so no callback of
