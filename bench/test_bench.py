@@ -441,3 +441,35 @@ def test_settle_waits_after_a_removal_only_where_it_matters(monkeypatch, tmp_pat
     # A folder that does not exist yet is judged by the nearest one that does.
     assert settle.journal_less_ext4(str(tmp_path / "not" / "yet")) == \
         settle.journal_less_ext4(str(tmp_path))
+
+
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < %s:\n    pass\n"
+
+
+def test_cpustat_puts_cpu_where_it_was_spent():
+    """bench/cpustat.py (run_delivery.py --cpu-report): a process that
+    spins while the snapshots are taken is counted under its own name, one
+    that ran and was waited for between them under the children, and the
+    report turns seconds into microseconds per unit."""
+    sys.path.insert(0, HERE)
+    import cpustat
+    live = subprocess.Popen([sys.executable, "-c", SPIN % "30"])
+    try:
+        before = cpustat.snapshot()
+        subprocess.run([sys.executable, "-c", SPIN % "0.3"], check=True, timeout=60)
+        after = cpustat.snapshot()
+    finally:
+        live.kill()
+        live.wait()
+    groups, machine = cpustat.diff(before, after)
+    child_user, child_sys, _ = groups["children (load generator)"]
+    assert child_user + child_sys >= 0.25, groups
+    spinner = [g for (pid, _tid), (g, *_r) in after["threads"].items() if pid == str(live.pid)]
+    assert spinner and spinner[0].startswith("python"), spinner
+    spun = sum(groups[g][0] + groups[g][1] for g in set(spinner) if g in groups)
+    assert spun >= 0.1, groups  # it ran beside the child for at least 0.3 s
+    assert sum(machine.values()) > 0
+    text = cpustat.report(before, after, 1000)
+    child_line = next(ln for ln in text.splitlines() if "children (load generator)" in ln)
+    assert int(child_line.split()[3]) >= 250, child_line  # >= 0.25 s over 1,000 units
+    assert "machine:" in text
