@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -455,6 +456,19 @@ def test_cpustat_puts_cpu_where_it_was_spent():
     import cpustat
     live = subprocess.Popen([sys.executable, "-c", SPIN % "30"])
     try:
+        # Counted only once it is python and spinning: a process caught
+        # mid-exec has no command line yet and is left out of a snapshot.
+        def started():
+            with open("/proc/%d/cmdline" % live.pid, "rb") as f:
+                if b"process_time" not in f.read():
+                    return False
+            with open("/proc/%d/stat" % live.pid) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            return int(rest[11]) + int(rest[12]) > 0
+        deadline = time.monotonic() + 30
+        while not started():
+            assert time.monotonic() < deadline, "the spinner never started"
+            time.sleep(0.05)
         before = cpustat.snapshot()
         subprocess.run([sys.executable, "-c", SPIN % "0.3"], check=True, timeout=60)
         after = cpustat.snapshot()
