@@ -129,10 +129,22 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+/* Runs the callbacks of a list of finished jobs and frees them (loop). */
+static void run_callbacks(struct sign_job *j)
+{
+	struct sign_job *next;
+
+	for (; j; j = next) {
+		next = j->next;
+		j->cb(j->cookie, j->failed ? NULL : &j->out, j->failed ? j->err : NULL);
+		job_free(j);
+	}
+}
+
 static void on_done(evutil_socket_t fd, short what, void *arg)
 {
 	struct signer *sg = arg;
-	struct sign_job *j, *next;
+	struct sign_job *j;
 	uint64_t n;
 
 	if (read(sg->efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
@@ -141,25 +153,17 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 	j = sg->done_head;
 	sg->done_head = sg->done_tail = NULL;
 	pthread_mutex_unlock(&sg->lock);
-	for (; j; j = next) {
-		next = j->next;
-		j->cb(j->cookie, j->failed ? NULL : &j->out, j->failed ? j->err : NULL);
-		job_free(j);
-	}
+	run_callbacks(j);
 }
 
 /* The callbacks of jobs signed on the loop, at the end of the pass. */
 static void on_inline(evutil_socket_t fd, short what, void *arg)
 {
 	struct signer *sg = arg;
-	struct sign_job *j = sg->inline_head, *next;
+	struct sign_job *j = sg->inline_head;
 
 	sg->inline_head = sg->inline_tail = NULL;
-	for (; j; j = next) {
-		next = j->next;
-		j->cb(j->cookie, j->failed ? NULL : &j->out, j->failed ? j->err : NULL);
-		job_free(j);
-	}
+	run_callbacks(j);
 }
 
 /* 1 when every key of j is Ed25519: cheap enough to sign on the loop. */
