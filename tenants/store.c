@@ -9,11 +9,23 @@
  * Postgres did not know are remembered too, so that a repeated unknown
  * username is answered from memory like a known one. Events are written in
  * batches.
+ *
+ * libpq resolves a host name inside PQconnectStart, with a blocking
+ * getaddrinfo. A conninfo naming one host by name has it resolved on a
+ * short-lived thread instead, and libpq is handed the numeric addresses as
+ * hostaddr (host stays, for TLS verification, .pgpass and messages).
  */
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -148,9 +160,17 @@ struct pending_event {
 	char *json; /* one array element */
 };
 
+struct resolve_job;
+
 struct store {
 	struct event_base *base;
 	char *conninfo;
+	/* Set when the conninfo names one host by name: the parsed conninfo
+	 * and that name, resolved off the loop before each connection. */
+	PQconninfoOption *opts;
+	char *db_host;
+	struct resolve_job *resolving; /* the running resolution, if any */
+	struct event *ev_resolved;
 	PGconn *conn;
 	int connecting;
 	int connected;
@@ -954,11 +974,23 @@ static void fail_all(struct store *st)
 
 /* ---- the connection --------------------------------------------------- */
 
+/*
+ * Ends the connection or the attempt at one (why says what went wrong) and
+ * arms the retry timer. An attempt that failed before libpq had a
+ * connection (an unresolvable host name) is logged the same way. With a
+ * host resolved here libpq's messages name only the address (hostaddr),
+ * so the name is logged beside them.
+ */
 static void conn_drop(struct store *st, const char *why)
 {
-	if (st->conn) {
-		char q[600];
+	char q[600], qh[300];
+
+	if (st->db_host)
+		log_warn("event=db_disconnected host=%s reason=%s",
+			 log_quote(qh, sizeof(qh), st->db_host), log_quote(q, sizeof(q), why));
+	else
 		log_warn("event=db_disconnected reason=%s", log_quote(q, sizeof(q), why));
+	if (st->conn) {
 		PQfinish(st->conn);
 		st->conn = NULL;
 	}
@@ -1206,9 +1238,314 @@ static void on_notice(void *arg, const char *message)
 	log_warn("event=db_notice message=%s", log_quote(q, sizeof(q), line));
 }
 
-static void store_connect(struct store *st)
+/* ---- resolving the host name off the loop ----------------------------- */
+
+/* Addresses handed to libpq at most; getaddrinfo rarely gives more. */
+#define RESOLVE_ADDRS_MAX 8
+
+/*
+ * One getaddrinfo on its own detached thread. The thread and the store
+ * each hold a reference: the store drops its own once it has read the
+ * answer, or at store_close while the thread still waits on a slow
+ * resolver, so that closing never waits for DNS; the last one out frees.
+ * The answer reaches the loop through the eventfd, as the signer's do.
+ */
+struct resolve_job {
+	pthread_mutex_t lock;
+	int refs;
+	int efd;
+	char *host;
+	/* Written by the thread under lock, read by the loop after efd. */
+	int gai;       /* getaddrinfo's result */
+	int sys_errno; /* for EAI_SYSTEM */
+	int naddrs;
+	char addrs[RESOLVE_ADDRS_MAX][NI_MAXHOST];
+};
+
+static void resolve_unref(struct resolve_job *j)
 {
-	st->conn = PQconnectStart(st->conninfo);
+	int last;
+
+	pthread_mutex_lock(&j->lock);
+	last = --j->refs == 0;
+	pthread_mutex_unlock(&j->lock);
+	if (!last)
+		return;
+	close(j->efd);
+	pthread_mutex_destroy(&j->lock);
+	free(j->host);
+	free(j);
+}
+
+static void *resolve_thread(void *arg)
+{
+	struct resolve_job *j = arg;
+	struct addrinfo hints, *res = NULL, *ai;
+	uint64_t one = 1;
+	int gai, err, n = 0;
+
+	/* Named here: once detached, its id is not ours to use. */
+	pthread_setname_np(pthread_self(), "sg-resolve");
+	/* The hints libpq itself uses for a host name. */
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	gai = getaddrinfo(j->host, NULL, &hints, &res);
+	err = errno;
+	pthread_mutex_lock(&j->lock);
+	j->gai = gai;
+	j->sys_errno = err;
+	for (ai = gai == 0 ? res : NULL; ai && n < RESOLVE_ADDRS_MAX; ai = ai->ai_next)
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, j->addrs[n], sizeof(j->addrs[n]), NULL,
+				0, NI_NUMERICHOST) == 0)
+			n++;
+	j->naddrs = n;
+	pthread_mutex_unlock(&j->lock);
+	if (res)
+		freeaddrinfo(res);
+	/* A closed store no longer listens; the write is harmless then. */
+	if (write(j->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		abort();
+	resolve_unref(j);
+	return NULL;
+}
+
+/* 1 when host is an address or a socket: libpq then resolves nothing. */
+static int host_needs_no_lookup(const char *host)
+{
+	struct addrinfo hints, *res = NULL;
+
+	if (host[0] == '\0' || host[0] == '/' || host[0] == '@')
+		return 1;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_flags = AI_NUMERICHOST; /* never asks a resolver */
+	if (getaddrinfo(host, NULL, &hints, &res) != 0)
+		return 0;
+	freeaddrinfo(res);
+	return 1;
+}
+
+/* 1 when some host of a comma-separated list is a name to look up. */
+static int hosts_need_lookup(const char *list)
+{
+	char *copy = xstrdup(list), *h, *save = NULL;
+	int need = 0;
+
+	for (h = strtok_r(copy, ",", &save); h && !need; h = strtok_r(NULL, ",", &save))
+		need = !host_needs_no_lookup(h);
+	free(copy);
+	return need;
+}
+
+/*
+ * Decides, once at open, whether connections resolve a host name off the
+ * loop: only when the conninfo (or PGHOST, which libpq would use) names
+ * exactly one host by name and no hostaddr. Other cases that would
+ * resolve a name (several hosts, a service file) keep libpq's own lookup,
+ * with a warning, since that one blocks the loop.
+ */
+static void resolve_plan(struct store *st)
+{
+	PQconninfoOption *opts = PQconninfoParse(st->conninfo, NULL), *o;
+	const char *host = NULL, *port = NULL, *service = getenv("PGSERVICE");
+	const char *why = NULL;
+	int hostaddr = getenv("PGHOSTADDR") != NULL;
+	char q[600];
+
+	if (opts == NULL)
+		return; /* PQconnectStart reports the syntax error */
+	for (o = opts; o->keyword; o++) {
+		if (o->val == NULL)
+			continue;
+		if (strcmp(o->keyword, "host") == 0)
+			host = o->val;
+		else if (strcmp(o->keyword, "port") == 0)
+			port = o->val;
+		else if (strcmp(o->keyword, "hostaddr") == 0 && o->val[0])
+			hostaddr = 1;
+		else if (strcmp(o->keyword, "service") == 0 && o->val[0])
+			service = o->val;
+	}
+	if (host == NULL && service && service[0]) {
+		/* The service file may name a host: libpq reads it itself. */
+		host = "(from service file)";
+		why = "service";
+	} else if (host == NULL) {
+		host = getenv("PGHOST");
+	}
+	/* Several ports for one host: libpq refuses it before any lookup. */
+	if (hostaddr || host == NULL || (why == NULL && !hosts_need_lookup(host)) ||
+	    (port && strchr(port, ',') && !strchr(host, ','))) {
+		PQconninfoFree(opts);
+		return;
+	}
+	if (why == NULL && strchr(host, ','))
+		why = "several_hosts";
+	if (why) {
+		log_warn("event=db_resolve_on_loop host=%s reason=%s hint=\"libpq will resolve a "
+			 "host name on the event loop, blocking it; give hostaddr= (a numeric "
+			 "address) or a unix socket\"",
+			 log_quote(q, sizeof(q), host), why);
+		PQconninfoFree(opts);
+		return;
+	}
+	st->db_host = xstrdup(host);
+	st->opts = opts;
+}
+
+static void connect_begin(struct store *st, PGconn *conn);
+
+/*
+ * Starts libpq on the resolved addresses (addrs, comma-separated, n of
+ * them) as hostaddr, with the conninfo's other keywords. libpq tries them
+ * in getaddrinfo's order, as it would have; host is repeated once per
+ * address since its list must be as long as hostaddr's. expand_dbname is
+ * off: PQconninfoParse has expanded the conninfo already.
+ */
+static PGconn *connect_resolved(struct store *st, const char *addrs, int n)
+{
+	const char **kw, **val;
+	struct buf hosts;
+	PQconninfoOption *o;
+	PGconn *conn;
+	size_t k = 0, max = 2;
+	int i;
+
+	for (o = st->opts; o->keyword; o++)
+		max++;
+	kw = xcalloc(max + 1, sizeof(*kw));
+	val = xcalloc(max + 1, sizeof(*val));
+	for (o = st->opts; o->keyword; o++) {
+		if (o->val == NULL || strcmp(o->keyword, "host") == 0 ||
+		    strcmp(o->keyword, "hostaddr") == 0)
+			continue;
+		kw[k] = o->keyword;
+		val[k++] = o->val;
+	}
+	buf_init(&hosts, 1 << 20);
+	for (i = 0; i < n; i++) {
+		if (i)
+			buf_puts(&hosts, ",");
+		buf_puts(&hosts, st->db_host);
+	}
+	kw[k] = "host";
+	val[k++] = hosts.data;
+	kw[k] = "hostaddr";
+	val[k++] = addrs;
+	conn = PQconnectStartParams(kw, val, 0);
+	buf_free(&hosts);
+	free(kw);
+	free(val);
+	return conn;
+}
+
+/* The resolver thread has answered (loop): connect, or fail and retry. */
+static void on_resolved(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+	struct resolve_job *j = st->resolving;
+	char msg[1500], q[600], qa[600];
+	struct buf addrs;
+	uint64_t n;
+	int i;
+
+	if (read(fd, &n, sizeof(n)) != (ssize_t)sizeof(n)) {
+		event_add(st->ev_resolved, NULL); /* not written yet */
+		return;
+	}
+	event_free(st->ev_resolved);
+	st->ev_resolved = NULL;
+	st->resolving = NULL;
+	/* Taking the lock the thread wrote its answer under makes all of it
+	 * visible here; the thread touches none of it any more. */
+	pthread_mutex_lock(&j->lock);
+	pthread_mutex_unlock(&j->lock);
+	if (j->gai != 0 || j->naddrs == 0) {
+		const char *why = "no usable address";
+		if (j->gai == EAI_SYSTEM)
+			why = strerror(j->sys_errno);
+		else if (j->gai != 0)
+			why = gai_strerror(j->gai);
+		snprintf(msg, sizeof(msg), "could not translate host name \"%s\" to address: %s",
+			 st->db_host, why);
+		resolve_unref(j);
+		conn_drop(st, msg);
+		return;
+	}
+	buf_init(&addrs, 1 << 20);
+	for (i = 0; i < j->naddrs; i++) {
+		if (i)
+			buf_puts(&addrs, ",");
+		buf_puts(&addrs, j->addrs[i]);
+	}
+	log_info("event=db_resolved host=%s addr=%s", log_quote(q, sizeof(q), st->db_host),
+		 log_quote(qa, sizeof(qa), addrs.data));
+	connect_begin(st, connect_resolved(st, addrs.data, j->naddrs));
+	buf_free(&addrs);
+	resolve_unref(j);
+}
+
+/* Starts resolving st->db_host on a thread; -1 (with msg) if it cannot. */
+static int resolve_start(struct store *st, char *msg, size_t msglen)
+{
+	struct resolve_job *j = xcalloc(1, sizeof(*j));
+	pthread_attr_t attr;
+	pthread_t tid;
+	sigset_t all, old;
+	int rc;
+
+	j->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (j->efd == -1) {
+		snprintf(msg, msglen, "cannot resolve \"%s\": eventfd: %s", st->db_host,
+			 strerror(errno));
+		free(j);
+		return -1;
+	}
+	pthread_mutex_init(&j->lock, NULL);
+	j->host = xstrdup(st->db_host);
+	j->refs = 2; /* the thread's and the store's */
+	st->resolving = j;
+	st->ev_resolved = event_new(st->base, j->efd, EV_READ, on_resolved, st);
+	event_add(st->ev_resolved, NULL);
+	/* Signals stay with the loop's thread. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&tid, &attr, resolve_thread, j);
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		snprintf(msg, msglen, "cannot resolve \"%s\": no thread: %s", st->db_host,
+			 strerror(rc));
+		event_free(st->ev_resolved);
+		st->ev_resolved = NULL;
+		st->resolving = NULL;
+		j->refs = 1;
+		resolve_unref(j);
+		return -1;
+	}
+	return 0;
+}
+
+/* Forgets a running resolution (store_close): the thread frees the job. */
+static void resolve_abandon(struct store *st)
+{
+	if (st->resolving == NULL)
+		return;
+	event_free(st->ev_resolved);
+	st->ev_resolved = NULL;
+	resolve_unref(st->resolving);
+	st->resolving = NULL;
+}
+
+/* ---- connecting ------------------------------------------------------- */
+
+/* Drives a connection that libpq has started (conn, or NULL: no memory). */
+static void connect_begin(struct store *st, PGconn *conn)
+{
+	st->conn = conn;
 	if (st->conn == NULL || PQstatus(st->conn) == CONNECTION_BAD) {
 		conn_drop(st, st->conn ? PQerrorMessage(st->conn) : "out of memory");
 		return;
@@ -1218,6 +1555,23 @@ static void store_connect(struct store *st)
 	/* The first poll is due as if the socket were writable. */
 	st->ev_connect = event_new(st->base, PQsocket(st->conn), EV_WRITE, connect_poll, st);
 	event_add(st->ev_connect, NULL);
+}
+
+/* Starts a connection attempt, by way of the resolver thread for a name. */
+static void store_connect(struct store *st)
+{
+	char msg[1200];
+
+	if (st->resolving)
+		return; /* its answer connects */
+	if (st->db_host == NULL) {
+		connect_begin(st, PQconnectStart(st->conninfo));
+		return;
+	}
+	/* Each attempt resolves again: the name may point elsewhere now. */
+	st->connecting = 1;
+	if (resolve_start(st, msg, sizeof(msg)) == -1)
+		conn_drop(st, msg);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -1318,6 +1672,7 @@ struct store *store_open(struct event_base *base, const char *conninfo)
 	st->ev_reload = evtimer_new(base, reload_cb, st);
 	st->ev_flush = event_new(base, -1, EV_PERSIST, flush_cb, st);
 	event_add(st->ev_flush, &tv);
+	resolve_plan(st);
 	store_connect(st);
 	return st;
 }
@@ -1335,6 +1690,7 @@ void store_close(struct store *st)
 		return;
 	if (st->nevents)
 		log_warn("event=events_lost count=%zu reason=shutdown", st->nevents);
+	resolve_abandon(st);
 	if (st->conn) {
 		PQfinish(st->conn);
 		st->conn = NULL;
@@ -1377,6 +1733,9 @@ void store_close(struct store *st)
 	hmap_free(st->pools, free);
 	hmap_free(st->tenant_pool, free);
 	explicit_bzero(st->master, sizeof(st->master));
+	if (st->opts)
+		PQconninfoFree(st->opts);
+	free(st->db_host);
 	free(st->conninfo);
 	free(st);
 }
