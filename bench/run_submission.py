@@ -111,7 +111,9 @@ def fmt_load(name, rc, d, err):
 
 def neighbour(exe, ctl, daemon, quick):
     """A quiet tenant sending 20 msg/s, alone and then while a second tenant
-    floods with 50 connections: how much does the neighbour cost it?"""
+    floods with 50 connections: how much does the neighbour cost it? Under
+    each quiet line, the daemon's own timings of the quiet tenant's
+    messages show how much of that is the server's."""
     quiet, loud = h.setup_tenant(ctl), h.setup_tenant(ctl)
     n = 100 if quick else 400
 
@@ -120,17 +122,25 @@ def neighbour(exe, ctl, daemon, quick):
                 "-P", t.secret, "--from", t.addr("bench")] + extra
 
     quiet_args = argv(quiet, ["-c", "2", "--rate", "20", "-n", str(n)])
+    off = log_size(daemon)
     rc, alone, err = run_bench(exe, quiet_args, timeout=600, server_pid=daemon.proc.pid)
     print(fmt_load("quiet-alone", rc, alone, err), flush=True)
+    if alone is not None:
+        alone["server_timings"] = server_timings(daemon, off, tenant=quiet.name)
+        print(fmt_timings(alone["server_timings"]), flush=True)
     flood = subprocess.Popen([exe, "--json", "-q"] + argv(loud, ["-c", "50", "-n", "100000000"]),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2)  # the flood is at full speed before the quiet tenant starts
+        off = log_size(daemon)
         rc, shared, err = run_bench(exe, quiet_args, timeout=600)
     finally:
         flood.send_signal(signal.SIGINT)
         fout, ferr = flood.communicate(timeout=120)
     print(fmt_load("quiet-flood", rc, shared, err), flush=True)
+    if shared is not None:
+        shared["server_timings"] = server_timings(daemon, off, tenant=quiet.name)
+        print(fmt_timings(shared["server_timings"]), flush=True)
     try:
         loud_d = json.loads(fout)
     except ValueError:
@@ -147,10 +157,11 @@ def log_size(daemon):
         return 0
 
 
-def server_timings(daemon, offset):
+def server_timings(daemon, offset, tenant=None):
     """Percentiles of the daemon's own per-message timings (its event=message
-    log lines since offset): eod_ms, end of data to the reply, and sign_ms,
-    the part of it spent queued for and running DKIM signing."""
+    log lines since offset, only tenant's if given): eod_ms, end of data to
+    the reply, and sign_ms, the part of it spent queued for and running DKIM
+    signing."""
     eod, sign = [], []
     with open(daemon.logfile, "rb") as f:
         f.seek(offset)
@@ -158,6 +169,8 @@ def server_timings(daemon, offset):
             if "event=message " not in line or "result=queued" not in line:
                 continue
             fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+            if tenant is not None and fields.get("tenant") != tenant:
+                continue
             try:
                 eod.append(float(fields["eod_ms"]))
                 sign.append(float(fields["sign_ms"]))

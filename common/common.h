@@ -112,6 +112,26 @@ size_t hmap_count(const struct hmap *m);
 /* Calls fn for each entry (the map must not change meanwhile). */
 void hmap_each(const struct hmap *m, void (*fn)(void *arg, const char *key, void *value), void *arg);
 
+/* ---- fairq.c: a queue that takes turns between owners --------------- */
+
+/*
+ * Items of many owners (tenants): each owner's in the order pushed, the
+ * owners in turn, one item each, so a backlog of one owner delays another's
+ * next item by at most one item per owner waiting. Items embed a struct
+ * fairq_item. Not thread-safe: the caller holds its own lock.
+ */
+struct fairq_item {
+	struct fairq_item *next;
+};
+struct fairq;
+struct fairq *fairq_new(void);
+/* Frees the queue; items still in it are the caller's. */
+void fairq_free(struct fairq *q);
+void fairq_push(struct fairq *q, int64_t owner, struct fairq_item *it);
+/* The next item in turn, or NULL when empty. */
+struct fairq_item *fairq_pop(struct fairq *q);
+size_t fairq_len(const struct fairq *q);
+
 /* ---- config.c: the INI file ------------------------------------------- */
 
 #define CONFIG_MAX_LISTEN 8

@@ -86,11 +86,11 @@ void signer_free(struct signer *sg);
  * Signs hdr (copied) with each key; takes over the key references. The
  * callback runs on the loop later (when every key is Ed25519, the
  * signing is done before this returns: see signer.c). hcanon/bcanon are
- * enum dkim_canon.
+ * enum dkim_canon. Waiting jobs are taken by tenant_id in turn.
  */
 int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
 		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
-		  signer_cb cb, uint64_t cookie);
+		  int64_t tenant_id, signer_cb cb, uint64_t cookie);
 
 /* child.c */
 /* Starts the delivery process and restarts it whenever it dies. */

@@ -1108,8 +1108,8 @@ static void eod_continue(struct session *s)
 		tx->bodyhash = NULL;
 		tx->t_sign = now_usec();
 		signer_submit(s->srv->signer, keys, n, tx->final.data, tx->final.len, bh,
-			      s->srv->hcanon, s->srv->bcanon, s->srv->cfg->dkim_expiry, sign_done,
-			      s->id);
+			      s->srv->hcanon, s->srv->bcanon, s->srv->cfg->dkim_expiry,
+			      s->who.tenant_id, sign_done, s->id);
 		return;
 	}
 	commit_message(s, NULL);

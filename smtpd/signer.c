@@ -12,6 +12,10 @@
  * messages then reach the spool's commit thread together and share its
  * syncs (called at once, each went alone: fewer messages per second in
  * alternated runs).
+ *
+ * The threads take jobs by tenant in turn (fairq), not first come first
+ * served: a tenant flooding with fifty connections keeps up to fifty jobs
+ * waiting, and a quiet tenant's message would wait behind all of them.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -26,7 +30,8 @@
 #include "smtpd/server.h"
 
 struct sign_job {
-	struct sign_job *next;
+	struct fairq_item q;   /* waiting for a thread (first member) */
+	struct sign_job *next; /* done, or signed on the loop */
 	uint64_t cookie;
 	signer_cb cb;
 	struct signing_key *keys[2];
@@ -44,7 +49,7 @@ struct sign_job {
 struct signer {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct sign_job *todo_head, *todo_tail;
+	struct fairq *todo;
 	struct sign_job *done_head, *done_tail;
 	pthread_t *threads;
 	int nthreads;
@@ -99,14 +104,11 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&sg->lock);
 	for (;;) {
 		struct sign_job *j;
-		while (!sg->stop && sg->todo_head == NULL)
+		while (!sg->stop && fairq_len(sg->todo) == 0)
 			pthread_cond_wait(&sg->cond, &sg->lock);
-		if (sg->todo_head == NULL)
+		j = (struct sign_job *)fairq_pop(sg->todo);
+		if (j == NULL)
 			break;
-		j = sg->todo_head;
-		sg->todo_head = j->next;
-		if (sg->todo_head == NULL)
-			sg->todo_tail = NULL;
 		pthread_mutex_unlock(&sg->lock);
 
 		run_job(j);
@@ -184,6 +186,7 @@ struct signer *signer_new(struct event_base *base, int nthreads)
 
 	pthread_mutex_init(&sg->lock, NULL);
 	pthread_cond_init(&sg->cond, NULL);
+	sg->todo = fairq_new();
 	sg->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (sg->efd == -1)
 		fatal("event=start_failed error=\"eventfd: %s\"", strerror(errno));
@@ -218,6 +221,7 @@ void signer_free(struct signer *sg)
 	event_free(sg->ev_inline);
 	event_free(sg->ev);
 	close(sg->efd);
+	fairq_free(sg->todo); /* empty: the threads ran every job before stopping */
 	pthread_mutex_destroy(&sg->lock);
 	pthread_cond_destroy(&sg->cond);
 	free(sg->threads);
@@ -226,7 +230,7 @@ void signer_free(struct signer *sg)
 
 int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
 		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
-		  signer_cb cb, uint64_t cookie)
+		  int64_t tenant_id, signer_cb cb, uint64_t cookie)
 {
 	struct sign_job *j = xcalloc(1, sizeof(*j));
 	int i;
@@ -254,11 +258,7 @@ int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const
 		return 0;
 	}
 	pthread_mutex_lock(&sg->lock);
-	if (sg->todo_tail)
-		sg->todo_tail->next = j;
-	else
-		sg->todo_head = j;
-	sg->todo_tail = j;
+	fairq_push(sg->todo, tenant_id, &j->q);
 	pthread_cond_signal(&sg->cond);
 	pthread_mutex_unlock(&sg->lock);
 	return 0;
