@@ -145,6 +145,27 @@ static void reply(struct session *s, const char *fmt, ...)
 }
 
 /*
+ * Logs a failed TLS read, write or handshake with OpenSSL's reason: err, or
+ * else the last error OpenSSL queued on this thread; failing both, the
+ * system error sys_errno (0: the peer just went away).
+ */
+static void log_tls_error(const struct session *s, const char *op, unsigned long err,
+			  int sys_errno)
+{
+	char reason[160], q[200];
+
+	if (err == 0)
+		err = ERR_peek_last_error();
+	if (err != 0)
+		ERR_error_string_n(err, reason, sizeof(reason));
+	else
+		snprintf(reason, sizeof(reason), "%s",
+			 sys_errno ? strerror(sys_errno) : "unexpected end of stream");
+	log_info("event=tls_error client=%s op=%s error=%s", s->addr, op,
+		 log_quote(q, sizeof(q), reason));
+}
+
+/*
  * Writes the replies of this pass over the input straight to the TLS
  * connection. Left to the bufferevent, each reply would turn the socket's
  * write interest on, wait a loop turn for EPOLLOUT, write, and turn it off:
@@ -186,16 +207,10 @@ static void flush_direct(struct session *s)
 		 * same bytes, as OpenSSL requires) and reports the failure;
 		 * the reason is logged here, where OpenSSL gave it. */
 		int e = SSL_get_error(ssl, n);
-		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
 			log_debug("event=reply_write_blocked client=%s bytes=%zu", s->addr, len);
-		} else {
-			char reason[160] = "", q[200];
-			unsigned long err = ERR_peek_last_error();
-			if (err)
-				ERR_error_string_n(err, reason, sizeof(reason));
-			log_info("event=tls_error client=%s op=write ssl_error=%d error=%s", s->addr, e,
-				 log_quote(q, sizeof(q), reason[0] ? reason : strerror(errno)));
-		}
+		else
+			log_tls_error(s, "write", 0, e == SSL_ERROR_SYSCALL ? errno : 0);
 		ERR_clear_error();
 		return;
 	}
@@ -1346,17 +1361,7 @@ static int tls_pull(struct session *s, size_t *budget)
 		bufferevent_disable(s->bev, EV_READ);
 		return 0;
 	}
-	{
-		char reason[160], q[200];
-		unsigned long err = ERR_peek_last_error();
-		if (err != 0)
-			ERR_error_string_n(err, reason, sizeof(reason));
-		else
-			snprintf(reason, sizeof(reason), "%s",
-				 e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "unexpected end");
-		log_info("event=tls_error client=%s op=read error=%s", s->addr,
-			 log_quote(q, sizeof(q), reason));
-	}
+	log_tls_error(s, "read", 0, e == SSL_ERROR_SYSCALL ? errno : 0);
 	s->close_now = 1; /* the pass's replies are not written (flush_direct) */
 	return 0;
 }
@@ -1366,6 +1371,7 @@ static void process_input(struct session *s)
 {
 	size_t budget = TLS_PULL_MAX;
 	int starved = 0; /* stopped for want of input */
+	int in_data;
 
 	if (s->in_process)
 		return;
@@ -1379,22 +1385,17 @@ static void process_input(struct session *s)
 		}
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
 			break; /* resumed from the write callback */
-		if (s->state == ST_DATA) {
-			if (!feed_data(s)) {
-				if (tls_pull(s, &budget))
-					continue;
-				starved = 1;
-				break;
-			}
-			end_of_data(s);
+		in_data = s->state == ST_DATA;
+		if (in_data ? feed_data(s) : handle_line(s)) {
+			if (in_data)
+				end_of_data(s);
 			continue;
 		}
-		if (!handle_line(s)) {
-			if (tls_pull(s, &budget))
-				continue;
-			starved = 1;
-			break;
-		}
+		/* Out of input: what OpenSSL already holds, or wait for more. */
+		if (tls_pull(s, &budget))
+			continue;
+		starved = 1;
+		break;
 	}
 	s->in_process = 0;
 	flush_direct(s);
@@ -1460,13 +1461,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	}
 	if (what & BEV_EVENT_ERROR) {
 		unsigned long e = bufferevent_get_openssl_error(bev);
-		if (e) {
-			char reason[160];
-			ERR_error_string_n(e, reason, sizeof(reason));
-			char q[200];
-			log_info("event=tls_error client=%s error=%s", s->addr,
-				 log_quote(q, sizeof(q), reason));
-		}
+		if (e)
+			log_tls_error(s, what & BEV_EVENT_WRITING ? "write"
+					 : what & BEV_EVENT_READING ? "read"
+								    : "handshake",
+				      e, 0);
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {
 		/* A client that half-closed after pipelining still gets its
