@@ -614,7 +614,9 @@ static int run_batch(struct verifier *v, PGconn *db, const PGresult *r, int flag
 			goto out;
 		if (job_store(db, j, origin, err, errlen) == -1) {
 			/* One domain's failure must not wedge the others forever. */
-			log_warn("event=verify_store_failed domain=%s error=\"%s\"", j->name, err);
+			char qe[600];
+			log_warn("event=verify_store_failed domain=%s error=%s", j->name,
+				 log_quote(qe, sizeof(qe), err));
 			if (b.n == 1 || run_sql(db, "checking domains", "ROLLBACK TO SAVEPOINT job",
 			                        err, errlen) == -1)
 				goto out;
@@ -764,7 +766,7 @@ static PGconn *thread_connect(const char *url)
 	const char *keys[] = {"dbname", "application_name", NULL};
 	const char *vals[] = {url ? url : "", "sendgate-verify", NULL};
 	PGconn *db = PQconnectdbParams(keys, vals, 1);
-	char msg[300];
+	char msg[300], qm[400];
 
 	if (db == NULL)
 		abort();
@@ -774,7 +776,7 @@ static PGconn *thread_connect(const char *url)
 	}
 	snprintf(msg, sizeof(msg), "%s", PQerrorMessage(db));
 	msg[strcspn(msg, "\n")] = '\0';
-	log_warn("event=verify_db_unavailable error=\"%s\"", msg);
+	log_warn("event=verify_db_unavailable error=%s", log_quote(qm, sizeof(qm), msg));
 	PQfinish(db);
 	return NULL;
 }
@@ -786,7 +788,7 @@ static void *verify_thread_main(void *arg)
 	struct dns_resolver *res;
 	struct verifier *v;
 	PGconn *db = NULL;
-	char err[512];
+	char err[512], qe[600];
 	int backoff = 1000, fail_nap = 1000, n;
 	uint64_t started;
 
@@ -799,13 +801,15 @@ static void *verify_thread_main(void *arg)
 		abort();
 	res = dns_resolver_new(base, &dc, err, sizeof(err));
 	if (res == NULL) {
-		log_err("event=verify_disabled error=\"[dns] servers: %s\"", err);
+		char what[600];
+		snprintf(what, sizeof(what), "[dns] servers: %s", err);
+		log_err("event=verify_disabled error=%s", log_quote(qe, sizeof(qe), what));
 		event_base_free(base);
 		return NULL;
 	}
 	v = verifier_new(&vt.cfg, base, res, err, sizeof(err));
 	if (v == NULL) {
-		log_err("event=verify_disabled error=\"%s\"", err);
+		log_err("event=verify_disabled error=%s", log_quote(qe, sizeof(qe), err));
 		dns_resolver_free(res);
 		event_base_free(base);
 		return NULL;
@@ -825,8 +829,8 @@ static void *verify_thread_main(void *arg)
 		n = verify_due(v, db, VERIFY_BATCH, err, sizeof(err));
 		if (n == -1) {
 			if (!atomic_load(&vt.stop))
-				log_warn("event=verify_failed error=\"%s\" retry_in=%ds", err,
-				         fail_nap / 1000);
+				log_warn("event=verify_failed error=%s retry_in=%ds",
+					 log_quote(qe, sizeof(qe), err), fail_nap / 1000);
 			if (PQstatus(db) != CONNECTION_OK) {
 				PQfinish(db);
 				db = NULL;
