@@ -415,8 +415,17 @@ int spool_take_free(struct spool *sp, const char *id)
 		if (!synced)
 			return -1;
 		name = sp->free_names[--sp->nfree];
-		if (renameat2(sp->freefd, name, sp->tmpfd, id, RENAME_NOREPLACE) == -1)
-			continue; /* gone (swept meanwhile): try the next */
+		if (renameat2(sp->freefd, name, sp->tmpfd, id, RENAME_NOREPLACE) == -1) {
+			if (errno != EEXIST)
+				continue; /* gone (swept meanwhile): try the next */
+			/* tmp/ID is taken (a refused file that could not be
+			 * removed, below): the name stays listed for the next
+			 * message, which brings another ID, and queue_begin
+			 * picks a fresh ID for this one. Dropping it, as every
+			 * later name would fail the same way, lost the scan. */
+			sp->nfree++;
+			return -1;
+		}
 		/* Only a plain file of ours with no other name is written over. */
 		fd = openat(sp->tmpfd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 		if (fd != -1 && (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
