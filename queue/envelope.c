@@ -301,7 +301,7 @@ static int msg_parse_rec(void *arg, int type, const unsigned char *d, size_t len
 	}
 }
 
-int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int want_body, char *err,
+int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int flags, char *err,
                     size_t errlen)
 {
 	struct msg_parse mp;
@@ -313,8 +313,9 @@ int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int w
 	buf_init(&m->message, n);
 	memset(&mp, 0, sizeof(mp));
 	mp.m = m;
-	mp.want_body = want_body;
-	if (queue_rec_walk(p, n, msg_parse_rec, &mp, err, errlen) == -1) {
+	mp.want_body = flags & QUEUE_PARSE_BODY;
+	if (queue_rec_walk(p, n, flags & QUEUE_DIGEST_CHECKED, msg_parse_rec, &mp, err, errlen) ==
+	    -1) {
 		if (mp.why[0] != '\0')
 			snprintf(err, errlen, "%s", mp.why);
 		goto out;
@@ -336,7 +337,7 @@ int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int w
 		goto out;
 	}
 	m->header_len = mp.hlen;
-	if (want_body) {
+	if (mp.want_body) {
 		/* Both fit: the image holds them, and message.max is its size. */
 		if (buf_append(&m->message, mp.hdr, mp.hlen) == -1)
 			abort();

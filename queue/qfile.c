@@ -49,7 +49,7 @@ int queue_read_fileat(int dirfd, const char *name, struct queue_msg *m, int want
 			break; /* shrank under us: the walk reports it truncated */
 		n += (size_t)r;
 	}
-	rc = queue_msg_parse(img, n, m, want_body, err, errlen);
+	rc = queue_msg_parse(img, n, m, want_body ? QUEUE_PARSE_BODY : 0, err, errlen);
 out:
 	free(img);
 	close(fd);

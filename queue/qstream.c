@@ -274,7 +274,6 @@ int dq_scan_file(int fd, struct queue_msg *m, int flags, struct queue_rcpt_statu
                  struct qfile_info *info, char *err, size_t errlen)
 {
 	struct buf small;
-	unsigned char sum[32];
 	size_t end_small, valid;
 	int rc = -1;
 
@@ -285,12 +284,10 @@ int dq_scan_file(int fd, struct queue_msg *m, int flags, struct queue_rcpt_statu
 	if (scan_records(fd, &small, info, flags & DQ_SCAN_KEEP, err, errlen) == -1)
 		goto out;
 	/*
-	 * small is the file without its BODY records: a valid image of a
-	 * message with an empty body once its END digest is made to match,
-	 * which the readers in envelope.c and status.c then check and parse
-	 * (record types, envelope, segments) exactly as in a whole image. The
-	 * real digest goes back before the segments are read: they chain from
-	 * it.
+	 * small is the file without its BODY records, whose END digest
+	 * scan_records has just checked over the whole file: the readers in
+	 * envelope.c and status.c check and parse the rest (record types,
+	 * envelope, segments) exactly as in a whole image.
 	 */
 	{
 		/* Find END in small: its records are well framed up to END. */
@@ -299,12 +296,10 @@ int dq_scan_file(int fd, struct queue_msg *m, int flags, struct queue_rcpt_statu
 			off += QREC_HDR_LEN + queue_rec_len((unsigned char *)small.data + off);
 		end_small = off;
 	}
-	sha256(small.data, end_small, sum);
-	memcpy(small.data + end_small + QREC_HDR_LEN, sum, sizeof(sum));
-	if (queue_msg_parse((unsigned char *)small.data, small.len, m, flags & DQ_SCAN_HEADERS,
+	if (queue_msg_parse((unsigned char *)small.data, small.len, m,
+	                    QUEUE_DIGEST_CHECKED | (flags & DQ_SCAN_HEADERS ? QUEUE_PARSE_BODY : 0),
 	                    err, errlen) == -1)
 		goto out;
-	memcpy(small.data + end_small + QREC_HDR_LEN, info->end_digest, sizeof(sum));
 	*st = xcalloc(m->env.nrcpts ? m->env.nrcpts : 1, sizeof(**st));
 	if (queue_status_parse((unsigned char *)small.data, small.len, *st, m->env.nrcpts, &valid,
 	                       info->digest) == -1) {

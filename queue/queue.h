@@ -80,11 +80,19 @@ void queue_rec_header(unsigned char out[QREC_HDR_LEN], int type, uint32_t len);
 uint32_t queue_rec_len(const unsigned char *h);
 
 /*
- * Walks a whole queue file image. Calls fn for each record before END and
- * checks the END digest. Returns 0 when the file is complete and intact,
- * -1 with err naming the problem (truncated, bad checksum, bad magic, ...).
+ * The END digest was checked over the whole file by the caller (which
+ * keeps only part of it, e.g. without the BODY records): the walk and the
+ * parse check everything else and skip the digest.
  */
-int queue_rec_walk(const unsigned char *p, size_t n,
+#define QUEUE_DIGEST_CHECKED 0x2
+
+/*
+ * Walks a whole queue file image. Calls fn for each record before END and
+ * checks the END digest (unless flags has QUEUE_DIGEST_CHECKED). Returns 0
+ * when the file is complete and intact, -1 with err naming the problem
+ * (truncated, bad checksum, bad magic, ...).
+ */
+int queue_rec_walk(const unsigned char *p, size_t n, int flags,
                    int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
                    char *err, size_t errlen);
 
@@ -149,8 +157,11 @@ int queue_read_file(const char *path, struct queue_msg *m, int want_body, char *
 /*
  * The pure half of queue_read_file: checks a whole file image (p, n) and
  * fills m (free with queue_msg_free). 0, or -1 with err and m left empty.
+ * flags: QUEUE_PARSE_BODY assembles the message bytes; QUEUE_DIGEST_CHECKED
+ * (above) skips the END digest.
  */
-int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int want_body, char *err,
+#define QUEUE_PARSE_BODY 0x1
+int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int flags, char *err,
                     size_t errlen);
 void queue_msg_free(struct queue_msg *m);
 

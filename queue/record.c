@@ -63,10 +63,12 @@ static int rec_type_known(int type)
 }
 
 /*
- * Checks framing, magic, types and the END digest without calling anyone;
- * on success *end_off is the offset of the END record.
+ * Checks framing, magic, types and (unless flags has QUEUE_DIGEST_CHECKED)
+ * the END digest without calling anyone; on success *end_off is the offset
+ * of the END record.
  */
-static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *err, size_t errlen)
+static int rec_check(const unsigned char *p, size_t n, int flags, size_t *end_off, char *err,
+                     size_t errlen)
 {
 	unsigned char digest[32];
 	size_t off = 0;
@@ -115,10 +117,13 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 				         len);
 				return -1;
 			}
-			sha256(p, off, digest);
-			if (!ct_equal(digest, p + off + QREC_HDR_LEN, sizeof(digest))) {
-				snprintf(err, errlen, "bad checksum: END digest does not match");
-				return -1;
+			if (!(flags & QUEUE_DIGEST_CHECKED)) {
+				sha256(p, off, digest);
+				if (!ct_equal(digest, p + off + QREC_HDR_LEN, sizeof(digest))) {
+					snprintf(err, errlen,
+					         "bad checksum: END digest does not match");
+					return -1;
+				}
 			}
 			/* After END only appended STATUS segments (queue.h), or the
 			 * zeros a torn append may leave; status.c reads them. */
@@ -140,13 +145,13 @@ static int rec_check(const unsigned char *p, size_t n, size_t *end_off, char *er
 	}
 }
 
-int queue_rec_walk(const unsigned char *p, size_t n,
+int queue_rec_walk(const unsigned char *p, size_t n, int flags,
                    int (*fn)(void *arg, int type, const unsigned char *data, size_t len), void *arg,
                    char *err, size_t errlen)
 {
 	size_t off = 0, end_off;
 
-	if (rec_check(p, n, &end_off, err, errlen) == -1)
+	if (rec_check(p, n, flags, &end_off, err, errlen) == -1)
 		return -1;
 	/* The image is known to be well framed up to end_off from here on. */
 	while (off < end_off) {

@@ -221,7 +221,7 @@ int dq_read_file(int dirfd, const char *name, struct queue_msg *m, int want_body
 	memset(m, 0, sizeof(*m));
 	if (read_image(dirfd, name, &img, &n, err, errlen) == -1)
 		return -1;
-	if (queue_msg_parse(img, n, m, want_body, err, errlen) == -1) {
+	if (queue_msg_parse(img, n, m, want_body ? QUEUE_PARSE_BODY : 0, err, errlen) == -1) {
 		free(img);
 		return -1;
 	}

@@ -32,7 +32,7 @@ static void parse(const unsigned char *p, size_t n)
 	struct queue_msg m;
 	char err[256];
 
-	if (queue_msg_parse(p, n, &m, 1, err, sizeof(err)) == 0) {
+	if (queue_msg_parse(p, n, &m, QUEUE_PARSE_BODY, err, sizeof(err)) == 0) {
 		size_t i;
 		/* What the parser promises: a valid id, text fields, a message. */
 		if (!queue_id_valid(m.env.id) || m.env.nrcpts == 0 || m.env.sender == NULL ||
@@ -52,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	unsigned char digest[32], *img;
 	size_t n = size + QREC_HDR_LEN + sizeof(digest);
 
-	queue_rec_walk(data, size, touch, &sum, err, sizeof(err));
+	queue_rec_walk(data, size, 0, touch, &sum, err, sizeof(err));
 	parse(data, size);
 
 	/* The same bytes with a correct END: past the checksum. */
@@ -63,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sha256(data, size, digest);
 	queue_rec_header(img + size, QREC_END, sizeof(digest));
 	memcpy(img + size + QREC_HDR_LEN, digest, sizeof(digest));
-	queue_rec_walk(img, n, touch, &sum, err, sizeof(err));
+	queue_rec_walk(img, n, 0, touch, &sum, err, sizeof(err));
 	parse(img, n);
 	free(img);
 	return 0;

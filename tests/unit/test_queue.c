@@ -263,7 +263,7 @@ static void test_record_types(void **state)
 	queue_rec_append(&extra, QREC_BODY, "def", 3);
 	build_image(&img, &extra, NULL);
 	assert_int_equal(
-	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), 0);
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, QUEUE_PARSE_BODY, err, sizeof(err)), 0);
 	assert_int_equal(m.header_len, strlen(test_hdr));
 	assert_int_equal(m.message.len, strlen(test_hdr) + 6);
 	assert_memory_equal(m.message.data + m.header_len, "abcdef", 6);
@@ -278,7 +278,7 @@ static void test_record_types(void **state)
 	queue_rec_append(&extra, 50, "x", 1);
 	build_image(&img, &extra, NULL);
 	assert_int_equal(
-	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), -1);
+	    queue_rec_walk((unsigned char *)img.data, img.len, 0, NULL, NULL, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "unknown record type 50"));
 	buf_free(&img);
 
@@ -286,20 +286,20 @@ static void test_record_types(void **state)
 	 * torn, or zeros); other bytes are damage. */
 	build_image(&img, NULL, "x");
 	assert_int_equal(
-	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), -1);
+	    queue_rec_walk((unsigned char *)img.data, img.len, 0, NULL, NULL, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "after END"));
 	buf_free(&img);
 	build_image(&img, NULL, NULL);
 	queue_rec_append(&img, QREC_STATUS, "0 deferred 1 2 3", 16);
 	assert_int_equal(
-	    queue_msg_parse((unsigned char *)img.data, img.len - 4, &m, 1, err, sizeof(err)), 0);
+	    queue_msg_parse((unsigned char *)img.data, img.len - 4, &m, QUEUE_PARSE_BODY, err, sizeof(err)), 0);
 	assert_string_equal(m.env.rcpts[0], "bob@example.net");
 	queue_msg_free(&m);
 	buf_free(&img);
 	build_image(&img, NULL, NULL);
 	buf_append(&img, "\0\0\0\0\0\0", 6);
 	assert_int_equal(
-	    queue_rec_walk((unsigned char *)img.data, img.len, NULL, NULL, err, sizeof(err)), 0);
+	    queue_rec_walk((unsigned char *)img.data, img.len, 0, NULL, NULL, err, sizeof(err)), 0);
 	buf_free(&img);
 
 	/* Duplicate once-only records and missing required ones. */
@@ -338,14 +338,14 @@ static void check_missing(int skip_type, const char *want)
 	queue_rec_append(&img, QREC_END, d, 32);
 	if (want == NULL) {
 		assert_int_equal(
-		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)),
+		    queue_msg_parse((unsigned char *)img.data, img.len, &m, QUEUE_PARSE_BODY, err, sizeof(err)),
 		    0);
 		assert_string_equal(m.env.sender, ""); /* the null reverse-path */
 		assert_int_equal(m.message.len, 0);
 		queue_msg_free(&m);
 	} else {
 		assert_int_equal(
-		    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)),
+		    queue_msg_parse((unsigned char *)img.data, img.len, &m, QUEUE_PARSE_BODY, err, sizeof(err)),
 		    -1);
 		assert_string_equal(err, want);
 		/* Left empty after a failure. */
@@ -353,6 +353,44 @@ static void check_missing(int skip_type, const char *want)
 		assert_int_equal(m.env.nrcpts, 0);
 	}
 	buf_free(&img);
+}
+
+/*
+ * QUEUE_DIGEST_CHECKED: for a caller that checked the END digest over the
+ * whole file and parses a part of it (the delivery side, without the BODY
+ * records). The digest alone is then not checked; everything else is.
+ */
+static void test_digest_checked_by_caller(void **state)
+{
+	struct buf img, extra;
+	struct queue_msg m;
+	char err[256];
+
+	(void)state;
+	build_image(&img, NULL, NULL);
+	img.data[img.len - 1] ^= 0x01; /* the END digest's last byte */
+	assert_int_equal(
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 0, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "bad checksum"));
+	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m,
+					 QUEUE_DIGEST_CHECKED | QUEUE_PARSE_BODY, err, sizeof(err)),
+			 0);
+	assert_string_equal(m.env.rcpts[0], "bob@example.net");
+	assert_int_equal(m.header_len, strlen(test_hdr));
+	queue_msg_free(&m);
+	buf_free(&img);
+
+	/* Damage other than the digest is still found. */
+	buf_init(&extra, 1024);
+	queue_rec_append(&extra, 50, "x", 1);
+	build_image(&img, &extra, NULL);
+	img.data[img.len - 1] ^= 0x01;
+	assert_int_equal(queue_msg_parse((unsigned char *)img.data, img.len, &m,
+					 QUEUE_DIGEST_CHECKED, err, sizeof(err)),
+			 -1);
+	assert_non_null(strstr(err, "unknown record type 50"));
+	buf_free(&img);
+	buf_free(&extra);
 }
 
 static void test_required_records(void **state)
@@ -441,7 +479,7 @@ static void test_roundtrip(void **state)
 		size_t n;
 		unsigned char *img = read_all(path, &n);
 		body_records = 0;
-		assert_int_equal(queue_rec_walk(img, n, count_body, NULL, err, sizeof(err)), 0);
+		assert_int_equal(queue_rec_walk(img, n, 0, count_body, NULL, err, sizeof(err)), 0);
 		assert_int_equal(body_records, 4);
 		free(img);
 	}
@@ -504,7 +542,7 @@ static void test_reuse_free_file(void **state)
 	assert_true(n < 1000 + 2048);
 	/* A run of the old bytes, not one 'X' (the binary END digest may hold 0x58). */
 	assert_null(memmem(img, n, "XXXXXXXXXXXXXXXX", 16));
-	assert_int_equal(queue_rec_walk(img, n, count_body, NULL, err, sizeof(err)), 0);
+	assert_int_equal(queue_rec_walk(img, n, 0, count_body, NULL, err, sizeof(err)), 0);
 	free(img);
 	if (queue_read_file(path, &m, 1, err, sizeof(err)) == -1)
 		fail_msg("queue_read_file: %s", err);
@@ -814,7 +852,7 @@ static int image_parses(const unsigned char *p, size_t n)
 {
 	struct queue_msg m;
 	char err[256];
-	int rc = queue_msg_parse(p, n, &m, 1, err, sizeof(err));
+	int rc = queue_msg_parse(p, n, &m, QUEUE_PARSE_BODY, err, sizeof(err));
 
 	if (rc == 0)
 		queue_msg_free(&m);
@@ -1040,6 +1078,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_ids),
 	    cmocka_unit_test(test_record_types),
+	    cmocka_unit_test(test_digest_checked_by_caller),
 	    cmocka_unit_test(test_required_records),
 	    cmocka_unit_test(test_env_encode_refuses),
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),

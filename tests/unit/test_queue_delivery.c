@@ -81,7 +81,7 @@ static void test_status_roundtrip(void **state)
 
 	/* The message itself still reads (the spool accepts appended status). */
 	assert_int_equal(
-	    queue_msg_parse((unsigned char *)img.data, img.len, &m, 1, err, sizeof(err)), 0);
+	    queue_msg_parse((unsigned char *)img.data, img.len, &m, QUEUE_PARSE_BODY, err, sizeof(err)), 0);
 	assert_int_equal(m.env.nrcpts, 3);
 	queue_msg_free(&m);
 	buf_free(&img);

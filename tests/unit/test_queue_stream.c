@@ -278,7 +278,7 @@ static void test_scan_and_body(void **state)
 	assert_int_equal(st[1].state, QRCPT_DELIVERED);
 	/* The same as the whole-image reader. */
 	assert_int_equal(
-	    queue_msg_parse((unsigned char *)img.data, img.len, &whole, 1, err, sizeof(err)), 0);
+	    queue_msg_parse((unsigned char *)img.data, img.len, &whole, QUEUE_PARSE_BODY, err, sizeof(err)), 0);
 	assert_int_equal(whole.message.len, m.message.len + blen);
 	assert_int_equal(queue_status_parse((unsigned char *)img.data, img.len, sts, 2, &valid, dg),
 	                 1);
