@@ -85,6 +85,8 @@ uint32_t queue_rec_len(const unsigned char *h);
  * parse check everything else and skip the digest.
  */
 #define QUEUE_DIGEST_CHECKED 0x2
+/* For queue_msg_parse: assemble the message bytes (not needed to list). */
+#define QUEUE_PARSE_BODY 0x1
 
 /*
  * Walks a whole queue file image. Calls fn for each record before END and
@@ -160,7 +162,6 @@ int queue_read_file(const char *path, struct queue_msg *m, int want_body, char *
  * flags: QUEUE_PARSE_BODY assembles the message bytes; QUEUE_DIGEST_CHECKED
  * (above) skips the END digest.
  */
-#define QUEUE_PARSE_BODY 0x1
 int queue_msg_parse(const unsigned char *p, size_t n, struct queue_msg *m, int flags, char *err,
                     size_t errlen);
 void queue_msg_free(struct queue_msg *m);

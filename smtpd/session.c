@@ -146,22 +146,26 @@ static void reply(struct session *s, const char *fmt, ...)
 
 /*
  * Logs a failed TLS read, write or handshake with OpenSSL's reason: err, or
- * else the last error OpenSSL queued on this thread; failing both, the
- * system error sys_errno (0: the peer just went away).
+ * else the last error OpenSSL queued on this thread; failing both, for
+ * SSL_ERROR_SYSCALL (ssl_error, 0 when unknown) the system's reason, or
+ * that the peer just went away.
  */
 static void log_tls_error(const struct session *s, const char *op, unsigned long err,
-			  int sys_errno)
+			  int ssl_error)
 {
+	int sys_errno = errno;
 	char reason[160], q[200];
 
 	if (err == 0)
 		err = ERR_peek_last_error();
 	if (err != 0)
 		ERR_error_string_n(err, reason, sizeof(reason));
-	else
+	else if (ssl_error == SSL_ERROR_SYSCALL)
 		snprintf(reason, sizeof(reason), "%s",
 			 sys_errno ? strerror(sys_errno) : "unexpected end of stream");
-	log_info("event=tls_error client=%s op=%s error=%s", s->addr, op,
+	else
+		snprintf(reason, sizeof(reason), "no reason given");
+	log_info("event=tls_error client=%s op=%s ssl_error=%d error=%s", s->addr, op, ssl_error,
 		 log_quote(q, sizeof(q), reason));
 }
 
@@ -210,7 +214,7 @@ static void flush_direct(struct session *s)
 		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
 			log_debug("event=reply_write_blocked client=%s bytes=%zu", s->addr, len);
 		else
-			log_tls_error(s, "write", 0, e == SSL_ERROR_SYSCALL ? errno : 0);
+			log_tls_error(s, "write", 0, e);
 		ERR_clear_error();
 		return;
 	}
@@ -1361,7 +1365,7 @@ static int tls_pull(struct session *s, size_t *budget)
 		bufferevent_disable(s->bev, EV_READ);
 		return 0;
 	}
-	log_tls_error(s, "read", 0, e == SSL_ERROR_SYSCALL ? errno : 0);
+	log_tls_error(s, "read", 0, e);
 	s->close_now = 1; /* the pass's replies are not written (flush_direct) */
 	return 0;
 }
@@ -1462,9 +1466,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_ERROR) {
 		unsigned long e = bufferevent_get_openssl_error(bev);
 		if (e)
-			log_tls_error(s, what & BEV_EVENT_WRITING ? "write"
-					 : what & BEV_EVENT_READING ? "read"
-								    : "handshake",
+			/* libevent reports a failed handshake as a read error. */
+			log_tls_error(s, !s->tls			  ? "handshake"
+					 : what & BEV_EVENT_WRITING ? "write"
+								    : "read",
 				      e, 0);
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {

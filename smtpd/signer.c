@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -60,6 +61,9 @@ struct signer {
 	struct sign_job *inline_head, *inline_tail;
 	struct event *ev_inline;
 };
+
+/* fairq hands back the struct fairq_item: the job is where it starts. */
+_Static_assert(offsetof(struct sign_job, q) == 0, "sign_job must start with its fairq_item");
 
 static void job_free(struct sign_job *j)
 {

@@ -164,3 +164,20 @@ def test_records_that_arrive_together_are_all_answered(daemon, mode):
     sock.sendall(c.records(b"QUIT\r\n"))
     assert c.replies(1)[0].startswith(b"221"), "no 221"
     sock.close()
+
+
+def test_failed_handshake_is_logged_as_such(daemon):
+    """A client that speaks plain SMTP to the implicit-TLS port fails the
+    handshake: the operator's log says so (op=handshake, OpenSSL's reason),
+    not a read error of an established session."""
+    port = daemon.smtps_port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"EHLO plain.example\r\n")
+        try:
+            s.recv(100)  # the server closes (maybe after a TLS alert)
+        except OSError:
+            pass
+    m = daemon.wait_log(r"event=tls_error client=127\.0\.0\.1 op=(\w+) ssl_error=\d+ "
+                        r"error=(.*)")
+    assert m.group(1) == "handshake", m.group(0)
+    assert "wrong version number" in m.group(2), m.group(0)  # OpenSSL's reason
