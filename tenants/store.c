@@ -10,6 +10,13 @@
  * username is answered from memory like a known one. Events are written in
  * batches.
  *
+ * The suppression list is the exception: it grows by one row per hard
+ * bounce and may hold millions, so small changes are not reloaded. The
+ * triggers of migration 005 NOTIFY sendgate_suppression once per row added
+ * or removed (a JSON object), and those rows are applied to the cache as
+ * they arrive; statements touching more rows send the 'suppressions'
+ * payload on sendgate_cache and the table is reloaded.
+ *
  * libpq resolves a host name inside PQconnectStart, with a blocking
  * getaddrinfo. A conninfo naming one host by name has it resolved on a
  * short-lived thread instead, and libpq is handed the numeric addresses as
@@ -40,6 +47,10 @@
 #define UNKNOWN_USERS_MAX 4096
 /* Longer names are not remembered (SASL fields are at most 255 bytes). */
 #define UNKNOWN_USER_LEN_MAX 255
+/* The channel of per-row suppression changes (migration 005). */
+#define SUPPR_CHANNEL "sendgate_suppression"
+/* Suppression changes kept to replay over a load at most (see supp_apply). */
+#define SUPPR_LOG_MAX 10000
 
 enum req_kind {
 	REQ_LISTEN,
@@ -123,11 +134,20 @@ struct req {
 	uint64_t sent_usec;	/* cache loads: when the query went out (now_usec) */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
 	char *p[4];	/* REQ_SUPPRESS parameters */
+	time_t since;	/* REQ_SUPPRESS: when it was asked */
 };
 
 struct supp {
 	char reason[200];
 	time_t since;
+};
+
+/* A change to the suppression cache, kept while a load of it is under way. */
+struct supp_change {
+	struct supp_change *next;
+	int add;	 /* else remove */
+	struct supp val; /* add: the entry */
+	char key[];	 /* "tenant:address" */
 };
 
 #define POOL_MAX_ADDRS 32
@@ -192,6 +212,16 @@ struct store {
 	struct hmap *domains; /* name → struct dom */
 	struct hmap *keys;    /* domain → struct key_list */
 	struct hmap *supp;    /* "tenant:address" → struct supp */
+	/*
+	 * While a suppressions load is queued or in flight (supp_loading),
+	 * every change applied to the cache is also logged here, to be applied
+	 * again over the loaded rows (see supp_apply). supp_log_lost: the log
+	 * overflowed, so the load's rows cannot be trusted.
+	 */
+	int supp_loading;
+	struct supp_change *supp_log, *supp_log_tail;
+	int supp_log_len;
+	int supp_log_lost;
 	struct hmap *pools;   /* pool id text → struct pool */
 	struct hmap *tenant_pool; /* tenant id text → pool id text (as value) */
 	char default_pool[24];
@@ -560,6 +590,96 @@ int store_signing_keys(struct store *st, const char *domain, time_t now, struct 
 	return n;
 }
 
+/* Copies reason into sp, cut to fit at a UTF-8 character boundary. */
+static void supp_set_reason(struct supp *sp, const char *reason)
+{
+	size_t n = strlen(reason);
+
+	if (n >= sizeof(sp->reason)) {
+		n = sizeof(sp->reason) - 1;
+		/* reason[n] is the first byte left out: not the middle of a character */
+		while (n > 0 && ((unsigned char)reason[n] & 0xC0) == 0x80)
+			n--;
+	}
+	memcpy(sp->reason, reason, n);
+	sp->reason[n] = '\0';
+}
+
+/* Sets key in m to a copy of val (add), or removes it. */
+static void supp_set(struct hmap *m, const char *key, int add, const struct supp *val)
+{
+	struct supp *sp;
+
+	if (!add) {
+		free(hmap_del(m, key));
+		return;
+	}
+	sp = xmalloc(sizeof(*sp));
+	*sp = *val;
+	free(hmap_put(m, key, sp));
+}
+
+/* Empties the log of changes made during a load. */
+static void supp_log_clear(struct store *st)
+{
+	struct supp_change *c;
+
+	while ((c = st->supp_log)) {
+		st->supp_log = c->next;
+		free(c);
+	}
+	st->supp_log_tail = NULL;
+	st->supp_log_len = 0;
+	st->supp_log_lost = 0;
+}
+
+/*
+ * Applies one change to the suppression cache at once: adds key with val,
+ * or removes key. Deltas (sendgate_suppression) come here; a full load
+ * replaces the whole map (supp_load_done).
+ *
+ * Why that stays consistent: NOTIFYs reach this connection in commit order
+ * (one notifying transaction commits at a time), on the connection the
+ * loads run on too. A delta that arrived before a load was sent had
+ * committed before the load's snapshot, which therefore holds it. One
+ * that arrives after the load was sent may or may not be in the snapshot:
+ * the server sends the NOTIFYs of commits made during the query after its
+ * rows, and libpq then hands them to handle_notifies even before the
+ * result is taken. So while a load is queued or in flight each change is
+ * also logged, and the log is applied again, in order, over the loaded
+ * rows. The log holds every change since before the load was sent, each
+ * setting one key to its value at that commit: for every key it touches
+ * its last entry is the newest, and keys it does not touch have not
+ * changed since the snapshot, so the result is the table as of the last
+ * delta received.
+ */
+static void supp_apply(struct store *st, int add, const char *key, const struct supp *val)
+{
+	struct supp_change *c;
+	size_t n = strlen(key) + 1;
+
+	supp_set(st->supp, key, add, val);
+	if (!st->supp_loading || st->supp_log_lost)
+		return;
+	if (st->supp_log_len == SUPPR_LOG_MAX) {
+		/* The loaded rows will be stale: supp_load_done loads again. */
+		supp_log_clear(st);
+		st->supp_log_lost = 1;
+		return;
+	}
+	c = xcalloc(1, sizeof(*c) + n);
+	c->add = add;
+	if (add)
+		c->val = *val;
+	memcpy(c->key, key, n);
+	if (st->supp_log_tail)
+		st->supp_log_tail->next = c;
+	else
+		st->supp_log = c;
+	st->supp_log_tail = c;
+	st->supp_log_len++;
+}
+
 static void load_suppr(struct store *st, PGresult *res)
 {
 	struct hmap *m = hmap_new();
@@ -569,7 +689,7 @@ static void load_suppr(struct store *st, PGresult *res)
 	for (i = 0; i < PQntuples(res); i++) {
 		struct supp *sp = xcalloc(1, sizeof(*sp));
 		snprintf(key, sizeof(key), "%s:%s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-		snprintf(sp->reason, sizeof(sp->reason), "%s", PQgetvalue(res, i, 2));
+		supp_set_reason(sp, PQgetvalue(res, i, 2));
 		sp->since = (time_t)strtoll(PQgetvalue(res, i, 3), NULL, 10);
 		free(hmap_put(m, key, sp));
 	}
@@ -633,23 +753,36 @@ int store_suppressed(struct store *st, int64_t tenant_id, const char *addr, char
 	return 1;
 }
 
+/*
+ * Puts the entry of r (a REQ_SUPPRESS not run yet) into the cache. Its
+ * INSERT's delta would add it later; a lookup meanwhile must see it too.
+ */
+static void supp_put_unsaved(struct store *st, const struct req *r)
+{
+	char key[400];
+	struct supp val;
+
+	snprintf(key, sizeof(key), "%s:%s", r->p[0], r->p[1]);
+	supp_set_reason(&val, r->p[2]);
+	val.since = r->since;
+	supp_set(st->supp, key, 1, &val);
+}
+
 void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const char *reason,
 		    const char *message_id)
 {
 	struct req *r = req_new(REQ_SUPPRESS);
-	char id[32], key[400];
-	struct supp *sp = xcalloc(1, sizeof(*sp));
+	char id[32];
 
 	snprintf(id, sizeof(id), "%lld", (long long)tenant_id);
 	r->p[0] = xstrdup(id);
 	r->p[1] = xstrdup(addr);
 	r->p[2] = xstrdup(reason);
 	r->p[3] = message_id ? xstrdup(message_id) : NULL;
-	/* Known at once here; the reload after the insert confirms it. */
-	snprintf(key, sizeof(key), "%s:%s", id, addr);
-	snprintf(sp->reason, sizeof(sp->reason), "%s", reason);
-	sp->since = time(NULL);
-	free(hmap_put(st->supp, key, sp));
+	r->since = time(NULL);
+	/* Known at once here (and over loads until the INSERT has run: see
+	 * supp_load_done); the INSERT's delta confirms it. */
+	supp_put_unsaved(st, r);
 	if (!st->connected) {
 		log_warn("event=suppression_not_saved tenant_id=%s address=%s reason=db_unavailable", id,
 			 addr);
@@ -747,6 +880,8 @@ static void reload_push(struct store *st)
 		mask &= ~C_KEYS; /* without the master key no key is loaded */
 	st->reload_want = 0;
 	st->reload_batch = mask;
+	if (mask & C_SUPPR)
+		st->supp_loading = 1; /* changes are logged until it is over */
 	st->reload_sent = 0;
 	st->reload_left = 0;
 	for (i = NCACHES - 1; i >= 0; i--)
@@ -853,6 +988,37 @@ static void domain_answer(struct store *st, struct req *r, const struct dom *d)
 	((store_domain_cb)r->cb)(r->cookie, ok, ok ? NULL : why);
 }
 
+/*
+ * The suppressions load is over, with its rows (ok) or without: the
+ * changes logged meanwhile are applied over the rows (see supp_apply),
+ * and so are the store_suppress entries whose INSERT still waits in the
+ * queue (a load goes ahead of them). A failed load leaves the cache as it
+ * was, changes applied.
+ */
+static void supp_load_done(struct store *st, PGresult *res, int ok)
+{
+	const struct supp_change *c;
+	const struct req *r;
+	int lost = st->supp_log_lost;
+
+	if (ok) {
+		load_suppr(st, res);
+		for (c = st->supp_log; c; c = c->next)
+			supp_set(st->supp, c->key, c->add, &c->val);
+		for (r = st->head; r; r = r->next)
+			if (r->kind == REQ_SUPPRESS)
+				supp_put_unsaved(st, r);
+	}
+	st->supp_loading = 0;
+	supp_log_clear(st);
+	if (ok && lost) {
+		log_warn("event=suppression_changes_lost reason=\"more than %d changes during a "
+			 "load\" action=reload",
+			 SUPPR_LOG_MAX);
+		reload_schedule(st, C_SUPPR);
+	}
+}
+
 /* Completes r with res (NULL when the request failed). Frees r. */
 static void req_done(struct store *st, struct req *r, PGresult *res)
 {
@@ -884,8 +1050,7 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_SUPPR:
-		if (ok)
-			load_suppr(st, res);
+		supp_load_done(st, res, ok);
 		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_POOLS:
@@ -1020,7 +1185,7 @@ static void send_next(struct store *st)
 	struct req *r;
 	const char *params[1];
 	const char *sql;
-	int nparams = 0;
+	int nparams = 0, simple = 0, sent;
 
 	if (!st->connected || st->inflight || st->head == NULL)
 		return;
@@ -1034,7 +1199,9 @@ static void send_next(struct store *st)
 	}
 	switch (r->kind) {
 	case REQ_LISTEN:
-		sql = "LISTEN sendgate_cache";
+		/* Two statements: the simple query protocol (PQsendQuery). */
+		sql = "LISTEN sendgate_cache; LISTEN " SUPPR_CHANNEL;
+		simple = 1;
 		break;
 	case REQ_LOAD_CREDS:
 		sql = SQL_LOAD_CREDS;
@@ -1085,7 +1252,11 @@ static void send_next(struct store *st)
 		nparams = 1;
 		break;
 	}
-	if (!PQsendQueryParams(st->conn, sql, nparams, NULL, params, NULL, NULL, 0)) {
+	if (simple)
+		sent = PQsendQuery(st->conn, sql);
+	else
+		sent = PQsendQueryParams(st->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (!sent) {
 		req_push_front(st, r);
 		conn_drop(st, PQerrorMessage(st->conn));
 		return;
@@ -1101,9 +1272,46 @@ static void store_kick(struct store *st)
 }
 
 /*
- * Reloads the caches the pending NOTIFYs name. Runs before the results read
- * with them are handled: a lookup answered before a change committed must
- * not be remembered after its NOTIFY (see cred_gen).
+ * Applies one sendgate_suppression payload (see migration 005) to the
+ * cache. One that does not parse is logged, and the whole table reloaded
+ * instead: returns C_SUPPR then, else 0.
+ */
+static int supp_notify(struct store *st, const char *payload)
+{
+	json_t *j = json_loads(payload, 0, NULL);
+	json_t *jt = json_object_get(j, "tenant_id"), *js = json_object_get(j, "since");
+	const char *op = json_string_value(json_object_get(j, "op"));
+	const char *addr = json_string_value(json_object_get(j, "address"));
+	const char *reason = json_string_value(json_object_get(j, "reason"));
+	int add = op && strcmp(op, "add") == 0;
+	char key[400], q[600];
+	struct supp val;
+
+	if (op == NULL || (!add && strcmp(op, "remove") != 0) || !json_is_integer(jt) ||
+	    addr == NULL || (add && (reason == NULL || !json_is_integer(js)))) {
+		log_warn("event=suppression_notify_invalid payload=%s action=reload",
+			 log_quote(q, sizeof(q), payload));
+		json_decref(j);
+		return C_SUPPR;
+	}
+	snprintf(key, sizeof(key), "%lld:%s", (long long)json_integer_value(jt), addr);
+	memset(&val, 0, sizeof(val));
+	if (add) {
+		supp_set_reason(&val, reason);
+		val.since = (time_t)json_integer_value(js);
+	}
+	supp_apply(st, add, key, &val);
+	log_debug("event=cache_delta table=suppressions op=%s tenant_id=%lld address=%s", op,
+		  (long long)json_integer_value(jt), log_quote(q, sizeof(q), addr));
+	json_decref(j);
+	return 0;
+}
+
+/*
+ * Reloads the caches the pending NOTIFYs name, and applies suppression
+ * deltas at once. Runs before the results read with them are handled: a
+ * lookup answered before a change committed must not be remembered after
+ * its NOTIFY (see cred_gen); for deltas see supp_apply.
  */
 static void handle_notifies(struct store *st)
 {
@@ -1111,7 +1319,10 @@ static void handle_notifies(struct store *st)
 	int mask = 0;
 
 	while ((n = PQnotifies(st->conn))) {
-		mask |= notify_caches(n->extra ? n->extra : "");
+		if (strcmp(n->relname, SUPPR_CHANNEL) == 0)
+			mask |= supp_notify(st, n->extra ? n->extra : "");
+		else
+			mask |= notify_caches(n->extra ? n->extra : "");
 		PQfreemem(n);
 	}
 	if (mask & C_CREDS)
@@ -1730,6 +1941,7 @@ void store_close(struct store *st)
 	hmap_free(st->domains, free);
 	hmap_free(st->keys, key_list_free);
 	hmap_free(st->supp, free);
+	supp_log_clear(st);
 	hmap_free(st->pools, free);
 	hmap_free(st->tenant_pool, free);
 	explicit_bzero(st->master, sizeof(st->master));
