@@ -26,6 +26,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +190,7 @@ struct store {
 	 * and that name, resolved off the loop before each connection. */
 	PQconninfoOption *opts;
 	char *db_host;
+	int resolve_timeout; /* seconds: connect_timeout, else RESOLVE_TIMEOUT_SEC */
 	struct resolve_job *resolving; /* the running resolution, if any */
 	struct event *ev_resolved;
 	PGconn *conn;
@@ -1453,6 +1455,19 @@ static void on_notice(void *arg, const char *message)
 
 /* Addresses handed to libpq at most; getaddrinfo rarely gives more. */
 #define RESOLVE_ADDRS_MAX 8
+/*
+ * A lookup with no answer within the conninfo's connect_timeout, else this
+ * long, fails the attempt (the retry timer then tries again with a new
+ * thread), so a resolver that never answers cannot stop reconnecting. Threads still stuck in getaddrinfo are
+ * counted: past RESOLVE_STUCK_MAX no new one starts until one returns.
+ * (c-ares, which dns/ uses for mail lookups, would need no thread, but it
+ * asks [dns] servers: the database name is the system's to resolve, with
+ * /etc/hosts and nsswitch, as libpq would.)
+ */
+#define RESOLVE_TIMEOUT_SEC 10
+#define RESOLVE_STUCK_MAX 4
+
+static atomic_int resolvers_running;
 
 /*
  * One getaddrinfo on its own detached thread. The thread and the store
@@ -1518,6 +1533,7 @@ static void *resolve_thread(void *arg)
 	if (write(j->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		abort();
 	resolve_unref(j);
+	atomic_fetch_sub(&resolvers_running, 1);
 	return NULL;
 }
 
@@ -1564,6 +1580,7 @@ static void resolve_plan(struct store *st)
 	int hostaddr = getenv("PGHOSTADDR") != NULL;
 	char q[600];
 
+	st->resolve_timeout = RESOLVE_TIMEOUT_SEC;
 	if (opts == NULL)
 		return; /* PQconnectStart reports the syntax error */
 	for (o = opts; o->keyword; o++) {
@@ -1577,6 +1594,8 @@ static void resolve_plan(struct store *st)
 			hostaddr = 1;
 		else if (strcmp(o->keyword, "service") == 0 && o->val[0])
 			service = o->val;
+		else if (strcmp(o->keyword, "connect_timeout") == 0 && atoi(o->val) > 0)
+			st->resolve_timeout = atoi(o->val);
 	}
 	if (host == NULL && service && service[0]) {
 		/* The service file may name a host: libpq reads it itself. */
@@ -1651,7 +1670,10 @@ static PGconn *connect_resolved(struct store *st, const char *addrs, int n)
 	return conn;
 }
 
-/* The resolver thread has answered (loop): connect, or fail and retry. */
+static void resolve_abandon(struct store *st);
+
+/* The resolver thread has answered, or not in time (loop): connect, or
+ * fail and retry. */
 static void on_resolved(evutil_socket_t fd, short what, void *arg)
 {
 	struct store *st = arg;
@@ -1661,9 +1683,17 @@ static void on_resolved(evutil_socket_t fd, short what, void *arg)
 	uint64_t n;
 	int i;
 
-	if (read(fd, &n, sizeof(n)) != (ssize_t)sizeof(n)) {
-		event_add(st->ev_resolved, NULL); /* not written yet */
+	if (what & EV_TIMEOUT) {
+		snprintf(msg, sizeof(msg),
+			 "could not translate host name \"%s\" to address: no answer within %d s",
+			 st->db_host, st->resolve_timeout);
+		resolve_abandon(st); /* the thread frees the job when it returns */
+		conn_drop(st, msg);
 		return;
+	}
+	if (read(fd, &n, sizeof(n)) != (ssize_t)sizeof(n)) {
+		event_add(st->ev_resolved, &(struct timeval){st->resolve_timeout, 0});
+		return; /* not written yet */
 	}
 	event_free(st->ev_resolved);
 	st->ev_resolved = NULL;
@@ -1706,6 +1736,14 @@ static int resolve_start(struct store *st, char *msg, size_t msglen)
 	sigset_t all, old;
 	int rc;
 
+	if (atomic_load(&resolvers_running) >= RESOLVE_STUCK_MAX) {
+		snprintf(msg, msglen,
+			 "could not translate host name \"%s\" to address: %d earlier lookups "
+			 "still have no answer",
+			 st->db_host, RESOLVE_STUCK_MAX);
+		free(j);
+		return -1;
+	}
 	j->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (j->efd == -1) {
 		snprintf(msg, msglen, "cannot resolve \"%s\": eventfd: %s", st->db_host,
@@ -1718,16 +1756,18 @@ static int resolve_start(struct store *st, char *msg, size_t msglen)
 	j->refs = 2; /* the thread's and the store's */
 	st->resolving = j;
 	st->ev_resolved = event_new(st->base, j->efd, EV_READ, on_resolved, st);
-	event_add(st->ev_resolved, NULL);
+	event_add(st->ev_resolved, &(struct timeval){st->resolve_timeout, 0});
 	/* Signals stay with the loop's thread. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	atomic_fetch_add(&resolvers_running, 1);
 	rc = pthread_create(&tid, &attr, resolve_thread, j);
 	pthread_attr_destroy(&attr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
+		atomic_fetch_sub(&resolvers_running, 1);
 		snprintf(msg, msglen, "cannot resolve \"%s\": no thread: %s", st->db_host,
 			 strerror(rc));
 		event_free(st->ev_resolved);

@@ -9,6 +9,7 @@ the machine, and no lookup may leave it.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -218,3 +219,32 @@ def test_slow_lookup_blocks_nothing_and_shutdown_leaves_it(relay, daemon_factory
     assert rc == 0, d.log_text()[-3000:]
     assert "event=db_resolved" not in d.log_text(), "the lookup ended before the stop"
     assert time.monotonic() - t1 < delay / 2, "shutdown waited for the lookup"
+
+
+def test_lookup_without_answer_fails_in_time_and_is_tried_again(relay, daemon_factory, pg,
+                                                                 slow_gai):
+    """A resolver that does not answer within connect_timeout fails that
+    attempt with a clear line, and the store tries again (a stuck lookup
+    must not stop reconnecting for good)."""
+    delay = 30.0  # far past the timeout: the lookups never come back in this test
+    url = "host=localhost port=%d user=postgres dbname=%s connect_timeout=1" % (relay.port,
+                                                                                 pg.dbname)
+    env = {"LD_PRELOAD": slow_gai, "SLOW_GAI_MS": str(int(delay * 1000)),
+           "ASAN_OPTIONS": "detect_leaks=1:verify_asan_link_order=0"}
+    d = daemon_factory(start=False, database__url=url, env=env)
+    d.spawn()
+    rx = re.compile(r"event=db_disconnected host=localhost reason=\"could not translate host "
+                    r"name \\\"localhost\\\" to address: no answer within 1 s\"")
+    h.eventually(lambda: len(rx.findall(d.log_text())) >= 2, timeout=15 * h.SLOW,
+                 what="two timed-out lookups")
+    assert "event=db_resolved" not in d.log_text()
+    c = h.SMTPClient.connect(d.submission_port, timeout=5.0)
+    assert c.greeting.code == 220, c.greeting
+    c.quit()
+    # Stopping does not wait for the lookups still running.
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    rc = d.proc.wait(timeout=10 * h.SLOW)
+    d.proc = None
+    assert rc == 0, d.log_text()[-3000:]
+    assert time.monotonic() - t0 < 10 * h.SLOW
