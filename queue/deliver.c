@@ -197,7 +197,7 @@ int delivery_run(struct config *cfg)
 	ssl = client_tls();
 	if (ssl == NULL)
 		log_warn("event=delivery_tls_unavailable");
-	d.st = store_open(d.base, cfg->database_url ? cfg->database_url : "");
+	d.st = store_open(d.base, cfg->database_url ? cfg->database_url : "", STORE_DELIVERY);
 	d.sched = sched_new(d.base, cfg, d.st, dns, ssl, err, sizeof(err));
 	if (d.sched == NULL) {
 		log_err("event=delivery_failed error=\"%s\"", err);

@@ -609,7 +609,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 		struct timeval tv = {CLIENT_SWEEP_INTERVAL, 0};
 		event_add(srv.ev_client_sweep, &tv);
 	}
-	srv.store = store_open(srv.base, cfg->database_url);
+	srv.store = store_open(srv.base, cfg->database_url, STORE_SUBMISSION);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
 	if (cfg->dkim_master_key_file[0]) {
 		unsigned char mkey[32];

@@ -229,6 +229,7 @@ struct store {
 	char default_pool[24];
 	int creds_loaded, domains_loaded;
 	int have_master;
+	int caches; /* the caches this process keeps (enum store_role) */
 	unsigned char master[32];
 	int key_errors;
 	int key_good;
@@ -783,8 +784,10 @@ void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const
 	r->p[3] = message_id ? xstrdup(message_id) : NULL;
 	r->since = time(NULL);
 	/* Known at once here (and over loads until the INSERT has run: see
-	 * supp_load_done); the INSERT's delta confirms it. */
-	supp_put_unsaved(st, r);
+	 * supp_load_done); the INSERT's delta confirms it. A process that
+	 * keeps no suppressions (delivery) only writes it. */
+	if (st->caches & C_SUPPR)
+		supp_put_unsaved(st, r);
 	if (!st->connected) {
 		log_warn("event=suppression_not_saved tenant_id=%s address=%s reason=db_unavailable", id,
 			 addr);
@@ -876,7 +879,7 @@ static int notify_caches(const char *payload)
  */
 static void reload_push(struct store *st)
 {
-	int i, mask = st->reload_want;
+	int i, mask = st->reload_want & st->caches;
 
 	if (!st->have_master)
 		mask &= ~C_KEYS; /* without the master key no key is loaded */
@@ -1321,12 +1324,15 @@ static void handle_notifies(struct store *st)
 	int mask = 0;
 
 	while ((n = PQnotifies(st->conn))) {
-		if (strcmp(n->relname, SUPPR_CHANNEL) == 0)
+		if (strcmp(n->relname, SUPPR_CHANNEL) == 0 && !(st->caches & C_SUPPR))
+			; /* not kept here */
+		else if (strcmp(n->relname, SUPPR_CHANNEL) == 0)
 			mask |= supp_notify(st, n->extra ? n->extra : "");
 		else
 			mask |= notify_caches(n->extra ? n->extra : "");
 		PQfreemem(n);
 	}
+	mask &= st->caches;
 	if (mask & C_CREDS)
 		unknown_users_clear(st);
 	if (mask)
@@ -1903,12 +1909,13 @@ void store_event(struct store *st, const char *type, int64_t tenant_id, const ch
 
 /* ---- public ----------------------------------------------------------- */
 
-struct store *store_open(struct event_base *base, const char *conninfo)
+struct store *store_open(struct event_base *base, const char *conninfo, enum store_role role)
 {
 	struct store *st = xcalloc(1, sizeof(*st));
 	struct timeval tv = {0, 100000};
 
 	st->base = base;
+	st->caches = role == STORE_DELIVERY ? C_POOLS | C_TENANT_POOLS | C_DOMAINS : C_ALL;
 	st->conninfo = xstrdup(conninfo);
 	st->creds = hmap_new();
 	st->unknown_users = hmap_new();
@@ -1994,7 +2001,7 @@ void store_close(struct store *st)
 
 int store_ready(const struct store *st)
 {
-	return st->creds_loaded && st->domains_loaded;
+	return (st->creds_loaded || !(st->caches & C_CREDS)) && st->domains_loaded;
 }
 
 int store_connected(const struct store *st)

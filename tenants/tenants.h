@@ -45,10 +45,22 @@ struct tenant_ref {
 };
 
 /*
- * Connects (asynchronously) to conninfo and starts loading the caches;
- * reconnects by itself with backoff when the connection drops. Never NULL.
+ * What a process asks of the store. Delivery reads only pools and domains
+ * (and writes events and suppressions): it does not cache credentials,
+ * suppressions or DKIM keys, which on a large platform are most of the
+ * memory and of the reload work.
  */
-struct store *store_open(struct event_base *base, const char *conninfo);
+enum store_role {
+	STORE_SUBMISSION,
+	STORE_DELIVERY,
+};
+
+/*
+ * Connects (asynchronously) to conninfo and starts loading the caches the
+ * role needs; reconnects by itself with backoff when the connection drops.
+ * Never NULL.
+ */
+struct store *store_open(struct event_base *base, const char *conninfo, enum store_role role);
 void store_close(struct store *st);
 /* How long a broken domain stays sendable after it broke (seconds). */
 void store_set_broken_grace(struct store *st, int seconds);

@@ -3,6 +3,7 @@ DNS server, from each tenant's pool, with retries, bounces, suppressions,
 events, and a crash in the middle."""
 
 import os
+import re
 import time
 
 import pytest
@@ -552,3 +553,35 @@ def test_free_files_are_swept_while_delivery_is_busy(denv, tenant):
     n = len(denv.events(deferred, "message.deferred"))
     denv.wait_events(deferred, "message.deferred", n + 1, timeout=20)
     assert d.queue_ids() == [deferred]
+
+
+def test_delivery_process_caches_only_what_it_reads(denv, tenant, pg):
+    """The delivery process reads pools and domains; credentials,
+    suppressions and DKIM keys stay with the submission side (on a large
+    platform they are most of the memory and of the reload work). A
+    suppression change reaches the submission side and not delivery."""
+    d = denv.start()
+
+    def loaded(prog):
+        return set(re.findall(r"prog=%s level=\w+ event=cache_reload table=(\w+)" % prog,
+                              d.log_text()))
+
+    h.eventually(lambda: "domains" in loaded("sendgate-delivery"), timeout=10 * h.SLOW,
+                 what="the delivery process's caches")
+    assert loaded("sendgate-delivery") == {"pools", "tenant_pools", "domains"}
+    assert {"credentials", "suppressions", "dkim_keys"} <= loaded("sendgate")
+    off = len(d.log_text())
+    pg.sql("INSERT INTO suppressions (tenant_id, address, reason) SELECT id, "
+           "'gone@example.net', 'test' FROM tenants WHERE name = '%s'" % tenant.name)
+    h.eventually(lambda: _refused(d, tenant), what="RCPT refused for the new suppression")
+    assert "prog=sendgate-delivery level=info event=cache_reload" not in d.log_text()[off:]
+
+
+def _refused(d, tenant):
+    c = h.SMTPClient.connect(d.submission_port)
+    try:
+        c.login(tenant)
+        assert c.cmd("MAIL FROM:<%s>" % tenant.addr()).code == 250
+        return c.cmd("RCPT TO:<gone@example.net>").code == 550
+    finally:
+        c.close()
