@@ -173,6 +173,8 @@ struct config {
 	int data_done_timeout;
 	int max_connections;
 	int max_connections_per_ip;
+	int tenant_max_connections;	/* authenticated sessions per tenant; 0 = no limit */
+	int tenant_messages_per_minute; /* per tenant; 0 = no limit */
 
 	/* [database] */
 	char *database_url;

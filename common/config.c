@@ -50,6 +50,8 @@ static const struct key_def keys[] = {
 	{"smtp", "data_done_timeout", K_DURATION, O(data_done_timeout), "10m", 1, 86400, NULL},
 	{"smtp", "max_connections", K_INT, O(max_connections), "10000", 1, 1000000, NULL},
 	{"smtp", "max_connections_per_ip", K_INT, O(max_connections_per_ip), "100", 1, 1000000, NULL},
+	{"smtp", "tenant_max_connections", K_INT, O(tenant_max_connections), "0", 0, 1000000, NULL},
+	{"smtp", "tenant_messages_per_minute", K_INT, O(tenant_messages_per_minute), "0", 0, 10000000, NULL},
 
 	{"database", "url", K_STR, O(database_url), "", 0, 0, NULL},
 

@@ -174,6 +174,17 @@ static void client_sweep(evutil_socket_t fd, short what, void *arg)
 			 hmap_count(srv->clients), srv->clients_max);
 }
 
+/* Timer: frees the per-tenant entries with no session and a full bucket. */
+static void tenant_sweep(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	size_t removed = tenantlim_sweep(srv->tenantlim, now_usec());
+
+	if (removed)
+		log_debug("event=tenant_sweep removed=%zu entries=%zu", removed,
+			  tenantlim_count(srv->tenantlim));
+}
+
 void server_session_gone(struct server *srv, struct session *s, uint64_t id, const char *key)
 {
 	uint32_t slot = (uint32_t)(id & ((1u << SLOT_BITS) - 1));
@@ -415,6 +426,8 @@ static void apply_runtime_keys(struct config *cfg, struct config *nc)
 	cfg->data_timeout = nc->data_timeout;
 	cfg->data_done_timeout = nc->data_done_timeout;
 	cfg->max_connections_per_ip = nc->max_connections_per_ip;
+	cfg->tenant_max_connections = nc->tenant_max_connections;
+	cfg->tenant_messages_per_minute = nc->tenant_messages_per_minute;
 	cfg->verify_grace_period = nc->verify_grace_period;
 }
 
@@ -609,6 +622,14 @@ int smtpd_run(struct config *cfg, const char *config_path)
 		struct timeval tv = {CLIENT_SWEEP_INTERVAL, 0};
 		event_add(srv.ev_client_sweep, &tv);
 	}
+	srv.tenantlim = tenantlim_new();
+	/* A bucket refills within a minute: sweeping each minute frees an
+	 * idle tenant's entry at most two minutes after its last session. */
+	srv.ev_tenant_sweep = event_new(srv.base, -1, EV_PERSIST, tenant_sweep, &srv);
+	{
+		struct timeval tv = {CLIENT_SWEEP_INTERVAL, 0};
+		event_add(srv.ev_tenant_sweep, &tv);
+	}
 	srv.store = store_open(srv.base, cfg->database_url, STORE_SUBMISSION);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
 	if (cfg->dkim_master_key_file[0]) {
@@ -675,6 +696,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	store_close(srv.store);
 	event_free(srv.ev_ready);
 	event_free(srv.ev_client_sweep);
+	event_free(srv.ev_tenant_sweep);
 	event_free(srv.ev_sigterm);
 	event_free(srv.ev_sigint);
 	event_free(srv.ev_sighup);
@@ -683,6 +705,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	if (srv.ev_accept_resume)
 		event_free(srv.ev_accept_resume);
 	hmap_free(srv.clients, free);
+	tenantlim_free(srv.tenantlim);
 	free(srv.slots);
 	free(srv.free_slots);
 	SSL_CTX_free(srv.tls);

@@ -57,6 +57,9 @@ struct server {
 	struct client_addr *idle_head, *idle_tail;
 	struct event *ev_client_sweep;
 
+	struct tenantlim *tenantlim; /* per-tenant sessions and message buckets */
+	struct event *ev_tenant_sweep;
+
 	struct evhttp *http; /* [admin] listen */
 
 	int stopping;

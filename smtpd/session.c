@@ -87,6 +87,7 @@ struct session {
 	int tls;
 	int esmtp;
 	int authed;
+	int tenant_counted; /* counted in the tenant's sessions (tenantlim) */
 	int waiting;
 	int in_process;
 	int close_now;
@@ -469,15 +470,59 @@ static void auth_reply_later(struct session *s, const char *text, int then_close
 		auth_reply_send(s);
 }
 
+/*
+ * The limits that apply to tenant_id now: its own (store cache), else the
+ * configuration's defaults; 0 is no limit.
+ */
+static void tenant_limits_now(struct session *s, int64_t tenant_id, int *conns, int *per_minute)
+{
+	struct tenant_limits lim;
+
+	store_tenant_limits(s->srv->store, tenant_id, &lim);
+	*conns = lim.max_connections >= 0 ? lim.max_connections
+					  : s->srv->cfg->tenant_max_connections;
+	*per_minute = lim.max_messages_per_minute >= 0 ? lim.max_messages_per_minute
+						       : s->srv->cfg->tenant_messages_per_minute;
+}
+
+/*
+ * Counts a session that just authenticated against its tenant's limit of
+ * sessions: 0 with s->who set (session_free uncounts it), or -1 after the
+ * 421 that ends it (the tenant has that many open). Only authenticated
+ * sessions count: before AUTH nobody knows the tenant, and the per-address
+ * limits cover those.
+ */
+static int tenant_admit(struct session *s, const struct tenant_ref *who)
+{
+	char text[200], q[600];
+	int max, per_minute;
+
+	tenant_limits_now(s, who->tenant_id, &max, &per_minute);
+	if (tenantlim_open(s->srv->tenantlim, who->tenant_id, max, now_usec())) {
+		s->who = *who;
+		s->tenant_counted = 1;
+		return 0;
+	}
+	log_warn("event=tenant_limit tenant=%s limit=connections value=%d client=%s user=%s",
+		 who->tenant, max, s->addr, log_quote(q, sizeof(q), s->user));
+	snprintf(text, sizeof(text),
+		 "421 4.7.0 Tenant %s has %d connections open, its limit; try again later",
+		 who->tenant, max);
+	reply_close(s, text);
+	return -1;
+}
+
 static void auth_result(uint64_t cookie, int ok, const struct tenant_ref *who)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
 
 	if (s == NULL)
 		return;
-	if (ok == 1) {
+	if (ok == 1 && tenant_admit(s, who) == -1) {
+		s->user[0] = '\0';
+		wait_end(s);
+	} else if (ok == 1) {
 		s->authed = 1;
-		s->who = *who;
 		char q[600];
 		log_info("event=auth client=%s user=%s tenant=%s result=ok", s->addr,
 			 log_quote(q, sizeof(q), s->user), who->tenant);
@@ -660,13 +705,36 @@ static int domain_refusal(struct session *s, int ok, const char *where, const ch
 	return 550;
 }
 
+/*
+ * Takes a message from the tenant's bucket as its MAIL FROM is accepted:
+ * 1, or 0 after the 451 when the tenant is over its messages per minute.
+ */
+static int tenant_message_allowed(struct session *s)
+{
+	int max, per_minute;
+
+	tenant_limits_now(s, s->who.tenant_id, &max, &per_minute);
+	if (tenantlim_take(s->srv->tenantlim, s->who.tenant_id, per_minute, now_usec()))
+		return 1;
+	log_warn("event=tenant_limit tenant=%s limit=messages_per_minute value=%d client=%s",
+		 s->who.tenant, per_minute, s->addr);
+	/* Not the client's error (not counted), and no reason to hang up:
+	 * the same session may send again in a moment. */
+	reply(s, "451 4.7.1 Tenant %s is over its limit of %d messages per minute; try again later",
+	      s->who.tenant, per_minute);
+	return 0;
+}
+
 static void mail_domain_result(uint64_t cookie, int ok, const char *why)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
 
 	if (s == NULL)
 		return;
-	if (ok == 1) {
+	if (ok == 1 && !tenant_message_allowed(s)) {
+		txn_free(s->tx);
+		s->tx = NULL;
+	} else if (ok == 1) {
 		set_state(s, ST_MAIL);
 		reply(s, "250 2.1.0 Sender <%s> ok", s->tx->from.addr);
 	} else {
@@ -1596,6 +1664,8 @@ static void session_free(struct session *s)
 	}
 	if (!s->bev_owns_fd || s->bev == NULL)
 		evutil_closesocket(s->fd);
+	if (s->tenant_counted)
+		tenantlim_close(s->srv->tenantlim, s->who.tenant_id, now_usec());
 	server_session_gone(s->srv, s, s->id, s->peer);
 	explicit_bzero(s, sizeof(*s));
 	free(s);

@@ -214,6 +214,38 @@ int peer_penalized(struct peer_state *p, time_t now, int memory, int max_failure
 /* 1 when the key has no connection and no failure within memory s. */
 int peer_forgettable(const struct peer_state *p, time_t now, int memory);
 
+/* ---- tenantlim.c: per-tenant sessions and messages per minute -------- */
+
+/*
+ * The per-tenant limits' counters: authenticated sessions open and a token
+ * bucket of messages per minute, per tenant. Times are microseconds of the
+ * monotonic clock, passed by the caller; limits are passed with each call
+ * (0: no limit). Entries are freed once a tenant has no session and a
+ * full bucket.
+ */
+struct tenantlim;
+struct tenantlim *tenantlim_new(void);
+void tenantlim_free(struct tenantlim *tl);
+/*
+ * Counts a newly authenticated session of tenant_id: 1, or 0 (not counted)
+ * when the tenant already has max sessions open.
+ */
+int tenantlim_open(struct tenantlim *tl, int64_t tenant_id, int max, uint64_t now);
+/* A session counted by tenantlim_open has ended. */
+void tenantlim_close(struct tenantlim *tl, int64_t tenant_id, uint64_t now);
+/*
+ * Takes one message from tenant_id's bucket (capacity per_minute, refilled
+ * at per_minute per 60 s; a new bucket starts full): 1, or 0 when it holds
+ * less than one token (nothing taken).
+ */
+int tenantlim_take(struct tenantlim *tl, int64_t tenant_id, int per_minute, uint64_t now);
+/* Authenticated sessions of tenant_id counted now. */
+int tenantlim_sessions(const struct tenantlim *tl, int64_t tenant_id);
+/* Tenants the table holds. */
+size_t tenantlim_count(const struct tenantlim *tl);
+/* Frees the entries with no session whose bucket is full at now; how many. */
+size_t tenantlim_sweep(struct tenantlim *tl, uint64_t now);
+
 /* ---- server.c: the daemon ---------------------------------------------- */
 
 struct event_base;

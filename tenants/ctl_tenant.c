@@ -1,10 +1,18 @@
-/* ctl_tenant: `sendgatectl tenant create|list|show`. */
+/* ctl_tenant: `sendgatectl tenant create|list|show|set-limits`. */
 #include <stdio.h>
 #include <string.h>
 
 #include "tenants/ctl.h"
 
-static const char usage[] = "tenant create NAME | tenant list | tenant show NAME";
+static const char usage[] = "tenant create NAME | tenant list | tenant show NAME\n"
+                            "       sendgatectl tenant set-limits TENANT [--connections "
+                            "N|default] [--messages-per-minute N|default]";
+static const char usage_set_limits[] =
+    "tenant set-limits TENANT [--connections N|default] [--messages-per-minute N|default]";
+
+/* The largest limits, as for [smtp] tenant_max_connections and tenant_messages_per_minute. */
+#define LIMIT_CONNECTIONS_MAX 1000000
+#define LIMIT_MESSAGES_MAX 10000000
 
 static int tenant_create(struct ctl *c, const char *name)
 {
@@ -86,6 +94,22 @@ static int tenant_list(struct ctl *c)
 	return CTL_OK;
 }
 
+/* A limit column as JSON: its number, or null for the configuration's default. */
+static json_t *limit_json(const PGresult *r, int row, int col)
+{
+	return PQgetisnull(r, row, col) ? json_null() : ctl_json_int(PQgetvalue(r, row, col));
+}
+
+/* A limit column as text: its number (0: "0 (no limit)"), or "default". */
+static const char *limit_text(const PGresult *r, int row, int col, char *out, size_t outlen)
+{
+	if (PQgetisnull(r, row, col))
+		return "default";
+	snprintf(out, outlen, "%s%s", PQgetvalue(r, row, col),
+	         strcmp(PQgetvalue(r, row, col), "0") == 0 ? " (no limit)" : "");
+	return out;
+}
+
 static int tenant_show(struct ctl *c, const char *name)
 {
 	const char *params[1] = {name};
@@ -98,8 +122,9 @@ static int tenant_show(struct ctl *c, const char *name)
 		return CTL_FAIL;
 	}
 	r = ctl_exec(c, "reading the tenant",
-	             "SELECT " TENANT_COLUMNS " FROM tenants t WHERE t.name = $1", 1, params, NULL,
-	             NULL);
+	             "SELECT " TENANT_COLUMNS ", t.max_connections, t.max_messages_per_minute"
+	             " FROM tenants t WHERE t.name = $1",
+	             1, params, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
 	if (PQntuples(r) == 0) {
@@ -123,11 +148,13 @@ static int tenant_show(struct ctl *c, const char *name)
 			    json_pack("{s:s, s:s, s:b, s:s}", "name", PQgetvalue(d, i, 0), "state",
 			              PQgetvalue(d, i, 1), "operator_verified",
 			              ctl_pq_bool(d, i, 2), "created_at", PQgetvalue(d, i, 3)));
-		obj = json_pack("{s:o, s:s, s:s, s:o, s:o, s:o}", "id",
+		obj = json_pack("{s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o}", "id",
 		                ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1),
 		                "created_at", PQgetvalue(r, 0, 2), "credentials",
 		                ctl_json_int(PQgetvalue(r, 0, 3)), "credentials_revoked",
-		                ctl_json_int(PQgetvalue(r, 0, 4)), "domains", doms);
+		                ctl_json_int(PQgetvalue(r, 0, 4)), "max_connections",
+		                limit_json(r, 0, 6), "max_messages_per_minute", limit_json(r, 0, 7),
+		                "domains", doms);
 		ctl_json_print(obj);
 	} else {
 		printf("id:           %s\n", PQgetvalue(r, 0, 0));
@@ -135,6 +162,12 @@ static int tenant_show(struct ctl *c, const char *name)
 		printf("created:      %s\n", PQgetvalue(r, 0, 2));
 		printf("credentials:  %s active, %s revoked\n", PQgetvalue(r, 0, 3),
 		       PQgetvalue(r, 0, 4));
+		{
+			char conns[40], msgs[40];
+			printf("limits:       connections %s, messages per minute %s\n",
+			       limit_text(r, 0, 6, conns, sizeof(conns)),
+			       limit_text(r, 0, 7, msgs, sizeof(msgs)));
+		}
 		printf("domains:      %d\n", PQntuples(d));
 		if (PQntuples(d) > 0) {
 			static const char *const head[] = {"  DOMAIN", "STATE", "OPERATOR_VERIFIED",
@@ -160,6 +193,96 @@ static int tenant_show(struct ctl *c, const char *name)
 	return CTL_OK;
 }
 
+/*
+ * Reads the value of --connections or --messages-per-minute: "default"
+ * (*set = 1, value NULL: the column goes back to NULL) or a count from 0 to
+ * max (0: no limit). 0, or -1 with the error printed.
+ */
+static int limit_arg(const char *opt, const char *v, long max, int *set, const char **value)
+{
+	long n;
+
+	*set = 1;
+	if (strcmp(v, "default") == 0) {
+		*value = NULL;
+		return 0;
+	}
+	if (ctl_parse_count(v, 0, max, &n) == -1) {
+		ctl_error("invalid %s \"%s\": a whole number from 0 (no limit) to %ld, or default",
+		          opt, v, max);
+		return -1;
+	}
+	*value = v;
+	return 0;
+}
+
+/*
+ * `tenant set-limits TENANT [--connections N|default] [--messages-per-minute
+ * N|default]`: the tenant's own limits, over the configuration's defaults.
+ * An option not given leaves that limit as it is.
+ */
+static int tenant_set_limits(struct ctl *c, int argc, char **argv)
+{
+	const char *name = NULL, *conns = NULL, *msgs = NULL, *params[5];
+	int set_conns = 0, set_msgs = 0, i;
+	char tid[24], conns_buf[40], msgs_buf[40];
+	PGresult *r;
+
+	for (i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--connections") == 0 ||
+		    strcmp(argv[i], "--messages-per-minute") == 0) {
+			int is_conns = argv[i][2] == 'c';
+			if (i + 1 >= argc)
+				return ctl_usage(usage_set_limits, "%s needs N or default", argv[i]);
+			if ((is_conns ? set_conns : set_msgs))
+				return ctl_usage(usage_set_limits, "%s given twice", argv[i]);
+			if (limit_arg(argv[i], argv[i + 1],
+			              is_conns ? LIMIT_CONNECTIONS_MAX : LIMIT_MESSAGES_MAX,
+			              is_conns ? &set_conns : &set_msgs, is_conns ? &conns : &msgs) == -1)
+				return CTL_FAIL;
+			i++;
+		} else if (argv[i][0] == '-' && argv[i][1] == '-') {
+			return ctl_usage(usage_set_limits, "unknown option \"%s\"", argv[i]);
+		} else if (name == NULL) {
+			name = argv[i];
+		} else {
+			return ctl_usage(usage_set_limits, "tenant set-limits takes one TENANT");
+		}
+	}
+	if (name == NULL)
+		return ctl_usage(usage_set_limits, "tenant set-limits needs a TENANT");
+	if (!set_conns && !set_msgs)
+		return ctl_usage(usage_set_limits,
+		                 "tenant set-limits needs --connections or --messages-per-minute");
+	if (ctl_tenant_id(c, name, tid) == -1)
+		return CTL_FAIL;
+	params[0] = tid;
+	params[1] = set_conns ? "true" : "false";
+	params[2] = conns;
+	params[3] = set_msgs ? "true" : "false";
+	params[4] = msgs;
+	/* The tenants trigger tells running daemons, which reload their cache. */
+	r = ctl_exec(c, "setting the limits",
+	             "UPDATE tenants SET"
+	             " max_connections = CASE WHEN $2::boolean THEN $3::int ELSE max_connections END,"
+	             " max_messages_per_minute = CASE WHEN $4::boolean THEN $5::int"
+	             " ELSE max_messages_per_minute END"
+	             " WHERE id = $1 RETURNING max_connections, max_messages_per_minute",
+	             5, params, NULL, NULL);
+	if (r == NULL)
+		return CTL_FAIL;
+	if (c->json)
+		ctl_json_print(json_pack("{s:s, s:o, s:o}", "tenant", name, "max_connections",
+		                         limit_json(r, 0, 0), "max_messages_per_minute",
+		                         limit_json(r, 0, 1)));
+	else
+		printf("tenant %s: connections %s, messages per minute %s\n", name,
+		       limit_text(r, 0, 0, conns_buf, sizeof(conns_buf)),
+		       limit_text(r, 0, 1, msgs_buf, sizeof(msgs_buf)));
+	PQclear(r);
+	return CTL_OK;
+}
+
 int ctl_cmd_tenant(struct ctl *c, int argc, char **argv)
 {
 	if (argc < 2)
@@ -179,5 +302,7 @@ int ctl_cmd_tenant(struct ctl *c, int argc, char **argv)
 			return ctl_usage("tenant show NAME", "tenant show takes one NAME");
 		return tenant_show(c, argv[2]);
 	}
+	if (strcmp(argv[1], "set-limits") == 0)
+		return tenant_set_limits(c, argc, argv);
 	return ctl_usage(usage, "unknown tenant subcommand \"%s\"", argv[1]);
 }

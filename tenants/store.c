@@ -61,6 +61,7 @@ enum req_kind {
 	REQ_LOAD_SUPPR,
 	REQ_LOAD_POOLS,
 	REQ_LOAD_TENANT_POOLS,
+	REQ_LOAD_TENANT_LIMITS,
 	REQ_SUPPRESS,
 	REQ_SCHEMA,
 	REQ_AUTH,
@@ -76,7 +77,8 @@ enum cache_bit {
 	C_TENANT_POOLS = 1 << 3,
 	C_KEYS = 1 << 4,
 	C_DOMAINS = 1 << 5,
-	C_ALL = (1 << 6) - 1,
+	C_TENANT_LIMITS = 1 << 6,
+	C_ALL = (1 << 7) - 1,
 };
 
 /*
@@ -92,6 +94,7 @@ static const struct cache_def {
     {C_SUPPR, REQ_LOAD_SUPPR, "suppressions"},
     {C_POOLS, REQ_LOAD_POOLS, "pools"},
     {C_TENANT_POOLS, REQ_LOAD_TENANT_POOLS, "tenant_pools"},
+    {C_TENANT_LIMITS, REQ_LOAD_TENANT_LIMITS, "tenant_limits"},
     {C_KEYS, REQ_LOAD_KEYS, "dkim_keys"},
     {C_DOMAINS, REQ_LOAD_DOMAINS, "domains"},
 };
@@ -99,16 +102,16 @@ static const struct cache_def {
 
 /*
  * What a change to each table (the NOTIFY payload) makes stale. Credentials
- * carry their tenant's name and tenants their pool; deleting a pool or a
- * domain changes tenants or dkim_keys through the foreign keys, whose own
- * triggers report it.
+ * carry their tenant's name and tenants their pool and sending limits;
+ * deleting a pool or a domain changes tenants or dkim_keys through the
+ * foreign keys, whose own triggers report it.
  */
 static const struct {
 	const char *table;
 	int caches;
 } notify_tables[] = {
     {"credentials", C_CREDS},
-    {"tenants", C_CREDS | C_TENANT_POOLS},
+    {"tenants", C_CREDS | C_TENANT_POOLS | C_TENANT_LIMITS},
     {"domains", C_DOMAINS},
     {"dkim_keys", C_KEYS},
     {"suppressions", C_SUPPR},
@@ -226,6 +229,7 @@ struct store {
 	int supp_log_lost;
 	struct hmap *pools;   /* pool id text → struct pool */
 	struct hmap *tenant_pool; /* tenant id text → pool id text (as value) */
+	struct hmap *tenant_limits; /* tenant id text → struct tenant_limits */
 	char default_pool[24];
 	int creds_loaded, domains_loaded;
 	int have_master;
@@ -390,6 +394,10 @@ static const char SQL_LOAD_POOLS[] =
     "FROM pools p LEFT JOIN pool_addresses a ON a.pool_id = p.id ORDER BY p.id, a.id";
 static const char SQL_LOAD_TENANT_POOLS[] =
     "SELECT id, pool_id FROM tenants WHERE pool_id IS NOT NULL";
+/* Only tenants with a limit of their own: the rest use the configuration's. */
+static const char SQL_LOAD_TENANT_LIMITS[] =
+    "SELECT id, coalesce(max_connections, -1), coalesce(max_messages_per_minute, -1) "
+    "FROM tenants WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL";
 static const char SQL_SUPPRESS[] =
     "INSERT INTO suppressions (tenant_id, address, reason, message_id) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
@@ -741,6 +749,37 @@ static void load_tenant_pools(struct store *st, PGresult *res)
 	st->tenant_pool = m;
 }
 
+static void load_tenant_limits(struct store *st, PGresult *res)
+{
+	struct hmap *m = hmap_new();
+	int i;
+
+	for (i = 0; i < PQntuples(res); i++) {
+		struct tenant_limits *l = xcalloc(1, sizeof(*l));
+		l->max_connections = (int)strtol(PQgetvalue(res, i, 1), NULL, 10);
+		l->max_messages_per_minute = (int)strtol(PQgetvalue(res, i, 2), NULL, 10);
+		free(hmap_put(m, PQgetvalue(res, i, 0), l));
+	}
+	hmap_free(st->tenant_limits, free);
+	st->tenant_limits = m;
+}
+
+int store_tenant_limits(struct store *st, int64_t tenant_id, struct tenant_limits *out)
+{
+	const struct tenant_limits *l;
+	char id[32];
+
+	snprintf(id, sizeof(id), "%lld", (long long)tenant_id);
+	l = hmap_get(st->tenant_limits, id);
+	if (l == NULL) {
+		out->max_connections = -1;
+		out->max_messages_per_minute = -1;
+		return 0;
+	}
+	*out = *l;
+	return 1;
+}
+
 int store_suppressed(struct store *st, int64_t tenant_id, const char *addr, char *reason,
 		     size_t reasonlen, time_t *since)
 {
@@ -1068,6 +1107,11 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 			load_tenant_pools(st, res);
 		reload_step(st, r, res, ok);
 		break;
+	case REQ_LOAD_TENANT_LIMITS:
+		if (ok)
+			load_tenant_limits(st, res);
+		reload_step(st, r, res, ok);
+		break;
 	case REQ_SUPPRESS:
 		break;
 	case REQ_SCHEMA: {
@@ -1225,6 +1269,9 @@ static void send_next(struct store *st)
 		break;
 	case REQ_LOAD_TENANT_POOLS:
 		sql = SQL_LOAD_TENANT_POOLS;
+		break;
+	case REQ_LOAD_TENANT_LIMITS:
+		sql = SQL_LOAD_TENANT_LIMITS;
 		break;
 	case REQ_SCHEMA:
 		sql = "SELECT coalesce(max(version), 0) FROM schema_migrations";
@@ -1924,6 +1971,7 @@ struct store *store_open(struct event_base *base, const char *conninfo, enum sto
 	st->supp = hmap_new();
 	st->pools = hmap_new();
 	st->tenant_pool = hmap_new();
+	st->tenant_limits = hmap_new();
 	st->retry_delay = 1;
 	st->grace = 72 * 3600;
 	st->ev_retry = evtimer_new(base, retry_cb, st);
@@ -1991,6 +2039,7 @@ void store_close(struct store *st)
 	supp_log_clear(st);
 	hmap_free(st->pools, free);
 	hmap_free(st->tenant_pool, free);
+	hmap_free(st->tenant_limits, free);
 	explicit_bzero(st->master, sizeof(st->master));
 	if (st->opts)
 		PQconninfoFree(st->opts);

@@ -154,6 +154,22 @@ struct pool_address {
  */
 int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *out, int max,
 		      char *pool_name, size_t namelen);
+/*
+ * A tenant's own sending limits (tenants.max_connections and
+ * max_messages_per_minute): -1 where the tenant has none (the
+ * configuration's default applies), 0 for no limit.
+ */
+struct tenant_limits {
+	int max_connections;	     /* authenticated sessions at once */
+	int max_messages_per_minute; /* MAIL FROMs accepted per minute */
+};
+
+/*
+ * Fills out with tenant_id's limits from the cache (reloaded when the
+ * tenants table changes; submission role only). 1 when the tenant has a
+ * limit of its own, 0 when it has none (both -1).
+ */
+int store_tenant_limits(struct store *st, int64_t tenant_id, struct tenant_limits *out);
 /* The failing required records of a broken domain, in words, or NULL. */
 const char *store_domain_failing(struct store *st, const char *domain);
 /* 1 when domain's return-path CNAME is verified (use it for VERP). */

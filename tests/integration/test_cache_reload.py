@@ -21,7 +21,8 @@ import pytest
 
 import sgharness as h
 
-ALL_TABLES = {"credentials", "suppressions", "pools", "tenant_pools", "dkim_keys", "domains"}
+ALL_TABLES = {"credentials", "suppressions", "pools", "tenant_pools", "tenant_limits",
+              "dkim_keys", "domains"}
 RELOAD_RX = re.compile(r"event=cache_reload table=(\w+) rows=(\d+) ms=(\d+)")
 
 
@@ -224,12 +225,12 @@ def test_credential_created_after_start_works_at_once(started, ctl):
     assert set(wait_reloaded(d, off, ["credentials"])) == {"credentials"}
 
 
-def test_new_tenant_reloads_credentials_and_tenant_pools(started, ctl):
+def test_new_tenant_reloads_the_caches_built_from_tenants(started, ctl):
     t, d = started
     off = mark(d)
     ctl.tenant_create(h.unique_name())
-    assert set(wait_reloaded(d, off, ["credentials", "tenant_pools"])) == {
-        "credentials", "tenant_pools"}
+    tables = {"credentials", "tenant_pools", "tenant_limits"}
+    assert set(wait_reloaded(d, off, tables)) == tables
 
 
 def test_domain_change_is_picked_up(started, ctl, pg):
