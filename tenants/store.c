@@ -194,6 +194,7 @@ struct store {
 	PQconninfoOption *opts;
 	char *db_host;
 	int resolve_timeout; /* seconds: connect_timeout, else RESOLVE_TIMEOUT_SEC */
+	uint64_t resolve_deadline; /* now_usec() when the running lookup times out */
 	struct resolve_job *resolving; /* the running resolution, if any */
 	struct event *ev_resolved;
 	PGconn *conn;
@@ -231,7 +232,7 @@ struct store {
 	struct hmap *tenant_pool; /* tenant id text → pool id text (as value) */
 	struct hmap *tenant_limits; /* tenant id text → struct tenant_limits */
 	char default_pool[24];
-	int creds_loaded, domains_loaded;
+	int loaded; /* caches (cache_bit) loaded at least once */
 	int have_master;
 	int caches; /* the caches this process keeps (enum store_role) */
 	unsigned char master[32];
@@ -420,7 +421,6 @@ static void load_creds(struct store *st, PGresult *res)
 	}
 	hmap_free(st->creds, free);
 	st->creds = m;
-	st->creds_loaded = 1;
 	unknown_users_clear(st); /* whoever was unknown may exist now */
 }
 
@@ -433,7 +433,6 @@ static void load_domains(struct store *st, PGresult *res)
 		free(hmap_put(m, PQgetvalue(res, i, 0), dom_from_row(res, i)));
 	hmap_free(st->domains, free);
 	st->domains = m;
-	st->domains_loaded = 1;
 }
 
 static const char SQL_LOAD_KEYS[] =
@@ -970,12 +969,16 @@ static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
 {
 	const struct cache_def *c = cache_of(r->kind);
 
-	if (ok && c->bit == C_KEYS)
-		log_info("event=cache_reload table=%s rows=%d ms=%ld key_errors=%d", c->name,
-			 PQntuples(res), (long)((now_usec() - r->sent_usec) / 1000), st->key_errors);
-	else if (ok)
-		log_info("event=cache_reload table=%s rows=%d ms=%ld", c->name, PQntuples(res),
-			 (long)((now_usec() - r->sent_usec) / 1000));
+	if (ok) {
+		long ms = (long)((now_usec() - r->sent_usec) / 1000);
+		st->loaded |= c->bit;
+		if (c->bit == C_KEYS)
+			log_info("event=cache_reload table=%s rows=%d ms=%ld key_errors=%d", c->name,
+				 PQntuples(res), ms, st->key_errors);
+		else
+			log_info("event=cache_reload table=%s rows=%d ms=%ld", c->name,
+				 PQntuples(res), ms);
+	}
 	/* A failed load keeps the cache as it was (the error is logged). */
 	if (st->reload_left > 0 && --st->reload_left == 0 && st->reload_want) {
 		struct timeval tv = {0, 5000};
@@ -1121,6 +1124,11 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 			log_err("event=schema_outdated database_version=%d binary_version=%d "
 				"hint=\"run sendgatectl migrate\"",
 				have, want);
+		else if (have > want)
+			log_warn("event=schema_newer database_version=%d binary_version=%d "
+				 "hint=\"the database was migrated by a newer sendgate: restart "
+				 "with that version (an older one may miss cache changes)\"",
+				 have, want);
 		break;
 	}
 	case REQ_AUTH: {
@@ -1249,7 +1257,8 @@ static void send_next(struct store *st)
 	switch (r->kind) {
 	case REQ_LISTEN:
 		/* Two statements: the simple query protocol (PQsendQuery). */
-		sql = "LISTEN sendgate_cache; LISTEN " SUPPR_CHANNEL;
+		sql = st->caches & C_SUPPR ? "LISTEN sendgate_cache; LISTEN " SUPPR_CHANNEL
+					   : "LISTEN sendgate_cache";
 		simple = 1;
 		break;
 	case REQ_LOAD_CREDS:
@@ -1634,6 +1643,8 @@ static void resolve_plan(struct store *st)
 	char q[600];
 
 	st->resolve_timeout = RESOLVE_TIMEOUT_SEC;
+	if (getenv("PGCONNECT_TIMEOUT") && atoi(getenv("PGCONNECT_TIMEOUT")) > 0)
+		st->resolve_timeout = atoi(getenv("PGCONNECT_TIMEOUT")); /* as libpq reads it */
 	if (opts == NULL)
 		return; /* PQconnectStart reports the syntax error */
 	for (o = opts; o->keyword; o++) {
@@ -1745,8 +1756,12 @@ static void on_resolved(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (read(fd, &n, sizeof(n)) != (ssize_t)sizeof(n)) {
-		event_add(st->ev_resolved, &(struct timeval){st->resolve_timeout, 0});
-		return; /* not written yet */
+		/* Not written yet: wait for the rest of the time only. */
+		uint64_t now = now_usec(), left;
+		left = st->resolve_deadline > now ? st->resolve_deadline - now : 0;
+		event_add(st->ev_resolved, &(struct timeval){(time_t)(left / 1000000),
+							     (suseconds_t)(left % 1000000)});
+		return;
 	}
 	event_free(st->ev_resolved);
 	st->ev_resolved = NULL;
@@ -1809,6 +1824,7 @@ static int resolve_start(struct store *st, char *msg, size_t msglen)
 	j->refs = 2; /* the thread's and the store's */
 	st->resolving = j;
 	st->ev_resolved = event_new(st->base, j->efd, EV_READ, on_resolved, st);
+	st->resolve_deadline = now_usec() + (uint64_t)st->resolve_timeout * 1000000;
 	event_add(st->ev_resolved, &(struct timeval){st->resolve_timeout, 0});
 	/* Signals stay with the loop's thread. */
 	sigfillset(&all);
@@ -1962,7 +1978,9 @@ struct store *store_open(struct event_base *base, const char *conninfo, enum sto
 	struct timeval tv = {0, 100000};
 
 	st->base = base;
-	st->caches = role == STORE_DELIVERY ? C_POOLS | C_TENANT_POOLS | C_DOMAINS : C_ALL;
+	/* What each process reads (smtpd/ and queue/ call the lookups). */
+	st->caches = role == STORE_DELIVERY ? C_POOLS | C_TENANT_POOLS | C_DOMAINS
+					    : C_ALL & ~(C_POOLS | C_TENANT_POOLS);
 	st->conninfo = xstrdup(conninfo);
 	st->creds = hmap_new();
 	st->unknown_users = hmap_new();
@@ -2048,9 +2066,19 @@ void store_close(struct store *st)
 	free(st);
 }
 
+/*
+ * Ready once every cache this process keeps and cannot do without has
+ * loaded: credentials, suppressions, pools and domains. The delivery
+ * process must not send before it knows the pools (its mail would leave
+ * from the wrong address). DKIM keys (signing answers 451 without one) and
+ * tenant limits (the config's defaults apply; absent on a database not yet
+ * migrated) do not hold everything else up.
+ */
 int store_ready(const struct store *st)
 {
-	return (st->creds_loaded || !(st->caches & C_CREDS)) && st->domains_loaded;
+	int need = st->caches & (C_CREDS | C_SUPPR | C_POOLS | C_TENANT_POOLS | C_DOMAINS);
+
+	return (st->loaded & need) == need;
 }
 
 int store_connected(const struct store *st)
@@ -2080,7 +2108,7 @@ void store_auth(struct store *st, const char *user, const char *secret, store_au
 	}
 	if (!st->connected) {
 		/* Unknown here and no way to ask: a loaded cache is complete. */
-		cb(cookie, st->creds_loaded ? 0 : -1, NULL);
+		cb(cookie, st->loaded & C_CREDS ? 0 : -1, NULL);
 		return;
 	}
 	r = req_new(REQ_AUTH);
@@ -2109,7 +2137,7 @@ void store_domain_check(struct store *st, int64_t tenant_id, const char *domain,
 		return;
 	}
 	if (!st->connected) {
-		if (st->domains_loaded)
+		if (st->loaded & C_DOMAINS)
 			cb(cookie, 0, "not_found");
 		else
 			cb(cookie, -1, "database_unavailable");

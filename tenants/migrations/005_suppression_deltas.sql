@@ -16,6 +16,11 @@
 -- near the 8000-byte NOTIFY limit send the old 'suppressions' notice on
 -- sendgate_cache instead, which reloads the whole table.
 
+-- Replacing the trigger locks the table: on a live platform, give up
+-- (and let the operator run migrate again) rather than hold every bounce's
+-- INSERT behind a long reload query.
+SET LOCAL lock_timeout = '5s';
+
 DROP TRIGGER suppressions_changed ON suppressions;
 
 CREATE FUNCTION sendgate_notify_suppressions() RETURNS trigger AS $$

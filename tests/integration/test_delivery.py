@@ -585,3 +585,22 @@ def _refused(d, tenant):
         return c.cmd("RCPT TO:<gone@example.net>").code == 550
     finally:
         c.close()
+
+
+def test_delivery_waits_until_it_knows_the_pools(denv, pg):
+    """Mail must not leave before the pools are known (it would leave from
+    the wrong address): a failed pools load holds delivery back even though
+    the domains loaded; once the pools load, delivery starts."""
+    pg.sql("ALTER TABLE pool_addresses RENAME COLUMN helo TO helo_hidden")
+    try:
+        d = denv.daemon_factory(delivery__enabled="yes", delivery__port=denv.port,
+                                dns__servers="127.0.0.1:%d" % denv.dns.port)
+        h.eventually(lambda: re.search(r"prog=sendgate-delivery level=info event=cache_reload "
+                                       r"table=domains", d.log_text()),
+                     timeout=10 * h.SLOW, what="the delivery process's domains load")
+        time.sleep(0.5 * h.SLOW)
+        assert "event=delivery_ready" not in d.log_text(), "delivery started without its pools"
+    finally:
+        pg.sql("ALTER TABLE pool_addresses RENAME COLUMN helo_hidden TO helo")
+    pg.sql("SELECT pg_notify('sendgate_cache', 'pools')")
+    d.wait_log(r"event=delivery_ready", timeout=10)
