@@ -88,6 +88,9 @@ struct session {
 	int esmtp;
 	int authed;
 	int tenant_counted; /* counted in the tenant's sessions (tenantlim) */
+	/* The last MAIL got a 4xx: the RCPT and DATA a pipelining client sent
+	 * behind it get 503 but are not the client's errors (RFC 2920). */
+	int mail_deferred;
 	int waiting;
 	int in_process;
 	int close_now;
@@ -295,6 +298,7 @@ static void txn_reset(struct session *s)
 {
 	txn_free(s->tx);
 	s->tx = NULL;
+	s->mail_deferred = 0;
 	if (s->state == ST_MAIL || s->state == ST_RCPT || s->state == ST_DATA)
 		s->state = ST_READY;
 }
@@ -506,8 +510,9 @@ static int tenant_admit(struct session *s, const struct tenant_ref *who)
 	log_warn("event=tenant_limit tenant=%s limit=connections value=%d client=%s user=%s",
 		 who->tenant, max, s->addr, log_quote(q, sizeof(q), s->user));
 	snprintf(text, sizeof(text),
-		 "421 4.7.0 Tenant %s has %d connections open, its limit; try again later",
-		 who->tenant, max);
+		 "421 4.7.0 Tenant %s has %d connections open, its limit being %d; try again "
+		 "later",
+		 who->tenant, tenantlim_sessions(s->srv->tenantlim, who->tenant_id), max);
 	reply_close(s, text);
 	return -1;
 }
@@ -725,6 +730,15 @@ static int tenant_message_allowed(struct session *s)
 	return 0;
 }
 
+/* RCPT or DATA without a transaction. */
+static void mail_first(struct session *s)
+{
+	if (s->mail_deferred)
+		reply(s, "503 5.5.1 MAIL first (the sender was deferred: see the 4xx above)");
+	else
+		reply_err(s, "503 5.5.1 MAIL first");
+}
+
 static void mail_domain_result(uint64_t cookie, int ok, const char *why)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
@@ -734,6 +748,7 @@ static void mail_domain_result(uint64_t cookie, int ok, const char *why)
 	if (ok == 1 && !tenant_message_allowed(s)) {
 		txn_free(s->tx);
 		s->tx = NULL;
+		s->mail_deferred = 1;
 	} else if (ok == 1) {
 		set_state(s, ST_MAIL);
 		reply(s, "250 2.1.0 Sender <%s> ok", s->tx->from.addr);
@@ -744,10 +759,12 @@ static void mail_domain_result(uint64_t cookie, int ok, const char *why)
 		txn_free(s->tx);
 		s->tx = NULL;
 		/* A database that cannot answer is not the client's error. */
-		if (code >= 500)
+		if (code >= 500) {
 			reply_err(s, "%d %s", code, text);
-		else
+		} else {
 			reply(s, "%d %s", code, text);
+			s->mail_deferred = 1;
+		}
 	}
 	wait_end(s);
 }
@@ -766,6 +783,7 @@ static void cmd_mail(struct session *s, const char *arg, size_t len)
 		reply_err(s, "503 5.5.1 Nested MAIL command: RSET first");
 		return;
 	}
+	s->mail_deferred = 0;
 	tx = xcalloc(1, sizeof(*tx));
 	if (smtp_parse_mail_from(arg, len, (size_t)cfg->max_path_length, &tx->from, &tx->params,
 				 &err) == -1) {
@@ -798,7 +816,7 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
 	struct smtp_error err;
 
 	if (s->tx == NULL || (s->state != ST_MAIL && s->state != ST_RCPT)) {
-		reply_err(s, "503 5.5.1 MAIL first");
+		mail_first(s);
 		return;
 	}
 	if (smtp_parse_rcpt_to(arg, len, (size_t)cfg->max_path_length, s->tx->params.smtputf8, &path,
@@ -844,7 +862,7 @@ static void cmd_data(struct session *s, const char *arg, size_t len)
 		return;
 	}
 	if (tx == NULL) {
-		reply_err(s, "503 5.5.1 MAIL first");
+		mail_first(s);
 		return;
 	}
 	if (tx->nrcpts == 0) {

@@ -271,6 +271,11 @@ static int tenant_set_limits(struct ctl *c, int argc, char **argv)
 	             5, params, NULL, NULL);
 	if (r == NULL)
 		return CTL_FAIL;
+	if (PQntuples(r) == 0) { /* removed since its id was looked up */
+		PQclear(r);
+		ctl_error("no tenant named \"%s\"", name);
+		return CTL_FAIL;
+	}
 	if (c->json)
 		ctl_json_print(json_pack("{s:s, s:o, s:o}", "tenant", name, "max_connections",
 		                         limit_json(r, 0, 0), "max_messages_per_minute",

@@ -33,7 +33,8 @@ def session(d, t):
 
 def assert_connection_refused(c, r, t, limit):
     assert (r.code, r.enhanced) == (421, "4.7.0"), r
-    assert "Tenant %s has %d connections open" % (t.name, limit) in r.text, r
+    assert ("Tenant %s has %d connections open, its limit being %d" % (t.name, limit, limit)
+            in r.text), r
     assert c.is_closed(), "still open after the 421"
     c.close()
 
@@ -232,3 +233,45 @@ def test_schema_refuses_negative_limits(ctl, pg):
     with pytest.raises(RuntimeError) as ei:
         pg.sql("UPDATE tenants SET max_messages_per_minute = -1 WHERE name = '%s'" % name)
     assert "check constraint" in str(ei.value), ei.value
+
+
+def test_pipelined_transactions_over_the_limit_keep_the_session(daemon_factory, ctl):
+    """A pipelining client sends RCPT and DATA right behind its MAIL
+    (RFC 2920): when the MAIL is deferred by the limit, the 503s those get
+    are not counted as the client's errors, so the session is not closed
+    for "too many errors" while the tenant waits out its limit."""
+    t = h.setup_tenant(ctl)
+    d = daemon_factory(smtp__tenant_messages_per_minute=1, smtp__max_errors=3)
+    c = session(d, t)
+    assert mail(c, t).code == 250  # the one message of this minute
+    group = ("MAIL FROM:<%s>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n" % t.addr()).encode()
+    for i in range(6):
+        c.send(group)
+        r_mail, r_rcpt, r_data = c.reply(), c.reply(), c.reply()
+        assert_over_messages(r_mail, t, 1)
+        assert (r_rcpt.code, r_data.code) == (503, 503), (i, r_rcpt, r_data)
+    assert c.cmd("NOOP").code == 250, "the session was closed"
+    # Real protocol errors still count (once a RSET ended the deferred
+    # group).
+    assert c.cmd("RSET").code == 250
+    for _ in range(2):
+        assert c.cmd("RCPT TO:<r@example.net>").code == 503
+    assert c.cmd("RCPT TO:<r@example.net>").code == 503
+    r = c.reply()
+    assert (r.code, r.enhanced) == (421, "4.7.0"), "max_errors no longer applies: %r" % r
+    assert c.is_closed()
+    c.close()
+
+
+def test_refused_mail_takes_no_token(daemon_factory, ctl):
+    """Only a MAIL FROM that starts a transaction uses the tenant's
+    allowance: one refused for its sender domain does not."""
+    t = h.setup_tenant(ctl)
+    d = daemon_factory(smtp__tenant_messages_per_minute=1)
+    c = session(d, t)
+    for _ in range(3):
+        r = c.cmd("MAIL FROM:<someone@not-%s>" % t.domain)
+        assert (r.code, r.enhanced) == (550, "5.7.1"), r
+    assert mail(c, t).code == 250, "a refused MAIL used the token"
+    assert_over_messages(mail(c, t), t, 1)
+    c.quit()
