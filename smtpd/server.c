@@ -154,13 +154,19 @@ void server_auth_failed(struct server *srv, const char *key)
 		peer_auth_failed(&ca->st, mono_now(), FAILURE_MEMORY);
 }
 
-/* Timer: drops idle entries whose AUTH failures no longer count. */
+/*
+ * Timer, each minute: drops the per-address entries whose AUTH failures no
+ * longer count, and the per-tenant ones with no session and a full bucket
+ * (a bucket refills within a minute: an idle tenant's entry goes at most
+ * two minutes after its last session).
+ */
 static void client_sweep(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 	struct client_addr *ca, *next;
 	time_t now = mono_now();
 	int removed = 0;
+	size_t tenants;
 
 	for (ca = srv->idle_head; ca; ca = next) {
 		next = ca->idle_next;
@@ -172,16 +178,9 @@ static void client_sweep(evutil_socket_t fd, short what, void *arg)
 	if (removed)
 		log_info("event=client_sweep removed=%d entries=%zu limit=%zu", removed,
 			 hmap_count(srv->clients), srv->clients_max);
-}
-
-/* Timer: frees the per-tenant entries with no session and a full bucket. */
-static void tenant_sweep(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *srv = arg;
-	size_t removed = tenantlim_sweep(srv->tenantlim, now_usec());
-
-	if (removed)
-		log_debug("event=tenant_sweep removed=%zu entries=%zu", removed,
+	tenants = tenantlim_sweep(srv->tenantlim, now_usec());
+	if (tenants)
+		log_debug("event=tenant_sweep removed=%zu entries=%zu", tenants,
 			  tenantlim_count(srv->tenantlim));
 }
 
@@ -617,18 +616,11 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	/* Entries with a connection number at most max_connections; as many
 	 * again may be kept for their AUTH failures alone. */
 	srv.clients_max = 2 * (size_t)cfg->max_connections;
+	srv.tenantlim = tenantlim_new(); /* swept by client_sweep too */
 	srv.ev_client_sweep = event_new(srv.base, -1, EV_PERSIST, client_sweep, &srv);
 	{
 		struct timeval tv = {CLIENT_SWEEP_INTERVAL, 0};
 		event_add(srv.ev_client_sweep, &tv);
-	}
-	srv.tenantlim = tenantlim_new();
-	/* A bucket refills within a minute: sweeping each minute frees an
-	 * idle tenant's entry at most two minutes after its last session. */
-	srv.ev_tenant_sweep = event_new(srv.base, -1, EV_PERSIST, tenant_sweep, &srv);
-	{
-		struct timeval tv = {CLIENT_SWEEP_INTERVAL, 0};
-		event_add(srv.ev_tenant_sweep, &tv);
 	}
 	srv.store = store_open(srv.base, cfg->database_url, STORE_SUBMISSION);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
@@ -696,7 +688,6 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	store_close(srv.store);
 	event_free(srv.ev_ready);
 	event_free(srv.ev_client_sweep);
-	event_free(srv.ev_tenant_sweep);
 	event_free(srv.ev_sigterm);
 	event_free(srv.ev_sigint);
 	event_free(srv.ev_sighup);

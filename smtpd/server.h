@@ -58,7 +58,6 @@ struct server {
 	struct event *ev_client_sweep;
 
 	struct tenantlim *tenantlim; /* per-tenant sessions and message buckets */
-	struct event *ev_tenant_sweep;
 
 	struct evhttp *http; /* [admin] listen */
 
