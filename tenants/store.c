@@ -50,8 +50,10 @@
 #define UNKNOWN_USER_LEN_MAX 255
 /* The channel of per-row suppression changes (migration 005). */
 #define SUPPR_CHANNEL "sendgate_suppression"
-/* Suppression changes kept to replay over a load at most (see supp_apply). */
-#define SUPPR_LOG_MAX 10000
+/* Addresses whose changes are kept to replay over a load, at most (see
+ * supp_apply): each address's newest change only, so this bounds the
+ * distinct addresses changed while one load runs, not the changes. */
+#define SUPPR_LOG_MAX 100000
 
 enum req_kind {
 	REQ_LISTEN,
@@ -146,12 +148,10 @@ struct supp {
 	time_t since;
 };
 
-/* A change to the suppression cache, kept while a load of it is under way. */
+/* The newest change to one suppression, kept while a load is under way. */
 struct supp_change {
-	struct supp_change *next;
 	int add;	 /* else remove */
 	struct supp val; /* add: the entry */
-	char key[];	 /* "tenant:address" */
 };
 
 #define POOL_MAX_ADDRS 32
@@ -221,12 +221,13 @@ struct store {
 	/*
 	 * While a suppressions load is queued or in flight (supp_loading),
 	 * every change applied to the cache is also logged here, to be applied
-	 * again over the loaded rows (see supp_apply). supp_log_lost: the log
-	 * overflowed, so the load's rows cannot be trusted.
+	 * again over the loaded rows (see supp_apply): "tenant:address" →
+	 * struct supp_change, the newest per key (NULL when empty).
+	 * supp_log_lost: the log overflowed, so the load's rows cannot be
+	 * trusted.
 	 */
 	int supp_loading;
-	struct supp_change *supp_log, *supp_log_tail;
-	int supp_log_len;
+	struct hmap *supp_log;
 	int supp_log_lost;
 	struct hmap *pools;   /* pool id text → struct pool */
 	struct hmap *tenant_pool; /* tenant id text → pool id text (as value) */
@@ -632,15 +633,17 @@ static void supp_set(struct hmap *m, const char *key, int add, const struct supp
 /* Empties the log of changes made during a load. */
 static void supp_log_clear(struct store *st)
 {
-	struct supp_change *c;
-
-	while ((c = st->supp_log)) {
-		st->supp_log = c->next;
-		free(c);
-	}
-	st->supp_log_tail = NULL;
-	st->supp_log_len = 0;
+	hmap_free(st->supp_log, free);
+	st->supp_log = NULL;
 	st->supp_log_lost = 0;
+}
+
+/* hmap_each: applies one logged change to the cache (arg). */
+static void supp_replay(void *arg, const char *key, void *value)
+{
+	const struct supp_change *c = value;
+
+	supp_set(arg, key, c->add, &c->val);
 }
 
 /*
@@ -656,38 +659,36 @@ static void supp_log_clear(struct store *st)
  * the server sends the NOTIFYs of commits made during the query after its
  * rows, and libpq then hands them to handle_notifies even before the
  * result is taken. So while a load is queued or in flight each change is
- * also logged, and the log is applied again, in order, over the loaded
- * rows. The log holds every change since before the load was sent, each
- * setting one key to its value at that commit: for every key it touches
- * its last entry is the newest, and keys it does not touch have not
- * changed since the snapshot, so the result is the table as of the last
- * delta received.
+ * also logged, and the log is applied again over the loaded rows. It
+ * holds, for every key changed since before the load was sent, the
+ * newest change (each sets one key to its value at that commit, so only
+ * the newest matters, and keys are independent); keys it does not touch
+ * have not changed since the snapshot, so the result is the table as of
+ * the last delta received.
  */
 static void supp_apply(struct store *st, int add, const char *key, const struct supp *val)
 {
 	struct supp_change *c;
-	size_t n = strlen(key) + 1;
 
 	supp_set(st->supp, key, add, val);
 	if (!st->supp_loading || st->supp_log_lost)
 		return;
-	if (st->supp_log_len == SUPPR_LOG_MAX) {
-		/* The loaded rows will be stale: supp_load_done loads again. */
-		supp_log_clear(st);
-		st->supp_log_lost = 1;
-		return;
+	if (st->supp_log == NULL)
+		st->supp_log = hmap_new();
+	c = hmap_get(st->supp_log, key);
+	if (c == NULL) {
+		if (hmap_count(st->supp_log) == SUPPR_LOG_MAX) {
+			/* The loaded rows will be stale: supp_load_done loads again. */
+			supp_log_clear(st);
+			st->supp_log_lost = 1;
+			return;
+		}
+		c = xcalloc(1, sizeof(*c));
+		hmap_put(st->supp_log, key, c);
 	}
-	c = xcalloc(1, sizeof(*c) + n);
 	c->add = add;
 	if (add)
 		c->val = *val;
-	memcpy(c->key, key, n);
-	if (st->supp_log_tail)
-		st->supp_log_tail->next = c;
-	else
-		st->supp_log = c;
-	st->supp_log_tail = c;
-	st->supp_log_len++;
 }
 
 static void load_suppr(struct store *st, PGresult *res)
@@ -1044,14 +1045,13 @@ static void domain_answer(struct store *st, struct req *r, const struct dom *d)
  */
 static void supp_load_done(struct store *st, PGresult *res, int ok)
 {
-	const struct supp_change *c;
 	const struct req *r;
 	int lost = st->supp_log_lost;
 
 	if (ok) {
 		load_suppr(st, res);
-		for (c = st->supp_log; c; c = c->next)
-			supp_set(st->supp, c->key, c->add, &c->val);
+		if (st->supp_log)
+			hmap_each(st->supp_log, supp_replay, st->supp);
 		for (r = st->head; r; r = r->next)
 			if (r->kind == REQ_SUPPRESS)
 				supp_put_unsaved(st, r);
@@ -1059,8 +1059,8 @@ static void supp_load_done(struct store *st, PGresult *res, int ok)
 	st->supp_loading = 0;
 	supp_log_clear(st);
 	if (ok && lost) {
-		log_warn("event=suppression_changes_lost reason=\"more than %d changes during a "
-			 "load\" action=reload",
+		log_warn("event=suppression_changes_lost reason=\"more than %d addresses changed "
+			 "during a load\" action=reload",
 			 SUPPR_LOG_MAX);
 		reload_schedule(st, C_SUPPR);
 	}
