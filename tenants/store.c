@@ -50,6 +50,11 @@
 #define UNKNOWN_USER_LEN_MAX 255
 /* The channel of per-row suppression changes (migration 005). */
 #define SUPPR_CHANNEL "sendgate_suppression"
+/* Seconds before a cache that readiness needs and whose load failed (the
+ * query, not the connection: a reconnect reloads everything) is loaded
+ * again, doubling up to RELOAD_RETRY_MAX_SEC while it keeps failing. */
+#define RELOAD_RETRY_SEC 2
+#define RELOAD_RETRY_MAX_SEC 60
 /* Addresses whose changes are kept to replay over a load, at most (see
  * supp_apply): each address's newest change only, so this bounds the
  * distinct addresses changed while one load runs, not the changes. */
@@ -250,6 +255,8 @@ struct store {
 	int reload_batch;
 	int reload_sent;
 	int reload_left;
+	int reload_retry;   /* a needed load failed: the next batch waits */
+	int reload_backoff; /* seconds it waits (0: none failed lately) */
 	int grace;
 
 	struct pending_event *ev_head, *ev_tail;
@@ -965,6 +972,15 @@ static void reload_cb(evutil_socket_t fd, short what, void *arg)
 	reload_start(arg);
 }
 
+/*
+ * The caches store_ready waits for: those this process keeps and cannot do
+ * without. See store_ready.
+ */
+static int ready_need(const struct store *st)
+{
+	return st->caches & (C_CREDS | C_SUPPR | C_POOLS | C_TENANT_POOLS | C_DOMAINS);
+}
+
 /* A load of the running batch is over (loaded, failed or dropped). */
 static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
 {
@@ -980,10 +996,26 @@ static void reload_step(struct store *st, struct req *r, PGresult *res, int ok)
 			log_info("event=cache_reload table=%s rows=%d ms=%ld", c->name,
 				 PQntuples(res), ms);
 	}
-	/* A failed load keeps the cache as it was (the error is logged). */
-	if (st->reload_left > 0 && --st->reload_left == 0 && st->reload_want) {
+	/* A failed load keeps the cache as it was (the error is logged). One
+	 * that readiness waits for is tried again later, with backoff. */
+	if (!ok && res != NULL && st->connected && (c->bit & ready_need(st))) {
+		st->reload_want |= c->bit;
+		st->reload_retry = 1;
+	}
+	if (st->reload_left > 0 && --st->reload_left == 0) {
 		struct timeval tv = {0, 5000};
-		evtimer_add(st->ev_reload, &tv);
+		if (st->reload_retry) {
+			st->reload_backoff = st->reload_backoff ? 2 * st->reload_backoff
+							     : RELOAD_RETRY_SEC;
+			if (st->reload_backoff > RELOAD_RETRY_MAX_SEC)
+				st->reload_backoff = RELOAD_RETRY_MAX_SEC;
+			tv = (struct timeval){st->reload_backoff, 0};
+		} else {
+			st->reload_backoff = 0;
+		}
+		st->reload_retry = 0;
+		if (st->reload_want)
+			evtimer_add(st->ev_reload, &tv);
 	}
 }
 
@@ -1041,9 +1073,10 @@ static void domain_answer(struct store *st, struct req *r, const struct dom *d)
  * changes logged meanwhile are applied over the rows (see supp_apply),
  * and so are the store_suppress entries whose INSERT still waits in the
  * queue (a load goes ahead of them). A failed load leaves the cache as it
- * was, changes applied.
+ * was, changes applied. Returns 1 when the loaded rows can be trusted (a
+ * log that overflowed makes them stale: another load follows).
  */
-static void supp_load_done(struct store *st, PGresult *res, int ok)
+static int supp_load_done(struct store *st, PGresult *res, int ok)
 {
 	const struct req *r;
 	int lost = st->supp_log_lost;
@@ -1064,6 +1097,7 @@ static void supp_load_done(struct store *st, PGresult *res, int ok)
 			 SUPPR_LOG_MAX);
 		reload_schedule(st, C_SUPPR);
 	}
+	return ok && !lost;
 }
 
 /* Completes r with res (NULL when the request failed). Frees r. */
@@ -1097,7 +1131,10 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_SUPPR:
-		supp_load_done(st, res, ok);
+		if (!supp_load_done(st, res, ok) && ok) {
+			reload_step(st, r, NULL, 0); /* not loaded yet: the next one counts */
+			break;
+		}
 		reload_step(st, r, res, ok);
 		break;
 	case REQ_LOAD_POOLS:
@@ -2076,7 +2113,7 @@ void store_close(struct store *st)
  */
 int store_ready(const struct store *st)
 {
-	int need = st->caches & (C_CREDS | C_SUPPR | C_POOLS | C_TENANT_POOLS | C_DOMAINS);
+	int need = ready_need(st);
 
 	return (st->loaded & need) == need;
 }
