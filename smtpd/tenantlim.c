@@ -19,22 +19,19 @@
 
 /*
  * One tenant with a session open or a bucket not yet full again. An entry
- * with no session is on the idle list, from which tenantlim_sweep frees it
- * once its bucket has refilled.
+ * with no session is freed once its bucket has refilled: at once when that
+ * is already so (settle), else by tenantlim_sweep.
  */
 struct tl_entry {
 	int conns;      /* authenticated sessions open */
 	int rate;       /* messages per minute at the last take; 0: bucket unused (full) */
 	uint64_t level; /* tokens in the bucket, in 1/USEC_PER_MIN units */
 	uint64_t at;    /* when level was last brought up to date */
-	struct tl_entry *idle_prev, *idle_next;
-	int idle;
-	char key[24]; /* the tenant id in decimal, the hmap key */
+	char key[24];   /* the tenant id in decimal, the hmap key */
 };
 
 struct tenantlim {
 	struct hmap *entries; /* tenant id text → struct tl_entry */
-	struct tl_entry *idle_head;
 };
 
 struct tenantlim *tenantlim_new(void)
@@ -79,32 +76,6 @@ static struct tl_entry *entry_get(struct tenantlim *tl, int64_t tenant_id)
 	return e;
 }
 
-static void idle_unlink(struct tenantlim *tl, struct tl_entry *e)
-{
-	if (!e->idle)
-		return;
-	if (e->idle_prev)
-		e->idle_prev->idle_next = e->idle_next;
-	else
-		tl->idle_head = e->idle_next;
-	if (e->idle_next)
-		e->idle_next->idle_prev = e->idle_prev;
-	e->idle_prev = e->idle_next = NULL;
-	e->idle = 0;
-}
-
-static void idle_push(struct tenantlim *tl, struct tl_entry *e)
-{
-	if (e->idle)
-		return;
-	e->idle_prev = NULL;
-	e->idle_next = tl->idle_head;
-	if (tl->idle_head)
-		tl->idle_head->idle_prev = e;
-	tl->idle_head = e;
-	e->idle = 1;
-}
-
 /*
  * Brings e's bucket up to now at per_minute (> 0): an unused bucket starts
  * full; otherwise the time since the last update is credited at the rate
@@ -142,23 +113,19 @@ static int bucket_full(struct tl_entry *e, uint64_t now)
 	return e->level >= (uint64_t)e->rate * USEC_PER_MIN;
 }
 
-/*
- * After a change to e: an entry with no session is freed when its bucket is
- * full (nothing left to remember), else kept on the idle list.
- */
+/* 1 when e has nothing left to remember: no session, a full bucket. */
+static int forgettable(struct tl_entry *e, uint64_t now)
+{
+	return e->conns == 0 && bucket_full(e, now);
+}
+
+/* After a change to e: frees it when there is nothing left to remember. */
 static void settle(struct tenantlim *tl, struct tl_entry *e, uint64_t now)
 {
-	if (e->conns > 0) {
-		idle_unlink(tl, e);
-		return;
-	}
-	if (bucket_full(e, now)) {
-		idle_unlink(tl, e);
+	if (forgettable(e, now)) {
 		hmap_del(tl->entries, e->key);
 		free(e);
-		return;
 	}
-	idle_push(tl, e);
 }
 
 int tenantlim_open(struct tenantlim *tl, int64_t tenant_id, int max, uint64_t now)
@@ -217,14 +184,33 @@ size_t tenantlim_count(const struct tenantlim *tl)
 	return hmap_count(tl->entries);
 }
 
+struct sweep {
+	uint64_t now;
+	struct tl_entry **gone;
+	size_t n;
+};
+
+static void sweep_entry(void *arg, const char *key, void *value)
+{
+	struct sweep *sw = arg;
+
+	if (forgettable(value, sw->now))
+		sw->gone[sw->n++] = value;
+}
+
 size_t tenantlim_sweep(struct tenantlim *tl, uint64_t now)
 {
-	struct tl_entry *e, *next;
-	size_t before = hmap_count(tl->entries);
+	struct sweep sw = {now, NULL, 0};
+	size_t i;
 
-	for (e = tl->idle_head; e; e = next) {
-		next = e->idle_next;
-		settle(tl, e, now);
+	/* Entries are few (tenants active in the last minute or so); the map
+	 * cannot change while it is walked, so they go afterwards. */
+	sw.gone = xcalloc(hmap_count(tl->entries) + 1, sizeof(*sw.gone));
+	hmap_each(tl->entries, sweep_entry, &sw);
+	for (i = 0; i < sw.n; i++) {
+		hmap_del(tl->entries, sw.gone[i]->key);
+		free(sw.gone[i]);
 	}
-	return before - hmap_count(tl->entries);
+	free(sw.gone);
+	return sw.n;
 }
