@@ -145,7 +145,6 @@ struct req {
 	uint64_t sent_usec;	/* cache loads: when the query went out (now_usec) */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
 	char *p[4];	/* REQ_SUPPRESS parameters */
-	time_t since;	/* REQ_SUPPRESS: when it was asked */
 };
 
 struct supp {
@@ -199,7 +198,6 @@ struct store {
 	PQconninfoOption *opts;
 	char *db_host;
 	int resolve_timeout; /* seconds: connect_timeout, else RESOLVE_TIMEOUT_SEC */
-	uint64_t resolve_deadline; /* now_usec() when the running lookup times out */
 	struct resolve_job *resolving; /* the running resolution, if any */
 	struct event *ev_resolved;
 	PGconn *conn;
@@ -802,21 +800,6 @@ int store_suppressed(struct store *st, int64_t tenant_id, const char *addr, char
 	return 1;
 }
 
-/*
- * Puts the entry of r (a REQ_SUPPRESS not run yet) into the cache. Its
- * INSERT's delta would add it later; a lookup meanwhile must see it too.
- */
-static void supp_put_unsaved(struct store *st, const struct req *r)
-{
-	char key[400];
-	struct supp val;
-
-	snprintf(key, sizeof(key), "%s:%s", r->p[0], r->p[1]);
-	supp_set_reason(&val, r->p[2]);
-	val.since = r->since;
-	supp_set(st->supp, key, 1, &val);
-}
-
 void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const char *reason,
 		    const char *message_id)
 {
@@ -828,12 +811,8 @@ void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const
 	r->p[1] = xstrdup(addr);
 	r->p[2] = xstrdup(reason);
 	r->p[3] = message_id ? xstrdup(message_id) : NULL;
-	r->since = time(NULL);
-	/* Known at once here (and over loads until the INSERT has run: see
-	 * supp_load_done); the INSERT's delta confirms it. A process that
-	 * keeps no suppressions (delivery) only writes it. */
-	if (st->caches & C_SUPPR)
-		supp_put_unsaved(st, r);
+	/* Only written: the INSERT's delta (migration 005) reaches every
+	 * process that keeps suppressions, this one included. */
 	if (!st->connected) {
 		log_warn("event=suppression_not_saved tenant_id=%s address=%s reason=db_unavailable", id,
 			 addr);
@@ -1070,24 +1049,19 @@ static void domain_answer(struct store *st, struct req *r, const struct dom *d)
 
 /*
  * The suppressions load is over, with its rows (ok) or without: the
- * changes logged meanwhile are applied over the rows (see supp_apply),
- * and so are the store_suppress entries whose INSERT still waits in the
- * queue (a load goes ahead of them). A failed load leaves the cache as it
+ * changes logged meanwhile are applied over the rows (see supp_apply).
+ * A failed load leaves the cache as it
  * was, changes applied. Returns 1 when the loaded rows can be trusted (a
  * log that overflowed makes them stale: another load follows).
  */
 static int supp_load_done(struct store *st, PGresult *res, int ok)
 {
-	const struct req *r;
 	int lost = st->supp_log_lost;
 
 	if (ok) {
 		load_suppr(st, res);
 		if (st->supp_log)
 			hmap_each(st->supp_log, supp_replay, st->supp);
-		for (r = st->head; r; r = r->next)
-			if (r->kind == REQ_SUPPRESS)
-				supp_put_unsaved(st, r);
 	}
 	st->supp_loading = 0;
 	supp_log_clear(st);
@@ -1417,9 +1391,8 @@ static void handle_notifies(struct store *st)
 	int mask = 0;
 
 	while ((n = PQnotifies(st->conn))) {
-		if (strcmp(n->relname, SUPPR_CHANNEL) == 0 && !(st->caches & C_SUPPR))
-			; /* not kept here */
-		else if (strcmp(n->relname, SUPPR_CHANNEL) == 0)
+		/* Only a process that keeps suppressions LISTENs there. */
+		if (strcmp(n->relname, SUPPR_CHANNEL) == 0)
 			mask |= supp_notify(st, n->extra ? n->extra : "");
 		else
 			mask |= notify_caches(n->extra ? n->extra : "");
@@ -1792,12 +1765,10 @@ static void on_resolved(evutil_socket_t fd, short what, void *arg)
 		conn_drop(st, msg);
 		return;
 	}
+	/* EV_READ on the eventfd: the thread has written. (A wake-up with
+	 * nothing to read would only wait again.) */
 	if (read(fd, &n, sizeof(n)) != (ssize_t)sizeof(n)) {
-		/* Not written yet: wait for the rest of the time only. */
-		uint64_t now = now_usec(), left;
-		left = st->resolve_deadline > now ? st->resolve_deadline - now : 0;
-		event_add(st->ev_resolved, &(struct timeval){(time_t)(left / 1000000),
-							     (suseconds_t)(left % 1000000)});
+		event_add(st->ev_resolved, &(struct timeval){st->resolve_timeout, 0});
 		return;
 	}
 	event_free(st->ev_resolved);
@@ -1861,7 +1832,6 @@ static int resolve_start(struct store *st, char *msg, size_t msglen)
 	j->refs = 2; /* the thread's and the store's */
 	st->resolving = j;
 	st->ev_resolved = event_new(st->base, j->efd, EV_READ, on_resolved, st);
-	st->resolve_deadline = now_usec() + (uint64_t)st->resolve_timeout * 1000000;
 	event_add(st->ev_resolved, &(struct timeval){st->resolve_timeout, 0});
 	/* Signals stay with the loop's thread. */
 	sigfillset(&all);
