@@ -87,7 +87,6 @@ struct session {
 	int tls;
 	int esmtp;
 	int authed;
-	int tenant_counted; /* counted in the tenant's sessions (tenantlim) */
 	/* The last MAIL got a 4xx: the RCPT and DATA a pipelining client sent
 	 * behind it get 503 but are not the client's errors (RFC 2920). */
 	int mail_deferred;
@@ -503,8 +502,7 @@ static int tenant_admit(struct session *s, const struct tenant_ref *who)
 
 	tenant_limits_now(s, who->tenant_id, &max, &per_minute);
 	if (tenantlim_open(s->srv->tenantlim, who->tenant_id, max, now_usec())) {
-		s->who = *who;
-		s->tenant_counted = 1;
+		s->who = *who; /* authed from here: counted until session_free */
 		return 0;
 	}
 	log_warn("event=tenant_limit tenant=%s limit=connections value=%d client=%s user=%s",
@@ -1682,7 +1680,7 @@ static void session_free(struct session *s)
 	}
 	if (!s->bev_owns_fd || s->bev == NULL)
 		evutil_closesocket(s->fd);
-	if (s->tenant_counted)
+	if (s->authed) /* counted by tenant_admit */
 		tenantlim_close(s->srv->tenantlim, s->who.tenant_id, now_usec());
 	server_session_gone(s->srv, s, s->id, s->peer);
 	explicit_bzero(s, sizeof(*s));
