@@ -1,6 +1,7 @@
 """STARTTLS: plaintext sent with the command is an injection attack
 (CVE-2011-0411 class) and closes the connection; state resets after it."""
 
+import re
 import socket
 import ssl
 
@@ -171,13 +172,14 @@ def test_failed_handshake_is_logged_as_such(daemon):
     handshake: the operator's log says so (op=handshake, OpenSSL's reason),
     not a read error of an established session."""
     port = daemon.smtps_port
+    off = len(daemon.log_text())  # this test's line, not an earlier test's
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"EHLO plain.example\r\n")
         try:
             s.recv(100)  # the server closes (maybe after a TLS alert)
         except OSError:
             pass
-    m = daemon.wait_log(r"event=tls_error client=127\.0\.0\.1 op=(\w+) ssl_error=\d+ "
-                        r"error=(.*)")
+    rx = re.compile(r"event=tls_error client=127\.0\.0\.1 op=(\w+) ssl_error=\d+ error=(.*)")
+    m = h.eventually(lambda: rx.search(daemon.log_text()[off:]), what="the tls_error line")
     assert m.group(1) == "handshake", m.group(0)
     assert "wrong version number" in m.group(2), m.group(0)  # OpenSSL's reason

@@ -125,52 +125,60 @@ static void test_owner_returns_at_the_back(void **state)
 	fairq_free(q);
 }
 
-/* Many owners and pushes interleaved with pops: every job comes out exactly
- * once, each owner's in order, and no owner gets two turns in a row while
- * another still has jobs waiting. */
+/* Pops one job and checks it: each owner's jobs in order, and no owner
+ * served twice in a row while another has jobs waiting. */
+static void pop_checked(struct fairq *q, struct job *jobs, int *seen, int *next_seq,
+			int *waiting, int owners, int64_t *last)
+{
+	struct job *j = pop(q);
+	int i;
+
+	assert_non_null(j);
+	assert_int_equal(j->seq, next_seq[j->owner]++);
+	waiting[j->owner]--;
+	if (j->owner == *last)
+		for (i = 0; i < owners; i++)
+			if (i != j->owner)
+				assert_int_equal(waiting[i], 0);
+	*last = j->owner;
+	seen[j - jobs]++;
+}
+
+/* Many owners pushing uneven bursts (1 to 3 jobs back to back, as a tenant
+ * with several connections does) interleaved with pops: every job comes
+ * out exactly once, each owner's in order, and no owner gets two turns in
+ * a row while another still has jobs waiting (first come first served
+ * would serve a burst back to back). */
 static void test_many_owners_all_served_once(void **state)
 {
 	enum { OWNERS = 200, PER = 20 };
 	static struct job jobs[OWNERS * PER];
 	static int seen[OWNERS * PER];
 	struct fairq *q = fairq_new();
-	int next_seq[OWNERS], waiting[OWNERS];
+	int next_seq[OWNERS], waiting[OWNERS], pushed[OWNERS];
 	size_t n = 0, out = 0;
 	int64_t last = -1;
-	int i, k;
+	int i, b, added;
 
 	(void)state;
 	memset(seen, 0, sizeof(seen));
 	memset(next_seq, 0, sizeof(next_seq));
 	memset(waiting, 0, sizeof(waiting));
-	for (k = 0; k < PER; k++) {
-		for (i = 0; i < OWNERS; i++) {
-			push(q, &jobs[n], i, k);
-			waiting[i]++;
-			n++;
-		}
+	memset(pushed, 0, sizeof(pushed));
+	while (n < OWNERS * PER) {
+		added = 0;
+		for (i = 0; i < OWNERS; i++)
+			for (b = 0; b < 1 + i % 3 && pushed[i] < PER; b++) {
+				push(q, &jobs[n++], i, pushed[i]++);
+				waiting[i]++;
+				added++;
+			}
 		/* Take half of what was added, to mix pushes and pops. */
-		for (i = 0; i < OWNERS / 2; i++) {
-			struct job *j = pop(q);
-			assert_non_null(j);
-			assert_int_equal(j->seq, next_seq[j->owner]++);
-			waiting[j->owner]--;
-			seen[j - jobs]++;
-			out++;
-		}
+		for (i = 0; i < added / 2; i++, out++)
+			pop_checked(q, jobs, seen, next_seq, waiting, OWNERS, &last);
 	}
-	while (fairq_len(q) > 0) {
-		struct job *j = pop(q);
-		assert_int_equal(j->seq, next_seq[j->owner]++);
-		waiting[j->owner]--;
-		if (j->owner == last)
-			for (i = 0; i < OWNERS; i++)
-				if (i != j->owner)
-					assert_int_equal(waiting[i], 0);
-		last = j->owner;
-		seen[j - jobs]++;
-		out++;
-	}
+	for (; fairq_len(q) > 0; out++)
+		pop_checked(q, jobs, seen, next_seq, waiting, OWNERS, &last);
 	assert_int_equal(out, OWNERS * PER);
 	for (i = 0; i < OWNERS * PER; i++)
 		assert_int_equal(seen[i], 1);

@@ -192,7 +192,8 @@ static void test_entries_freed(void **state)
 	tenantlim_close(tl, 99, T0);
 	assert_int_equal(tenantlim_count(tl), 0);
 
-	/* Many tenants: each freed, sweep walks the idle ones only. */
+	/* Many tenants with buckets still refilling: the sweep frees each
+	 * once its sessions ended and its bucket is full, not before. */
 	{
 		int64_t t;
 		for (t = 100; t < 200; t++) {
