@@ -315,4 +315,99 @@ void queue_status_segment(struct buf *out, unsigned char digest[32], const size_
 int queue_read_status(const char *path, struct queue_msg *m, int want_body,
                       struct queue_rcpt_status **st, char *err, size_t errlen);
 
+/* ---- dsn.c: bounce and complaint reports, VERP addresses (pure) ------- */
+
+#define DSN_MAX_RCPTS 32  /* per-recipient blocks kept from one report */
+#define DSN_FIELD_MAX 256 /* every text field is cut to this, NUL included */
+
+enum dsn_kind {
+	DSN_UNKNOWN = 0, /* not a report we understand (no multipart/report) */
+	DSN_DELIVERY,    /* report-type=delivery-status (RFC 3464) */
+	DSN_FEEDBACK,    /* report-type=feedback-report (RFC 5965, ARF) */
+};
+
+enum dsn_action {
+	DSN_ACTION_OTHER = 0, /* missing or unknown */
+	DSN_ACTION_FAILED,
+	DSN_ACTION_DELAYED,
+	DSN_ACTION_DELIVERED,
+	DSN_ACTION_RELAYED,
+	DSN_ACTION_EXPANDED,
+};
+
+/*
+ * Every text field below is NUL-terminated, cut on a character boundary
+ * and safe to log or store: tabs become spaces, and other control bytes
+ * and bytes that are not UTF-8 become '?'. Addresses lose their angle
+ * brackets and comments.
+ */
+struct dsn_rcpt {
+	/* Address of an "rfc822;" Final-Recipient, else "". */
+	char final_recipient[DSN_FIELD_MAX];
+	/* Address of an "rfc822;" Original-Recipient, else "". */
+	char original_recipient[DSN_FIELD_MAX];
+	enum dsn_action action;
+	/* "5.1.1" (validated: class 2/4/5 . 1-3 digits . 1-3 digits), else "". */
+	char status[16];
+	/* Diagnostic-Code text after its type and ';', unfolded, trimmed. */
+	char diagnostic[DSN_FIELD_MAX * 2];
+	char remote_mta[DSN_FIELD_MAX]; /* Remote-MTA value after "dns;", else "" */
+};
+
+struct dsn_report {
+	enum dsn_kind kind;
+	/* DSN: Reporting-MTA after "dns;"; ARF: Reporting-MTA too, else "". */
+	char reporting_mta[DSN_FIELD_MAX];
+	size_t nrcpts; /* DSN: per-recipient blocks kept (<= DSN_MAX_RCPTS) */
+	struct dsn_rcpt rcpts[DSN_MAX_RCPTS];
+	/* ARF (kind == DSN_FEEDBACK) */
+	/* "abuse", "fraud", "virus", "other", "not-spam", ... lower-cased */
+	char feedback_type[32];
+	char user_agent[DSN_FIELD_MAX];           /* User-Agent of the feedback report */
+	char arf_original_rcpt_to[DSN_FIELD_MAX]; /* Original-Rcpt-To address, else "" */
+	/* Original-Mail-From address (our VERP sender), else "". */
+	char arf_original_mail_from[DSN_FIELD_MAX];
+	/* From the returned message (message/rfc822, text/rfc822-headers or
+	 * message/rfc822-headers part), both kinds: */
+	char orig_return_path[DSN_FIELD_MAX]; /* address in its Return-Path: <...> field, else "" */
+	char orig_message_id[DSN_FIELD_MAX];  /* its Message-ID field value, else "" */
+	char orig_to[DSN_FIELD_MAX];          /* its first To: address, else "" */
+};
+
+/*
+ * Parses a report message (header block and body, CRLF or LF line ends,
+ * any bytes; may be only the first part of a longer message: a report
+ * cut anywhere must parse as far as it goes, never read past len). Fills
+ * out (zeroed first). Returns 0 when a multipart/report was found (kind
+ * DSN_DELIVERY or DSN_FEEDBACK), -1 otherwise with err set to a short
+ * sentence ("no multipart/report part", "report-type x-foo not
+ * understood", ...) and out left zeroed.
+ * The report may be the message itself or a part of a multipart down to
+ * two levels (some MTAs wrap it); only the first multipart/report is
+ * read, and in it the first delivery-status or feedback-report part
+ * (base64 and quoted-printable decoded; it sets kind when report-type is
+ * missing) and the first returned message or headers. Blocks without a
+ * Final-Recipient are skipped; one whose type is not rfc822 is kept with
+ * final_recipient "". A missing Status is taken from the Diagnostic-Code
+ * text ("550 5.1.1 ..."). No I/O; allocates at most a decoded copy of
+ * two parts, freed before it returns.
+ */
+int dsn_parse(const char *msg, size_t len, struct dsn_report *out, char *err, size_t errlen);
+
+/* 1 for a status that says the address itself is bad ("5.1.x"). */
+int dsn_status_is_hard(const char *status);
+
+/*
+ * The inverse of the delivery side's VERP sender "bounce+<qid>.<index>@host"
+ * or "bounce+<qid>@host" (queue/route.c verp_address): local part
+ * "bounce+" (case-insensitive) then a queue id (QUEUE_ID_LEN characters of
+ * [0-9A-Z]; lower case accepted and upper-cased, since some MTAs fold
+ * case) and optionally "." and a decimal index 0..99999. Returns 0 with
+ * qid filled and *index set (-1 when absent), -1 otherwise. host, when
+ * not NULL, gets the part after '@' (lower-cased, cut to hostlen); a host
+ * that is empty or holds '@', spaces or control bytes is refused.
+ */
+int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, char *host,
+               size_t hostlen);
+
 #endif
