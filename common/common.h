@@ -237,6 +237,13 @@ struct config {
 	char *delivery_cpu_priority; /* background | low | normal */
 	int spool_reuse_max_age;     /* seconds; 0: delivered files are deleted */
 
+	/* [bounce]: reports that come back to the VERP senders */
+	struct listen_addr bounce_listen[CONFIG_MAX_LISTEN];
+	int n_bounce_listen; /* 0: no listener */
+	int bounce_max_connections;
+	size_t bounce_max_message_size;
+	char *bounce_feedback_address; /* "" = none */
+
 	/* [admin] */
 	struct listen_addr admin_listen;
 	int has_admin_listen;

@@ -109,6 +109,11 @@ static const struct key_def keys[] = {
 	{"delivery", "cpu_priority", K_STR, O(delivery_cpu_priority), "low", 0, 0,
 	 "background|low|normal"},
 
+	{"bounce", "listen", K_LISTEN_LIST, O(n_bounce_listen), "", 0, 0, NULL},
+	{"bounce", "max_connections", K_INT, O(bounce_max_connections), "100", 1, 100000, NULL},
+	{"bounce", "max_message_size", K_SIZE, O(bounce_max_message_size), "25M", 1024, 1LL << 32, NULL},
+	{"bounce", "feedback_address", K_STR, O(bounce_feedback_address), "", 0, 0, NULL},
+
 	{"admin", "listen", K_LISTEN, O(admin_listen), "", 0, 0, NULL},
 };
 
@@ -300,6 +305,9 @@ static int set_key(struct config *cfg, const struct key_def *k, const char *v, c
 		if (k->off == O(n_submission_listen))
 			return parse_listen_list(v, cfg->submission_listen, CONFIG_MAX_LISTEN,
 						 &cfg->n_submission_listen, why);
+		if (k->off == O(n_bounce_listen))
+			return parse_listen_list(v, cfg->bounce_listen, CONFIG_MAX_LISTEN,
+						 &cfg->n_bounce_listen, why);
 		return parse_listen_list(v, cfg->smtps_listen, CONFIG_MAX_LISTEN, &cfg->n_smtps_listen, why);
 	case K_LISTEN:
 		if (*v == '\0') {

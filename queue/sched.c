@@ -460,6 +460,9 @@ static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_
 		json_object_set_new(j, "tls_version", json_string(info->tls));
 	if (r->enh[0])
 		json_object_set_new(j, "enhanced_code", json_string(r->enh));
+	/* The recipient's place in the message, as in a VERP sender: a
+	 * bounce reported later is matched to this delivery by it. */
+	json_object_set_new(j, "index", json_integer((json_int_t)i));
 	if (next > 0)
 		json_object_set_new(j, "next_attempt", json_integer((json_int_t)next));
 	if (s->st != NULL)

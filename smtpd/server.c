@@ -369,6 +369,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	srv->stopping = 1;
 	log_info("event=stopping signal=%d sessions=%d", (int)sig, srv->nsessions);
 	stop_listening(srv);
+	inbound_stop(srv->inbound);
 	child_signal(srv, SIGTERM);
 	for (i = 0; i < srv->nslots; i++)
 		if (srv->slots[i])
@@ -443,6 +444,15 @@ static const char *restart_key(const struct config *a, const struct config *b)
 	if (a->n_smtps_listen != b->n_smtps_listen ||
 	    memcmp(a->smtps_listen, b->smtps_listen, sizeof(a->smtps_listen)))
 		return "[smtp] smtps_listen";
+	if (a->n_bounce_listen != b->n_bounce_listen ||
+	    memcmp(a->bounce_listen, b->bounce_listen, sizeof(a->bounce_listen)))
+		return "[bounce] listen";
+	if (a->bounce_max_connections != b->bounce_max_connections)
+		return "[bounce] max_connections";
+	if (a->bounce_max_message_size != b->bounce_max_message_size)
+		return "[bounce] max_message_size";
+	if (strcmp(a->bounce_feedback_address, b->bounce_feedback_address))
+		return "[bounce] feedback_address";
 	if (strcmp(a->user, b->user))
 		return "[server] user";
 	if (strcmp(a->dkim_master_key_file, b->dkim_master_key_file))
@@ -653,6 +663,10 @@ int smtpd_run(struct config *cfg, const char *config_path)
 			fatal("event=start_failed error=%s", log_quote(q, sizeof(q), err));
 	if (cfg->has_admin_listen && admin_start(&srv, err, sizeof(err)) == -1)
 		fatal("event=start_failed error=%s", log_quote(q, sizeof(q), err));
+	err[0] = '\0';
+	srv.inbound = inbound_start(&srv, err, sizeof(err));
+	if (srv.inbound == NULL && err[0])
+		fatal("event=start_failed error=%s", log_quote(q, sizeof(q), err));
 	smtpd_drop_privileges(cfg);
 	if (cfg->delivery_enabled)
 		child_start(&srv);
@@ -680,6 +694,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 		if (srv.slots[i])
 			session_abort(srv.slots[i]);
 	stop_listening(&srv);
+	inbound_free(srv.inbound);
 	verify_thread_stop();
 	child_finish(&srv, STOP_GRACE);
 	admin_stop(&srv);

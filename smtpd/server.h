@@ -60,6 +60,7 @@ struct server {
 	struct tenantlim *tenantlim; /* per-tenant sessions and message buckets */
 
 	struct evhttp *http; /* [admin] listen */
+	struct inbound *inbound; /* [bounce] listen; NULL when off */
 
 	int stopping;
 	struct event *ev_ready;
@@ -106,6 +107,13 @@ void child_finish(struct server *srv, int timeout);
 /* Serves /healthz and /readyz on [admin] listen. 0, or -1 with err. */
 int admin_start(struct server *srv, char *err, size_t errlen);
 void admin_stop(struct server *srv);
+
+/* inbound.c */
+/* Listens on [bounce] listen: NULL when none is set, or on error (err set). */
+struct inbound *inbound_start(struct server *srv, char *err, size_t errlen);
+/* Stops listening and ends idle sessions (shutdown). */
+void inbound_stop(struct inbound *in);
+void inbound_free(struct inbound *in);
 
 /* tls.c */
 /* Builds the server TLS context from cert/key files; NULL with err. */

@@ -70,6 +70,7 @@ enum req_kind {
 	REQ_LOAD_TENANT_POOLS,
 	REQ_LOAD_TENANT_LIMITS,
 	REQ_SUPPRESS,
+	REQ_REPORT,
 	REQ_SCHEMA,
 	REQ_AUTH,
 	REQ_DOMAIN,
@@ -144,7 +145,7 @@ struct req {
 	unsigned cred_gen;	/* REQ_AUTH: st->cred_gen when asked */
 	uint64_t sent_usec;	/* cache loads: when the query went out (now_usec) */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
-	char *p[4];	/* REQ_SUPPRESS parameters */
+	char *p[7];	/* REQ_SUPPRESS, REQ_REPORT parameters */
 };
 
 struct supp {
@@ -279,7 +280,7 @@ static void req_free(struct req *r)
 {
 	int i;
 
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < (int)ARRAY_LEN(r->p); i++)
 		free(r->p[i]);
 	free(r->arg);
 	free(r);
@@ -408,6 +409,31 @@ static const char SQL_LOAD_TENANT_LIMITS[] =
 static const char SQL_SUPPRESS[] =
     "INSERT INTO suppressions (tenant_id, address, reason, message_id) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+/*
+ * A bounce or complaint reported after delivery (store_report), in one
+ * statement: the newest delivery of the message to that recipient (by the
+ * VERP index its event records, or by address for events from before the
+ * index, or a VERP address without one), its event unless the same report
+ * was recorded already, and its suppression. Data-modifying WITH parts run
+ * whether or not the final SELECT reads them.
+ */
+static const char SQL_REPORT[] =
+    "WITH m AS ("
+    " SELECT e.tenant_id, e.data->>'recipient' AS rcpt FROM events e"
+    " WHERE e.message_id = $1 AND e.type = 'message.delivered' AND e.tenant_id IS NOT NULL"
+    " AND CASE WHEN $2::int >= 0 AND e.data ? 'index'"
+    " THEN (e.data->>'index')::int = $2::int"
+    " ELSE lower(e.data->>'recipient') = lower($3) END"
+    " ORDER BY e.id DESC LIMIT 1),"
+    " ev AS (INSERT INTO events (type, tenant_id, message_id, data)"
+    " SELECT $4, m.tenant_id, $1, $5::jsonb || jsonb_build_object('recipient', m.rcpt) FROM m"
+    " WHERE NOT EXISTS (SELECT 1 FROM events b WHERE b.message_id = $1 AND b.type = $4"
+    " AND b.data->>'recipient' = m.rcpt) RETURNING 1),"
+    " sp AS (INSERT INTO suppressions (tenant_id, address, reason, message_id)"
+    " SELECT m.tenant_id, lower(m.rcpt), $6, $1 FROM m WHERE $7::boolean"
+    " ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT t.name, m.rcpt, (SELECT count(*) FROM ev), (SELECT count(*) FROM sp)"
+    " FROM m JOIN tenants t ON t.id = m.tenant_id";
 static const char SQL_EVENTS[] =
     "INSERT INTO events (type, tenant_id, message_id, data) "
     "SELECT e->>'type', (e->>'tenant_id')::bigint, e->>'message_id', e->'data' "
@@ -822,6 +848,31 @@ void store_suppress(struct store *st, int64_t tenant_id, const char *addr, const
 	req_push(st, r);
 }
 
+void store_report(struct store *st, const struct store_report *rep, store_report_cb cb,
+		  uint64_t cookie)
+{
+	struct req *r;
+	char index[32];
+
+	if (!st->connected) {
+		struct store_report_result rr = {.found = -1};
+		cb(cookie, &rr);
+		return;
+	}
+	r = req_new(REQ_REPORT);
+	snprintf(index, sizeof(index), "%ld", rep->index);
+	r->p[0] = xstrdup(rep->qid);
+	r->p[1] = xstrdup(index);
+	r->p[2] = xstrdup(rep->recipient ? rep->recipient : "");
+	r->p[3] = xstrdup(rep->type);
+	r->p[4] = xstrdup(rep->data_json ? rep->data_json : "{}");
+	r->p[5] = xstrdup(rep->reason ? rep->reason : "");
+	r->p[6] = xstrdup(rep->suppress ? "true" : "false");
+	r->cb = (void *)cb;
+	r->cookie = cookie;
+	req_push(st, r);
+}
+
 int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *out, int max,
 		      char *pool_name, size_t namelen)
 {
@@ -1128,6 +1179,21 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		break;
 	case REQ_SUPPRESS:
 		break;
+	case REQ_REPORT: {
+		struct store_report_result rr;
+		memset(&rr, 0, sizeof(rr));
+		if (!ok) {
+			rr.found = -1;
+		} else if (PQntuples(res) == 1) {
+			rr.found = 1;
+			rr.tenant = PQgetvalue(res, 0, 0);
+			rr.recipient = PQgetvalue(res, 0, 1);
+			rr.recorded = PQgetvalue(res, 0, 2)[0] != '0';
+			rr.suppressed = PQgetvalue(res, 0, 3)[0] != '0';
+		}
+		((store_report_cb)r->cb)(r->cookie, &rr);
+		break;
+	}
 	case REQ_SCHEMA: {
 		int want = migrations[migrations_count - 1].version;
 		int have = ok && PQntuples(res) == 1 ? (int)strtol(PQgetvalue(res, 0, 0), NULL, 10) : 0;
@@ -1297,8 +1363,10 @@ static void send_next(struct store *st)
 		sql = "SELECT coalesce(max(version), 0) FROM schema_migrations";
 		break;
 	case REQ_SUPPRESS:
-		if (!PQsendQueryParams(st->conn, SQL_SUPPRESS, 4, NULL, (const char *const *)r->p, NULL,
-				       NULL, 0)) {
+	case REQ_REPORT:
+		if (!PQsendQueryParams(st->conn, r->kind == REQ_SUPPRESS ? SQL_SUPPRESS : SQL_REPORT,
+				       r->kind == REQ_SUPPRESS ? 4 : 7, NULL, (const char *const *)r->p,
+				       NULL, NULL, 0)) {
 			req_push_front(st, r);
 			conn_drop(st, PQerrorMessage(st->conn));
 			return;

@@ -176,6 +176,37 @@ const char *store_domain_failing(struct store *st, const char *domain);
 int store_return_path_ok(struct store *st, const char *domain);
 
 /*
+ * A bounce or complaint that arrived after the message was delivered
+ * (smtpd/inbound.c reads it, queue/dsn.c parses it), matched to the
+ * delivery it reports on by the VERP address: message qid, recipient
+ * index (-1 when the address has none: then by recipient).
+ */
+struct store_report {
+	const char *qid;
+	long index;
+	const char *recipient; /* the address the report names ("" if none) */
+	const char *type;      /* event type: "message.bounced", "message.complained" */
+	const char *data_json; /* event data, a JSON object; "recipient" is added */
+	int suppress;	       /* also add the recipient to the tenant's suppressions */
+	const char *reason;    /* the suppression's reason */
+};
+struct store_report_result {
+	int found;	       /* 1 matched a delivery, 0 none, -1 not recorded (database) */
+	const char *tenant;    /* found: the tenant's name */
+	const char *recipient; /* found: the recipient as delivered */
+	int recorded;	       /* found: the event was new (0: the same report came before) */
+	int suppressed;	       /* found: a suppression was added (0: none, or one existed) */
+};
+typedef void (*store_report_cb)(uint64_t cookie, const struct store_report_result *res);
+/*
+ * Records rep in one statement (event and suppression together). The
+ * callback runs once, on the loop, when the database answered (found
+ * -1 at once when it is unreachable; never after store_close).
+ */
+void store_report(struct store *st, const struct store_report *rep, store_report_cb cb,
+		  uint64_t cookie);
+
+/*
  * Queues an event row (type, tenant, message id, data: a JSON object whose
  * reference is taken over, or NULL for {}) for the next batched insert.
  * Never blocks; the batch is written within ~100 ms.

@@ -312,7 +312,7 @@ def test_compose_wiring(build):
     assert env["SENDGATE_DATABASE_URL"].startswith("postgresql://")
     assert "@postgres:" in env["SENDGATE_DATABASE_URL"], "the URL must name the postgres service"
     published = {int(p["target"]) for p in sg["ports"]}
-    assert published == {587, 465}, sg["ports"]
+    assert published == {25, 587, 465}, sg["ports"]
     targets = {}
     for v in sg["volumes"]:
         if isinstance(v, dict):
@@ -413,7 +413,7 @@ def test_dockerfile_shape():
     user = [rest for w, rest in rt if w == "USER"]
     assert user and user[-1] not in ("root", "0"), "runtime stage must end as a non-root user"
     expose = " ".join(rest for w, rest in rt if w == "EXPOSE").split()
-    assert {"587", "465"} <= set(expose), expose
+    assert {"25", "587", "465"} <= set(expose), expose
     assert any("/var/spool/sendgate" in rest for w, rest in rt if w == "VOLUME")
     assert "HEALTHCHECK" in words
     # The files it copies from the context exist, and the entrypoint is one of them.

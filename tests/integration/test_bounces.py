@@ -1,0 +1,350 @@
+"""Reports that come back after delivery: a remote server that took a message
+with 250 and bounces it later (RFC 3464), or a mailbox provider's complaint
+(RFC 5965), mailed to the VERP envelope sender and read by the [bounce]
+listener. Real daemon, real delivery to a sink, reports sent with smtplib."""
+
+import random
+import smtplib
+
+import sgharness as h
+from delivery_fixtures import denv, submit  # noqa: F401 (fixture)
+
+FEEDBACK = "fbl@bounces.sendgate.example"
+
+
+def start(denv):
+    port = h.free_port()
+    d = denv.start(bounce__listen="127.0.0.1:%d" % port, bounce__feedback_address=FEEDBACK)
+    denv.wait_log(r"event=listening address=127\.0\.0\.1:%d mode=bounce" % port)
+    return d, port
+
+
+def delivered(denv, sink, tenant, d, rcpts):
+    """Submits to rcpts, waits until the sink has it and the delivered events
+    are written; returns (queue id, the VERP envelope sender it came with)."""
+    n = len(sink.messages)
+    qid = submit(d, tenant, rcpts)
+    sink.wait_for(n + 1)
+    denv.wait_events(qid, "message.delivered", len(rcpts))
+    m = [m for m in sink.messages if m.rcpts == rcpts][-1]
+    return qid, m.mail_from
+
+
+def dsn(verp, blocks, reporting="mx.remote.test", boundary="b0undary=42", extra_headers=""):
+    """A delivery status notification as a receiving MTA would send it to verp.
+    blocks: (final recipient, action, status, diagnostic or None)."""
+    per_rcpt = []
+    for rcpt, action, status, diag in blocks:
+        lines = ["Final-Recipient: rfc822; %s" % rcpt, "Action: %s" % action,
+                 "Status: %s" % status, "Remote-MTA: dns; store.remote.test"]
+        if diag:
+            lines.append("Diagnostic-Code: smtp; %s" % diag)
+        per_rcpt.append("\r\n".join(lines) + "\r\n")
+    return ("From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
+            "To: %s\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            "MIME-Version: 1.0\r\n"
+            "%s"
+            "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+            "\tboundary=\"%s\"\r\n"
+            "\r\n"
+            "This is a MIME-encapsulated message.\r\n"
+            "\r\n"
+            "--%s\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n"
+            "\r\n"
+            "Your message could not be delivered to one or more recipients.\r\n"
+            "\r\n"
+            "--%s\r\n"
+            "Content-Type: message/delivery-status\r\n"
+            "\r\n"
+            "Reporting-MTA: dns; %s\r\n"
+            "Arrival-Date: Mon, 23 Nov 2026 04:00:00 +0000\r\n"
+            "\r\n"
+            "%s"
+            "\r\n"
+            "--%s\r\n"
+            "Content-Type: text/rfc822-headers\r\n"
+            "\r\n"
+            "Return-Path: <%s>\r\n"
+            "Subject: delivery test\r\n"
+            "\r\n"
+            "--%s--\r\n"
+            % (reporting, verp, extra_headers, boundary, boundary, boundary, reporting,
+               "\r\n".join(per_rcpt), boundary, verp, boundary)).encode()
+
+
+def arf(return_path, rcpt, feedback_type="abuse"):
+    """A feedback-loop complaint (ARF) about the message sent to rcpt."""
+    b = "arf-part-7"
+    return ("From: Feedback Loop <fbl@provider.test>\r\n"
+            "To: %s\r\n"
+            "Subject: complaint about a message\r\n"
+            "MIME-Version: 1.0\r\n"
+            "Content-Type: multipart/report; report-type=feedback-report; boundary=%s\r\n"
+            "\r\n"
+            "--%s\r\n"
+            "Content-Type: text/plain\r\n"
+            "\r\n"
+            "A user of ours marked this message as spam.\r\n"
+            "--%s\r\n"
+            "Content-Type: message/feedback-report\r\n"
+            "\r\n"
+            "Feedback-Type: %s\r\n"
+            "User-Agent: ProviderFBL/2.1\r\n"
+            "Version: 1\r\n"
+            "Original-Rcpt-To: <%s>\r\n"
+            "Reporting-MTA: dns; fbl.provider.test\r\n"
+            "\r\n"
+            "--%s\r\n"
+            "Content-Type: message/rfc822\r\n"
+            "\r\n"
+            "Return-Path: <%s>\r\n"
+            "From: sender@shop.example\r\n"
+            "To: %s\r\n"
+            "Subject: delivery test\r\n"
+            "\r\n"
+            "The original text.\r\n"
+            "--%s--\r\n"
+            % (FEEDBACK, b, b, b, feedback_type, rcpt, b, return_path, rcpt, b)).encode()
+
+
+def send_report(port, rcpt, msg, sender=""):
+    """Sends msg to rcpt on the bounce listener; returns the reply to DATA."""
+    c = smtplib.SMTP("127.0.0.1", port, timeout=20)
+    try:
+        c.ehlo("mx.remote.test")
+        code, text = c.mail(sender)
+        assert code == 250, (code, text)
+        code, text = c.rcpt(rcpt)
+        assert code == 250, (code, text)
+        return c.data(msg)
+    finally:
+        c.quit()
+
+
+def suppression(pg, tenant, addr):
+    rows = pg.sql("SELECT reason FROM suppressions s JOIN tenants t ON t.id = s.tenant_id "
+                  "WHERE t.name = '%s' AND address = '%s'" % (tenant.name, addr))
+    return rows[0][0] if rows else None
+
+
+def rcpt_refused(d, tenant, addr):
+    c = h.SMTPClient.connect(d.submission_port)
+    try:
+        c.login(tenant)
+        c.cmd("MAIL FROM:<%s>" % tenant.addr())
+        r = c.cmd("RCPT TO:<%s>" % addr)
+        return r if r.code == 550 else None
+    finally:
+        c.close()
+
+
+def test_bounce_after_delivery_is_recorded_and_suppresses(denv, ctl, pg):
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.40")
+    denv.mx("later.test", (10, "mx.later.test", "127.0.0.40"))
+    d, port = start(denv)
+    qid, verp = delivered(denv, sink, t, d, ["gone@later.test"])
+    assert verp == "bounce+%s.0@bounces.sendgate.example" % qid
+
+    code, text = send_report(port, verp, dsn(verp, [
+        ("gone@later.test", "failed", "5.1.1",
+         "550 5.1.1 <gone@later.test>: mailbox does not exist")]))
+    assert code == 250 and b"1 matched" in text, (code, text)
+
+    ev = denv.wait_events(qid, "message.bounced")
+    e = ev[0][2]
+    assert e["recipient"] == "gone@later.test"
+    assert e["async"] is True and e["enhanced_code"] == "5.1.1"
+    assert "mailbox does not exist" in e["reply"]
+    assert e["reporting_mta"] == "mx.remote.test" and e["remote_mta"] == "store.remote.test"
+    # The delivery stays on record beside it.
+    assert len(denv.events(qid, "message.delivered")) == 1
+    reason = suppression(pg, t, "gone@later.test")
+    assert reason and "mailbox does not exist" in reason, reason
+    # The submission side hears of it: the address is refused from now on.
+    r = h.eventually(lambda: rcpt_refused(d, t, "gone@later.test"), timeout=10,
+                     what="RCPT of the bounced address refused")
+    assert r.enhanced == "5.1.1"
+
+
+def test_several_recipients_by_address_and_soft_or_delayed_ones(denv, ctl, pg):
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.41")
+    denv.mx("multi.test", (10, "mx.multi.test", "127.0.0.41"))
+    d, port = start(denv)
+    rcpts = ["bob@multi.test", "carol@multi.test", "dave@multi.test"]
+    qid, verp = delivered(denv, sink, t, d, rcpts)
+    # One transaction, several recipients: the VERP address has no index.
+    assert verp == "bounce+%s@bounces.sendgate.example" % qid
+
+    code, text = send_report(port, verp, dsn(verp, [
+        ("Bob@multi.test", "failed", "5.1.1", "550 5.1.1 no such user"),
+        ("carol@multi.test", "delayed", "4.2.2", "452 4.2.2 mailbox full, still trying"),
+        ("dave@multi.test", "failed", "5.2.2", "552 5.2.2 mailbox full")]))
+    assert code == 250, (code, text)
+    ev = denv.wait_events(qid, "message.bounced", 2)
+    assert sorted(e[2]["recipient"] for e in ev) == ["bob@multi.test", "dave@multi.test"]
+    # Only "the address is bad" (5.1.x) suppresses; a full mailbox does not,
+    # and a delay notice records nothing.
+    assert suppression(pg, t, "bob@multi.test") is not None
+    assert suppression(pg, t, "dave@multi.test") is None
+    assert suppression(pg, t, "carol@multi.test") is None
+    assert [e for e in ev if e[2]["recipient"] == "carol@multi.test"] == []
+
+
+def test_complaint_to_the_feedback_address_suppresses(denv, ctl, pg):
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.42")
+    denv.mx("fbl.test", (10, "mx.fbl.test", "127.0.0.42"))
+    d, port = start(denv)
+    qid, verp = delivered(denv, sink, t, d, ["annoyed@fbl.test"])
+
+    # Sent to the address registered with the provider's feedback loop: the
+    # returned message's Return-Path says which message it was.
+    code, text = send_report(port, FEEDBACK, arf(verp, "annoyed@fbl.test"))
+    assert code == 250 and b"1 matched" in text, (code, text)
+    ev = denv.wait_events(qid, "message.complained")
+    e = ev[0][2]
+    assert e["recipient"] == "annoyed@fbl.test" and e["feedback_type"] == "abuse"
+    assert e["user_agent"] == "ProviderFBL/2.1"
+    reason = suppression(pg, t, "annoyed@fbl.test")
+    assert reason and reason.startswith("complaint (abuse)"), reason
+
+    # "not spam" reports record nothing.
+    qid2, verp2 = delivered(denv, sink, t, d, ["happy@fbl.test"])
+    code, _ = send_report(port, FEEDBACK, arf(verp2, "happy@fbl.test", "not-spam"))
+    assert code == 250
+    denv.wait_log(r"event=bounce_report client=\S+ kind=not_spam")
+    assert denv.events(qid2, "message.complained") == []
+    assert suppression(pg, t, "happy@fbl.test") is None
+
+
+def test_same_report_twice_is_recorded_once(denv, ctl, pg):
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.43")
+    denv.mx("twice.test", (10, "mx.twice.test", "127.0.0.43"))
+    d, port = start(denv)
+    qid, verp = delivered(denv, sink, t, d, ["x@twice.test"])
+    report = dsn(verp, [("x@twice.test", "failed", "5.1.1", "550 5.1.1 unknown")])
+    assert send_report(port, verp, report)[0] == 250
+    assert send_report(port, verp, report)[0] == 250
+    denv.wait_log(r"event=bounce_report_recorded client=\S+ kind=bounce id=%s .*new=0" % qid)
+    assert len(denv.events(qid, "message.bounced")) == 1
+
+
+def test_reports_that_match_nothing_are_taken_and_logged(denv, ctl, pg):
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.44")
+    denv.mx("none.test", (10, "mx.none.test", "127.0.0.44"))
+    d, port = start(denv)
+    qid, verp = delivered(denv, sink, t, d, ["y@none.test"])
+
+    # A well-formed address for a message that never existed (forged or
+    # mangled): acknowledged so that nobody retries it, nothing recorded.
+    fake = "bounce+%s.0@bounces.sendgate.example" % "".join(
+        random.choice("0123456789ABCDEFGHIJKLMNOPQRSTUV") for _ in range(20))
+    code, text = send_report(port, fake, dsn(fake, [("y@none.test", "failed", "5.1.1", None)]))
+    assert code == 250 and b"0 matched" in text, (code, text)
+    denv.wait_log(r"event=bounce_report_unmatched client=\S+ kind=bounce id=%s"
+                  % fake[7:27])
+    # The right message but another recipient than the one delivered.
+    code, _ = send_report(port, verp.replace(".0@", ".7@"),
+                          dsn(verp, [("y@none.test", "failed", "5.1.1", None)]))
+    assert code == 250
+    # A bounce in prose (no multipart/report): taken, logged, nothing else.
+    code, _ = send_report(port, verp, b"Subject: your mail\r\n\r\nIt did not arrive.\r\n")
+    assert code == 250
+    denv.wait_log(r"event=bounce_report client=\S+ kind=unparsed")
+    assert denv.events(qid, "message.bounced") == []
+    assert suppression(pg, t, "y@none.test") is None
+
+
+def test_listener_refuses_other_addresses_and_commands(denv):
+    d, port = start(denv)
+    c = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    try:
+        code, text = c.ehlo("mx.remote.test")
+        assert code == 250 and b"SIZE" in text
+        # AUTH is not offered: this listener takes no submissions.
+        assert not c.has_extn("auth")
+        code, text = c.docmd("RCPT TO:<x@bounces.sendgate.example>")
+        assert code == 503, (code, text)
+        assert c.mail("")[0] == 250
+        code, text = c.rcpt("someone@bounces.sendgate.example")
+        assert code == 550 and b"5.1.1" in text and b"someone@bounces.sendgate.example" in text
+        code, text = c.rcpt("bounce+notanid@bounces.sendgate.example")
+        assert code == 550, (code, text)
+        # postmaster must always be accepted (RFC 5321 4.5.1).
+        assert c.rcpt("postmaster")[0] == 250
+        code, text = c.docmd("AUTH PLAIN AGFAYg==")
+        assert code == 502 and b"5.5.1" in text, (code, text)
+        code, text = c.docmd("MAIL FROM:<> SIZE=999999999999")
+        assert code == 503  # a transaction is open
+        c.rset()
+        code, text = c.docmd("MAIL FROM:<> SIZE=999999999999")
+        assert code == 552 and b"5.3.4" in text, (code, text)
+    finally:
+        c.close()
+
+
+def test_report_kept_in_part_and_size_limit(denv, ctl, pg):
+    """A report that returns a large original is read from its first part;
+    one over [bounce] max_message_size is refused with the limit named."""
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.45")
+    denv.mx("big.test", (10, "mx.big.test", "127.0.0.45"))
+    port = h.free_port()
+    d = denv.start(bounce__listen="127.0.0.1:%d" % port, bounce__max_message_size="2M")
+    denv.wait_log(r"mode=bounce")
+    qid, verp = delivered(denv, sink, t, d, ["big@big.test"])
+    report = dsn(verp, [("big@big.test", "failed", "5.1.1", "550 5.1.1 unknown")])
+    # The returned message's body (after its headers), ~1.5 MB of long lines.
+    filler = (b"x" * 1500 + b"\r\n") * 1000
+    big = report.replace(b"\r\n--b0undary=42--", b"\r\n" + filler + b"--b0undary=42--")
+    code, text = send_report(port, verp, big)
+    assert code == 250 and b"1 matched" in text, (code, text)
+    denv.wait_events(qid, "message.bounced")
+
+    too_big = report.replace(b"\r\n--b0undary=42--", b"\r\n" + filler * 2 + b"--b0undary=42--")
+    code, text = send_report(port, verp, too_big)
+    assert code == 552 and b"5.3.4" in text and b"2097152" in text, (code, text)
+
+
+def test_database_outage_gets_451_and_the_retry_is_recorded(build, daemon_factory):
+    """A report the database cannot take is refused with 451, so that the
+    reporting server keeps it and tries again; nothing is half-recorded."""
+    pg = h.Postgres()
+    try:
+        ctl = h.Ctl(build, pg.url)
+        ctl.migrate()
+        t = h.setup_tenant(ctl)
+        port = h.free_port()
+        daemon_factory(pg=pg, bounce__listen="127.0.0.1:%d" % port)
+        # A delivery on record (as the delivery process writes it).
+        qid = "1J0T6L0U3H9BDOQ4VFRV"
+        pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT "
+               "'message.delivered', id, '%s', '{\"recipient\": \"z@out.test\", \"index\": 0}' "
+               "FROM tenants WHERE name = '%s'" % (qid, t.name))
+        verp = "bounce+%s.0@bounces.sendgate.example" % qid
+        report = dsn(verp, [("z@out.test", "failed", "5.1.1", "550 5.1.1 unknown user")])
+
+        pg.halt()
+        try:
+            code, text = send_report(port, verp, report)
+            assert code == 451 and b"4.3.0" in text, (code, text)
+        finally:
+            pg.start()
+
+        def retried():
+            code, text = send_report(port, verp, report)
+            return (code, text) if code == 250 else None
+        code, text = h.eventually(retried, timeout=30, interval=0.5,
+                                  what="the report taken once the database is back")
+        assert b"1 matched" in text, text
+        assert pg.scalar("SELECT count(*) FROM events WHERE type = 'message.bounced' "
+                         "AND message_id = '%s'" % qid) == "1"
+        assert pg.scalar("SELECT count(*) FROM suppressions WHERE address = 'z@out.test'") == "1"
+    finally:
+        pg.stop()
