@@ -40,7 +40,7 @@ MIGRATIONS = $(sort $(wildcard tenants/migrations/*.sql))
 UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit integration asan asan-build run clean fuzz FORCE
+.PHONY: all deps test unit integration asan asan-build bench-unsigned run clean fuzz FORCE
 .SECONDARY:
 
 all: $(BUILD)/sendgate $(BUILD)/sendgatectl $(BUILD)/sendgate-bench
@@ -107,6 +107,13 @@ unit: $(UNIT_BINS)
 
 integration: all
 	SENDGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration bench/test_bench.py $(PYTEST_ARGS)
+
+# The submission benchmark's baseline: the daemon without the DKIM
+# signature (body hash kept), to measure what signing adds to latency.
+bench-unsigned:
+	$(MAKE) BUILD=build/bench-unsigned OPT="$(OPT) -DSENDGATE_BENCH_UNSIGNED" \
+		build/bench-unsigned/sendgate build/bench-unsigned/sendgatectl \
+		build/bench-unsigned/sendgate-bench
 
 asan-build:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \

@@ -650,6 +650,14 @@ int smtpd_run(struct config *cfg, const char *config_path)
 				 : DKIM_CANON_RELAXED;
 		srv.bcanon = strstr(cfg->dkim_canonicalization, "/simple") ? DKIM_CANON_SIMPLE
 									    : DKIM_CANON_RELAXED;
+#ifdef SENDGATE_BENCH_UNSIGNED
+		/* `make bench-unsigned`: the benchmark's baseline, to measure
+		 * what signing adds to latency. Never installed. */
+		signer_free(srv.signer);
+		srv.signer = NULL;
+		log_warn("event=unsigned_baseline note=\"benchmark build: messages are queued "
+			 "unsigned\"");
+#endif
 	} else {
 		fatal("event=start_failed config=%s error=\"[dkim] master_key_file: not set; sendgate "
 		      "never queues unsigned mail (make one with 'openssl rand -hex 32')\"",
