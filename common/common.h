@@ -247,6 +247,9 @@ struct config {
 	/* [admin] */
 	struct listen_addr admin_listen;
 	int has_admin_listen;
+
+	/* Not from the file: derived from [dkim] master_key_file at start. */
+	unsigned char verp_key[32]; /* tags VERP senders (queue.h verp_tag) */
 };
 
 /* Fills cfg with the defaults (no file). */

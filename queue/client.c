@@ -174,6 +174,7 @@ void dconn_info(const struct dconn *c, struct dconn_info *out)
 	out->addr = h ? h->addr : "";
 	out->source = c->src ? c->src : "";
 	out->tls = c->tls ? c->tls_version : "";
+	out->mail_from = NULL;
 }
 
 static void set_reply(struct dreply *r, int code, const char *text, int stage)

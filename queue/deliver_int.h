@@ -72,11 +72,12 @@ const char *addr_domain(const char *addr);
 const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain, int rp_ok,
                       char *out, size_t outlen);
 /*
- * The VERP envelope sender "bounce+<id>.<index>@<host>" (index < 0: for a
- * transaction of several recipients, "bounce+<id>@<host>"). 0, or -1 when
- * out is too small.
+ * The VERP envelope sender "bounce+<id>.<index>.<tag>@<host>" (index < 0:
+ * for a transaction of several recipients, "bounce+<id>.<tag>@<host>"),
+ * tagged under key (queue.h verp_tag). 0, or -1 when out is too small.
  */
-int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host);
+int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host,
+                 const unsigned char key[32]);
 /*
  * Weighted choice among the addresses of a pool with address family
  * family (AF_INET/AF_INET6), from r (any 32-bit random value). The index,
@@ -254,6 +255,7 @@ struct dconn_info {
 	const char *addr;   /* remote address */
 	const char *source; /* local address bound, "" for the system's */
 	const char *tls;    /* "TLSv1.3" or "" */
+	const char *mail_from; /* the transaction's envelope sender, NULL if none was sent */
 };
 
 struct dconn;

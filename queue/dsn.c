@@ -16,6 +16,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "queue/queue.h"
 
 /* Multiparts around the report: the top level, a wrapper, one more. */
@@ -1006,19 +1010,29 @@ int dsn_status_is_hard(const char *status)
 	       strncmp(status, "5.1.", 4) == 0;
 }
 
-int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, char *host,
-               size_t hostlen)
+/* 1 for a character of a tag (base32 digits, either case); upper-cases *c. */
+static int tag_char(int *c)
+{
+	if (*c >= 'a' && *c <= 'v')
+		*c = *c - 'a' + 'A';
+	return is_digit(*c) || (*c >= 'A' && *c <= 'V');
+}
+
+int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index,
+               char tag[VERP_TAG_LEN + 1], char *host, size_t hostlen)
 {
 	static const char prefix[] = "bounce+";
-	char id[QUEUE_ID_LEN + 1];
-	const char *p, *at, *h;
+	char id[QUEUE_ID_LEN + 1], t[VERP_TAG_LEN + 1] = "";
+	const char *p, *at, *h, *seg, *dot;
 	long idx = -1;
-	size_t i;
+	size_t i, n;
 	int c;
 
 	qid[0] = '\0';
 	if (index != NULL)
 		*index = -1;
+	if (tag != NULL)
+		tag[0] = '\0';
 	if (host != NULL && hostlen > 0)
 		host[0] = '\0';
 	if (addr == NULL || strncasecmp(addr, prefix, sizeof(prefix) - 1) != 0)
@@ -1037,12 +1051,46 @@ int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, char *
 	id[QUEUE_ID_LEN] = '\0';
 	p += QUEUE_ID_LEN;
 	if (p < at) {
-		if (*p++ != '.' || at - p < 1 || at - p > 5)
+		/* ".<index>.<tag>", ".<tag>", or the untagged ".<index>" of
+		 * senders from before tags: an index has at most 5 digits, a
+		 * tag exactly VERP_TAG_LEN characters. */
+		if (*p++ != '.')
 			return -1;
-		for (idx = 0; p < at; p++) {
-			if (!is_digit(*p))
+		seg = p;
+		dot = memchr(seg, '.', (size_t)(at - seg));
+		n = (size_t)((dot ? dot : at) - seg);
+		if (dot == NULL && n == VERP_TAG_LEN) {
+			for (i = 0; i < n; i++) {
+				c = (unsigned char)seg[i];
+				if (!tag_char(&c))
+					break;
+				t[i] = (char)c;
+			}
+			if (i < n)
+				goto as_index;
+			t[n] = '\0';
+		} else {
+		as_index:
+			t[0] = '\0';
+			if (n < 1 || n > 5)
 				return -1;
-			idx = idx * 10 + (*p - '0');
+			for (idx = 0, i = 0; i < n; i++) {
+				if (!is_digit(seg[i]))
+					return -1;
+				idx = idx * 10 + (seg[i] - '0');
+			}
+			if (dot != NULL) {
+				seg = dot + 1;
+				if (at - seg != VERP_TAG_LEN)
+					return -1;
+				for (i = 0; i < VERP_TAG_LEN; i++) {
+					c = (unsigned char)seg[i];
+					if (!tag_char(&c))
+						return -1;
+					t[i] = (char)c;
+				}
+				t[VERP_TAG_LEN] = '\0';
+			}
 		}
 	}
 	if (at[1] == '\0')
@@ -1053,9 +1101,56 @@ int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, char *
 	memcpy(qid, id, sizeof(id));
 	if (index != NULL)
 		*index = idx;
+	if (tag != NULL)
+		memcpy(tag, t, sizeof(t));
 	if (host != NULL && hostlen > 0) {
 		copy_clean(host, hostlen, at + 1, strlen(at + 1));
 		str_lower(host);
 	}
 	return 0;
+}
+
+void verp_key_derive(const unsigned char master[32], unsigned char key[32])
+{
+	static const char label[] = "sendgate VERP tag key v1";
+	unsigned int len = 32;
+
+	HMAC(EVP_sha256(), master, 32, (const unsigned char *)label, sizeof(label) - 1, key, &len);
+}
+
+void verp_tag(const unsigned char key[32], const char *qid, long index,
+              char out[VERP_TAG_LEN + 1])
+{
+	static const char digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUV";
+	unsigned char mac[32];
+	unsigned int len = sizeof(mac);
+	char msg[QUEUE_ID_LEN + 16];
+	uint64_t v = 0;
+	int i, n;
+
+	if (index >= 0)
+		n = snprintf(msg, sizeof(msg), "%s.%ld", qid, index);
+	else
+		n = snprintf(msg, sizeof(msg), "%s", qid);
+	if (n < 0 || (size_t)n >= sizeof(msg))
+		n = (int)sizeof(msg) - 1;
+	HMAC(EVP_sha256(), key, 32, (const unsigned char *)msg, (size_t)n, mac, &len);
+	/* 40 bits: 8 base32 digits. */
+	for (i = 0; i < 5; i++)
+		v = v << 8 | mac[i];
+	for (i = VERP_TAG_LEN - 1; i >= 0; i--) {
+		out[i] = digits[v & 31];
+		v >>= 5;
+	}
+	out[VERP_TAG_LEN] = '\0';
+}
+
+int verp_tag_ok(const unsigned char key[32], const char *qid, long index, const char *tag)
+{
+	char want[VERP_TAG_LEN + 1];
+
+	if (tag == NULL || strlen(tag) != VERP_TAG_LEN)
+		return 0;
+	verp_tag(key, qid, index, want);
+	return CRYPTO_memcmp(want, tag, VERP_TAG_LEN) == 0;
 }

@@ -398,16 +398,35 @@ int dsn_parse(const char *msg, size_t len, struct dsn_report *out, char *err, si
 int dsn_status_is_hard(const char *status);
 
 /*
- * The inverse of the delivery side's VERP sender "bounce+<qid>.<index>@host"
- * or "bounce+<qid>@host" (queue/route.c verp_address): local part
- * "bounce+" (case-insensitive) then a queue id (QUEUE_ID_LEN characters of
- * [0-9A-Z]; lower case accepted and upper-cased, since some MTAs fold
- * case) and optionally "." and a decimal index 0..99999. Returns 0 with
- * qid filled and *index set (-1 when absent), -1 otherwise. host, when
- * not NULL, gets the part after '@' (lower-cased, cut to hostlen); a host
- * that is empty or holds '@', spaces or control bytes is refused.
+ * VERP senders. Delivery sends as "bounce+<qid>.<index>.<tag>@host" (one
+ * recipient per transaction) or "bounce+<qid>.<tag>@host" (several): the
+ * tag, VERP_TAG_LEN base32 digits of an HMAC-SHA256 of "<qid>.<index>" or
+ * "<qid>" under a key derived from the DKIM master key, proves that a
+ * report names a recipient sendgate mailed (a recipient sees its own
+ * address, and indexes are small numbers). Senders from before tags have
+ * none: "bounce+<qid>.<index>@host", "bounce+<qid>@host".
  */
-int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, char *host,
-               size_t hostlen);
+#define VERP_TAG_LEN 8
+
+/*
+ * Parses a VERP address: local part "bounce+" (case-insensitive), a queue
+ * id (QUEUE_ID_LEN characters of [0-9A-Z]; lower case accepted and
+ * upper-cased, since some MTAs fold case), then optionally "." and a
+ * decimal index 0..99999, then optionally "." and a tag (either alone
+ * after the id). Returns 0 with qid filled, *index set (-1 when absent)
+ * and tag (when not NULL) filled upper-cased or "" when absent; -1
+ * otherwise. host, when not NULL, gets the part after '@' (lower-cased,
+ * cut to hostlen); a host that is empty or holds '@', spaces or control
+ * bytes is refused.
+ */
+int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index,
+               char tag[VERP_TAG_LEN + 1], char *host, size_t hostlen);
+/* The VERP key, from the DKIM master key (every host of a platform shares it). */
+void verp_key_derive(const unsigned char master[32], unsigned char key[32]);
+/* The tag of (qid, index) (index -1: the message's, for several recipients). */
+void verp_tag(const unsigned char key[32], const char *qid, long index,
+              char out[VERP_TAG_LEN + 1]);
+/* 1 when tag is the tag of (qid, index), compared in constant time. */
+int verp_tag_ok(const unsigned char key[32], const char *qid, long index, const char *tag);
 
 #endif

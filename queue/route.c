@@ -76,14 +76,17 @@ const char *verp_host(const char *sender, const char *prefix, const char *bounce
 	return out;
 }
 
-int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host)
+int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host,
+                 const unsigned char key[32])
 {
+	char tag[VERP_TAG_LEN + 1];
 	int n;
 
+	verp_tag(key, qid, index, tag);
 	if (index >= 0)
-		n = snprintf(out, outlen, "bounce+%s.%ld@%s", qid, index, host);
+		n = snprintf(out, outlen, "bounce+%s.%ld.%s@%s", qid, index, tag, host);
 	else
-		n = snprintf(out, outlen, "bounce+%s@%s", qid, host);
+		n = snprintf(out, outlen, "bounce+%s.%s@%s", qid, tag, host);
 	return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 

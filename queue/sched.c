@@ -463,6 +463,10 @@ static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_
 	/* The recipient's place in the message, as in a VERP sender: a
 	 * bounce reported later is matched to this delivery by it. */
 	json_object_set_new(j, "index", json_integer((json_int_t)i));
+	/* With the VERP sender it came from, the delivery a report names is
+	 * this one only when the report came back to that very address. */
+	if (info && info->mail_from && info->mail_from[0])
+		json_object_set_new(j, "envelope_sender", json_string(info->mail_from));
 	if (next > 0)
 		json_object_set_new(j, "next_attempt", json_integer((json_int_t)next));
 	if (s->st != NULL)
@@ -654,7 +658,7 @@ static void route_cb(void *arg, uint64_t cookie, int status, const char *why, st
 	}
 	if (status != ROUTE_OK) {
 		struct dreply r;
-		struct dconn_info info = {x->q->domain, "", "", ""};
+		struct dconn_info info = {x->q->domain, "", "", "", NULL};
 
 		memset(&r, 0, sizeof(r));
 		r.code = status == ROUTE_PERMFAIL ? 550 : 451;
@@ -954,7 +958,8 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 			          s->st ? store_return_path_ok(s->st, sdom) : 0, vh, sizeof(vh));
 			snprintf(host, sizeof(host), "%s", vh);
 			if (verp_address(addr, sizeof(addr), m->id,
-			                 it->n == 1 ? (long)it->idx[0] : -1, host) == -1)
+			                 it->n == 1 ? (long)it->idx[0] : -1, host,
+			                 s->cfg->verp_key) == -1)
 				snprintf(addr, sizeof(addr), "%s", m->sender);
 			t->mail_from = xstrdup(addr);
 		}
@@ -984,6 +989,7 @@ static void ops_done(void *arg, struct dconn *c, struct dtxn *t)
 	size_t k;
 
 	dconn_info(c, &info);
+	info.mail_from = t->mail_from;
 	if (s->stopping && t->data_reply.stage == DSTAGE_CONNECT && t->data_reply.code == 451 &&
 	    strstr(t->data_reply.text, "delivery stopped") != NULL) {
 		/* Cut at shutdown: not an attempt; the item waits for the restart. */

@@ -43,6 +43,7 @@
 #define REPORT_KEEP (256 * 1024) /* octets of a report's body kept to parse */
 #define INBOUND_MAX_RCPTS 20
 #define INBOUND_LINE_MAX 1024 /* command line, CRLF included */
+#define OUTPUT_HIGH 65536      /* stop reading commands while replies pile up */
 #define INBOUND_MAX_FINDINGS 32 /* recipients recorded from one report */
 
 enum istate { IS_FRESH, IS_HELO, IS_MAIL, IS_DATA, IS_WAIT };
@@ -51,6 +52,7 @@ enum istate { IS_FRESH, IS_HELO, IS_MAIL, IS_DATA, IS_WAIT };
 struct itarget {
 	char qid[QUEUE_ID_LEN + 1]; /* "" for the feedback or postmaster address */
 	long index;
+	int tagged; /* the address carried a (valid) tag */
 	char addr[SMTP_ADDR_MAX + 1];
 };
 
@@ -71,8 +73,8 @@ struct isess {
 	enum istate state;
 	int nerrors;
 	int close_after_write;
+	int eof;	/* the client half-closed: answer what it sent, then close */
 	int discarding; /* inside an over-long command line */
-	char helo[256];
 	char from[SMTP_ADDR_MAX + 1];
 	struct itarget rcpts[INBOUND_MAX_RCPTS];
 	int nrcpts;
@@ -96,6 +98,7 @@ struct inbound {
 
 static void isess_free(struct isess *s);
 static void process(struct isess *s);
+static void after_input(struct isess *s);
 
 static void reply(struct isess *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -193,9 +196,30 @@ static void on_recorded(uint64_t cookie, const struct store_report_result *res)
 			 res->recorded, res->suppressed);
 	}
 	if (--s->pending == 0) {
+		if (s->close_after_write) {
+			txn_reset(s); /* a timeout said 421 meanwhile: nothing more */
+			return;
+		}
 		report_reply(s);
 		process(s); /* commands pipelined after the data */
+		after_input(s);
 	}
+}
+
+/* Cuts s before a UTF-8 sequence that a byte-counted cut left incomplete. */
+static void utf8_trim(char *s)
+{
+	size_t n = strlen(s), i = n, need;
+	unsigned char c;
+
+	while (i > 0 && ((unsigned char)s[i - 1] & 0xC0) == 0x80 && n - i < 3)
+		i--;
+	if (i == 0)
+		return;
+	c = (unsigned char)s[i - 1];
+	need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+	if (n - (i - 1) < need)
+		s[i - 1] = '\0';
 }
 
 /* A short reason for the suppression list (cut to fit its 200 octets). */
@@ -211,16 +235,17 @@ static void suppression_reason(const struct dsn_report *rep, const struct dsn_rc
 	else if (r->diagnostic[0])
 		snprintf(out, outlen, "bounced after delivery: %.170s", r->diagnostic);
 	else
-		snprintf(out, outlen, "bounced after delivery: status %.15s reported by %.120s", r->status,
-			 rep->reporting_mta[0] ? rep->reporting_mta : "the receiving server");
+		snprintf(out, outlen, "bounced after delivery: status %.15s reported by %.120s",
+			 r->status, rep->reporting_mta[0] ? rep->reporting_mta : "the receiving server");
+	utf8_trim(out); /* the database takes only whole characters */
 }
 
 /*
- * Records one finding: the delivery of (qid, index) or (qid, recipient)
- * was bounced (r != NULL) or complained about (r == NULL).
+ * Sends one finding to the database: the delivery t names was bounced
+ * (r != NULL) or complained about (r == NULL).
  */
 static void record(struct isess *s, const struct dsn_report *rep, const struct dsn_rcpt *r,
-		   const char *qid, long index, const char *recipient)
+		   const struct itarget *t, const char *recipient)
 {
 	struct store_report sr;
 	char reason[200], q1[300], q2[600];
@@ -229,13 +254,13 @@ static void record(struct isess *s, const struct dsn_report *rep, const struct d
 	char *data;
 
 	if (s->nfindings == INBOUND_MAX_FINDINGS) {
-		log_warn("event=bounce_report_truncated client=%s id=%s limit=%d", s->addr, qid,
+		log_warn("event=bounce_report_truncated client=%s id=%s limit=%d", s->addr, t->qid,
 			 INBOUND_MAX_FINDINGS);
 		return;
 	}
 	f = &s->findings[s->nfindings];
-	snprintf(f->qid, sizeof(f->qid), "%s", qid);
-	f->index = index;
+	snprintf(f->qid, sizeof(f->qid), "%s", t->qid);
+	f->index = t->index;
 	snprintf(f->recipient, sizeof(f->recipient), "%s", recipient);
 	f->kind = rep->kind == DSN_FEEDBACK ? "complaint" : "bounce";
 	if (rep->kind == DSN_FEEDBACK) {
@@ -252,30 +277,35 @@ static void record(struct isess *s, const struct dsn_report *rep, const struct d
 	json_decref(j);
 	suppression_reason(rep, r, reason, sizeof(reason));
 	memset(&sr, 0, sizeof(sr));
-	sr.qid = qid;
-	sr.index = index;
+	sr.verp = t->addr;
+	sr.tagged = t->tagged;
+	sr.qid = t->qid;
+	sr.index = t->index;
 	sr.recipient = recipient;
 	sr.type = rep->kind == DSN_FEEDBACK ? "message.complained" : "message.bounced";
 	sr.data_json = data ? data : "{}";
 	sr.suppress = rep->kind == DSN_FEEDBACK || dsn_status_is_hard(r->status);
 	sr.reason = reason;
-	log_info("event=bounce_report client=%s kind=%s id=%s index=%ld recipient=%s status=%s "
-		 "detail=%s",
-		 s->addr, rep->kind == DSN_FEEDBACK ? "complaint" : "bounce", qid, index,
-		 log_quote(q1, sizeof(q1), recipient), r ? (r->status[0] ? r->status : "-") : "-",
-		 log_quote(q2, sizeof(q2), rep->kind == DSN_FEEDBACK ? rep->feedback_type
-								     : r->diagnostic));
+	log_info("event=bounce_report client=%s kind=%s id=%s index=%ld tagged=%d recipient=%s "
+		 "status=%s detail=%s",
+		 s->addr, f->kind, t->qid, t->index, t->tagged, log_quote(q1, sizeof(q1), recipient),
+		 r ? (r->status[0] ? r->status : "-") : "-",
+		 log_quote(q2, sizeof(q2), r ? r->diagnostic : rep->feedback_type));
 	s->pending++;
 	store_report(s->in->srv->store, &sr, on_recorded, COOKIE(s, s->nfindings++));
 	free(data);
 }
 
-/* The failed recipients of a bounce for one VERP target. */
-static void record_bounce(struct isess *s, const struct dsn_report *rep, const char *qid,
-			  long index)
+/* What a report says about the delivery t names. */
+static void record_target(struct isess *s, const struct dsn_report *rep, const struct itarget *t)
 {
 	size_t i;
 
+	if (rep->kind == DSN_FEEDBACK) {
+		record(s, rep, NULL, t,
+		       rep->arf_original_rcpt_to[0] ? rep->arf_original_rcpt_to : rep->orig_to);
+		return;
+	}
 	for (i = 0; i < rep->nrcpts; i++) {
 		const struct dsn_rcpt *r = &rep->rcpts[i];
 		char q[300];
@@ -283,16 +313,33 @@ static void record_bounce(struct isess *s, const struct dsn_report *rep, const c
 			if (r->action == DSN_ACTION_DELAYED)
 				log_info("event=bounce_report client=%s kind=delay id=%s recipient=%s "
 					 "status=%s note=\"a delay notice: nothing recorded\"",
-					 s->addr, qid, log_quote(q, sizeof(q), r->final_recipient),
+					 s->addr, t->qid, log_quote(q, sizeof(q), r->final_recipient),
 					 r->status[0] ? r->status : "-");
 			continue;
 		}
-		record(s, rep, r, qid, index,
-		       r->final_recipient[0] ? r->final_recipient : r->original_recipient);
+		record(s, rep, r, t, r->final_recipient[0] ? r->final_recipient : r->original_recipient);
 		/* A VERP index names one recipient: one finding is all. */
-		if (index >= 0)
+		if (t->index >= 0)
 			break;
 	}
+}
+
+/*
+ * Reads a VERP address into t: 0 when it is one and its tag, if it has
+ * one, is right (t->tagged then says whether it had one), -1 otherwise.
+ */
+static int target_parse(const struct isess *s, const char *addr, struct itarget *t)
+{
+	char tag[VERP_TAG_LEN + 1];
+
+	memset(t, 0, sizeof(*t));
+	if (verp_parse(addr, t->qid, &t->index, tag, NULL, 0) == -1)
+		return -1;
+	if (tag[0] && !verp_tag_ok(s->in->srv->cfg->verp_key, t->qid, t->index, tag))
+		return -1;
+	t->tagged = tag[0] != '\0';
+	snprintf(t->addr, sizeof(t->addr), "%s", addr);
+	return 0;
 }
 
 static void end_of_report(struct isess *s)
@@ -321,37 +368,24 @@ static void end_of_report(struct isess *s)
 			 s->addr);
 	} else {
 		for (i = 0; i < s->nrcpts; i++) {
-			const struct itarget *t = &s->rcpts[i];
-			if (t->qid[0] == '\0')
+			if (s->rcpts[i].qid[0] == '\0')
 				continue;
 			any_target = 1;
-			if (rep->kind == DSN_FEEDBACK)
-				record(s, rep, NULL, t->qid, t->index,
-				       rep->arf_original_rcpt_to[0] ? rep->arf_original_rcpt_to
-								    : rep->orig_to);
-			else
-				record_bounce(s, rep, t->qid, t->index);
+			record_target(s, rep, &s->rcpts[i]);
 		}
 		if (!any_target) {
 			/* To the feedback or postmaster address: the returned
 			 * message's envelope sender (its Return-Path, or ARF's
 			 * Original-Mail-From) says which message. */
-			char qid[QUEUE_ID_LEN + 1];
-			long index;
-			if (verp_parse(rep->orig_return_path, qid, &index, NULL, 0) == 0 ||
-			    verp_parse(rep->arf_original_mail_from, qid, &index, NULL, 0) == 0) {
-				if (rep->kind == DSN_FEEDBACK)
-					record(s, rep, NULL, qid, index,
-					       rep->arf_original_rcpt_to[0] ? rep->arf_original_rcpt_to
-									    : rep->orig_to);
-				else
-					record_bounce(s, rep, qid, index);
-			} else {
-				log_info("event=bounce_report client=%s kind=%s result=unmatched "
-					 "reason=\"no VERP address in the envelope or the returned "
+			struct itarget t;
+			if (target_parse(s, rep->orig_return_path, &t) == 0 ||
+			    target_parse(s, rep->arf_original_mail_from, &t) == 0)
+				record_target(s, rep, &t);
+			else
+				log_info("event=bounce_report_unmatched client=%s kind=%s "
+					 "note=\"no VERP address with a valid tag in the returned "
 					 "message\"",
 					 s->addr, rep->kind == DSN_FEEDBACK ? "complaint" : "bounce");
-			}
 		}
 	}
 	buf_free(&msg);
@@ -372,7 +406,6 @@ static void cmd_helo(struct isess *s, const char *arg, size_t len, int esmtp)
 		reply_err(s, "501 5.5.4 HELO and EHLO need a host name");
 		return;
 	}
-	snprintf(s->helo, sizeof(s->helo), "%.*s", (int)(len < 255 ? len : 255), arg);
 	txn_reset(s);
 	s->state = IS_HELO;
 	if (!esmtp) {
@@ -451,6 +484,10 @@ static void cmd_rcpt(struct isess *s, const char *arg, size_t len)
 	t = &s->rcpts[s->nrcpts];
 	memset(t, 0, sizeof(*t));
 	t->index = -1;
+	while (len > 0 && *arg == ' ') {
+		arg++;
+		len--;
+	}
 	if (len == 12 && strncasecmp(arg, "<postmaster>", 12) == 0) {
 		snprintf(t->addr, sizeof(t->addr), "postmaster");
 	} else if (smtp_parse_rcpt_to(arg, len, (size_t)cfg->max_path_length, 0, &path, &e) == -1) {
@@ -458,8 +495,16 @@ static void cmd_rcpt(struct isess *s, const char *arg, size_t len)
 		snprintf(text, sizeof(text), "%d %s %s", e.code, e.enh, e.text);
 		reply_err(s, text);
 		return;
-	} else if (verp_parse(path.addr, t->qid, &t->index, NULL, 0) == 0) {
-		snprintf(t->addr, sizeof(t->addr), "%s", path.addr);
+	} else if (target_parse(s, path.addr, t) == 0) {
+		/* a VERP address: its tag, if any, checked */
+	} else if (verp_parse(path.addr, t->qid, NULL, NULL, NULL, 0) == 0) {
+		char text[600];
+		snprintf(text, sizeof(text),
+			 "550 5.1.1 <%s>: no such bounce address (its tag does not match its "
+			 "message)",
+			 path.addr);
+		reply_err(s, text);
+		return;
 	} else if ((cfg->bounce_feedback_address[0] &&
 		    strcasecmp(path.addr, cfg->bounce_feedback_address) == 0) ||
 		   is_role_address(path.addr)) {
@@ -593,6 +638,10 @@ static void process(struct isess *s)
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
 	while (!s->close_after_write && s->state != IS_WAIT) {
+		/* A client that sends without reading its replies waits for
+		 * them to drain (on_write resumes). */
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
+			break;
 		if (s->state == IS_DATA) {
 			feed(s);
 			if (!s->dr.done)
@@ -632,17 +681,37 @@ static void process(struct isess *s)
 	}
 }
 
+/*
+ * After input was handled (at the end of each callback): a half-closed
+ * client that has nothing more to be answered is done; a session to be
+ * closed goes once its replies are written. May free s.
+ */
+static void after_input(struct isess *s)
+{
+	size_t out = evbuffer_get_length(bufferevent_get_output(s->bev));
+
+	if (s->eof && !s->close_after_write && s->state != IS_WAIT && out <= OUTPUT_HIGH)
+		s->close_after_write = 1; /* what is left of its input is no command */
+	if (s->close_after_write && out == 0)
+		isess_free(s);
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
 	process(arg);
+	after_input(arg);
 }
 
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct isess *s = arg;
 
-	if (s->close_after_write)
+	if (s->close_after_write) {
 		isess_free(s);
+		return;
+	}
+	process(s);
+	after_input(s);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -653,6 +722,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		log_info("event=timeout client=%s listener=bounce state=%d", s->addr, (int)s->state);
 		reply(s, "421 4.4.2 %s Timeout: closing connection", s->in->srv->cfg->hostname);
 		s->close_after_write = 1;
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {
+		/* Half-closed after pipelining: its commands still get
+		 * their replies (a report being recorded, its 250). */
+		s->eof = 1;
+		bufferevent_disable(bev, EV_READ);
+		process(s);
+		after_input(s);
 		return;
 	}
 	isess_free(s);
@@ -770,11 +848,14 @@ void inbound_stop(struct inbound *in)
 		evconnlistener_free(in->listeners[i]);
 	in->nlisteners = 0;
 	/* Reports are retried by their senders: a session cut here loses
-	 * nothing that was acknowledged. */
+	 * nothing that was acknowledged. One waiting for the database is
+	 * answered if the answer comes before the daemon exits, else cut
+	 * at exit (its report, unacknowledged, comes again; if it was
+	 * recorded meanwhile, the second copy is recognised). */
 	for (s = in->head; s; s = next) {
 		next = s->next;
 		if (s->state == IS_WAIT)
-			continue; /* answered when its report is recorded */
+			continue;
 		reply(s, "421 4.3.2 Service shutting down; try again later");
 		s->close_after_write = 1;
 	}

@@ -170,6 +170,23 @@ int main(int argc, char **argv)
 	if (delivery_only) {
 		log_init("sendgate-delivery", strcmp(cfg.log_target, "syslog") == 0,
 			 level_of(cfg.log_level));
+		/* The master key only to derive the VERP key: the delivery
+		 * side never holds it, nor any private key. */
+		{
+			unsigned char mkey[32];
+			if (!cfg.dkim_master_key_file[0] ||
+			    dkim_master_key_load(cfg.dkim_master_key_file, mkey, err, sizeof(err)) == -1) {
+				char q[1200];
+				fatal("event=start_failed error=%s",
+				      log_quote(q, sizeof(q),
+						cfg.dkim_master_key_file[0]
+						    ? err
+						    : "[dkim] master_key_file: not set (delivery derives the "
+						      "VERP tag key from it)"));
+			}
+			verp_key_derive(mkey, cfg.verp_key);
+			explicit_bzero(mkey, sizeof(mkey));
+		}
 		smtpd_drop_privileges(&cfg);
 		rc = delivery_run(&cfg);
 		config_free(&cfg);

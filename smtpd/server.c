@@ -643,6 +643,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 			fatal("event=start_failed error=%s", log_quote(q, sizeof(q), msg));
 		}
 		store_set_master_key(srv.store, mkey);
+		verp_key_derive(mkey, cfg->verp_key);
 		explicit_bzero(mkey, sizeof(mkey));
 		srv.signer = signer_new(srv.base, cfg->dkim_sign_threads);
 		srv.hcanon = strncmp(cfg->dkim_canonicalization, "simple/", 7) == 0

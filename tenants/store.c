@@ -145,7 +145,7 @@ struct req {
 	unsigned cred_gen;	/* REQ_AUTH: st->cred_gen when asked */
 	uint64_t sent_usec;	/* cache loads: when the query went out (now_usec) */
 	int nevents;	/* REQ_EVENTS: rows in this batch */
-	char *p[7];	/* REQ_SUPPRESS, REQ_REPORT parameters */
+	char *p[9];	/* REQ_SUPPRESS, REQ_REPORT parameters */
 };
 
 struct supp {
@@ -411,22 +411,27 @@ static const char SQL_SUPPRESS[] =
     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 /*
  * A bounce or complaint reported after delivery (store_report), in one
- * statement: the newest delivery of the message to that recipient (by the
- * VERP index its event records, or by address for events from before the
- * index, or a VERP address without one), its event unless the same report
- * was recorded already, and its suppression. Data-modifying WITH parts run
- * whether or not the final SELECT reads them.
+ * statement: the newest delivery it names, its event unless the same
+ * report was recorded already, and its suppression. A report that came
+ * to a tagged VERP address ($8) names the delivery whose envelope sender
+ * was that address ($9), by the recipient's index ($2) or, for a
+ * transaction of several recipients, by address ($3); an untagged one
+ * can name only a delivery from before tags, by address. Data-modifying
+ * WITH parts run whether or not the final SELECT reads them.
  */
 static const char SQL_REPORT[] =
     "WITH m AS ("
-    " SELECT e.tenant_id, e.data->>'recipient' AS rcpt FROM events e"
+    " SELECT e.tenant_id, e.data->>'recipient' AS rcpt, e.data->'index' AS idx FROM events e"
     " WHERE e.message_id = $1 AND e.type = 'message.delivered' AND e.tenant_id IS NOT NULL"
-    " AND CASE WHEN $2::int >= 0 AND e.data ? 'index'"
-    " THEN (e.data->>'index')::int = $2::int"
+    " AND CASE WHEN $8::boolean"
+    " THEN lower(e.data->>'envelope_sender') = lower($9)"
+    " AND CASE WHEN $2::int >= 0 THEN (e.data->>'index')::int = $2::int"
     " ELSE lower(e.data->>'recipient') = lower($3) END"
+    " ELSE NOT e.data ? 'envelope_sender' AND lower(e.data->>'recipient') = lower($3) END"
     " ORDER BY e.id DESC LIMIT 1),"
     " ev AS (INSERT INTO events (type, tenant_id, message_id, data)"
-    " SELECT $4, m.tenant_id, $1, $5::jsonb || jsonb_build_object('recipient', m.rcpt) FROM m"
+    " SELECT $4, m.tenant_id, $1, $5::jsonb || jsonb_build_object('recipient', m.rcpt,"
+    " 'index', m.idx) FROM m"
     " WHERE NOT EXISTS (SELECT 1 FROM events b WHERE b.message_id = $1 AND b.type = $4"
     " AND b.data->>'recipient' = m.rcpt) RETURNING 1),"
     " sp AS (INSERT INTO suppressions (tenant_id, address, reason, message_id)"
@@ -868,6 +873,8 @@ void store_report(struct store *st, const struct store_report *rep, store_report
 	r->p[4] = xstrdup(rep->data_json ? rep->data_json : "{}");
 	r->p[5] = xstrdup(rep->reason ? rep->reason : "");
 	r->p[6] = xstrdup(rep->suppress ? "true" : "false");
+	r->p[7] = xstrdup(rep->tagged ? "true" : "false");
+	r->p[8] = xstrdup(rep->verp ? rep->verp : "");
 	r->cb = (void *)cb;
 	r->cookie = cookie;
 	req_push(st, r);
@@ -1365,7 +1372,7 @@ static void send_next(struct store *st)
 	case REQ_SUPPRESS:
 	case REQ_REPORT:
 		if (!PQsendQueryParams(st->conn, r->kind == REQ_SUPPRESS ? SQL_SUPPRESS : SQL_REPORT,
-				       r->kind == REQ_SUPPRESS ? 4 : 7, NULL, (const char *const *)r->p,
+				       r->kind == REQ_SUPPRESS ? 4 : 9, NULL, (const char *const *)r->p,
 				       NULL, NULL, 0)) {
 			req_push_front(st, r);
 			conn_drop(st, PQerrorMessage(st->conn));

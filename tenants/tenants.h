@@ -178,10 +178,14 @@ int store_return_path_ok(struct store *st, const char *domain);
 /*
  * A bounce or complaint that arrived after the message was delivered
  * (smtpd/inbound.c reads it, queue/dsn.c parses it), matched to the
- * delivery it reports on by the VERP address: message qid, recipient
- * index (-1 when the address has none: then by recipient).
+ * delivery it reports on by the VERP address it came to: with a valid
+ * tag, the delivery sent from that very address, by recipient index (or
+ * by recipient when the address has none); untagged, only a delivery
+ * from before tags, by recipient.
  */
 struct store_report {
+	const char *verp; /* the VERP address */
+	int tagged;	  /* its tag was checked */
 	const char *qid;
 	long index;
 	const char *recipient; /* the address the report names ("" if none) */

@@ -8,6 +8,8 @@ The delivery side normally runs as the daemon's child ("sendgate
 instead, with delivery off in the daemon itself.
 """
 
+import hashlib
+import hmac
 import os
 import re
 import signal
@@ -167,6 +169,20 @@ def denv(daemon_factory, pg, ctl, cert):
     env = DeliveryEnv(daemon_factory, pg, ctl, cert)
     yield env
     env.finish()
+
+
+def verp(qid, index, host, master_file=None):
+    """The VERP sender delivery uses for (qid, recipient index or None), computed
+    here independently: the tag is the first 40 bits, in base32, of an
+    HMAC-SHA256 of "qid.index" (or "qid") under a key that is the
+    HMAC-SHA256 of a fixed label under the DKIM master key."""
+    with open(master_file or h.master_key_file()) as f:
+        master = bytes.fromhex(f.read().strip())
+    key = hmac.new(master, b"sendgate VERP tag key v1", hashlib.sha256).digest()
+    msg = qid if index is None else "%s.%d" % (qid, index)
+    v = int.from_bytes(hmac.new(key, msg.encode(), hashlib.sha256).digest()[:5], "big")
+    tag = "".join("0123456789ABCDEFGHIJKLMNOPQRSTUV"[(v >> (35 - 5 * i)) & 31] for i in range(8))
+    return "bounce+%s.%s@%s" % (msg, tag, host)
 
 
 def submit(daemon, tenant, rcpts, body=None, sender=None, subject="delivery test"):

@@ -214,13 +214,20 @@ static void test_verp(void **state)
 	assert_string_equal(
 	    verp_host("s@acme.example", "rp", "bounces.p.example", 0, host, sizeof(host)),
 	    "bounces.p.example");
+	static const unsigned char key[32] = {1, 2, 3};
+	char tag[VERP_TAG_LEN + 1], want[400];
+
 	assert_int_equal(
-	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 3, "rp.acme.example"), 0);
-	assert_string_equal(out, "bounce+0123456789ABCDEFGHIJ.3@rp.acme.example");
-	assert_int_equal(verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", -1, "b.example"),
-	                 0);
-	assert_string_equal(out, "bounce+0123456789ABCDEFGHIJ@b.example");
-	assert_int_equal(verp_address(out, 10, "0123456789ABCDEFGHIJ", 0, "b.example"), -1);
+	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 3, "rp.acme.example", key), 0);
+	verp_tag(key, "0123456789ABCDEFGHIJ", 3, tag);
+	snprintf(want, sizeof(want), "bounce+0123456789ABCDEFGHIJ.3.%s@rp.acme.example", tag);
+	assert_string_equal(out, want);
+	assert_int_equal(
+	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", -1, "b.example", key), 0);
+	verp_tag(key, "0123456789ABCDEFGHIJ", -1, tag);
+	snprintf(want, sizeof(want), "bounce+0123456789ABCDEFGHIJ.%s@b.example", tag);
+	assert_string_equal(out, want);
+	assert_int_equal(verp_address(out, 10, "0123456789ABCDEFGHIJ", 0, "b.example", key), -1);
 	assert_string_equal(addr_domain("x@y@z.example"), "z.example");
 	assert_string_equal(addr_domain("nodomain"), "");
 }
