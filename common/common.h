@@ -79,6 +79,8 @@ size_t base64_encode(const unsigned char *p, size_t n, char *out);
  * bytes. Returns decoded length or -1.
  */
 ssize_t base64_decode(const char *in, size_t n, unsigned char *out);
+/* The value 0..63 of one base64 digit, -1 for any other byte. */
+int base64_value(int c);
 /* SHA-256 of n bytes. */
 void sha256(const void *p, size_t n, unsigned char out[32]);
 /* Constant-time equality of two n-byte strings; 1 when equal. */

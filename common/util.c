@@ -84,7 +84,7 @@ size_t base64_encode(const unsigned char *p, size_t n, char *out)
 	return (size_t)EVP_EncodeBlock((unsigned char *)out, p, (int)n);
 }
 
-static int b64_value(unsigned char c)
+int base64_value(int c)
 {
 	if (c >= 'A' && c <= 'Z')
 		return c - 'A';
@@ -116,7 +116,7 @@ ssize_t base64_decode(const char *in, size_t n, unsigned char *out)
 			}
 			if (pad)
 				return -1; /* data after padding */
-			v[k] = b64_value(c);
+			v[k] = base64_value(c);
 			if (v[k] < 0)
 				return -1;
 		}

@@ -456,21 +456,6 @@ static int mp_next(struct mp_iter *it, const char **ps, const char **pe)
 	return 1;
 }
 
-static int b64_value(int c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (is_digit(c))
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 static int hex_value(int c)
 {
 	if (is_digit(c))
@@ -490,7 +475,7 @@ static size_t b64_decode(const char *p, const char *e, char *out, size_t max)
 	int bits = 0, c;
 
 	for (; p < e && o < max && *p != '='; p++) {
-		c = b64_value((unsigned char)*p);
+		c = base64_value((unsigned char)*p);
 		if (c < 0)
 			continue;
 		v = ((v << 6) | (unsigned)c) & 0xffffff;

@@ -106,18 +106,13 @@ static void reply(struct isess *s, const char *fmt, ...)
 {
 	char line[1024];
 	va_list ap;
-	int n;
+	size_t n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	n = smtp_reply_line(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(line) - 3)
-		n = sizeof(line) - 3;
-	line[n++] = '\r';
-	line[n++] = '\n';
-	bufferevent_write(s->bev, line, (size_t)n);
+	if (n > 0)
+		bufferevent_write(s->bev, line, n);
 }
 
 /* A 4xx/5xx for a command; too many of them end the session. */

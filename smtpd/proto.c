@@ -1,4 +1,5 @@
 /* proto: splitting an SMTP command line into verb and argument. */
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -76,4 +77,17 @@ int smtp_parse_command(const char *line, size_t len, struct smtp_cmd *cmd)
 		cmd->arglen = len - vlen - 1;
 	}
 	return 0;
+}
+
+size_t smtp_reply_line(char *line, size_t size, const char *fmt, va_list ap)
+{
+	int n = vsnprintf(line, size - 2, fmt, ap);
+
+	if (n < 0)
+		return 0;
+	if ((size_t)n > size - 3)
+		n = (int)(size - 3);
+	line[n++] = '\r';
+	line[n++] = '\n';
+	return (size_t)n;
 }

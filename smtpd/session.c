@@ -129,22 +129,18 @@ static void reply(struct session *s, const char *fmt, ...)
 {
 	char line[1024];
 	va_list ap;
-	int n;
+	size_t n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	n = smtp_reply_line(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	if (n < 0)
+	if (n == 0)
 		return;
-	if ((size_t)n > sizeof(line) - 3)
-		n = sizeof(line) - 3;
-	line[n++] = '\r';
-	line[n++] = '\n';
 	/* flush_direct may have turned writing off after its last write. */
 	if (!(bufferevent_get_enabled(s->bev) & EV_WRITE))
 		bufferevent_enable(s->bev, EV_WRITE);
-	bufferevent_write(s->bev, line, (size_t)n);
-	s->unflushed += (size_t)n;
+	bufferevent_write(s->bev, line, n);
+	s->unflushed += n;
 }
 
 /*

@@ -7,6 +7,7 @@
 #ifndef SENDGATE_SMTPD_H
 #define SENDGATE_SMTPD_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -48,6 +49,11 @@ struct smtp_cmd {
  * verb is not an error (verb = SMTP_UNKNOWN).
  */
 int smtp_parse_command(const char *line, size_t len, struct smtp_cmd *cmd);
+/*
+ * Formats one reply line and its CRLF into line (size >= 3; text cut to
+ * fit). Returns the length, 0 when nothing could be formatted.
+ */
+size_t smtp_reply_line(char *line, size_t size, const char *fmt, va_list ap);
 
 /* ---- addr.c: RFC 5321 paths and parameters ----------------------------- */
 

@@ -28,6 +28,7 @@ import sgharness as h  # noqa: E402
 VAR = os.path.join(REPO, "var")
 SUBMISSION_PORT = int(os.environ.get("DEMO_SUBMISSION_PORT", "2587"))
 SMTPS_PORT = int(os.environ.get("DEMO_SMTPS_PORT", "2465"))
+BOUNCE_PORT = int(os.environ.get("DEMO_BOUNCE_PORT", "2525"))
 
 
 def start_dns(var, domain):
@@ -130,6 +131,7 @@ def main():
         cert = h.make_cert(os.path.join(VAR, "tls"))
         overrides = dict(dns_conf)
         overrides.update(sink_conf)
+        overrides["bounce__listen"] = "127.0.0.1:%d" % BOUNCE_PORT
         d = h.Daemon(build, None, os.path.join(VAR, "run"), cert=cert,
                      spool_dir=os.path.join(VAR, "spool"), submission_port=SUBMISSION_PORT,
                      smtps_port=SMTPS_PORT, start=False, database__url=url,
@@ -158,9 +160,13 @@ example.net on this machine's own DNS server, 127.0.0.1:%d); the sink prints
 each message it receives below.
 
 The queue: %s/sendgatectl -c %s queue list
+What happened: %s/sendgatectl -c %s events --tenant %s
+Bounces and complaints that come back after delivery (mailed to the VERP
+envelope sender the sink shows) are taken on 127.0.0.1:%d ([bounce] listen).
 Ctrl-C stops everything.
 """ % (SUBMISSION_PORT, SMTPS_PORT, tenant, domain, cred["username"], SUBMISSION_PORT,
-            cred["username"], cred["secret"], domain, dns.port, build, d.config_path), flush=True)
+            cred["username"], cred["secret"], domain, dns.port, build, d.config_path, build,
+            d.config_path, tenant, BOUNCE_PORT), flush=True)
 
         signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
         while d.alive():
