@@ -765,10 +765,21 @@ static int dest_rate_ok(struct dsched *s, struct ddest *d, time_t now)
 	return d->win_count < mpm;
 }
 
+/*
+ * 1 while q's tenant is suspended (sendgatectl tenant suspend): its mail
+ * waits, ready, with no attempt made or counted, until it is resumed.
+ */
+static int dq_held(struct dsched *s, struct dq *q)
+{
+	struct tenant_limits lim;
+
+	return s->st != NULL && store_tenant_limits(s->st, q->tenant_id, &lim) && lim.suspended;
+}
+
 /* 1 when q has work no connection is on its way for, within the limits. */
 static int dq_wants_conn(struct dsched *s, struct dq *q, time_t now)
 {
-	return q->nready > (size_t)q->nstarting &&
+	return q->nready > (size_t)q->nstarting && !dq_held(s, q) &&
 	       q->dest->nconn < s->cfg->delivery_max_connections_per_destination &&
 	       dest_rate_ok(s, q->dest, now);
 }
@@ -894,7 +905,7 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		x->took = 1;
 		q->nstarting--;
 	}
-	while (!s->stopping && q->ready != NULL && dest_rate_ok(s, q->dest, now)) {
+	while (!s->stopping && q->ready != NULL && dest_rate_ok(s, q->dest, now) && !dq_held(s, q)) {
 		struct ditem *it = q->ready;
 		struct dmsg *m = it->m;
 		struct queue_msg qm;

@@ -710,8 +710,19 @@ static int domain_refusal(struct session *s, int ok, const char *where, const ch
  */
 static int tenant_message_allowed(struct session *s)
 {
+	struct tenant_limits lim;
 	int max, per_minute;
 
+	if (store_tenant_limits(s->srv->store, s->who.tenant_id, &lim) && lim.suspended) {
+		char q[300];
+		log_warn("event=tenant_suspended_refused tenant=%s client=%s reason=%s", s->who.tenant,
+			 s->addr, log_quote(q, sizeof(q), lim.suspended_reason));
+		/* Permanent: the application should not queue and retry it. */
+		reply(s, "550 5.7.1 Tenant %s is suspended: %s; the platform must lift the "
+			 "suspension before it can send",
+		      s->who.tenant, lim.suspended_reason[0] ? lim.suspended_reason : "no reason given");
+		return 0;
+	}
 	tenant_limits_now(s, s->who.tenant_id, &max, &per_minute);
 	if (tenantlim_take(s->srv->tenantlim, s->who.tenant_id, per_minute, now_usec()))
 		return 1;

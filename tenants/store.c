@@ -402,10 +402,13 @@ static const char SQL_LOAD_POOLS[] =
     "FROM pools p LEFT JOIN pool_addresses a ON a.pool_id = p.id ORDER BY p.id, a.id";
 static const char SQL_LOAD_TENANT_POOLS[] =
     "SELECT id, pool_id FROM tenants WHERE pool_id IS NOT NULL";
-/* Only tenants with a limit of their own: the rest use the configuration's. */
+/* Only tenants with a limit of their own or suspended: the rest use the
+ * configuration's limits. */
 static const char SQL_LOAD_TENANT_LIMITS[] =
-    "SELECT id, coalesce(max_connections, -1), coalesce(max_messages_per_minute, -1) "
-    "FROM tenants WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL";
+    "SELECT id, coalesce(max_connections, -1), coalesce(max_messages_per_minute, -1), "
+    "suspended_at IS NOT NULL, coalesce(suspended_reason, '') FROM tenants "
+    "WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL "
+    "OR suspended_at IS NOT NULL";
 static const char SQL_SUPPRESS[] =
     "INSERT INTO suppressions (tenant_id, address, reason, message_id) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
@@ -794,6 +797,9 @@ static void load_tenant_limits(struct store *st, PGresult *res)
 		struct tenant_limits *l = xcalloc(1, sizeof(*l));
 		l->max_connections = (int)strtol(PQgetvalue(res, i, 1), NULL, 10);
 		l->max_messages_per_minute = (int)strtol(PQgetvalue(res, i, 2), NULL, 10);
+		l->suspended = PQgetvalue(res, i, 3)[0] == 't';
+		snprintf(l->suspended_reason, sizeof(l->suspended_reason), "%s",
+			 PQgetvalue(res, i, 4));
 		free(hmap_put(m, PQgetvalue(res, i, 0), l));
 	}
 	hmap_free(st->tenant_limits, free);
@@ -808,6 +814,7 @@ int store_tenant_limits(struct store *st, int64_t tenant_id, struct tenant_limit
 	snprintf(id, sizeof(id), "%lld", (long long)tenant_id);
 	l = hmap_get(st->tenant_limits, id);
 	if (l == NULL) {
+		memset(out, 0, sizeof(*out));
 		out->max_connections = -1;
 		out->max_messages_per_minute = -1;
 		return 0;
@@ -2061,7 +2068,7 @@ struct store *store_open(struct event_base *base, const char *conninfo, enum sto
 
 	st->base = base;
 	/* What each process reads (smtpd/ and queue/ call the lookups). */
-	st->caches = role == STORE_DELIVERY ? C_POOLS | C_TENANT_POOLS | C_DOMAINS
+	st->caches = role == STORE_DELIVERY ? C_POOLS | C_TENANT_POOLS | C_DOMAINS | C_TENANT_LIMITS
 					    : C_ALL & ~(C_POOLS | C_TENANT_POOLS);
 	st->conninfo = xstrdup(conninfo);
 	st->creds = hmap_new();

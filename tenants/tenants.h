@@ -162,12 +162,14 @@ int store_tenant_pool(struct store *st, int64_t tenant_id, struct pool_address *
 struct tenant_limits {
 	int max_connections;	     /* authenticated sessions at once */
 	int max_messages_per_minute; /* MAIL FROMs accepted per minute */
+	int suspended;		     /* sendgatectl tenant suspend (migration 007) */
+	char suspended_reason[201];
 };
 
 /*
- * Fills out with tenant_id's limits from the cache (reloaded when the
- * tenants table changes; submission role only). 1 when the tenant has a
- * limit of its own, 0 when it has none (both -1).
+ * Fills out with tenant_id's limits and suspension from the cache
+ * (reloaded when the tenants table changes; both roles). 1 when the
+ * tenant has a limit of its own or is suspended, 0 when not (limits -1).
  */
 int store_tenant_limits(struct store *st, int64_t tenant_id, struct tenant_limits *out);
 /* The failing required records of a broken domain, in words, or NULL. */

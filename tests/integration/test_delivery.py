@@ -557,8 +557,9 @@ def test_free_files_are_swept_while_delivery_is_busy(denv, tenant):
 
 
 def test_delivery_process_caches_only_what_it_reads(denv, tenant, pg):
-    """The delivery process reads pools and domains; credentials,
-    suppressions and DKIM keys stay with the submission side (on a large
+    """The delivery process reads pools, domains and the tenants' limits
+    (for suspensions); credentials, suppressions and DKIM keys stay with the
+    submission side (on a large
     platform they are most of the memory and of the reload work). A
     suppression change reaches the submission side and not delivery."""
     d = denv.start()
@@ -569,7 +570,7 @@ def test_delivery_process_caches_only_what_it_reads(denv, tenant, pg):
 
     h.eventually(lambda: "domains" in loaded("sendgate-delivery"), timeout=10 * h.SLOW,
                  what="the delivery process's caches")
-    assert loaded("sendgate-delivery") == {"pools", "tenant_pools", "domains"}
+    assert loaded("sendgate-delivery") == {"pools", "tenant_pools", "domains", "tenant_limits"}
     assert {"credentials", "suppressions", "dkim_keys"} <= loaded("sendgate")
     off = len(d.log_text())
     pg.sql("INSERT INTO suppressions (tenant_id, address, reason) SELECT id, "
