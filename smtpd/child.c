@@ -51,6 +51,15 @@ static void child_spawn(struct server *srv)
 		if (getppid() != parent)
 			_exit(1);
 		closefrom(3);
+		/* The VERP tag key, derived from the DKIM master key, which
+		 * the child could not read any more (privileges are dropped)
+		 * and must not hold. */
+		{
+			char hex[65];
+			hex_encode(srv->cfg->verp_key, sizeof(srv->cfg->verp_key), hex);
+			setenv(VERP_KEY_ENV, hex, 1);
+			explicit_bzero(hex, sizeof(hex));
+		}
 		execl(self, "sendgate", "--delivery-only", "-c", srv->cfg->path,
 		      (char *)NULL);
 		_exit(127);

@@ -87,6 +87,29 @@ static int level_of(const char *s)
 	return SGLOG_INFO;
 }
 
+/*
+ * Takes the VERP key the daemon put in the environment of its delivery
+ * child (child.c) and removes it from there: 0, or -1 when there is none.
+ */
+static int verp_key_from_env(unsigned char key[32])
+{
+	char *v = getenv(VERP_KEY_ENV);
+	int i, ok = v != NULL && strlen(v) == 64;
+
+	for (i = 0; ok && i < 32; i++) {
+		unsigned int byte;
+		ok = sscanf(v + 2 * i, "%2x", &byte) == 1;
+		key[i] = (unsigned char)byte;
+	}
+	if (v != NULL) {
+		explicit_bzero(v, strlen(v));
+		unsetenv(VERP_KEY_ENV);
+	}
+	if (!ok)
+		explicit_bzero(key, 32);
+	return ok ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -170,9 +193,12 @@ int main(int argc, char **argv)
 	if (delivery_only) {
 		log_init("sendgate-delivery", strcmp(cfg.log_target, "syslog") == 0,
 			 level_of(cfg.log_level));
-		/* The master key only to derive the VERP key: the delivery
-		 * side never holds it, nor any private key. */
-		{
+		/* The VERP key from the daemon that started this process,
+		 * or, run on its own, from the master key: only to derive
+		 * it (the delivery side holds no private key). */
+		if (verp_key_from_env(cfg.verp_key) == 0) {
+			/* handed over by the daemon */
+		} else {
 			unsigned char mkey[32];
 			if (!cfg.dkim_master_key_file[0] ||
 			    dkim_master_key_load(cfg.dkim_master_key_file, mkey, err, sizeof(err)) == -1) {

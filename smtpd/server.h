@@ -96,6 +96,8 @@ int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const
 		  int64_t tenant_id, signer_cb cb, uint64_t cookie);
 
 /* child.c */
+/* The environment variable that hands the VERP key to the delivery child. */
+#define VERP_KEY_ENV "SENDGATE_VERP_KEY"
 /* Starts the delivery process and restarts it whenever it dies. */
 void child_start(struct server *srv);
 void child_signal(struct server *srv, int sig);

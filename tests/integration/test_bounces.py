@@ -3,9 +3,14 @@ with 250 and bounces it later (RFC 3464), or a mailbox provider's complaint
 (RFC 5965), mailed to the VERP envelope sender and read by the [bounce]
 listener. Real daemon, real delivery to a sink, reports sent with smtplib."""
 
+import hashlib
+import hmac
+import os
 import random
 import smtplib
 import socket
+
+import pytest
 
 import sgharness as h
 from delivery_fixtures import denv, submit  # noqa: F401 (fixture)
@@ -456,3 +461,29 @@ def test_non_ascii_diagnostic_is_recorded(denv, ctl, pg):
     reason = suppression(pg, t, "u@utf.test")
     assert reason.startswith("bounced after delivery: 550 5.1.1 bo\u00eete") and \
         reason.endswith("\u00e9"), reason
+
+
+def test_delivery_tags_senders_when_only_root_can_read_the_master_key(denv, ctl, tmp_path):
+    """The usual deployment: the master key file is readable by root only;
+    the daemon reads it before dropping privileges and hands the derived
+    VERP key to its delivery child, which could not read the file."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start the daemon with a privilege drop")
+    private = tmp_path / "master.key"
+    with open(h.master_key_file()) as f:
+        private.write_text(f.read())
+    os.chmod(private, 0o600)
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.50")
+    denv.mx("rootkey.test", (10, "mx.rootkey.test", "127.0.0.50"))
+    d = denv.start(dkim__master_key_file=str(private))
+    qid, verp = delivered(denv, sink, t, d, ["r@rootkey.test"])
+    assert verp == verp_of(qid, 0, BOUNCES)
+    # The child took the key out of its environment: /proc/PID/environ
+    # still shows the block it started with, now without the key's digits.
+    with open(h.master_key_file()) as f:
+        master = bytes.fromhex(f.read().strip())
+    key = hmac.new(master, b"sendgate VERP tag key v1", hashlib.sha256).hexdigest()
+    with open("/proc/%d/environ" % denv.delivery_pid(), "rb") as f:
+        env = f.read()
+    assert b"SENDGATE_VERP_KEY=" in env and key.encode() not in env
