@@ -1,4 +1,9 @@
-/* ctl_tenant: `sendgatectl tenant create|list|show|set-limits`. */
+/*
+ * ctl_tenant: `sendgatectl tenant create|list|show|set-limits|suspend|resume`.
+ * A suspended tenant (suspended_at set, migration 007) gets 550 5.7.1 at
+ * MAIL FROM and its queued mail waits until it is resumed; the tenants
+ * trigger tells the running daemons.
+ */
 #include <stdio.h>
 #include <string.h>
 
@@ -6,13 +11,46 @@
 
 static const char usage[] = "tenant create NAME | tenant list | tenant show NAME\n"
                             "       sendgatectl tenant set-limits TENANT [--connections "
-                            "N|default] [--messages-per-minute N|default]";
+                            "N|default] [--messages-per-minute N|default]\n"
+                            "       sendgatectl tenant suspend TENANT --reason TEXT\n"
+                            "       sendgatectl tenant resume TENANT";
 static const char usage_set_limits[] =
     "tenant set-limits TENANT [--connections N|default] [--messages-per-minute N|default]";
+static const char usage_suspend[] = "tenant suspend TENANT --reason TEXT";
+static const char usage_resume[] = "tenant resume TENANT";
 
 /* The largest limits, as for [smtp] tenant_max_connections and tenant_messages_per_minute. */
 #define LIMIT_CONNECTIONS_MAX 1000000
 #define LIMIT_MESSAGES_MAX 10000000
+/* The schema's CHECK on tenants.suspended_reason, in characters. */
+#define SUSPEND_REASON_MAX 200
+
+/*
+ * Reports an undefined column (42703): a database the migrations of this
+ * sendgatectl have not reached yet (suspension came with 007).
+ */
+static void schema_hint(const char *what, const char *state)
+{
+	if (strcmp(state, "42703") == 0)
+		ctl_error("%s: the database schema is older than this sendgatectl; run "
+		          "'sendgatectl migrate'",
+		          what);
+}
+
+/*
+ * Copies s into out (outlen bytes) with control bytes as '?': text from
+ * the database that goes to a terminal as it is.
+ */
+static const char *printable(const char *s, char *out, size_t outlen)
+{
+	size_t i;
+
+	snprintf(out, outlen, "%s", s);
+	for (i = 0; out[i]; i++)
+		if ((unsigned char)out[i] < 0x20 || out[i] == 0x7f)
+			out[i] = '?';
+	return out;
+}
 
 static int tenant_create(struct ctl *c, const char *name)
 {
@@ -44,7 +82,11 @@ static int tenant_create(struct ctl *c, const char *name)
 	return CTL_OK;
 }
 
-/* Active and revoked credential counts and the domain count, per tenant. */
+/*
+ * Active and revoked credential counts and the domain count, per tenant,
+ * then when it was suspended and why (both NULL when it is not): columns
+ * 0 to 7.
+ */
 #define TENANT_COLUMNS                                                                             \
 	"t.id, t.name, " CTL_SQL_TIME(                                                             \
 	    "t.created_at") ","                                                                    \
@@ -52,30 +94,47 @@ static int tenant_create(struct ctl *c, const char *name)
 	                    "k.revoked_at IS NULL),"                                               \
 	                    " (SELECT count(*) FROM credentials k WHERE k.tenant_id = t.id"        \
 	                    "  AND k.revoked_at IS NOT NULL),"                                     \
-	                    " (SELECT count(*) FROM domains d WHERE d.tenant_id = t.id)"
+	                    " (SELECT count(*) FROM domains d WHERE d.tenant_id = "                \
+	                    "t.id), " CTL_SQL_TIME("t.suspended_at") ", t.suspended_reason"
+#define COL_SUSPENDED_AT 6
+#define COL_SUSPENDED_REASON 7
+
+/* "active", or "suspended" when the row's suspended_at is set. */
+static const char *tenant_status(const PGresult *r, int row)
+{
+	return PQgetisnull(r, row, COL_SUSPENDED_AT) ? "active" : "suspended";
+}
 
 static int tenant_list(struct ctl *c)
 {
-	static const char *const head[] = {"ID", "NAME", "CREATED", "CREDENTIALS", "DOMAINS"};
+	static const char *const head[] = {"ID",          "NAME",    "CREATED",
+	                                   "CREDENTIALS", "DOMAINS", "STATUS"};
 	struct table t;
 	json_t *arr;
 	PGresult *r;
+	char state[6];
 	int i;
 
 	r = ctl_exec(c, "listing tenants",
-	             "SELECT " TENANT_COLUMNS " FROM tenants t ORDER BY t.name", 0, NULL, NULL,
-	             NULL);
-	if (r == NULL)
+	             "SELECT " TENANT_COLUMNS " FROM tenants t ORDER BY t.name", 0, NULL, "42703",
+	             state);
+	if (r == NULL) {
+		schema_hint("listing tenants", state);
 		return CTL_FAIL;
+	}
 	if (c->json) {
 		arr = json_array();
 		for (i = 0; i < PQntuples(r); i++)
 			json_array_append_new(
-			    arr, json_pack("{s:o, s:s, s:s, s:o, s:o}", "id",
+			    arr, json_pack("{s:o, s:s, s:s, s:o, s:o, s:s, s:o, s:o}", "id",
 			                   ctl_json_int(PQgetvalue(r, i, 0)), "name",
 			                   PQgetvalue(r, i, 1), "created_at", PQgetvalue(r, i, 2),
 			                   "credentials", ctl_json_int(PQgetvalue(r, i, 3)),
-			                   "domains", ctl_json_int(PQgetvalue(r, i, 5))));
+			                   "domains", ctl_json_int(PQgetvalue(r, i, 5)), "status",
+			                   tenant_status(r, i), "suspended_at",
+			                   ctl_json_str_or_null(r, i, COL_SUSPENDED_AT),
+			                   "suspended_reason",
+			                   ctl_json_str_or_null(r, i, COL_SUSPENDED_REASON)));
 		ctl_json_print(arr);
 	} else if (PQntuples(r) == 0) {
 		printf("no tenants\n");
@@ -84,7 +143,7 @@ static int tenant_list(struct ctl *c)
 		for (i = 0; i < PQntuples(r); i++) {
 			const char *row[] = {PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
 			                     PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
-			                     PQgetvalue(r, i, 5)};
+			                     PQgetvalue(r, i, 5), tenant_status(r, i)};
 			table_add(&t, row);
 		}
 		table_print(&t, stdout);
@@ -115,6 +174,7 @@ static int tenant_show(struct ctl *c, const char *name)
 	const char *params[1] = {name};
 	PGresult *r, *d;
 	json_t *obj, *doms;
+	char state[6];
 	int i;
 
 	if (ctl_tenant_name_problem(name) != NULL) {
@@ -124,9 +184,11 @@ static int tenant_show(struct ctl *c, const char *name)
 	r = ctl_exec(c, "reading the tenant",
 	             "SELECT " TENANT_COLUMNS ", t.max_connections, t.max_messages_per_minute"
 	             " FROM tenants t WHERE t.name = $1",
-	             1, params, NULL, NULL);
-	if (r == NULL)
+	             1, params, "42703", state);
+	if (r == NULL) {
+		schema_hint("reading the tenant", state);
 		return CTL_FAIL;
+	}
 	if (PQntuples(r) == 0) {
 		ctl_error("no tenant named \"%s\"", name);
 		PQclear(r);
@@ -148,25 +210,32 @@ static int tenant_show(struct ctl *c, const char *name)
 			    json_pack("{s:s, s:s, s:b, s:s}", "name", PQgetvalue(d, i, 0), "state",
 			              PQgetvalue(d, i, 1), "operator_verified",
 			              ctl_pq_bool(d, i, 2), "created_at", PQgetvalue(d, i, 3)));
-		obj = json_pack("{s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o}", "id",
-		                ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1),
-		                "created_at", PQgetvalue(r, 0, 2), "credentials",
-		                ctl_json_int(PQgetvalue(r, 0, 3)), "credentials_revoked",
-		                ctl_json_int(PQgetvalue(r, 0, 4)), "max_connections",
-		                limit_json(r, 0, 6), "max_messages_per_minute", limit_json(r, 0, 7),
-		                "domains", doms);
+		obj = json_pack(
+		    "{s:o, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "id",
+		    ctl_json_int(PQgetvalue(r, 0, 0)), "name", PQgetvalue(r, 0, 1), "created_at",
+		    PQgetvalue(r, 0, 2), "status", tenant_status(r, 0), "suspended_at",
+		    ctl_json_str_or_null(r, 0, COL_SUSPENDED_AT), "suspended_reason",
+		    ctl_json_str_or_null(r, 0, COL_SUSPENDED_REASON), "credentials",
+		    ctl_json_int(PQgetvalue(r, 0, 3)), "credentials_revoked",
+		    ctl_json_int(PQgetvalue(r, 0, 4)), "max_connections", limit_json(r, 0, 8),
+		    "max_messages_per_minute", limit_json(r, 0, 9), "domains", doms);
 		ctl_json_print(obj);
 	} else {
 		printf("id:           %s\n", PQgetvalue(r, 0, 0));
 		printf("name:         %s\n", PQgetvalue(r, 0, 1));
 		printf("created:      %s\n", PQgetvalue(r, 0, 2));
+		if (!PQgetisnull(r, 0, COL_SUSPENDED_AT)) {
+			char why[SUSPEND_REASON_MAX * 4 + 1];
+			printf("suspended:    since %s: %s\n", PQgetvalue(r, 0, COL_SUSPENDED_AT),
+			       printable(PQgetvalue(r, 0, COL_SUSPENDED_REASON), why, sizeof(why)));
+		}
 		printf("credentials:  %s active, %s revoked\n", PQgetvalue(r, 0, 3),
 		       PQgetvalue(r, 0, 4));
 		{
 			char conns[40], msgs[40];
 			printf("limits:       connections %s, messages per minute %s\n",
-			       limit_text(r, 0, 6, conns, sizeof(conns)),
-			       limit_text(r, 0, 7, msgs, sizeof(msgs)));
+			       limit_text(r, 0, 8, conns, sizeof(conns)),
+			       limit_text(r, 0, 9, msgs, sizeof(msgs)));
 		}
 		printf("domains:      %d\n", PQntuples(d));
 		if (PQntuples(d) > 0) {
@@ -288,6 +357,209 @@ static int tenant_set_limits(struct ctl *c, int argc, char **argv)
 	return CTL_OK;
 }
 
+/*
+ * NULL when s can be a suspension reason, else what is wrong with it: one
+ * line of 1 to 200 characters of UTF-8 (the schema's CHECK counts
+ * characters), not blank, without control characters (C0, DEL, C1): it is
+ * quoted in the 550 reply to MAIL FROM and in the daemon's log.
+ */
+static const char *reason_problem(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t chars = 0;
+	int blank = 1;
+
+	if (!ctl_utf8_valid(s))
+		return "it is not valid UTF-8";
+	for (; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f || (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+			return "it contains a control character (a line break, a tab...)";
+		if ((*p & 0xc0) != 0x80)
+			chars++;
+		if (*p != ' ')
+			blank = 0;
+	}
+	if (blank)
+		return "it is empty or only spaces";
+	if (chars > SUSPEND_REASON_MAX)
+		return "it is longer than 200 characters";
+	return NULL;
+}
+
+/*
+ * Starts a transaction and locks tenant name's row; *r gets (id,
+ * suspended_at as text or NULL, suspended_reason). CTL_OK, or CTL_FAIL
+ * with the error printed and no transaction left open.
+ */
+static int tenant_lock(struct ctl *c, const char *name, PGresult **r)
+{
+	const char *params[1] = {name};
+	char state[6];
+
+	*r = NULL;
+	if (ctl_tenant_name_problem(name) != NULL) {
+		ctl_error("no tenant named \"%s\"", name);
+		return CTL_FAIL;
+	}
+	if (ctl_run(c, "starting a transaction", "BEGIN") == -1)
+		return CTL_FAIL;
+	*r = ctl_exec(c, "reading the tenant",
+	              "SELECT id, " CTL_SQL_TIME("suspended_at") ", suspended_reason FROM tenants"
+	                                                         " WHERE name = $1 FOR UPDATE",
+	              1, params, "42703", state);
+	if (*r == NULL)
+		schema_hint("reading the tenant", state);
+	else if (PQntuples(*r) == 0)
+		ctl_error("no tenant named \"%s\"", name);
+	else
+		return CTL_OK;
+	PQclear(*r);
+	*r = NULL;
+	ctl_run(c, "ending the transaction", "ROLLBACK");
+	return CTL_FAIL;
+}
+
+/*
+ * `tenant suspend TENANT --reason TEXT`: the daemons refuse the tenant's
+ * MAIL FROM with 550 5.7.1 quoting TEXT and hold its queued mail. Suspending
+ * a suspended tenant replaces the reason and keeps the first suspended_at
+ * (the suspension goes on; its start is what an operator asks about). Each
+ * call records a tenant.suspended event in the same transaction.
+ */
+static int tenant_suspend(struct ctl *c, int argc, char **argv)
+{
+	const char *name = NULL, *reason = NULL, *why, *params[3];
+	char was[SUSPEND_REASON_MAX * 4 + 1];
+	PGresult *t = NULL, *r = NULL;
+	int again, i, rc = CTL_FAIL;
+
+	for (i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--reason") == 0) {
+			if (i + 1 >= argc)
+				return ctl_usage(usage_suspend, "--reason needs a TEXT");
+			if (reason != NULL)
+				return ctl_usage(usage_suspend, "--reason given twice");
+			reason = argv[++i];
+		} else if (argv[i][0] == '-' && argv[i][1] == '-') {
+			return ctl_usage(usage_suspend, "unknown option \"%s\"", argv[i]);
+		} else if (name == NULL) {
+			name = argv[i];
+		} else {
+			return ctl_usage(usage_suspend, "tenant suspend takes one TENANT");
+		}
+	}
+	if (name == NULL)
+		return ctl_usage(usage_suspend, "tenant suspend needs a TENANT");
+	if (reason == NULL)
+		return ctl_usage(usage_suspend, "tenant suspend needs --reason TEXT (it is quoted "
+		                                "in the 550 reply to the tenant's MAIL FROM)");
+	if ((why = reason_problem(reason)) != NULL) {
+		ctl_error("invalid --reason: %s; give one line of 1 to %d characters (it is quoted "
+		          "in the 550 reply to the tenant's MAIL FROM)",
+		          why, SUSPEND_REASON_MAX);
+		return CTL_FAIL;
+	}
+	if (tenant_lock(c, name, &t) == CTL_FAIL)
+		return CTL_FAIL;
+	again = !PQgetisnull(t, 0, 1);
+	params[0] = PQgetvalue(t, 0, 0);
+	params[1] = reason;
+	params[2] = again ? PQgetvalue(t, 0, 2) : NULL;
+	/* The tenants trigger tells the running daemons once this commits. */
+	r = ctl_exec(c, "suspending the tenant",
+	             "WITH s AS (UPDATE tenants SET suspended_at = coalesce(suspended_at, now()),"
+	             " suspended_reason = $2 WHERE id = $1 RETURNING id, suspended_at),"
+	             " ev AS (INSERT INTO events (type, tenant_id, data)"
+	             " SELECT 'tenant.suspended', id, jsonb_strip_nulls(jsonb_build_object("
+	             "'reason', $2::text, 'previous_reason', $3::text, 'by', 'sendgatectl'))"
+	             " FROM s)"
+	             " SELECT " CTL_SQL_TIME("suspended_at") " FROM s",
+	             3, params, NULL, NULL);
+	if (r == NULL)
+		goto fail;
+	if (PQntuples(r) != 1) { /* cannot happen while the row is locked */
+		ctl_error("no tenant named \"%s\"", name);
+		goto fail;
+	}
+	if (ctl_run(c, "committing the suspension", "COMMIT") == -1)
+		goto fail;
+	if (c->json)
+		ctl_json_print(json_pack("{s:s, s:s, s:s, s:o, s:b}", "tenant", name, "status",
+		                         "suspended", "suspended_at", PQgetvalue(r, 0, 0),
+		                         "suspended_reason", ctl_json_text(reason),
+		                         "already_suspended", again));
+	else if (again)
+		printf("tenant %s suspended: %s (already suspended since %s; the reason was: %s)\n",
+		       name, reason, PQgetvalue(r, 0, 0),
+		       printable(PQgetvalue(t, 0, 2), was, sizeof(was)));
+	else
+		printf("tenant %s suspended: %s\n", name, reason);
+	rc = CTL_OK;
+	goto out;
+fail:
+	ctl_run(c, "ending the transaction", "ROLLBACK");
+out:
+	PQclear(r);
+	PQclear(t);
+	return rc;
+}
+
+/*
+ * `tenant resume TENANT`: ends the tenant's suspension (the daemons accept
+ * its mail and deliver what was held) and records a tenant.resumed event
+ * naming the suspension that ended. A tenant that is not suspended is an
+ * error.
+ */
+static int tenant_resume(struct ctl *c, const char *name)
+{
+	const char *params[3];
+	char why[SUSPEND_REASON_MAX * 4 + 1];
+	PGresult *t = NULL, *r = NULL;
+	int rc = CTL_FAIL;
+
+	if (tenant_lock(c, name, &t) == CTL_FAIL)
+		return CTL_FAIL;
+	if (PQgetisnull(t, 0, 1)) {
+		ctl_error("tenant %s is not suspended", name);
+		goto fail;
+	}
+	params[0] = PQgetvalue(t, 0, 0);
+	params[1] = PQgetvalue(t, 0, 1);
+	params[2] = PQgetisnull(t, 0, 2) ? NULL : PQgetvalue(t, 0, 2);
+	r = ctl_exec(c, "resuming the tenant",
+	             "WITH s AS (UPDATE tenants SET suspended_at = NULL, suspended_reason = NULL"
+	             " WHERE id = $1 RETURNING id)"
+	             " INSERT INTO events (type, tenant_id, data)"
+	             " SELECT 'tenant.resumed', id, jsonb_build_object('reason', $3::text,"
+	             " 'suspended_at', $2::text, 'by', 'sendgatectl') FROM s"
+	             " RETURNING " CTL_SQL_TIME("created_at"),
+	             3, params, NULL, NULL);
+	if (r == NULL)
+		goto fail;
+	if (PQntuples(r) != 1) { /* cannot happen while the row is locked */
+		ctl_error("no tenant named \"%s\"", name);
+		goto fail;
+	}
+	if (ctl_run(c, "committing the resumption", "COMMIT") == -1)
+		goto fail;
+	if (c->json)
+		ctl_json_print(json_pack("{s:s, s:s, s:s, s:s, s:o}", "tenant", name, "status",
+		                         "active", "resumed_at", PQgetvalue(r, 0, 0),
+		                         "suspended_at", PQgetvalue(t, 0, 1), "suspended_reason",
+		                         ctl_json_str_or_null(t, 0, 2)));
+	else
+		printf("tenant %s resumed (was suspended since %s: %s)\n", name,
+		       PQgetvalue(t, 0, 1), printable(PQgetvalue(t, 0, 2), why, sizeof(why)));
+	rc = CTL_OK;
+	goto out;
+fail:
+	ctl_run(c, "ending the transaction", "ROLLBACK");
+out:
+	PQclear(r);
+	PQclear(t);
+	return rc;
+}
+
 int ctl_cmd_tenant(struct ctl *c, int argc, char **argv)
 {
 	if (argc < 2)
@@ -309,5 +581,12 @@ int ctl_cmd_tenant(struct ctl *c, int argc, char **argv)
 	}
 	if (strcmp(argv[1], "set-limits") == 0)
 		return tenant_set_limits(c, argc, argv);
+	if (strcmp(argv[1], "suspend") == 0)
+		return tenant_suspend(c, argc, argv);
+	if (strcmp(argv[1], "resume") == 0) {
+		if (argc != 3)
+			return ctl_usage(usage_resume, "tenant resume takes one TENANT");
+		return tenant_resume(c, argv[2]);
+	}
 	return ctl_usage(usage, "unknown tenant subcommand \"%s\"", argv[1]);
 }
