@@ -72,12 +72,13 @@ const char *addr_domain(const char *addr);
 const char *verp_host(const char *sender, const char *prefix, const char *bounce_domain, int rp_ok,
                       char *out, size_t outlen);
 /*
- * The VERP envelope sender "bounce+<id>.<index>.<tag>@<host>" (index < 0:
- * for a transaction of several recipients, "bounce+<id>.<tag>@<host>"),
- * tagged under key (queue.h verp_tag). 0, or -1 when out is too small.
+ * The VERP envelope sender "bounce+<id>.<index>.<tag>@<host>", or for a
+ * transaction of several recipients (several = 1, index that of the
+ * first) "bounce+<id>.m<index>.<tag>@<host>", tagged under key (queue.h
+ * verp_tag). 0, or -1 when out is too small.
  */
-int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host,
-                 const unsigned char key[32]);
+int verp_address(char *out, size_t outlen, const char *qid, long index, int several,
+                 const char *host, const unsigned char key[32]);
 /*
  * Weighted choice among the addresses of a pool with address family
  * family (AF_INET/AF_INET6), from r (any 32-bit random value). The index,

@@ -1003,19 +1003,21 @@ static int tag_char(int *c)
 	return is_digit(*c) || (*c >= 'A' && *c <= 'V');
 }
 
-int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index,
+int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, int *several,
                char tag[VERP_TAG_LEN + 1], char *host, size_t hostlen)
 {
 	static const char prefix[] = "bounce+";
 	char id[QUEUE_ID_LEN + 1], t[VERP_TAG_LEN + 1] = "";
-	const char *p, *at, *h, *seg, *dot;
+	const char *p, *at, *h, *dot;
 	long idx = -1;
+	int many = 1, c;
 	size_t i, n;
-	int c;
 
 	qid[0] = '\0';
 	if (index != NULL)
 		*index = -1;
+	if (several != NULL)
+		*several = 0;
 	if (tag != NULL)
 		tag[0] = '\0';
 	if (host != NULL && hostlen > 0)
@@ -1036,46 +1038,37 @@ int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index,
 	id[QUEUE_ID_LEN] = '\0';
 	p += QUEUE_ID_LEN;
 	if (p < at) {
-		/* ".<index>.<tag>", ".<tag>", or the untagged ".<index>" of
-		 * senders from before tags: an index has at most 5 digits, a
-		 * tag exactly VERP_TAG_LEN characters. */
+		/* ".<index>.<tag>", ".m<first index>.<tag>", or the untagged
+		 * ".<index>" of senders from before tags. */
 		if (*p++ != '.')
 			return -1;
-		seg = p;
-		dot = memchr(seg, '.', (size_t)(at - seg));
-		n = (size_t)((dot ? dot : at) - seg);
-		if (dot == NULL && n == VERP_TAG_LEN) {
-			for (i = 0; i < n; i++) {
-				c = (unsigned char)seg[i];
+		many = 0;
+		if (p < at && (*p == 'm' || *p == 'M')) {
+			many = 1;
+			p++;
+		}
+		dot = memchr(p, '.', (size_t)(at - p));
+		n = (size_t)((dot ? dot : at) - p);
+		if (n < 1 || n > 5)
+			return -1;
+		for (idx = 0, i = 0; i < n; i++) {
+			if (!is_digit(p[i]))
+				return -1;
+			idx = idx * 10 + (p[i] - '0');
+		}
+		if (dot != NULL) {
+			p = dot + 1;
+			if (at - p != VERP_TAG_LEN)
+				return -1;
+			for (i = 0; i < VERP_TAG_LEN; i++) {
+				c = (unsigned char)p[i];
 				if (!tag_char(&c))
-					break;
+					return -1;
 				t[i] = (char)c;
 			}
-			if (i < n)
-				goto as_index;
-			t[n] = '\0';
-		} else {
-		as_index:
-			t[0] = '\0';
-			if (n < 1 || n > 5)
-				return -1;
-			for (idx = 0, i = 0; i < n; i++) {
-				if (!is_digit(seg[i]))
-					return -1;
-				idx = idx * 10 + (seg[i] - '0');
-			}
-			if (dot != NULL) {
-				seg = dot + 1;
-				if (at - seg != VERP_TAG_LEN)
-					return -1;
-				for (i = 0; i < VERP_TAG_LEN; i++) {
-					c = (unsigned char)seg[i];
-					if (!tag_char(&c))
-						return -1;
-					t[i] = (char)c;
-				}
-				t[VERP_TAG_LEN] = '\0';
-			}
+			t[VERP_TAG_LEN] = '\0';
+		} else if (many) {
+			return -1; /* "m" came with tags */
 		}
 	}
 	if (at[1] == '\0')
@@ -1086,6 +1079,8 @@ int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index,
 	memcpy(qid, id, sizeof(id));
 	if (index != NULL)
 		*index = idx;
+	if (several != NULL)
+		*several = many;
 	if (tag != NULL)
 		memcpy(tag, t, sizeof(t));
 	if (host != NULL && hostlen > 0) {
@@ -1103,7 +1098,7 @@ void verp_key_derive(const unsigned char master[32], unsigned char key[32])
 	HMAC(EVP_sha256(), master, 32, (const unsigned char *)label, sizeof(label) - 1, key, &len);
 }
 
-void verp_tag(const unsigned char key[32], const char *qid, long index,
+void verp_tag(const unsigned char key[32], const char *qid, long index, int several,
               char out[VERP_TAG_LEN + 1])
 {
 	static const char digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUV";
@@ -1113,10 +1108,7 @@ void verp_tag(const unsigned char key[32], const char *qid, long index,
 	uint64_t v = 0;
 	int i, n;
 
-	if (index >= 0)
-		n = snprintf(msg, sizeof(msg), "%s.%ld", qid, index);
-	else
-		n = snprintf(msg, sizeof(msg), "%s", qid);
+	n = snprintf(msg, sizeof(msg), "%s.%s%ld", qid, several ? "m" : "", index);
 	if (n < 0 || (size_t)n >= sizeof(msg))
 		n = (int)sizeof(msg) - 1;
 	HMAC(EVP_sha256(), key, 32, (const unsigned char *)msg, (size_t)n, mac, &len);
@@ -1130,12 +1122,13 @@ void verp_tag(const unsigned char key[32], const char *qid, long index,
 	out[VERP_TAG_LEN] = '\0';
 }
 
-int verp_tag_ok(const unsigned char key[32], const char *qid, long index, const char *tag)
+int verp_tag_ok(const unsigned char key[32], const char *qid, long index, int several,
+                const char *tag)
 {
 	char want[VERP_TAG_LEN + 1];
 
-	if (tag == NULL || strlen(tag) != VERP_TAG_LEN)
+	if (tag == NULL || strlen(tag) != VERP_TAG_LEN || index < 0)
 		return 0;
-	verp_tag(key, qid, index, want);
+	verp_tag(key, qid, index, several, want);
 	return CRYPTO_memcmp(want, tag, VERP_TAG_LEN) == 0;
 }

@@ -398,35 +398,39 @@ int dsn_parse(const char *msg, size_t len, struct dsn_report *out, char *err, si
 int dsn_status_is_hard(const char *status);
 
 /*
- * VERP senders. Delivery sends as "bounce+<qid>.<index>.<tag>@host" (one
- * recipient per transaction) or "bounce+<qid>.<tag>@host" (several): the
- * tag, VERP_TAG_LEN base32 digits of an HMAC-SHA256 of "<qid>.<index>" or
- * "<qid>" under a key derived from the DKIM master key, proves that a
- * report names a recipient sendgate mailed (a recipient sees its own
- * address, and indexes are small numbers). Senders from before tags have
- * none: "bounce+<qid>.<index>@host", "bounce+<qid>@host".
+ * VERP senders. Delivery sends as "bounce+<qid>.<index>.<tag>@host" (a
+ * transaction of one recipient, its index in the message) or
+ * "bounce+<qid>.m<index>.<tag>@host" (several: the index of the first), so
+ * each transaction has a sender of its own. The tag, VERP_TAG_LEN base32
+ * digits of an HMAC-SHA256 of "<qid>.<index>" or "<qid>.m<index>" under a
+ * key derived from the DKIM master key, proves that a report came to an
+ * address sendgate sent from: a recipient sees its own address, and
+ * indexes are small numbers. Senders from before tags have none:
+ * "bounce+<qid>.<index>@host", "bounce+<qid>@host" (several).
  */
 #define VERP_TAG_LEN 8
 
 /*
  * Parses a VERP address: local part "bounce+" (case-insensitive), a queue
  * id (QUEUE_ID_LEN characters of [0-9A-Z]; lower case accepted and
- * upper-cased, since some MTAs fold case), then optionally "." and a
- * decimal index 0..99999, then optionally "." and a tag (either alone
- * after the id). Returns 0 with qid filled, *index set (-1 when absent)
- * and tag (when not NULL) filled upper-cased or "" when absent; -1
- * otherwise. host, when not NULL, gets the part after '@' (lower-cased,
- * cut to hostlen); a host that is empty or holds '@', spaces or control
- * bytes is refused.
+ * upper-cased, since some MTAs fold case), then either nothing (untagged,
+ * several), ".<index>" (untagged), ".<index>.<tag>" or ".m<index>.<tag>",
+ * the index decimal 0..99999. Returns 0 with qid filled, *index (-1 when
+ * absent), *several (1 for "m" or the bare id) and tag (upper-cased, ""
+ * when absent) set; -1 otherwise. index, several and tag may be NULL.
+ * host, when not NULL, gets the part after '@' (lower-cased, cut to
+ * hostlen); a host that is empty or holds '@', spaces or control bytes is
+ * refused.
  */
-int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index,
+int verp_parse(const char *addr, char qid[QUEUE_ID_LEN + 1], long *index, int *several,
                char tag[VERP_TAG_LEN + 1], char *host, size_t hostlen);
 /* The VERP key, from the DKIM master key (every host of a platform shares it). */
 void verp_key_derive(const unsigned char master[32], unsigned char key[32]);
-/* The tag of (qid, index) (index -1: the message's, for several recipients). */
-void verp_tag(const unsigned char key[32], const char *qid, long index,
+/* The tag of (qid, index, several). */
+void verp_tag(const unsigned char key[32], const char *qid, long index, int several,
               char out[VERP_TAG_LEN + 1]);
-/* 1 when tag is the tag of (qid, index), compared in constant time. */
-int verp_tag_ok(const unsigned char key[32], const char *qid, long index, const char *tag);
+/* 1 when tag is the tag of (qid, index, several), compared in constant time. */
+int verp_tag_ok(const unsigned char key[32], const char *qid, long index, int several,
+                const char *tag);
 
 #endif

@@ -76,17 +76,15 @@ const char *verp_host(const char *sender, const char *prefix, const char *bounce
 	return out;
 }
 
-int verp_address(char *out, size_t outlen, const char *qid, long index, const char *host,
-                 const unsigned char key[32])
+int verp_address(char *out, size_t outlen, const char *qid, long index, int several,
+                 const char *host, const unsigned char key[32])
 {
 	char tag[VERP_TAG_LEN + 1];
 	int n;
 
-	verp_tag(key, qid, index, tag);
-	if (index >= 0)
-		n = snprintf(out, outlen, "bounce+%s.%ld.%s@%s", qid, index, tag, host);
-	else
-		n = snprintf(out, outlen, "bounce+%s.%s@%s", qid, tag, host);
+	verp_tag(key, qid, index, several, tag);
+	n = snprintf(out, outlen, "bounce+%s.%s%ld.%s@%s", qid, several ? "m" : "", index, tag,
+	             host);
 	return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 

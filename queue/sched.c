@@ -465,7 +465,7 @@ static void emit_event(struct dsched *s, const char *type, struct dmsg *m, size_
 	json_object_set_new(j, "index", json_integer((json_int_t)i));
 	/* With the VERP sender it came from, the delivery a report names is
 	 * this one only when the report came back to that very address. */
-	if (info && info->mail_from && info->mail_from[0])
+	if (info && info->mail_from)
 		json_object_set_new(j, "envelope_sender", json_string(info->mail_from));
 	if (next > 0)
 		json_object_set_new(j, "next_attempt", json_integer((json_int_t)next));
@@ -968,9 +968,8 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 			          s->cfg->platform_bounce_domain,
 			          s->st ? store_return_path_ok(s->st, sdom) : 0, vh, sizeof(vh));
 			snprintf(host, sizeof(host), "%s", vh);
-			if (verp_address(addr, sizeof(addr), m->id,
-			                 it->n == 1 ? (long)it->idx[0] : -1, host,
-			                 s->cfg->verp_key) == -1)
+			if (verp_address(addr, sizeof(addr), m->id, (long)it->idx[0], it->n > 1,
+			                 host, s->cfg->verp_key) == -1)
 				snprintf(addr, sizeof(addr), "%s", m->sender);
 			t->mail_from = xstrdup(addr);
 		}

@@ -51,8 +51,9 @@ enum istate { IS_FRESH, IS_HELO, IS_MAIL, IS_DATA, IS_WAIT };
 /* Where a RCPT TO says the report is about. */
 struct itarget {
 	char qid[QUEUE_ID_LEN + 1]; /* "" for the feedback or postmaster address */
-	long index;
-	int tagged; /* the address carried a (valid) tag */
+	long index;  /* the recipient's index, or the first's when several */
+	int several; /* the transaction had several recipients */
+	int tagged;  /* the address carried a (valid) tag */
 	char addr[SMTP_ADDR_MAX + 1];
 };
 
@@ -275,7 +276,9 @@ static void record(struct isess *s, const struct dsn_report *rep, const struct d
 	sr.verp = t->addr;
 	sr.tagged = t->tagged;
 	sr.qid = t->qid;
-	sr.index = t->index;
+	/* Several recipients: the one the report names, among that
+	 * transaction's (its sender is its own). */
+	sr.index = t->several ? -1 : t->index;
 	sr.recipient = recipient;
 	sr.type = rep->kind == DSN_FEEDBACK ? "message.complained" : "message.bounced";
 	sr.data_json = data ? data : "{}";
@@ -314,7 +317,7 @@ static void record_target(struct isess *s, const struct dsn_report *rep, const s
 		}
 		record(s, rep, r, t, r->final_recipient[0] ? r->final_recipient : r->original_recipient);
 		/* A VERP index names one recipient: one finding is all. */
-		if (t->index >= 0)
+		if (!t->several)
 			break;
 	}
 }
@@ -328,9 +331,9 @@ static int target_parse(const struct isess *s, const char *addr, struct itarget 
 	char tag[VERP_TAG_LEN + 1];
 
 	memset(t, 0, sizeof(*t));
-	if (verp_parse(addr, t->qid, &t->index, tag, NULL, 0) == -1)
+	if (verp_parse(addr, t->qid, &t->index, &t->several, tag, NULL, 0) == -1)
 		return -1;
-	if (tag[0] && !verp_tag_ok(s->in->srv->cfg->verp_key, t->qid, t->index, tag))
+	if (tag[0] && !verp_tag_ok(s->in->srv->cfg->verp_key, t->qid, t->index, t->several, tag))
 		return -1;
 	t->tagged = tag[0] != '\0';
 	snprintf(t->addr, sizeof(t->addr), "%s", addr);
@@ -492,7 +495,7 @@ static void cmd_rcpt(struct isess *s, const char *arg, size_t len)
 		return;
 	} else if (target_parse(s, path.addr, t) == 0) {
 		/* a VERP address: its tag, if any, checked */
-	} else if (verp_parse(path.addr, t->qid, NULL, NULL, NULL, 0) == 0) {
+	} else if (verp_parse(path.addr, t->qid, NULL, NULL, NULL, NULL, 0) == 0) {
 		char text[600];
 		snprintf(text, sizeof(text),
 			 "550 5.1.1 <%s>: no such bounce address (its tag does not match its "
@@ -713,13 +716,27 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct isess *s = arg;
 
-	if ((what & BEV_EVENT_TIMEOUT) && !s->close_after_write) {
+	if ((what & BEV_EVENT_TIMEOUT) && !s->close_after_write && !(what & BEV_EVENT_WRITING) &&
+	    !s->eof) {
 		log_info("event=timeout client=%s listener=bounce state=%d", s->addr, (int)s->state);
 		reply(s, "421 4.4.2 %s Timeout: closing connection", s->in->srv->cfg->hostname);
 		s->close_after_write = 1;
 		return;
 	}
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {
+	/* A write that timed out (the client reads nothing), or a half-closed
+	 * client that went quiet: nothing more can be said. */
+	if (what & BEV_EVENT_TIMEOUT) {
+		isess_free(s);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->close_after_write) {
+		/* Its last replies are still being written: on_write ends it. */
+		s->eof = 1;
+		bufferevent_disable(bev, EV_READ);
+		after_input(s);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
 		/* Half-closed after pipelining: its commands still get
 		 * their replies (a report being recorded, its 250). */
 		s->eof = 1;

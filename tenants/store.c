@@ -402,16 +402,27 @@ static const char SQL_LOAD_POOLS[] =
     "FROM pools p LEFT JOIN pool_addresses a ON a.pool_id = p.id ORDER BY p.id, a.id";
 static const char SQL_LOAD_TENANT_POOLS[] =
     "SELECT id, pool_id FROM tenants WHERE pool_id IS NOT NULL";
-/* Only tenants with a limit of their own or suspended: the rest use the
- * configuration's limits. */
+/*
+ * Only tenants with a limit of their own or suspended: the rest use the
+ * configuration's limits. The suspension columns (migration 007) are read
+ * through to_jsonb so that a database not yet migrated still gives the
+ * limits (nobody suspended) instead of failing the load.
+ */
 static const char SQL_LOAD_TENANT_LIMITS[] =
     "SELECT id, coalesce(max_connections, -1), coalesce(max_messages_per_minute, -1), "
-    "suspended_at IS NOT NULL, coalesce(suspended_reason, '') FROM tenants "
-    "WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL "
-    "OR suspended_at IS NOT NULL";
+    "to_jsonb(t)->>'suspended_at' IS NOT NULL, coalesce(to_jsonb(t)->>'suspended_reason', '') "
+    "FROM tenants t WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL "
+    "OR to_jsonb(t)->>'suspended_at' IS NOT NULL";
 static const char SQL_SUPPRESS[] =
     "INSERT INTO suppressions (tenant_id, address, reason, message_id) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+/*
+ * How long after delivery an untagged report (to a sender from before VERP
+ * tags) is still taken: anyone who got the message can forge one, so only
+ * while genuine bounces of that old mail may still come.
+ */
+#define REPORT_UNTAGGED_DAYS "7"
+
 /*
  * A bounce or complaint reported after delivery (store_report), in one
  * statement: the newest delivery it names, its event unless the same
@@ -419,7 +430,8 @@ static const char SQL_SUPPRESS[] =
  * to a tagged VERP address ($8) names the delivery whose envelope sender
  * was that address ($9), by the recipient's index ($2) or, for a
  * transaction of several recipients, by address ($3); an untagged one
- * can name only a delivery from before tags, by address. Data-modifying
+ * can name only a delivery from before tags (no envelope_sender), by
+ * address, within REPORT_UNTAGGED_DAYS. Data-modifying
  * WITH parts run whether or not the final SELECT reads them.
  */
 static const char SQL_REPORT[] =
@@ -428,9 +440,10 @@ static const char SQL_REPORT[] =
     " WHERE e.message_id = $1 AND e.type = 'message.delivered' AND e.tenant_id IS NOT NULL"
     " AND CASE WHEN $8::boolean"
     " THEN lower(e.data->>'envelope_sender') = lower($9)"
-    " AND CASE WHEN $2::int >= 0 THEN (e.data->>'index')::int = $2::int"
+    " AND CASE WHEN $2::int >= 0 THEN e.data->'index' = to_jsonb($2::int)"
     " ELSE lower(e.data->>'recipient') = lower($3) END"
-    " ELSE NOT e.data ? 'envelope_sender' AND lower(e.data->>'recipient') = lower($3) END"
+    " ELSE NOT e.data ? 'envelope_sender' AND lower(e.data->>'recipient') = lower($3)"
+    " AND e.created_at > now() - interval '" REPORT_UNTAGGED_DAYS " days' END"
     " ORDER BY e.id DESC LIMIT 1),"
     " ev AS (INSERT INTO events (type, tenant_id, message_id, data)"
     " SELECT $4, m.tenant_id, $1, $5::jsonb || jsonb_build_object('recipient', m.rcpt,"

@@ -163,7 +163,7 @@ struct tenant_limits {
 	int max_connections;	     /* authenticated sessions at once */
 	int max_messages_per_minute; /* MAIL FROMs accepted per minute */
 	int suspended;		     /* sendgatectl tenant suspend (migration 007) */
-	char suspended_reason[201];
+	char suspended_reason[801]; /* 200 characters of UTF-8 at most */
 };
 
 /*

@@ -63,7 +63,7 @@ static void check_verp(const char *addr)
 	char qid[QUEUE_ID_LEN + 1], host[64];
 	long idx;
 
-	if (verp_parse(addr, qid, &idx, NULL, host, sizeof(host)) != 0) {
+	if (verp_parse(addr, qid, &idx, NULL, NULL, host, sizeof(host)) != 0) {
 		if (qid[0] != '\0' || idx != -1 || host[0] != '\0')
 			abort();
 		return;

@@ -171,15 +171,16 @@ def denv(daemon_factory, pg, ctl, cert):
     env.finish()
 
 
-def verp(qid, index, host, master_file=None):
-    """The VERP sender delivery uses for (qid, recipient index or None), computed
-    here independently: the tag is the first 40 bits, in base32, of an
-    HMAC-SHA256 of "qid.index" (or "qid") under a key that is the
-    HMAC-SHA256 of a fixed label under the DKIM master key."""
+def verp(qid, index, host, several=False, master_file=None):
+    """The VERP sender delivery uses for a transaction of message qid whose
+    (first) recipient has that index, computed here independently: the tag
+    is the first 40 bits, in base32, of an HMAC-SHA256 of "qid.index" (or
+    "qid.mindex" for a transaction of several recipients) under a key that
+    is the HMAC-SHA256 of a fixed label under the DKIM master key."""
     with open(master_file or h.master_key_file()) as f:
         master = bytes.fromhex(f.read().strip())
     key = hmac.new(master, b"sendgate VERP tag key v1", hashlib.sha256).digest()
-    msg = qid if index is None else "%s.%d" % (qid, index)
+    msg = "%s.%s%d" % (qid, "m" if several else "", index)
     v = int.from_bytes(hmac.new(key, msg.encode(), hashlib.sha256).digest()[:5], "big")
     tag = "".join("0123456789ABCDEFGHIJKLMNOPQRSTUV"[(v >> (35 - 5 * i)) & 31] for i in range(8))
     return "bounce+%s.%s@%s" % (msg, tag, host)

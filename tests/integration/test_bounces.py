@@ -193,7 +193,7 @@ def test_several_recipients_by_address_and_soft_or_delayed_ones(denv, ctl, pg):
     rcpts = ["bob@multi.test", "carol@multi.test", "dave@multi.test"]
     qid, verp = delivered(denv, sink, t, d, rcpts)
     # One transaction, several recipients: the VERP address has no index.
-    assert verp == verp_of(qid, None, BOUNCES)
+    assert verp == verp_of(qid, 0, BOUNCES, several=True)
 
     code, text = send_report(port, verp, dsn(verp, [
         ("Bob@multi.test", "failed", "5.1.1", "550 5.1.1 no such user"),
@@ -405,6 +405,9 @@ def test_a_recipient_cannot_report_on_another(denv, ctl, pg):
     legacy = "bounce+%s@%s" % (qid, BOUNCES)
     code, text = send_report(port, legacy, bounce_of("victim@b.test"))
     assert code == 250 and b"0 matched" in text, (code, text)
+    # A sender for several recipients that mallory's transaction did not have.
+    code, text = send_report(port, own.replace(".0.", ".m0."), bounce_of("victim@b.test"))
+    assert code == 550 and b"tag" in text, (code, text)
     # A complaint to the feedback address with a forged Return-Path.
     code, text = send_report(port, FEEDBACK, arf(forged, "victim@b.test"))
     assert code == 250 and b"0 matched" in text, (code, text)
@@ -452,7 +455,9 @@ def test_non_ascii_diagnostic_is_recorded(denv, ctl, pg):
     denv.mx("utf.test", (10, "mx.utf.test", "127.0.0.49"))
     d, port = start(denv)
     qid, verp = delivered(denv, sink, t, d, ["u@utf.test"])
-    diag = "550 5.1.1 bo\u00eete aux lettres inconnue " + "\u00e9" * 150
+    # 38 octets before the run of 2-octet characters: the 170-octet cut of
+    # the reason falls inside one unless it is cut between characters.
+    diag = "550 5.1.1 bo\u00eete aux lettres inconnue  " + "\u00e9" * 150
     report = dsn(verp, [("u@utf.test", "failed", "5.1.1", diag)])  # UTF-8, 8 bit
     code, text = send_report(port, verp, report)
     assert code == 250 and b"1 matched" in text, (code, text)
@@ -487,3 +492,33 @@ def test_delivery_tags_senders_when_only_root_can_read_the_master_key(denv, ctl,
     with open("/proc/%d/environ" % denv.delivery_pid(), "rb") as f:
         env = f.read()
     assert b"SENDGATE_VERP_KEY=" in env and key.encode() not in env
+
+
+def test_transactions_of_several_recipients_have_senders_of_their_own(denv, ctl, pg):
+    """Two destinations with two recipients each: two transactions, each
+    sent from its own address. A recipient of one can report on its own
+    transaction's recipients (they share the address), never on the
+    other's."""
+    t = h.setup_tenant(ctl)
+    sa = denv.sink("127.0.0.51")
+    sb = denv.sink("127.0.0.52")
+    denv.mx("c.test", (10, "mx.c.test", "127.0.0.51"))
+    denv.mx("d.test", (10, "mx.d.test", "127.0.0.52"))
+    d, port = start(denv)
+    qid = submit(d, t, ["mallory@c.test", "m2@c.test", "victim@d.test", "v2@d.test"])
+    sa.wait_for(1)
+    sb.wait_for(1)
+    denv.wait_events(qid, "message.delivered", 4)
+    own, theirs = sa.messages[0].mail_from, sb.messages[0].mail_from
+    assert own == verp_of(qid, 0, BOUNCES, several=True)
+    assert theirs == verp_of(qid, 2, BOUNCES, several=True)
+    for report_to, msg in ((own, dsn(own, [("victim@d.test", "failed", "5.1.1", "550 5.1.1 x")])),
+                           (FEEDBACK, arf(own, "v2@d.test"))):
+        code, text = send_report(port, report_to, msg)
+        assert code == 250 and b"0 matched" in text, (code, text)
+    assert suppression(pg, t, "victim@d.test") is None
+    assert suppression(pg, t, "v2@d.test") is None
+    # Its own transaction's: matched.
+    code, text = send_report(port, own, dsn(own, [("m2@c.test", "failed", "5.1.1", "550 5.1.1 x")]))
+    assert code == 250 and b"1 matched" in text, (code, text)
+    assert suppression(pg, t, "m2@c.test") is not None

@@ -275,3 +275,27 @@ def test_queued_mail_is_held_while_suspended(denv, ctl, pg):
     assert len(denv.events(qa, "message.deferred")) == 1, denv.events(qa)
     h.eventually(lambda: qa not in d.queue_ids(), what="A's message gone from the spool")
     assert [t for t, _ in tenant_events(pg, a.name)] == ["tenant.suspended", "tenant.resumed"]
+
+
+def test_database_before_migration_7_keeps_the_limits(build, daemon_factory):
+    """A daemon upgraded before `sendgatectl migrate` ran: no tenant can be
+    suspended yet, and the tenants' own limits still apply."""
+    own = h.Postgres()
+    try:
+        ctl = h.Ctl(build, own.url)
+        ctl.migrate()
+        a = h.setup_tenant(ctl)
+        ctl("tenant", "set-limits", a.name, "--messages-per-minute", "2")
+        # As the schema was at migration 6.
+        own.sql("ALTER TABLE tenants DROP COLUMN suspended_at, DROP COLUMN suspended_reason")
+        own.sql("DELETE FROM schema_migrations WHERE version = 7")
+        d = daemon_factory(pg=own)
+        d.wait_log(r"event=cache_reload table=tenant_limits rows=1")
+        c = session(d, a)
+        assert mail(c, a).code == 250
+        assert mail(c, a).code == 250
+        r = mail(c, a)
+        assert (r.code, r.enhanced) == (451, "4.7.1"), r
+        c.quit()
+    finally:
+        own.stop()

@@ -218,16 +218,16 @@ static void test_verp(void **state)
 	char tag[VERP_TAG_LEN + 1], want[400];
 
 	assert_int_equal(
-	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 3, "rp.acme.example", key), 0);
-	verp_tag(key, "0123456789ABCDEFGHIJ", 3, tag);
+	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 3, 0, "rp.acme.example", key), 0);
+	verp_tag(key, "0123456789ABCDEFGHIJ", 3, 0, tag);
 	snprintf(want, sizeof(want), "bounce+0123456789ABCDEFGHIJ.3.%s@rp.acme.example", tag);
 	assert_string_equal(out, want);
 	assert_int_equal(
-	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", -1, "b.example", key), 0);
-	verp_tag(key, "0123456789ABCDEFGHIJ", -1, tag);
-	snprintf(want, sizeof(want), "bounce+0123456789ABCDEFGHIJ.%s@b.example", tag);
+	    verp_address(out, sizeof(out), "0123456789ABCDEFGHIJ", 4, 1, "b.example", key), 0);
+	verp_tag(key, "0123456789ABCDEFGHIJ", 4, 1, tag);
+	snprintf(want, sizeof(want), "bounce+0123456789ABCDEFGHIJ.m4.%s@b.example", tag);
 	assert_string_equal(out, want);
-	assert_int_equal(verp_address(out, 10, "0123456789ABCDEFGHIJ", 0, "b.example", key), -1);
+	assert_int_equal(verp_address(out, 10, "0123456789ABCDEFGHIJ", 0, 0, "b.example", key), -1);
 	assert_string_equal(addr_domain("x@y@z.example"), "z.example");
 	assert_string_equal(addr_domain("nodomain"), "");
 }

@@ -632,7 +632,7 @@ static void test_arf_abuse(void **state)
 	assert_int_equal(parse_str(arf_report, &r, err, sizeof(err)), 0);
 	check_arf(&r);
 	/* What a caller does next: the complaint's queue id and recipient. */
-	assert_int_equal(verp_parse(r.orig_return_path, qid, &idx, NULL, NULL, 0), 0);
+	assert_int_equal(verp_parse(r.orig_return_path, qid, &idx, NULL, NULL, NULL, 0), 0);
 	assert_string_equal(qid, "0123456789ABCDEFGHIJ");
 	assert_int_equal(idx, 3);
 
@@ -810,61 +810,74 @@ static void test_verp_tags(void **state)
 {
 	const char *id = "0123456789ABCDEFGHIJ";
 	unsigned char other[32] = {9, 8, 7, 1}, derived[32], derived2[32], master[32] = {5};
-	char addr[256], qid[QUEUE_ID_LEN + 1], tag[VERP_TAG_LEN + 1], t7[VERP_TAG_LEN + 1];
+	char addr[256], addr2[256], qid[QUEUE_ID_LEN + 1], tag[VERP_TAG_LEN + 1];
 	long idx;
+	int several;
 
 	/* Tagged senders parse back to the tag, which checks only for its
-	 * own id and index and key. */
-	assert_int_equal(verp_address(addr, sizeof(addr), id, 7, "rp.acme.example", vkey), 0);
-	assert_int_equal(verp_parse(addr, qid, &idx, tag, NULL, 0), 0);
+	 * own id, index, kind and key. */
+	assert_int_equal(verp_address(addr, sizeof(addr), id, 7, 0, "rp.acme.example", vkey), 0);
+	assert_int_equal(verp_parse(addr, qid, &idx, &several, tag, NULL, 0), 0);
 	assert_int_equal(idx, 7);
+	assert_int_equal(several, 0);
 	assert_int_equal((int)strlen(tag), VERP_TAG_LEN);
-	assert_true(verp_tag_ok(vkey, qid, 7, tag));
-	assert_false(verp_tag_ok(vkey, qid, 6, tag));
-	assert_false(verp_tag_ok(vkey, qid, -1, tag));
-	assert_false(verp_tag_ok(other, qid, 7, tag));
-	assert_false(verp_tag_ok(vkey, "0123456789ABCDEFGHIK", 7, tag));
-	assert_false(verp_tag_ok(vkey, qid, 7, ""));
-	assert_false(verp_tag_ok(vkey, qid, 7, NULL));
-	snprintf(t7, sizeof(t7), "%s", tag);
+	assert_true(verp_tag_ok(vkey, qid, 7, 0, tag));
+	assert_false(verp_tag_ok(vkey, qid, 6, 0, tag));
+	assert_false(verp_tag_ok(vkey, qid, 7, 1, tag));
+	assert_false(verp_tag_ok(vkey, qid, -1, 0, tag));
+	assert_false(verp_tag_ok(other, qid, 7, 0, tag));
+	assert_false(verp_tag_ok(vkey, "0123456789ABCDEFGHIK", 7, 0, tag));
+	assert_false(verp_tag_ok(vkey, qid, 7, 0, ""));
+	assert_false(verp_tag_ok(vkey, qid, 7, 0, NULL));
 
-	/* Several recipients: the tag alone after the id. */
-	assert_int_equal(verp_address(addr, sizeof(addr), id, -1, "b.example", vkey), 0);
-	assert_int_equal(verp_parse(addr, qid, &idx, tag, NULL, 0), 0);
-	assert_int_equal(idx, -1);
-	assert_true(verp_tag_ok(vkey, qid, -1, tag));
-	assert_false(verp_tag_ok(vkey, qid, 0, tag));
+	/* Several recipients: "m" and the first one's index, so that two
+	 * transactions of one message never share a sender. */
+	assert_int_equal(verp_address(addr, sizeof(addr), id, 0, 1, "b.example", vkey), 0);
+	assert_int_equal(verp_address(addr2, sizeof(addr2), id, 2, 1, "b.example", vkey), 0);
+	assert_string_not_equal(addr, addr2);
+	assert_non_null(strstr(addr, ".m0."));
+	assert_int_equal(verp_parse(addr, qid, &idx, &several, tag, NULL, 0), 0);
+	assert_int_equal(idx, 0);
+	assert_int_equal(several, 1);
+	assert_true(verp_tag_ok(vkey, qid, 0, 1, tag));
+	assert_false(verp_tag_ok(vkey, qid, 0, 0, tag));
+	assert_false(verp_tag_ok(vkey, qid, 2, 1, tag));
 
 	/* Case folded on the way back: still the same tag. */
-	snprintf(addr, sizeof(addr), "BOUNCE+0123456789abcdefghij.7.%s@h.example", t7);
+	assert_int_equal(verp_address(addr, sizeof(addr), id, 7, 0, "h.example", vkey), 0);
 	for (char *p = addr; *p; p++)
 		if (*p >= 'A' && *p <= 'Z')
 			*p = (char)(*p - 'A' + 'a');
-	assert_int_equal(verp_parse(addr, qid, &idx, tag, NULL, 0), 0);
-	assert_true(verp_tag_ok(vkey, qid, 7, tag));
+	assert_int_equal(verp_parse(addr, qid, &idx, &several, tag, NULL, 0), 0);
+	assert_string_equal(qid, id);
+	assert_true(verp_tag_ok(vkey, qid, 7, 0, tag));
 
 	/* Untagged senders (before tags) parse with an empty tag. */
-	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.7@h.example", qid, &idx, tag,
-	                            NULL, 0),
+	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.7@h.example", qid, &idx,
+	                            &several, tag, NULL, 0),
 	                 0);
 	assert_int_equal(idx, 7);
+	assert_int_equal(several, 0);
 	assert_string_equal(tag, "");
-	/* A tag has exactly VERP_TAG_LEN characters of base32. */
-	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.7.ABCDEFG@h.example", qid, &idx,
+	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ@h.example", qid, &idx, &several,
 	                            tag, NULL, 0),
-	                 -1);
-	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.7.ABCDEFGHI@h.example", qid,
-	                            &idx, tag, NULL, 0),
-	                 -1);
-	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.7.ABCDEFGW@h.example", qid, &idx,
-	                            tag, NULL, 0),
-	                 -1);
-	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.ABCDEFGW@h.example", qid, &idx,
-	                            tag, NULL, 0),
-	                 -1);
-	assert_int_equal(verp_parse("bounce+0123456789ABCDEFGHIJ.7.ABCDEFGH.1@h.example", qid,
-	                            &idx, tag, NULL, 0),
-	                 -1);
+	                 0);
+	assert_int_equal(idx, -1);
+	assert_int_equal(several, 1);
+	/* A tag has exactly VERP_TAG_LEN characters of base32; "m" needs a tag. */
+	static const char *const bad[] = {
+	    "bounce+0123456789ABCDEFGHIJ.7.ABCDEFG@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.7.ABCDEFGHI@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.7.ABCDEFGW@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.ABCDEFGH@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.7.ABCDEFGH.1@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.m7@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.m.ABCDEFGH@h.example",
+	    "bounce+0123456789ABCDEFGHIJ.mm7.ABCDEFGH@h.example",
+	};
+	for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+		if (verp_parse(bad[i], qid, &idx, &several, tag, NULL, 0) != -1)
+			fail_msg("accepted %s", bad[i]);
 
 	/* The key: the same master gives the same key (every host of a
 	 * platform), another master another one. */
@@ -882,34 +895,34 @@ static void test_verp_round_trip(void **state)
 	char addr[256], qid[QUEUE_ID_LEN + 1], host[64];
 	long idx;
 
-	assert_int_equal(verp_address(addr, sizeof(addr), id, 7, "rp.acme.example", vkey), 0);
-	assert_int_equal(verp_parse(addr, qid, &idx, NULL, host, sizeof(host)), 0);
+	assert_int_equal(verp_address(addr, sizeof(addr), id, 7, 0, "rp.acme.example", vkey), 0);
+	assert_int_equal(verp_parse(addr, qid, &idx, NULL, NULL, host, sizeof(host)), 0);
 	assert_string_equal(qid, id);
 	assert_int_equal(idx, 7);
 	assert_string_equal(host, "rp.acme.example");
 
-	assert_int_equal(verp_address(addr, sizeof(addr), id, -1, "bounces.p.example", vkey), 0);
-	assert_int_equal(verp_parse(addr, qid, &idx, NULL, host, sizeof(host)), 0);
+	assert_int_equal(verp_address(addr, sizeof(addr), id, 3, 1, "bounces.p.example", vkey), 0);
+	assert_int_equal(verp_parse(addr, qid, &idx, NULL, NULL, host, sizeof(host)), 0);
 	assert_string_equal(qid, id);
-	assert_int_equal(idx, -1);
+	assert_int_equal(idx, 3);
 	assert_string_equal(host, "bounces.p.example");
 
-	assert_int_equal(verp_address(addr, sizeof(addr), id, 99999, "h.example", vkey), 0);
-	assert_int_equal(verp_parse(addr, qid, &idx, NULL, NULL, 0), 0);
+	assert_int_equal(verp_address(addr, sizeof(addr), id, 99999, 0, "h.example", vkey), 0);
+	assert_int_equal(verp_parse(addr, qid, &idx, NULL, NULL, NULL, 0), 0);
 	assert_int_equal(idx, 99999);
-	assert_int_equal(verp_parse(VERP, qid, &idx, NULL, host, sizeof(host)), 0);
+	assert_int_equal(verp_parse(VERP, qid, &idx, NULL, NULL, host, sizeof(host)), 0);
 	assert_int_equal(idx, 0);
 
 	/* Folded case: the id goes back to upper case, the host to lower. */
 	assert_int_equal(verp_parse("BOUNCE+0123456789abcdefghij.12@RP.Acme.Example", qid, &idx,
-	                            NULL, host, sizeof(host)),
+	                            NULL, NULL, host, sizeof(host)),
 	                 0);
 	assert_string_equal(qid, id);
 	assert_int_equal(idx, 12);
 	assert_string_equal(host, "rp.acme.example");
 
 	/* The host is cut to fit; index may be NULL. */
-	assert_int_equal(verp_parse(VERP, qid, NULL, NULL, host, 6), 0);
+	assert_int_equal(verp_parse(VERP, qid, NULL, NULL, NULL, host, 6), 0);
 	assert_string_equal(host, "rp.ac");
 }
 
@@ -944,13 +957,13 @@ static void test_verp_rejects(void **state)
 		memcpy(qid, "junk", 5);
 		idx = 5;
 		snprintf(host, sizeof(host), "junk");
-		if (verp_parse(bad[i], qid, &idx, NULL, host, sizeof(host)) != -1)
+		if (verp_parse(bad[i], qid, &idx, NULL, NULL, host, sizeof(host)) != -1)
 			fail_msg("accepted %s", bad[i]);
 		assert_string_equal(qid, "");
 		assert_int_equal(idx, -1);
 		assert_string_equal(host, "");
 	}
-	assert_int_equal(verp_parse(NULL, qid, &idx, NULL, host, sizeof(host)), -1);
+	assert_int_equal(verp_parse(NULL, qid, &idx, NULL, NULL, host, sizeof(host)), -1);
 }
 
 static void test_status_is_hard(void **state)
