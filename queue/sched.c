@@ -121,6 +121,7 @@ struct dsched {
 };
 
 static void sched_kick(struct dsched *s);
+static int dq_held(struct dsched *s, struct dq *q);
 static const struct dclient_ops sched_ops;
 
 static double rnd01(void)
@@ -587,7 +588,9 @@ static void dq_fail_ready(struct dsched *s, struct dq *q, const struct dreply *w
 	struct ditem *list = q->ready, *it;
 	char qt[700];
 
-	if (list == NULL)
+	/* Held meanwhile (suspended while the connection was on its way):
+	 * nothing was attempted, nothing is settled. */
+	if (list == NULL || dq_held(s, q))
 		return;
 	log_info("event=delivery_destination_failed tenant_id=%lld domain=%s items=%zu reply=%s",
 	         (long long)q->tenant_id, q->domain, q->nready,

@@ -706,7 +706,8 @@ static int domain_refusal(struct session *s, int ok, const char *where, const ch
 
 /*
  * Takes a message from the tenant's bucket as its MAIL FROM is accepted:
- * 1, or 0 after the 451 when the tenant is over its messages per minute.
+ * 1, 0 after the 451 when the tenant is over its messages per minute, or
+ * -1 after the 550 when it is suspended.
  */
 static int tenant_message_allowed(struct session *s)
 {
@@ -714,14 +715,17 @@ static int tenant_message_allowed(struct session *s)
 	int max, per_minute;
 
 	if (store_tenant_limits(s->srv->store, s->who.tenant_id, &lim) && lim.suspended) {
-		char q[300];
+		char q[300], why[200];
 		log_warn("event=tenant_suspended_refused tenant=%s client=%s reason=%s", s->who.tenant,
 			 s->addr, log_quote(q, sizeof(q), lim.suspended_reason));
+		/* The reason comes from the database: printable ASCII only in
+		 * a reply line (no CR LF to forge replies), and short. */
+		sanitize(lim.suspended_reason, strlen(lim.suspended_reason), why, sizeof(why));
 		/* Permanent: the application should not queue and retry it. */
 		reply(s, "550 5.7.1 Tenant %s is suspended: %s; the platform must lift the "
 			 "suspension before it can send",
-		      s->who.tenant, lim.suspended_reason[0] ? lim.suspended_reason : "no reason given");
-		return 0;
+		      s->who.tenant, why[0] ? why : "no reason given");
+		return -1;
 	}
 	tenant_limits_now(s, s->who.tenant_id, &max, &per_minute);
 	if (tenantlim_take(s->srv->tenantlim, s->who.tenant_id, per_minute, now_usec()))
@@ -747,13 +751,14 @@ static void mail_first(struct session *s)
 static void mail_domain_result(uint64_t cookie, int ok, const char *why)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
+	int allowed;
 
 	if (s == NULL)
 		return;
-	if (ok == 1 && !tenant_message_allowed(s)) {
+	if (ok == 1 && (allowed = tenant_message_allowed(s)) != 1) {
 		txn_free(s->tx);
 		s->tx = NULL;
-		s->mail_deferred = 1;
+		s->mail_deferred = allowed == 0; /* a 4xx, not a refusal */
 	} else if (ok == 1) {
 		set_state(s, ST_MAIL);
 		reply(s, "250 2.1.0 Sender <%s> ok", s->tx->from.addr);

@@ -238,6 +238,7 @@ struct store {
 	struct hmap *tenant_limits; /* tenant id text → struct tenant_limits */
 	char default_pool[24];
 	int loaded; /* caches (cache_bit) loaded at least once */
+	int schema_version; /* the database's, as read at the last connect */
 	int have_master;
 	int caches; /* the caches this process keeps (enum store_role) */
 	unsigned char master[32];
@@ -404,15 +405,22 @@ static const char SQL_LOAD_TENANT_POOLS[] =
     "SELECT id, pool_id FROM tenants WHERE pool_id IS NOT NULL";
 /*
  * Only tenants with a limit of their own or suspended: the rest use the
- * configuration's limits. The suspension columns (migration 007) are read
- * through to_jsonb so that a database not yet migrated still gives the
- * limits (nobody suspended) instead of failing the load.
+ * configuration's limits. A database not yet migrated loads what its
+ * schema has (the query follows the version REQ_SCHEMA read, which is
+ * answered before any load is sent) instead of failing: the daemon waits
+ * for this cache (store_ready).
  */
 static const char SQL_LOAD_TENANT_LIMITS[] =
     "SELECT id, coalesce(max_connections, -1), coalesce(max_messages_per_minute, -1), "
-    "to_jsonb(t)->>'suspended_at' IS NOT NULL, coalesce(to_jsonb(t)->>'suspended_reason', '') "
-    "FROM tenants t WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL "
-    "OR to_jsonb(t)->>'suspended_at' IS NOT NULL";
+    "suspended_at IS NOT NULL, coalesce(suspended_reason, '') FROM tenants "
+    "WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL "
+    "OR suspended_at IS NOT NULL";
+/* Before migration 7 (no suspensions), and before 6 (no limits either). */
+static const char SQL_LOAD_TENANT_LIMITS_6[] =
+    "SELECT id, coalesce(max_connections, -1), coalesce(max_messages_per_minute, -1), "
+    "false, '' FROM tenants "
+    "WHERE max_connections IS NOT NULL OR max_messages_per_minute IS NOT NULL";
+static const char SQL_LOAD_TENANT_LIMITS_5[] = "SELECT 0, -1, -1, false, '' WHERE false";
 static const char SQL_SUPPRESS[] =
     "INSERT INTO suppressions (tenant_id, address, reason, message_id) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
@@ -1035,7 +1043,8 @@ static void reload_cb(evutil_socket_t fd, short what, void *arg)
  */
 static int ready_need(const struct store *st)
 {
-	return st->caches & (C_CREDS | C_SUPPR | C_POOLS | C_TENANT_POOLS | C_DOMAINS);
+	return st->caches & (C_CREDS | C_SUPPR | C_POOLS | C_TENANT_POOLS | C_DOMAINS |
+			     C_TENANT_LIMITS);
 }
 
 /* A load of the running batch is over (loaded, failed or dropped). */
@@ -1224,6 +1233,7 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 	case REQ_SCHEMA: {
 		int want = migrations[migrations_count - 1].version;
 		int have = ok && PQntuples(res) == 1 ? (int)strtol(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+		st->schema_version = have;
 		if (have < want)
 			log_err("event=schema_outdated database_version=%d binary_version=%d "
 				"hint=\"run sendgatectl migrate\"",
@@ -1384,7 +1394,9 @@ static void send_next(struct store *st)
 		sql = SQL_LOAD_TENANT_POOLS;
 		break;
 	case REQ_LOAD_TENANT_LIMITS:
-		sql = SQL_LOAD_TENANT_LIMITS;
+		sql = st->schema_version >= 7   ? SQL_LOAD_TENANT_LIMITS
+		      : st->schema_version == 6 ? SQL_LOAD_TENANT_LIMITS_6
+						: SQL_LOAD_TENANT_LIMITS_5;
 		break;
 	case REQ_SCHEMA:
 		sql = "SELECT coalesce(max(version), 0) FROM schema_migrations";
@@ -2170,11 +2182,11 @@ void store_close(struct store *st)
 
 /*
  * Ready once every cache this process keeps and cannot do without has
- * loaded: credentials, suppressions, pools and domains. The delivery
- * process must not send before it knows the pools (its mail would leave
- * from the wrong address). DKIM keys (signing answers 451 without one) and
- * tenant limits (the config's defaults apply; absent on a database not yet
- * migrated) do not hold everything else up.
+ * loaded: credentials, suppressions, pools, domains and the tenants'
+ * limits and suspensions. The delivery process must not send before it
+ * knows the pools (its mail would leave from the wrong address) nor a
+ * suspended tenant's mail before it knows the suspension. DKIM keys
+ * (signing answers 451 without one) do not hold everything else up.
  */
 int store_ready(const struct store *st)
 {

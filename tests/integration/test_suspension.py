@@ -299,3 +299,24 @@ def test_database_before_migration_7_keeps_the_limits(build, daemon_factory):
         c.quit()
     finally:
         own.stop()
+
+
+def test_reason_from_the_database_cannot_forge_replies(daemon_factory, ctl, pg):
+    """The reply quotes the reason, which is data from the database: a CR LF
+    in it (written by some other tool than sendgatectl) must not become a
+    second reply line, nor non-ASCII leave as 8-bit reply text."""
+    a = h.setup_tenant(ctl)
+    d = daemon_factory()
+    pg.sql("UPDATE tenants SET suspended_at = now(), suspended_reason = "
+           "E'x\\r\\n250 2.1.0 Sender ok \\u00e9t\\u00e9' WHERE name = '%s'" % a.name)
+    c = session(d, a)
+    try:
+        r = h.eventually(lambda: (lambda r: r if r.code != 250 else None)(mail(c, a)),
+                         timeout=5, what="MAIL FROM refused")
+        assert (r.code, r.enhanced) == (550, "5.7.1"), r
+        assert "suspended: x??250 2.1.0 Sender ok ??t??;" in r.text, r
+        # The next reply is NOOP's own, not a forged one left in the stream.
+        n = c.cmd("NOOP")
+        assert n.code == 250 and "2.0.0" in n.text, n
+    finally:
+        c.close()
