@@ -137,6 +137,8 @@ size_t fairq_len(const struct fairq *q);
 /* ---- config.c: the INI file ------------------------------------------- */
 
 #define CONFIG_MAX_LISTEN 8
+/* [events] retention: 0, or at least this (reports after delivery need the events). */
+#define EVENTS_RETENTION_MIN (7 * 86400)
 #define CONFIG_MAX_KEYS 128
 
 struct listen_addr {
@@ -238,6 +240,9 @@ struct config {
 	int delivery_data_timeout;
 	char *delivery_cpu_priority; /* background | low | normal */
 	int spool_reuse_max_age;     /* seconds; 0: delivered files are deleted */
+
+	/* [events] */
+	int events_retention; /* seconds; 0 = keep every event */
 
 	/* [bounce]: reports that come back to the VERP senders */
 	struct listen_addr bounce_listen[CONFIG_MAX_LISTEN];

@@ -109,6 +109,8 @@ static const struct key_def keys[] = {
 	{"delivery", "cpu_priority", K_STR, O(delivery_cpu_priority), "low", 0, 0,
 	 "background|low|normal"},
 
+	{"events", "retention", K_DURATION, O(events_retention), "0", 0, 3650 * 86400LL, NULL},
+
 	{"bounce", "listen", K_LISTEN_LIST, O(n_bounce_listen), "", 0, 0, NULL},
 	{"bounce", "max_connections", K_INT, O(bounce_max_connections), "100", 1, 100000, NULL},
 	{"bounce", "max_message_size", K_SIZE, O(bounce_max_message_size), "25M", 1024, 1LL << 32, NULL},
@@ -271,6 +273,11 @@ static int set_key(struct config *cfg, const struct key_def *k, const char *v, c
 		}
 		if ((k->min || k->max) && (n < k->min || n > k->max)) {
 			*why = "out of range";
+			return -1;
+		}
+		if (k->off == O(events_retention) && n != 0 && n < EVENTS_RETENTION_MIN) {
+			*why = "0 (keep every event) or at least 7d: bounces that come back later "
+			       "are matched to the delivery events";
 			return -1;
 		}
 		if (k->type == K_SIZE)

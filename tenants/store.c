@@ -75,6 +75,7 @@ enum req_kind {
 	REQ_AUTH,
 	REQ_DOMAIN,
 	REQ_EVENTS,
+	REQ_PURGE,
 };
 
 /* The caches, as bits of a reload mask. */
@@ -210,6 +211,10 @@ struct store {
 	struct event *ev_retry;
 	struct event *ev_reload;
 	struct event *ev_flush;
+	struct event *ev_purge;	  /* [events] retention; NULL when events are kept */
+	int retention;		  /* seconds */
+	long long purged;	  /* rows of the purge under way */
+	int purging;		  /* a purge's batches are queued or running */
 	int retry_delay;
 
 	struct req *head, *tail; /* waiting */
@@ -463,6 +468,21 @@ static const char SQL_REPORT[] =
     " ON CONFLICT DO NOTHING RETURNING 1)"
     " SELECT t.name, m.rcpt, (SELECT count(*) FROM ev), (SELECT count(*) FROM sp)"
     " FROM m JOIN tenants t ON t.id = m.tenant_id";
+/*
+ * One batch of the events past [events] retention: short transactions, so
+ * that a first purge of a large table never holds locks for long. The
+ * BRIN index of migration 008 finds them.
+ */
+#define PURGE_BATCH 10000
+static const char SQL_PURGE[] =
+    "WITH d AS (DELETE FROM events WHERE id IN (SELECT id FROM events"
+    " WHERE created_at < now() - make_interval(secs => $1::int) ORDER BY id LIMIT 10000)"
+    " RETURNING 1) SELECT count(*) FROM d";
+_Static_assert(PURGE_BATCH == 10000, "PURGE_BATCH is written in SQL_PURGE");
+/* A purge every hour, the first soon after start. */
+#define PURGE_INTERVAL 3600
+#define PURGE_FIRST 2
+
 static const char SQL_EVENTS[] =
     "INSERT INTO events (type, tenant_id, message_id, data) "
     "SELECT e->>'type', (e->>'tenant_id')::bigint, e->>'message_id', e->'data' "
@@ -1278,6 +1298,22 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 			free(hmap_put(st->domains, r->arg, d));
 		}
 		break;
+	case REQ_PURGE: {
+		long long n = ok && PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+		st->purged += n;
+		if (ok && n == PURGE_BATCH) {
+			req_push(st, req_new(REQ_PURGE)); /* more: the next batch */
+		} else {
+			if (ok && st->purged > 0)
+				log_info("event=events_purged rows=%lld retention_s=%d", st->purged,
+					 st->retention);
+			else if (!ok)
+				log_warn("event=events_purge_failed rows=%lld", st->purged);
+			st->purged = 0;
+			st->purging = 0;
+		}
+		break;
+	}
 	case REQ_EVENTS:
 		st->events_inflight = 0;
 		if (!ok)
@@ -1355,6 +1391,7 @@ static void send_next(struct store *st)
 {
 	struct req *r;
 	const char *params[1];
+	char arg[24];
 	const char *sql;
 	int nparams = 0, simple = 0, sent;
 
@@ -1422,6 +1459,12 @@ static void send_next(struct store *st)
 	case REQ_DOMAIN:
 		sql = SQL_DOMAIN;
 		params[0] = r->arg;
+		nparams = 1;
+		break;
+	case REQ_PURGE:
+		snprintf(arg, sizeof(arg), "%d", st->retention);
+		sql = SQL_PURGE;
+		params[0] = arg;
 		nparams = 1;
 		break;
 	case REQ_EVENTS:
@@ -2120,6 +2163,30 @@ void store_set_broken_grace(struct store *st, int seconds)
 	st->grace = seconds;
 }
 
+static void purge_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+	/* Not queued while disconnected: tried again soon instead. */
+	struct timeval tv = {st->connected ? PURGE_INTERVAL : PURGE_FIRST, 0};
+
+	if (st->connected && !st->purging) { /* not while one is under way */
+		st->purging = 1;
+		req_push(st, req_new(REQ_PURGE));
+	}
+	evtimer_add(st->ev_purge, &tv);
+}
+
+void store_set_events_retention(struct store *st, int seconds)
+{
+	struct timeval tv = {PURGE_FIRST, 0};
+
+	st->retention = seconds;
+	if (seconds <= 0 || st->ev_purge != NULL)
+		return;
+	st->ev_purge = evtimer_new(st->base, purge_cb, st);
+	evtimer_add(st->ev_purge, &tv);
+}
+
 void store_close(struct store *st)
 {
 	struct pending_event *e;
@@ -2163,6 +2230,8 @@ void store_close(struct store *st)
 	event_free(st->ev_retry);
 	event_free(st->ev_reload);
 	event_free(st->ev_flush);
+	if (st->ev_purge)
+		event_free(st->ev_purge);
 	hmap_free(st->creds, free);
 	hmap_free(st->unknown_users, NULL);
 	hmap_free(st->domains, free);

@@ -213,6 +213,13 @@ void store_report(struct store *st, const struct store_report *rep, store_report
 		  uint64_t cookie);
 
 /*
+ * Deletes events older than seconds (0: none), in batches, soon after this
+ * call and then every hour; logs event=events_purged. One process of a
+ * daemon does it (the submission side).
+ */
+void store_set_events_retention(struct store *st, int seconds);
+
+/*
  * Queues an event row (type, tenant, message id, data: a JSON object whose
  * reference is taken over, or NULL for {}) for the next batched insert.
  * Never blocks; the batch is written within ~100 ms.
