@@ -81,6 +81,10 @@ size_t base64_encode(const unsigned char *p, size_t n, char *out);
 ssize_t base64_decode(const char *in, size_t n, unsigned char *out);
 /* The value 0..63 of one base64 digit, -1 for any other byte. */
 int base64_value(int c);
+/* The value 0..15 of one hex digit (either case), -1 for any other byte. */
+int hex_value(int c);
+/* Decodes 2n hex digits into n bytes: 0, or -1 (out then undefined). */
+int hex_decode(const char *in, size_t n, unsigned char *out);
 /* SHA-256 of n bytes. */
 void sha256(const void *p, size_t n, unsigned char out[32]);
 /* Constant-time equality of two n-byte strings; 1 when equal. */

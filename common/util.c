@@ -84,6 +84,30 @@ size_t base64_encode(const unsigned char *p, size_t n, char *out)
 	return (size_t)EVP_EncodeBlock((unsigned char *)out, p, (int)n);
 }
 
+int hex_value(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int hex_decode(const char *in, size_t n, unsigned char *out)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		int hi = hex_value((unsigned char)in[2 * i]), lo;
+		if (hi < 0 || (lo = hex_value((unsigned char)in[2 * i + 1])) < 0)
+			return -1;
+		out[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return 0;
+}
+
 int base64_value(int c)
 {
 	if (c >= 'A' && c <= 'Z')

@@ -132,17 +132,6 @@ int dkim_unseal(const unsigned char mkey[32], const void *aad, size_t aadlen, co
 	return -1;
 }
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static int is_b64_char(char c)
 {
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
@@ -167,7 +156,7 @@ static int parse_master_key(const char *path, const char *s, size_t n, unsigned 
 
 	if (n == 64) {
 		for (i = 0; i < 64; i++) {
-			if (hex_value(s[i]) < 0) {
+			if (hex_value((unsigned char)s[i]) < 0) {
 				describe_char(s[i], what, sizeof(what));
 				snprintf(err, errlen,
 					 "%s: %s at position %zu is not a hex digit (the key is 64 "
@@ -176,9 +165,7 @@ static int parse_master_key(const char *path, const char *s, size_t n, unsigned 
 				return -1;
 			}
 		}
-		for (i = 0; i < 32; i++)
-			mkey[i] = (unsigned char)(hex_value(s[2 * i]) << 4 | hex_value(s[2 * i + 1]));
-		return 0;
+		return hex_decode(s, 32, mkey);
 	}
 	if (n == 44) {
 		unsigned char tmp[33];

@@ -456,17 +456,6 @@ static int mp_next(struct mp_iter *it, const char **ps, const char **pe)
 	return 1;
 }
 
-static int hex_value(int c)
-{
-	if (is_digit(c))
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 /* Lenient base64: skips line breaks and junk, stops at '='. At most max bytes out. */
 static size_t b64_decode(const char *p, const char *e, char *out, size_t max)
 {

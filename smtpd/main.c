@@ -94,13 +94,8 @@ static int level_of(const char *s)
 static int verp_key_from_env(unsigned char key[32])
 {
 	char *v = getenv(VERP_KEY_ENV);
-	int i, ok = v != NULL && strlen(v) == 64;
+	int ok = v != NULL && strlen(v) == 64 && hex_decode(v, 32, key) == 0;
 
-	for (i = 0; ok && i < 32; i++) {
-		unsigned int byte;
-		ok = sscanf(v + 2 * i, "%2x", &byte) == 1;
-		key[i] = (unsigned char)byte;
-	}
 	if (v != NULL) {
 		explicit_bzero(v, strlen(v));
 		unsetenv(VERP_KEY_ENV);

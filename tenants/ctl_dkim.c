@@ -46,30 +46,16 @@ static const char *const all_algs[] = {"rsa", "ed25519"};
 
 /* ---- master key and new keys ----------------------------------------- */
 
-static int hex_digit(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	return -1;
-}
-
 /* Decodes the lower-case hex of encode(bytea, 'hex') into out; 0 or -1. */
-static int hex_decode(const char *s, struct buf *out)
+static int hex_to_buf(const char *s, struct buf *out)
 {
 	size_t i, n = strlen(s);
 
 	if (n % 2)
 		return -1;
 	for (i = 0; i < n; i += 2) {
-		int hi = hex_digit(s[i]), lo = hex_digit(s[i + 1]);
 		unsigned char b;
-
-		if (hi < 0 || lo < 0)
-			return -1;
-		b = (unsigned char)(hi << 4 | lo);
-		if (buf_append(out, &b, 1) == -1)
+		if (hex_decode(s + i, 1, &b) == -1 || buf_append(out, &b, 1) == -1)
 			return -1;
 	}
 	return 0;
@@ -90,7 +76,7 @@ static int ctl_dkim_unseal_row(const unsigned char mkey[32], const char *domain,
 	buf_init(&sealed, (size_t)-1);
 	buf_init(&aad, (size_t)-1);
 	buf_init(&plain, (size_t)-1);
-	if (hex_decode(hex, &sealed) == 0 && dkim_key_aad(domain, selector, &aad) == 0)
+	if (hex_to_buf(hex, &sealed) == 0 && dkim_key_aad(domain, selector, &aad) == 0)
 		version = dkim_unseal(mkey, aad.data, aad.len, sealed.data, sealed.len,
 		                      pem ? pem : &plain);
 	if (plain.data)
