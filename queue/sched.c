@@ -774,9 +774,9 @@ static int dest_rate_ok(struct dsched *s, struct ddest *d, time_t now)
  */
 static int dq_held(struct dsched *s, struct dq *q)
 {
-	struct tenant_limits lim;
+	const struct tenant_limits *lim = s->st ? store_tenant_limits(s->st, q->tenant_id) : NULL;
 
-	return s->st != NULL && store_tenant_limits(s->st, q->tenant_id, &lim) && lim.suspended;
+	return lim != NULL && lim->suspended;
 }
 
 /* 1 when q has work no connection is on its way for, within the limits. */

@@ -420,6 +420,30 @@ static int tenant_lock(struct ctl *c, const char *name, PGresult **r)
 }
 
 /*
+ * Runs the change sql (3 parameters, one row back) in the transaction
+ * tenant_lock began, and commits: its result, or NULL with the error
+ * printed and the transaction rolled back.
+ */
+static PGresult *tenant_commit(struct ctl *c, const char *name, const char *what,
+                               const char *sql, const char *const params[3])
+{
+	PGresult *r = ctl_exec(c, what, sql, 3, params, NULL, NULL);
+
+	if (r != NULL && PQntuples(r) != 1) { /* cannot happen while the row is locked */
+		ctl_error("no tenant named \"%s\"", name);
+		PQclear(r);
+		r = NULL;
+	}
+	if (r != NULL && ctl_run(c, "committing", "COMMIT") == -1) {
+		PQclear(r);
+		r = NULL;
+	}
+	if (r == NULL)
+		ctl_run(c, "ending the transaction", "ROLLBACK");
+	return r;
+}
+
+/*
  * `tenant suspend TENANT --reason TEXT`: the daemons refuse the tenant's
  * MAIL FROM with 550 5.7.1 quoting TEXT and hold its queued mail. Suspending
  * a suspended tenant replaces the reason and keeps the first suspended_at
@@ -430,8 +454,8 @@ static int tenant_suspend(struct ctl *c, int argc, char **argv)
 {
 	const char *name = NULL, *reason = NULL, *why, *params[3];
 	char was[SUSPEND_REASON_MAX * 4 + 1];
-	PGresult *t = NULL, *r = NULL;
-	int again, i, rc = CTL_FAIL;
+	PGresult *t, *r;
+	int again, i;
 
 	for (i = 2; i < argc; i++) {
 		if (strcmp(argv[i], "--reason") == 0) {
@@ -466,7 +490,7 @@ static int tenant_suspend(struct ctl *c, int argc, char **argv)
 	params[1] = reason;
 	params[2] = again ? PQgetvalue(t, 0, 2) : NULL;
 	/* The tenants trigger tells the running daemons once this commits. */
-	r = ctl_exec(c, "suspending the tenant",
+	r = tenant_commit(c, name, "suspending the tenant",
 	             "WITH s AS (UPDATE tenants SET suspended_at = coalesce(suspended_at, now()),"
 	             " suspended_reason = $2 WHERE id = $1 RETURNING id, suspended_at),"
 	             " ev AS (INSERT INTO events (type, tenant_id, data)"
@@ -474,15 +498,11 @@ static int tenant_suspend(struct ctl *c, int argc, char **argv)
 	             "'reason', $2::text, 'previous_reason', $3::text, 'by', 'sendgatectl'))"
 	             " FROM s)"
 	             " SELECT " CTL_SQL_TIME("suspended_at") " FROM s",
-	             3, params, NULL, NULL);
-	if (r == NULL)
-		goto fail;
-	if (PQntuples(r) != 1) { /* cannot happen while the row is locked */
-		ctl_error("no tenant named \"%s\"", name);
-		goto fail;
+	             params);
+	if (r == NULL) {
+		PQclear(t);
+		return CTL_FAIL;
 	}
-	if (ctl_run(c, "committing the suspension", "COMMIT") == -1)
-		goto fail;
 	if (c->json)
 		ctl_json_print(json_pack("{s:s, s:s, s:s, s:o, s:b}", "tenant", name, "status",
 		                         "suspended", "suspended_at", PQgetvalue(r, 0, 0),
@@ -494,14 +514,9 @@ static int tenant_suspend(struct ctl *c, int argc, char **argv)
 		       printable(PQgetvalue(t, 0, 2), was, sizeof(was)));
 	else
 		printf("tenant %s suspended: %s\n", name, reason);
-	rc = CTL_OK;
-	goto out;
-fail:
-	ctl_run(c, "ending the transaction", "ROLLBACK");
-out:
 	PQclear(r);
 	PQclear(t);
-	return rc;
+	return CTL_OK;
 }
 
 /*
@@ -514,34 +529,31 @@ static int tenant_resume(struct ctl *c, const char *name)
 {
 	const char *params[3];
 	char why[SUSPEND_REASON_MAX * 4 + 1];
-	PGresult *t = NULL, *r = NULL;
-	int rc = CTL_FAIL;
+	PGresult *t, *r;
 
 	if (tenant_lock(c, name, &t) == CTL_FAIL)
 		return CTL_FAIL;
 	if (PQgetisnull(t, 0, 1)) {
 		ctl_error("tenant %s is not suspended", name);
-		goto fail;
+		ctl_run(c, "ending the transaction", "ROLLBACK");
+		PQclear(t);
+		return CTL_FAIL;
 	}
 	params[0] = PQgetvalue(t, 0, 0);
 	params[1] = PQgetvalue(t, 0, 1);
 	params[2] = PQgetisnull(t, 0, 2) ? NULL : PQgetvalue(t, 0, 2);
-	r = ctl_exec(c, "resuming the tenant",
+	r = tenant_commit(c, name, "resuming the tenant",
 	             "WITH s AS (UPDATE tenants SET suspended_at = NULL, suspended_reason = NULL"
 	             " WHERE id = $1 RETURNING id)"
 	             " INSERT INTO events (type, tenant_id, data)"
 	             " SELECT 'tenant.resumed', id, jsonb_build_object('reason', $3::text,"
 	             " 'suspended_at', $2::text, 'by', 'sendgatectl') FROM s"
 	             " RETURNING " CTL_SQL_TIME("created_at"),
-	             3, params, NULL, NULL);
-	if (r == NULL)
-		goto fail;
-	if (PQntuples(r) != 1) { /* cannot happen while the row is locked */
-		ctl_error("no tenant named \"%s\"", name);
-		goto fail;
+	             params);
+	if (r == NULL) {
+		PQclear(t);
+		return CTL_FAIL;
 	}
-	if (ctl_run(c, "committing the resumption", "COMMIT") == -1)
-		goto fail;
 	if (c->json)
 		ctl_json_print(json_pack("{s:s, s:s, s:s, s:s, s:o}", "tenant", name, "status",
 		                         "active", "resumed_at", PQgetvalue(r, 0, 0),
@@ -550,14 +562,9 @@ static int tenant_resume(struct ctl *c, const char *name)
 	else
 		printf("tenant %s resumed (was suspended since %s: %s)\n", name,
 		       PQgetvalue(t, 0, 1), printable(PQgetvalue(t, 0, 2), why, sizeof(why)));
-	rc = CTL_OK;
-	goto out;
-fail:
-	ctl_run(c, "ending the transaction", "ROLLBACK");
-out:
 	PQclear(r);
 	PQclear(t);
-	return rc;
+	return CTL_OK;
 }
 
 int ctl_cmd_tenant(struct ctl *c, int argc, char **argv)

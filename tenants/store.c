@@ -551,12 +551,8 @@ static int unhex_bytea(const char *s, struct buf *out)
 	if (n < 2 || s[0] != '\\' || s[1] != 'x' || n % 2)
 		return -1;
 	for (i = 2; i < n; i += 2) {
-		unsigned int v;
 		unsigned char c;
-		if (sscanf(s + i, "%2x", &v) != 1)
-			return -1;
-		c = (unsigned char)v;
-		if (buf_append(out, &c, 1) == -1)
+		if (hex_decode(s + i, 1, &c) == -1 || buf_append(out, &c, 1) == -1)
 			return -1;
 	}
 	return 0;
@@ -847,21 +843,12 @@ static void load_tenant_limits(struct store *st, PGresult *res)
 	st->tenant_limits = m;
 }
 
-int store_tenant_limits(struct store *st, int64_t tenant_id, struct tenant_limits *out)
+const struct tenant_limits *store_tenant_limits(struct store *st, int64_t tenant_id)
 {
-	const struct tenant_limits *l;
 	char id[32];
 
 	snprintf(id, sizeof(id), "%lld", (long long)tenant_id);
-	l = hmap_get(st->tenant_limits, id);
-	if (l == NULL) {
-		memset(out, 0, sizeof(*out));
-		out->max_connections = -1;
-		out->max_messages_per_minute = -1;
-		return 0;
-	}
-	*out = *l;
-	return 1;
+	return hmap_get(st->tenant_limits, id);
 }
 
 int store_suppressed(struct store *st, int64_t tenant_id, const char *addr, char *reason,

@@ -167,11 +167,11 @@ struct tenant_limits {
 };
 
 /*
- * Fills out with tenant_id's limits and suspension from the cache
- * (reloaded when the tenants table changes; both roles). 1 when the
- * tenant has a limit of its own or is suspended, 0 when not (limits -1).
+ * tenant_id's own limits and suspension from the cache (reloaded when the
+ * tenants table changes; both roles), or NULL when it has neither (limits
+ * -1 mean "the configuration's"). Valid until the loop runs again.
  */
-int store_tenant_limits(struct store *st, int64_t tenant_id, struct tenant_limits *out);
+const struct tenant_limits *store_tenant_limits(struct store *st, int64_t tenant_id);
 /* The failing required records of a broken domain, in words, or NULL. */
 const char *store_domain_failing(struct store *st, const char *domain);
 /* 1 when domain's return-path CNAME is verified (use it for VERP). */

@@ -137,7 +137,7 @@ def test_suspend_show_list_resume(ctl, pg):
     assert [e["type"] for e in ev] == ["tenant.suspended", "tenant.suspended", "tenant.resumed"]
 
 
-def test_suspend_resume_json_and_limits(ctl, pg):
+def test_suspend_resume_json_and_reason_length_limit(ctl, pg):
     name = h.unique_name("su")
     ctl.tenant_create(name)
     reason = "\u00e9" * 200  # 200 characters (400 bytes): the most the schema takes
