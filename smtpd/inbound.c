@@ -495,14 +495,6 @@ static void cmd_rcpt(struct isess *s, const char *arg, size_t len)
 		return;
 	} else if (target_parse(s, path.addr, t) == 0) {
 		/* a VERP address: its tag, if any, checked */
-	} else if (verp_parse(path.addr, t->qid, NULL, NULL, NULL, NULL, 0) == 0) {
-		char text[600];
-		snprintf(text, sizeof(text),
-			 "550 5.1.1 <%s>: no such bounce address (its tag does not match its "
-			 "message)",
-			 path.addr);
-		reply_err(s, text);
-		return;
 	} else if ((cfg->bounce_feedback_address[0] &&
 		    strcasecmp(path.addr, cfg->bounce_feedback_address) == 0) ||
 		   is_role_address(path.addr)) {
@@ -510,10 +502,12 @@ static void cmd_rcpt(struct isess *s, const char *arg, size_t len)
 		t->qid[0] = '\0';
 	} else {
 		char text[600];
-		snprintf(text, sizeof(text),
-			 "550 5.1.1 <%s>: no such mailbox; this server takes only bounces and "
-			 "feedback reports for the platform's bounce+ addresses",
-			 path.addr);
+		/* A VERP address that failed target_parse has a wrong tag. */
+		int verp = verp_parse(path.addr, t->qid, NULL, NULL, NULL, NULL, 0) == 0;
+		snprintf(text, sizeof(text), "550 5.1.1 <%s>: %s", path.addr,
+			 verp ? "no such bounce address (its tag does not match its message)"
+			      : "no such mailbox; this server takes only bounces and feedback "
+				"reports for the platform's bounce+ addresses");
 		reply_err(s, text);
 		return;
 	}
@@ -613,22 +607,8 @@ static void feed(struct isess *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
-	while (evbuffer_get_length(in) > 0 && !s->dr.done) {
-		struct evbuffer_iovec v[8];
-		int n = evbuffer_peek(in, -1, NULL, v, 8), i;
-		size_t used = 0;
-
-		for (i = 0; i < n && !s->dr.done; i++) {
-			ssize_t r = data_reader_feed(&s->dr, v[i].iov_base, v[i].iov_len, &s->hdr,
-						     &s->body);
-			if (r < 0)
-				abort(); /* only when hdr and body are one buffer */
-			used += (size_t)r;
-			if ((size_t)r < v[i].iov_len && !s->dr.done)
-				break;
-		}
-		evbuffer_drain(in, used);
-	}
+	while (evbuffer_get_length(in) > 0 && !s->dr.done)
+		server_feed_data(in, &s->dr, &s->hdr, &s->body);
 }
 
 static void process(struct isess *s)
@@ -819,32 +799,15 @@ struct inbound *inbound_start(struct server *srv, char *err, size_t errlen)
 	in->srv = srv;
 	inbound_of_callbacks = in;
 	for (i = 0; i < cfg->n_bounce_listen; i++) {
-		const struct listen_addr *la = &cfg->bounce_listen[i];
-		struct sockaddr_storage ss;
-		int sslen = sizeof(ss);
-		char spec[128];
-		struct evconnlistener *l;
-
-		if (strchr(la->host, ':'))
-			snprintf(spec, sizeof(spec), "[%s]:%d", la->host, la->port);
-		else
-			snprintf(spec, sizeof(spec), "%s:%d", la->host, la->port);
-		if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) == -1) {
-			snprintf(err, errlen, "[bounce] listen: cannot parse address %s", spec);
-			inbound_free(in);
-			return NULL;
-		}
-		l = evconnlistener_new_bind(srv->base, on_accept, in,
-					    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-					    128, (struct sockaddr *)&ss, sslen);
+		char why[300];
+		struct evconnlistener *l = server_listen(srv->base, &cfg->bounce_listen[i], 128,
+							 on_accept, in, "bounce", why, sizeof(why));
 		if (l == NULL) {
-			snprintf(err, errlen, "[bounce] listen: cannot listen on %s: %s", spec,
-				 strerror(errno));
+			snprintf(err, errlen, "[bounce] listen: %s", why);
 			inbound_free(in);
 			return NULL;
 		}
 		in->listeners[in->nlisteners++] = l;
-		log_info("event=listening address=%s mode=bounce", spec);
 	}
 	return in;
 }

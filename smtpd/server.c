@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <event2/buffer.h>
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
@@ -309,8 +310,27 @@ static void raise_fd_limit(const struct config *cfg)
 			 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }
 
-static int listen_on(struct server *srv, const struct listen_addr *la, int implicit_tls, char *err,
-		     size_t errlen)
+void server_feed_data(struct evbuffer *in, struct data_reader *dr, struct buf *hdr,
+		      struct buf *body)
+{
+	struct evbuffer_iovec v[8];
+	int n = evbuffer_peek(in, -1, NULL, v, 8), i;
+	size_t used = 0;
+
+	for (i = 0; i < n && !dr->done; i++) {
+		ssize_t r = data_reader_feed(dr, v[i].iov_base, v[i].iov_len, hdr, body);
+		if (r < 0)
+			abort(); /* only when hdr and body are one buffer */
+		used += (size_t)r;
+		if ((size_t)r < v[i].iov_len && !dr->done)
+			break;
+	}
+	evbuffer_drain(in, used);
+}
+
+struct evconnlistener *server_listen(struct event_base *base, const struct listen_addr *la,
+				     int backlog, evconnlistener_cb cb, void *arg, const char *mode,
+				     char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	int sslen = sizeof(ss);
@@ -324,21 +344,32 @@ static int listen_on(struct server *srv, const struct listen_addr *la, int impli
 	memset(&ss, 0, sizeof(ss));
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) == -1) {
 		snprintf(err, errlen, "cannot parse listen address %s", spec);
-		return -1;
+		return NULL;
 	}
-	largs[implicit_tls].srv = srv;
-	largs[implicit_tls].implicit_tls = implicit_tls;
-	l = evconnlistener_new_bind(srv->base, on_accept, &largs[implicit_tls],
+	l = evconnlistener_new_bind(base, cb, arg,
 				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-				    1024,
-				    (struct sockaddr *)&ss, sslen);
+				    backlog, (struct sockaddr *)&ss, sslen);
 	if (l == NULL) {
 		snprintf(err, errlen, "cannot listen on %s: %s", spec, strerror(errno));
-		return -1;
+		return NULL;
 	}
+	log_info("event=listening address=%s mode=%s", spec, mode);
+	return l;
+}
+
+static int listen_on(struct server *srv, const struct listen_addr *la, int implicit_tls, char *err,
+		     size_t errlen)
+{
+	struct evconnlistener *l;
+
+	largs[implicit_tls].srv = srv;
+	largs[implicit_tls].implicit_tls = implicit_tls;
+	l = server_listen(srv->base, la, 1024, on_accept, &largs[implicit_tls],
+			  implicit_tls ? "smtps" : "submission", err, errlen);
+	if (l == NULL)
+		return -1;
 	evconnlistener_set_error_cb(l, on_accept_error);
 	srv->listeners[srv->nlisteners++] = l;
-	log_info("event=listening address=%s mode=%s", spec, implicit_tls ? "smtps" : "submission");
 	return 0;
 }
 
@@ -646,20 +677,19 @@ int smtpd_run(struct config *cfg, const char *config_path)
 		store_set_master_key(srv.store, mkey);
 		verp_key_derive(mkey, cfg->verp_key);
 		explicit_bzero(mkey, sizeof(mkey));
+#ifndef SENDGATE_BENCH_UNSIGNED
 		srv.signer = signer_new(srv.base, cfg->dkim_sign_threads);
+#else
+		/* `make bench-unsigned`: the benchmark's baseline, to measure
+		 * what signing adds to latency. Never installed. */
+		log_warn("event=unsigned_baseline note=\"benchmark build: messages are queued "
+			 "unsigned\"");
+#endif
 		srv.hcanon = strncmp(cfg->dkim_canonicalization, "simple/", 7) == 0
 				 ? DKIM_CANON_SIMPLE
 				 : DKIM_CANON_RELAXED;
 		srv.bcanon = strstr(cfg->dkim_canonicalization, "/simple") ? DKIM_CANON_SIMPLE
 									    : DKIM_CANON_RELAXED;
-#ifdef SENDGATE_BENCH_UNSIGNED
-		/* `make bench-unsigned`: the benchmark's baseline, to measure
-		 * what signing adds to latency. Never installed. */
-		signer_free(srv.signer);
-		srv.signer = NULL;
-		log_warn("event=unsigned_baseline note=\"benchmark build: messages are queued "
-			 "unsigned\"");
-#endif
 	} else {
 		fatal("event=start_failed config=%s error=\"[dkim] master_key_file: not set; sendgate "
 		      "never queues unsigned mail (make one with 'openssl rand -hex 32')\"",

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <openssl/ssl.h>
 
 #include "common/common.h"
@@ -16,7 +17,6 @@
 #include "tenants/tenants.h"
 
 struct session;
-struct evconnlistener;
 struct evhttp;
 
 /*
@@ -124,6 +124,20 @@ SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t err
 void tls_describe(SSL *ssl, char *out, size_t outlen);
 
 /* server.c */
+/*
+ * Feeds DATA from in to dr (the chunks one peek gives), draining what it
+ * took; dr->done at the end of data. Shared by both listeners' sessions.
+ */
+struct evbuffer;
+void server_feed_data(struct evbuffer *in, struct data_reader *dr, struct buf *hdr,
+		      struct buf *body);
+/*
+ * Binds a listener on la (an empty host: every IPv4 address) for cb(arg)
+ * and logs event=listening mode=MODE; NULL with err naming the address.
+ */
+struct evconnlistener *server_listen(struct event_base *base, const struct listen_addr *la,
+				     int backlog, evconnlistener_cb cb, void *arg, const char *mode,
+				     char *err, size_t errlen);
 /* Finds a live session by id; NULL when it has closed meanwhile. */
 struct session *server_session(struct server *srv, uint64_t id);
 /* Counts a failed AUTH against a connected session's peer key. */

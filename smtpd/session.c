@@ -473,15 +473,10 @@ static void auth_reply_later(struct session *s, const char *text, int then_close
  * The limits that apply to tenant_id now: its own (store cache), else the
  * configuration's defaults; 0 is no limit.
  */
-static void tenant_limits_now(struct session *s, int64_t tenant_id, int *conns, int *per_minute)
+/* A tenant's own limit (>= 0; -1: none of its own), else the configuration's. */
+static int limit_or(int own, int dflt)
 {
-	struct tenant_limits lim;
-
-	store_tenant_limits(s->srv->store, tenant_id, &lim);
-	*conns = lim.max_connections >= 0 ? lim.max_connections
-					  : s->srv->cfg->tenant_max_connections;
-	*per_minute = lim.max_messages_per_minute >= 0 ? lim.max_messages_per_minute
-						       : s->srv->cfg->tenant_messages_per_minute;
+	return own >= 0 ? own : dflt;
 }
 
 /*
@@ -493,10 +488,10 @@ static void tenant_limits_now(struct session *s, int64_t tenant_id, int *conns, 
  */
 static int tenant_admit(struct session *s, const struct tenant_ref *who)
 {
+	const struct tenant_limits *lim = store_tenant_limits(s->srv->store, who->tenant_id);
 	char text[200], q[600];
-	int max, per_minute;
+	int max = limit_or(lim ? lim->max_connections : -1, s->srv->cfg->tenant_max_connections);
 
-	tenant_limits_now(s, who->tenant_id, &max, &per_minute);
 	if (tenantlim_open(s->srv->tenantlim, who->tenant_id, max, now_usec())) {
 		s->who = *who; /* authed from here: counted until session_free */
 		return 0;
@@ -711,23 +706,24 @@ static int domain_refusal(struct session *s, int ok, const char *where, const ch
  */
 static int tenant_message_allowed(struct session *s)
 {
-	struct tenant_limits lim;
-	int max, per_minute;
+	const struct tenant_limits *lim = store_tenant_limits(s->srv->store, s->who.tenant_id);
+	int per_minute;
 
-	if (store_tenant_limits(s->srv->store, s->who.tenant_id, &lim) && lim.suspended) {
+	if (lim != NULL && lim->suspended) {
 		char q[300], why[200];
 		log_warn("event=tenant_suspended_refused tenant=%s client=%s reason=%s", s->who.tenant,
-			 s->addr, log_quote(q, sizeof(q), lim.suspended_reason));
+			 s->addr, log_quote(q, sizeof(q), lim->suspended_reason));
 		/* The reason comes from the database: printable ASCII only in
 		 * a reply line (no CR LF to forge replies), and short. */
-		sanitize(lim.suspended_reason, strlen(lim.suspended_reason), why, sizeof(why));
+		sanitize(lim->suspended_reason, strlen(lim->suspended_reason), why, sizeof(why));
 		/* Permanent: the application should not queue and retry it. */
 		reply(s, "550 5.7.1 Tenant %s is suspended: %s; the platform must lift the "
 			 "suspension before it can send",
 		      s->who.tenant, why[0] ? why : "no reason given");
 		return -1;
 	}
-	tenant_limits_now(s, s->who.tenant_id, &max, &per_minute);
+	per_minute = limit_or(lim ? lim->max_messages_per_minute : -1,
+			      s->srv->cfg->tenant_messages_per_minute);
 	if (tenantlim_take(s->srv->tenantlim, s->who.tenant_id, per_minute, now_usec()))
 		return 1;
 	log_warn("event=tenant_limit tenant=%s limit=messages_per_minute value=%d client=%s",
@@ -1323,20 +1319,7 @@ static int feed_data(struct session *s)
 	struct txn *tx = s->tx;
 
 	while (evbuffer_get_length(in) > 0 && !tx->dr.done) {
-		struct evbuffer_iovec v[8];
-		int n = evbuffer_peek(in, -1, NULL, v, 8), i;
-		size_t used = 0;
-
-		for (i = 0; i < n && !tx->dr.done; i++) {
-			ssize_t r = data_reader_feed(&tx->dr, v[i].iov_base, v[i].iov_len, &tx->hdr,
-						     &tx->body);
-			if (r < 0)
-				abort(); /* only when hdr and body are one buffer */
-			used += (size_t)r;
-			if ((size_t)r < v[i].iov_len && !tx->dr.done)
-				break;
-		}
-		evbuffer_drain(in, used);
+		server_feed_data(in, &tx->dr, &tx->hdr, &tx->body);
 		if (tx->body.len) {
 			if (!tx->spool_errno && tx->dr.error == DATA_OK &&
 			    queue_write_body(tx->sp, tx->body.data, tx->body.len) == -1)
