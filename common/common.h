@@ -243,6 +243,9 @@ struct config {
 	int delivery_command_timeout;
 	int delivery_data_timeout;
 	char *delivery_cpu_priority; /* background | low | normal */
+	int delivery_acceptance_first;           /* hold delivery while acceptance is busy */
+	int delivery_acceptance_first_idle;      /* percent of idle CPU time under which... */
+	int delivery_acceptance_first_max_hold;  /* ...but never longer than this (seconds) */
 	int spool_reuse_max_age;     /* seconds; 0: delivered files are deleted */
 
 	/* [events] */

@@ -28,6 +28,7 @@
 #define RESCAN_SECONDS 30
 #define SCAN_SLICE 256 /* queue files read per loop turn while loading a scan */
 #define POOL_MAX 64
+#define PACE_WINDOW_MS 250 /* acceptance_first looks at the machine this often */
 
 struct dq;
 
@@ -54,6 +55,7 @@ struct ditem {
 	size_t *idx;
 	size_t n;
 	time_t due;
+	time_t ready_since; /* when it last joined a ready list */
 	struct ditem *prev, *next;
 	int where; /* 0: in a connection, 1: ready, 2: waiting */
 };
@@ -110,10 +112,12 @@ struct dsched {
 	struct dcx *cxs;
 	size_t ncx;
 	struct status_writer *sw;
-	struct event *ev_tick, *ev_kick, *ev_rescan, *ev_inotify, *ev_grace, *ev_load;
+	struct event *ev_tick, *ev_kick, *ev_rescan, *ev_inotify, *ev_grace, *ev_load, *ev_pace;
 	char (*scan)[QUEUE_ID_LEN + 1]; /* ids of the scan being loaded */
 	size_t nscan, scan_pos, scan_cap;
 	int infd;
+	struct pace pace;  /* acceptance first: holding while acceptance is busy */
+	unsigned arrivals; /* messages committed since the last pace window */
 	int stopping;
 	void (*stop_done)(void *);
 	void *stop_arg;
@@ -168,6 +172,7 @@ static void item_queue(struct dsched *s, struct ditem *it, time_t now)
 
 	if (it->due <= now) {
 		it->where = 1;
+		it->ready_since = now;
 		it->next = NULL;
 		it->prev = q->ready_tail;
 		if (q->ready_tail)
@@ -414,8 +419,10 @@ static void inotify_cb(evutil_socket_t fd, short what, void *arg)
 			struct inotify_event *e = (struct inotify_event *)(buf + off);
 			if (e->mask & IN_Q_OVERFLOW)
 				rescan_cb(-1, 0, s);
-			else if (e->len > 0 && queue_id_valid(e->name) && !s->stopping)
+			else if (e->len > 0 && queue_id_valid(e->name) && !s->stopping) {
+				s->arrivals++;
 				sched_load(s, e->name);
+			}
 			off += (ssize_t)sizeof(*e) + e->len;
 		}
 	}
@@ -779,10 +786,20 @@ static int dq_held(struct dsched *s, struct dq *q)
 	return lim != NULL && lim->suspended;
 }
 
+/*
+ * 1 while q's next item waits for acceptance to calm down ([delivery]
+ * acceptance_first), which it does for at most acceptance_first_max_hold.
+ */
+static int dq_yields(struct dsched *s, struct dq *q, time_t now)
+{
+	return s->pace.holding && q->ready != NULL &&
+	       now - q->ready->ready_since < s->cfg->delivery_acceptance_first_max_hold;
+}
+
 /* 1 when q has work no connection is on its way for, within the limits. */
 static int dq_wants_conn(struct dsched *s, struct dq *q, time_t now)
 {
-	return q->nready > (size_t)q->nstarting && !dq_held(s, q) &&
+	return q->nready > (size_t)q->nstarting && !dq_held(s, q) && !dq_yields(s, q, now) &&
 	       q->dest->nconn < s->cfg->delivery_max_connections_per_destination &&
 	       dest_rate_ok(s, q->dest, now);
 }
@@ -895,6 +912,26 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	sched_kick(s);
 }
 
+/*
+ * A pace window ([delivery] acceptance_first): whether mail arrived and the
+ * CPUs were nearly full decides if delivery holds for the next one.
+ */
+static void pace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct dsched *s = arg;
+	int was = s->pace.holding;
+	unsigned arrivals = s->arrivals;
+
+	s->arrivals = 0;
+	if (pace_sample(&s->pace, arrivals) == was)
+		return;
+	log_info("event=%s arrivals_per_s=%u in_flight=%zu",
+	         was ? "delivery_resumed" : "delivery_yields_to_acceptance",
+	         arrivals * (1000 / PACE_WINDOW_MS), s->ncx);
+	if (was)
+		sched_kick(s);
+}
+
 /* ---- the client's callbacks ------------------------------------------ */
 
 static struct dtxn *ops_next(void *arg, struct dconn *c)
@@ -908,7 +945,8 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		x->took = 1;
 		q->nstarting--;
 	}
-	while (!s->stopping && q->ready != NULL && dest_rate_ok(s, q->dest, now) && !dq_held(s, q)) {
+	while (!s->stopping && q->ready != NULL && dest_rate_ok(s, q->dest, now) && !dq_held(s, q) &&
+	       !dq_yields(s, q, now)) {
 		struct ditem *it = q->ready;
 		struct dmsg *m = it->m;
 		struct queue_msg qm;
@@ -1109,6 +1147,9 @@ struct dsched *sched_new(struct event_base *base, struct config *cfg, struct sto
 	s->ev_tick = event_new(base, -1, EV_PERSIST, tick_cb, s);
 	s->ev_rescan = event_new(base, -1, EV_PERSIST, rescan_cb, s);
 	s->ev_load = event_new(base, -1, 0, load_cb, s);
+	s->pace.idle_min = cfg->delivery_acceptance_first_idle;
+	if (cfg->delivery_acceptance_first)
+		s->ev_pace = event_new(base, -1, EV_PERSIST, pace_cb, s);
 	return s;
 }
 
@@ -1133,6 +1174,10 @@ int sched_start(struct dsched *s)
 	rescan_cb(-1, 0, s);
 	event_add(s->ev_tick, &one);
 	event_add(s->ev_rescan, &rescan);
+	if (s->ev_pace != NULL) {
+		struct timeval window = {0, PACE_WINDOW_MS * 1000};
+		event_add(s->ev_pace, &window);
+	}
 	sched_kick(s);
 	return 0;
 }
@@ -1162,6 +1207,8 @@ void sched_stop(struct dsched *s, int grace, void (*done)(void *arg), void *arg)
 	s->stop_arg = arg;
 	event_del(s->ev_tick);
 	event_del(s->ev_rescan);
+	if (s->ev_pace)
+		event_del(s->ev_pace);
 	if (s->ev_inotify)
 		event_del(s->ev_inotify);
 	log_info("event=delivery_stopping in_flight=%zu delivered=%llu bounced=%llu deferred=%llu",
@@ -1212,6 +1259,8 @@ void sched_free(struct dsched *s)
 		close(s->infd);
 	if (s->ev_grace)
 		event_free(s->ev_grace);
+	if (s->ev_pace)
+		event_free(s->ev_pace);
 	event_free(s->ev_kick);
 	event_free(s->ev_tick);
 	event_free(s->ev_rescan);

@@ -42,6 +42,7 @@ class Message:
         self.peer, self.local, self.helo = peer, local, helo
         self.mail_from, self.params, self.rcpts = mail_from, params, rcpts
         self.data, self.tls = data, tls
+        self.at = time.monotonic()  # when the sink took it (its 250 to DATA)
 
     @property
     def source(self):
