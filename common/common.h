@@ -246,6 +246,11 @@ struct config {
 	int delivery_acceptance_first;           /* hold delivery while acceptance is busy */
 	int delivery_acceptance_first_idle;      /* percent of idle CPU time under which... */
 	int delivery_acceptance_first_max_hold;  /* ...but never longer than this (seconds) */
+	double reputation_bounce_rate;    /* percent; 0: not checked */
+	double reputation_complaint_rate; /* percent; 0: not checked */
+	int reputation_min_recipients;
+	int reputation_window;            /* seconds */
+	int reputation_check_interval;    /* seconds */
 	int spool_reuse_max_age;     /* seconds; 0: delivered files are deleted */
 
 	/* [events] */

@@ -114,6 +114,12 @@ static const struct key_def keys[] = {
 
 	{"events", "retention", K_DURATION, O(events_retention), "0", 0, 3650 * 86400LL, NULL},
 
+	{"reputation", "bounce_rate", K_DOUBLE, O(reputation_bounce_rate), "10", 0, 100, NULL},
+	{"reputation", "complaint_rate", K_DOUBLE, O(reputation_complaint_rate), "0.5", 0, 100, NULL},
+	{"reputation", "min_recipients", K_INT, O(reputation_min_recipients), "500", 1, 100000000, NULL},
+	{"reputation", "window", K_DURATION, O(reputation_window), "24h", 60, 30 * 86400LL, NULL},
+	{"reputation", "check_interval", K_DURATION, O(reputation_check_interval), "10m", 1, 86400, NULL},
+
 	{"bounce", "listen", K_LISTEN_LIST, O(n_bounce_listen), "", 0, 0, NULL},
 	{"bounce", "max_connections", K_INT, O(bounce_max_connections), "100", 1, 100000, NULL},
 	{"bounce", "max_message_size", K_SIZE, O(bounce_max_message_size), "25M", 1024, 1LL << 32, NULL},

@@ -666,6 +666,13 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	srv.store = store_open(srv.base, cfg->database_url, STORE_SUBMISSION);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
 	store_set_events_retention(srv.store, cfg->events_retention);
+	{
+		struct store_reputation rep = {cfg->reputation_window, cfg->reputation_min_recipients,
+		                               cfg->reputation_bounce_rate,
+		                               cfg->reputation_complaint_rate,
+		                               cfg->reputation_check_interval};
+		store_set_reputation(srv.store, &rep);
+	}
 	if (cfg->dkim_master_key_file[0]) {
 		unsigned char mkey[32];
 		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1) {

@@ -76,6 +76,7 @@ enum req_kind {
 	REQ_DOMAIN,
 	REQ_EVENTS,
 	REQ_PURGE,
+	REQ_REPUTATION,
 };
 
 /* The caches, as bits of a reload mask. */
@@ -215,6 +216,10 @@ struct store {
 	int retention;		  /* seconds */
 	long long purged;	  /* rows of the purge under way */
 	int purging;		  /* a purge's batches are queued or running */
+	struct event *ev_reputation; /* [reputation]; NULL when not checked */
+	struct store_reputation rep;
+	char rep_window[32];	  /* the window as written in a reason: "24h" */
+	int rep_running;	  /* a check is queued or running */
 	int retry_delay;
 
 	struct req *head, *tail; /* waiting */
@@ -482,6 +487,47 @@ _Static_assert(PURGE_BATCH == 10000, "PURGE_BATCH is written in SQL_PURGE");
 /* A purge every hour, the first soon after start. */
 #define PURGE_INTERVAL 3600
 #define PURGE_FIRST 2
+
+/*
+ * [reputation]: suspends, in one statement, every active tenant whose
+ * recipients in the window ($1 seconds, and since its last resume) number
+ * at least $2 and of whom at least $3 % bounced (at once or later) or $4 %
+ * complained (0: that rate is not checked), with the reason ($5: the
+ * window as text) and a tenant.suspended event; the tenants trigger tells
+ * every daemon. Concurrent daemons: the UPDATE rechecks suspended_at, so
+ * one of them wins and records the event.
+ */
+static const char SQL_REPUTATION[] =
+    "WITH r AS (SELECT tenant_id, max(created_at) AS at FROM events"
+    " WHERE type = 'tenant.resumed' GROUP BY tenant_id),"
+    " c AS (SELECT e.tenant_id,"
+    " count(*) FILTER (WHERE e.type = 'message.delivered') AS delivered,"
+    " count(*) FILTER (WHERE e.type = 'message.bounced' AND NOT e.data ? 'async') AS refused,"
+    " count(*) FILTER (WHERE e.type = 'message.bounced') AS bounced,"
+    " count(*) FILTER (WHERE e.type = 'message.complained') AS complained"
+    " FROM events e JOIN tenants t ON t.id = e.tenant_id AND t.suspended_at IS NULL"
+    " LEFT JOIN r ON r.tenant_id = e.tenant_id"
+    " WHERE e.created_at > now() - make_interval(secs => $1::int)"
+    " AND (r.at IS NULL OR e.created_at > r.at)"
+    " AND e.type IN ('message.delivered', 'message.bounced', 'message.complained')"
+    " GROUP BY e.tenant_id),"
+    " v AS (SELECT tenant_id, delivered + refused AS sent, bounced, complained,"
+    " $3::float8 > 0 AND bounced * 100.0 >= $3::float8 * (delivered + refused) AS by_bounces"
+    " FROM c WHERE delivered + refused >= $2::int"
+    " AND (($3::float8 > 0 AND bounced * 100.0 >= $3::float8 * (delivered + refused))"
+    " OR ($4::float8 > 0 AND complained * 100.0 >= $4::float8 * (delivered + refused)))),"
+    " u AS (UPDATE tenants t SET suspended_at = now(), suspended_reason = left(CASE WHEN v.by_bounces"
+    " THEN format('automatic: %s of %s recipients (%s%%) bounced in the last %s, the limit is %s%%',"
+    " v.bounced, v.sent, round(v.bounced * 100.0 / v.sent, 1), $5::text, $3::float8)"
+    " ELSE format('automatic: %s of %s recipients (%s%%) complained in the last %s, the limit is %s%%',"
+    " v.complained, v.sent, round(v.complained * 100.0 / v.sent, 2), $5::text, $4::float8) END, 200)"
+    " FROM v WHERE t.id = v.tenant_id AND t.suspended_at IS NULL"
+    " RETURNING t.id, t.name, t.suspended_reason, v.sent, v.bounced, v.complained),"
+    " ev AS (INSERT INTO events (type, tenant_id, data) SELECT 'tenant.suspended', u.id,"
+    " jsonb_build_object('reason', u.suspended_reason, 'by', 'sendgate', 'automatic', true,"
+    " 'recipients', u.sent, 'bounced', u.bounced, 'complained', u.complained,"
+    " 'window_s', $1::int) FROM u)"
+    " SELECT name, suspended_reason FROM u";
 
 static const char SQL_EVENTS[] =
     "INSERT INTO events (type, tenant_id, message_id, data) "
@@ -1301,6 +1347,21 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		}
 		break;
 	}
+	case REQ_REPUTATION: {
+		int i;
+		char qn[300], qr[600];
+
+		st->rep_running = 0;
+		if (!ok) {
+			log_warn("event=reputation_check_failed");
+			break;
+		}
+		for (i = 0; i < PQntuples(res); i++)
+			log_warn("event=tenant_suspended_automatically tenant=%s reason=%s",
+				 log_quote(qn, sizeof(qn), PQgetvalue(res, i, 0)),
+				 log_quote(qr, sizeof(qr), PQgetvalue(res, i, 1)));
+		break;
+	}
 	case REQ_EVENTS:
 		st->events_inflight = 0;
 		if (!ok)
@@ -1377,8 +1438,8 @@ static void conn_drop(struct store *st, const char *why)
 static void send_next(struct store *st)
 {
 	struct req *r;
-	const char *params[1];
-	char arg[24];
+	const char *params[5];
+	char arg[24], arg2[24], arg3[32], arg4[32];
 	const char *sql;
 	int nparams = 0, simple = 0, sent;
 
@@ -1453,6 +1514,19 @@ static void send_next(struct store *st)
 		sql = SQL_PURGE;
 		params[0] = arg;
 		nparams = 1;
+		break;
+	case REQ_REPUTATION:
+		snprintf(arg, sizeof(arg), "%d", st->rep.window);
+		snprintf(arg2, sizeof(arg2), "%d", st->rep.min_recipients);
+		snprintf(arg3, sizeof(arg3), "%g", st->rep.bounce_rate);
+		snprintf(arg4, sizeof(arg4), "%g", st->rep.complaint_rate);
+		sql = SQL_REPUTATION;
+		params[0] = arg;
+		params[1] = arg2;
+		params[2] = arg3;
+		params[3] = arg4;
+		params[4] = st->rep_window;
+		nparams = 5;
 		break;
 	case REQ_EVENTS:
 	default:
@@ -2174,6 +2248,46 @@ void store_set_events_retention(struct store *st, int seconds)
 	evtimer_add(st->ev_purge, &tv);
 }
 
+static void reputation_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct store *st = arg;
+	/* Needs the suspension columns (migration 007); tried again later. */
+	struct timeval tv = {st->connected ? st->rep.interval : PURGE_FIRST, 0};
+
+	if (st->connected && !st->rep_running && st->schema_version >= 7) {
+		st->rep_running = 1;
+		req_push(st, req_new(REQ_REPUTATION));
+	}
+	evtimer_add(st->ev_reputation, &tv);
+}
+
+/* "24h", "90m", "45s": the window as a reason names it. */
+static void duration_text(int seconds, char *out, size_t outlen)
+{
+	if (seconds % 86400 == 0)
+		snprintf(out, outlen, "%dd", seconds / 86400);
+	else if (seconds % 3600 == 0)
+		snprintf(out, outlen, "%dh", seconds / 3600);
+	else if (seconds % 60 == 0)
+		snprintf(out, outlen, "%dm", seconds / 60);
+	else
+		snprintf(out, outlen, "%ds", seconds);
+}
+
+void store_set_reputation(struct store *st, const struct store_reputation *rep)
+{
+	struct timeval tv = {PURGE_FIRST, 0};
+
+	if (rep->bounce_rate <= 0 && rep->complaint_rate <= 0)
+		return;
+	st->rep = *rep;
+	duration_text(rep->window, st->rep_window, sizeof(st->rep_window));
+	if (st->ev_reputation != NULL)
+		return;
+	st->ev_reputation = evtimer_new(st->base, reputation_cb, st);
+	evtimer_add(st->ev_reputation, &tv);
+}
+
 void store_close(struct store *st)
 {
 	struct pending_event *e;
@@ -2219,6 +2333,8 @@ void store_close(struct store *st)
 	event_free(st->ev_flush);
 	if (st->ev_purge)
 		event_free(st->ev_purge);
+	if (st->ev_reputation)
+		event_free(st->ev_reputation);
 	hmap_free(st->creds, free);
 	hmap_free(st->unknown_users, NULL);
 	hmap_free(st->domains, free);

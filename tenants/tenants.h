@@ -219,6 +219,24 @@ void store_report(struct store *st, const struct store_report *rep, store_report
  */
 void store_set_events_retention(struct store *st, int seconds);
 
+/* [reputation]: when a tenant is suspended for its bounces or complaints. */
+struct store_reputation {
+	int window;            /* seconds of events looked at */
+	int min_recipients;    /* fewer in the window: never suspended */
+	double bounce_rate;    /* percent of those recipients; 0: not checked */
+	double complaint_rate; /* percent; 0: not checked */
+	int interval;          /* seconds between checks */
+};
+
+/*
+ * Checks every `interval` (the first soon after this call) which active
+ * tenants went past a rate, and suspends them (tenant.suspended event,
+ * "automatic" reason; logs event=tenant_suspended_automatically). Events
+ * before a tenant's last resume do not count. Nothing when both rates are
+ * 0. One process of a daemon does it (the submission side).
+ */
+void store_set_reputation(struct store *st, const struct store_reputation *rep);
+
 /*
  * Queues an event row (type, tenant, message id, data: a JSON object whose
  * reference is taken over, or NULL for {}) for the next batched insert.

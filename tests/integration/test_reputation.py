@@ -1,0 +1,143 @@
+"""Automatic suspension ([reputation]): a tenant whose recipients in the
+window bounce or complain past a rate is suspended by the daemon itself
+(tenant.suspended event marked automatic, a reason naming the rate and the
+limit, 550 5.7.1 at MAIL FROM), other tenants are not, and a tenant an
+operator resumed is judged on what it sends after that.
+
+Each test has its own PostgreSQL cluster: the check looks at every tenant
+of the database, and the low thresholds used here must not touch the
+tenants of other tests."""
+
+import json
+import re
+import time
+
+import pytest
+
+import sgharness as h
+from delivery_fixtures import DeliveryEnv, submit
+
+FAST = dict(reputation__check_interval="1s", reputation__window="1h",
+            reputation__min_recipients="10")
+
+
+@pytest.fixture
+def own(build):
+    """(pg, ctl) of a throwaway cluster for one test."""
+    pg = h.Postgres()
+    try:
+        ctl = h.Ctl(build, pg.url)
+        ctl.migrate()
+        yield pg, ctl
+    finally:
+        pg.stop()
+
+
+def suspended_events(pg, name):
+    rows = pg.sql("SELECT e.data::text FROM events e JOIN tenants t ON t.id = e.tenant_id"
+                  " WHERE t.name = '%s' AND e.type = 'tenant.suspended' ORDER BY e.id" % name)
+    return [json.loads(r[0]) for r in rows]
+
+
+def mail_reply(d, t):
+    c = h.SMTPClient.connect(d.submission_port)
+    try:
+        c.login(t)
+        return c.cmd("MAIL FROM:<%s>" % t.addr())
+    finally:
+        c.close()
+
+
+def test_bounces_past_the_rate_suspend_only_that_tenant(own, daemon_factory, cert):
+    pg, ctl = own
+    denv = DeliveryEnv(lambda **kw: daemon_factory(pg=pg, **kw), pg, ctl, cert)
+    try:
+        bad, good = h.setup_tenant(ctl), h.setup_tenant(ctl)
+        sink = denv.sink("127.0.0.21")
+        denv.mx("list.test", (10, "mx.list.test", "127.0.0.21"))
+        for i in range(4):
+            sink.rcpt_rule("gone%d@list.test" % i, "permfail")
+        d = denv.start(reputation__bounce_rate="20", **FAST)
+        # bad: 4 of 10 recipients refused (40 %); good: 10 of 10 delivered.
+        for i in range(6):
+            submit(d, bad, ["ok%d@list.test" % i])
+        ids = [submit(d, bad, ["gone%d@list.test" % i]) for i in range(4)]
+        for i in range(10):
+            submit(d, good, ["ok%d@list.test" % i])
+        for qid in ids:
+            denv.wait_events(qid, "message.bounced")
+        reason = ("automatic: 4 of 10 recipients (40.0%) bounced in the last 1h, "
+                  "the limit is 20%")
+        d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
+                   % (bad.name, re.escape(reason)))
+
+        def refused():
+            r = mail_reply(d, bad)
+            return r if r.code == 550 else None
+        r = h.eventually(refused, timeout=10, what="MAIL FROM refused")
+        assert r.enhanced == "5.7.1", r
+        assert "Tenant %s is suspended: %s" % (bad.name, reason) in r.text, r
+        ev = suspended_events(pg, bad.name)
+        assert len(ev) == 1, ev
+        assert ev[0] == {"reason": reason, "by": "sendgate", "automatic": True,
+                         "recipients": 10, "bounced": 4, "complained": 0, "window_s": 3600}
+        assert mail_reply(d, good).code == 250
+        assert suspended_events(pg, good.name) == []
+        # Resumed by an operator: judged afresh on what it sends from now on,
+        # so the same bounces do not suspend it again.
+        ctl("tenant", "resume", bad.name)
+        h.eventually(lambda: mail_reply(d, bad).code == 250, timeout=10, what="resumed")
+        n = d.log_text().count("event=tenant_suspended_automatically")
+        time.sleep(3)  # three checks
+        assert d.log_text().count("event=tenant_suspended_automatically") == n
+        assert mail_reply(d, bad).code == 250
+        assert len(suspended_events(pg, bad.name)) == 1
+    finally:
+        denv.finish()
+
+
+def add_events(pg, t, kind, n):
+    pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT '%s', id,"
+           " 'M' || g, jsonb_build_object('recipient', 'r' || g || '@x.test') FROM tenants,"
+           " generate_series(1, %d) g WHERE name = '%s'" % (kind, n, t.name))
+
+
+def test_complaints_past_the_rate_and_the_minimum_volume(own, daemon_factory):
+    pg, ctl = own
+    loud, small, old = h.setup_tenant(ctl), h.setup_tenant(ctl), h.setup_tenant(ctl)
+    # loud: 1 complaint for 20 recipients (5 %); small: 5 of 5, under the
+    # 10 recipients looked at; old: 5 of 20, but outside the window.
+    add_events(pg, loud, "message.delivered", 20)
+    add_events(pg, loud, "message.complained", 1)
+    add_events(pg, small, "message.delivered", 5)
+    add_events(pg, small, "message.complained", 5)
+    add_events(pg, old, "message.delivered", 20)
+    add_events(pg, old, "message.complained", 5)
+    pg.sql("UPDATE events SET created_at = now() - interval '2 hours' WHERE tenant_id ="
+           " (SELECT id FROM tenants WHERE name = '%s')" % old.name)
+    d = daemon_factory(pg=pg, reputation__complaint_rate="2", reputation__bounce_rate="0",
+                       **FAST)
+    reason = ("automatic: 1 of 20 recipients (5.00%) complained in the last 1h, "
+              "the limit is 2%")
+    d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
+               % (loud.name, re.escape(reason)))
+    h.eventually(lambda: mail_reply(d, loud).code == 550, timeout=10, what="loud refused")
+    time.sleep(2.5)  # more checks: the others stay active
+    assert d.log_text().count("event=tenant_suspended_automatically") == 1
+    for t in (small, old):
+        assert mail_reply(d, t).code == 250
+        assert suspended_events(pg, t.name) == []
+
+
+def test_rates_of_zero_turn_the_check_off(own, daemon_factory):
+    pg, ctl = own
+    t = h.setup_tenant(ctl)
+    add_events(pg, t, "message.delivered", 20)
+    add_events(pg, t, "message.bounced", 20)
+    add_events(pg, t, "message.complained", 20)
+    d = daemon_factory(pg=pg, reputation__complaint_rate="0", reputation__bounce_rate="0",
+                       **FAST)
+    d.wait_log(r"event=ready")
+    time.sleep(2.5)
+    assert "event=tenant_suspended_automatically" not in d.log_text()
+    assert mail_reply(d, t).code == 250
