@@ -110,7 +110,7 @@ static const struct key_def keys[] = {
 	 "background|low|normal"},
 	{"delivery", "acceptance_first", K_BOOL, O(delivery_acceptance_first), "yes", 0, 0, NULL},
 	{"delivery", "acceptance_first_idle", K_INT, O(delivery_acceptance_first_idle), "30", 1, 100, NULL},
-	{"delivery", "acceptance_first_max_hold", K_DURATION, O(delivery_acceptance_first_max_hold), "30s", 1, 3600, NULL},
+	{"delivery", "acceptance_first_max_hold", K_DURATION, O(delivery_acceptance_first_max_hold), "10s", 1, 3600, NULL},
 
 	{"events", "retention", K_DURATION, O(events_retention), "0", 0, 3650 * 86400LL, NULL},
 

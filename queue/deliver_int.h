@@ -54,29 +54,36 @@ int reply_enhanced(int code, const char *text, char *out, size_t outlen);
 
 /* ---- pace.c: acceptance first ([delivery] acceptance_first) ---------- */
 
+/* Fewer arrivals in a window (250 ms) are not a load: 20 messages a second. */
+#define PACE_MIN_ARRIVALS 5
+
 struct pace {
-	int idle_min;  /* percent: below it, with mail arriving, delivery holds */
-	int holding;   /* delivery starts no new transaction */
-	int quiet;     /* windows in a row that did not look busy */
-	int have_last; /* last_idle and last_total are a sample */
-	unsigned long long last_idle, last_total;
+	int idle_min;      /* percent: below it, with mail arriving, delivery holds */
+	int holding;       /* delivery starts no new transaction */
+	int quiet;         /* windows in a row that did not look busy */
+	int have_last;     /* the last_ fields are a sample */
+	int unavailable;   /* /proc/stat could not be read (logged once) */
+	int last_free_pct; /* the machine's idle share in the last window */
+	unsigned long long last_idle, last_total, last_own;
 };
 
 /*
  * The machine's idle time (idle + iowait) and total time, in ticks, from
- * the first line of /proc/stat. 0, or -1 when it is not such a line.
+ * the first line of /proc/stat (whole, with its newline). 0, or -1 when
+ * it is not such a line.
  */
 int pace_parse_stat(const char *text, size_t len, unsigned long long *idle,
                     unsigned long long *total);
 /*
- * 1 when acceptance needs the CPUs: mail arrived in the window and the
- * machine was idle less than idle_min_percent of it.
+ * 1 when acceptance needs the CPUs: at least PACE_MIN_ARRIVALS messages
+ * arrived in the window, and the CPU time free in it (idle, and what
+ * delivery itself used) was under idle_min_percent of the total.
  */
-int pace_busy(unsigned arrivals, unsigned long long idle_delta, unsigned long long total_delta,
+int pace_busy(unsigned arrivals, unsigned long long free_delta, unsigned long long total_delta,
               int idle_min_percent);
 /* Holding starts with the first busy window and ends after four quiet ones. */
 int pace_update(struct pace *p, int busy);
-/* Takes one window's sample (reads /proc/stat); 1 while delivery holds. */
+/* Takes one window's sample (/proc/stat, own CPU time); 1 while delivery holds. */
 int pace_sample(struct pace *p, unsigned arrivals);
 
 /* ---- route.c: MX order, VERP, source choice, dot-stuffing (pure) ------ */

@@ -4,14 +4,14 @@
  * starts no new transaction, so that clients waiting for their 250 get the
  * CPU; a message never waits for that reason longer than max_hold. The
  * reading of /proc/stat and the decision are pure; pace_sample does the
- * one read.
+ * reads.
  */
-#include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "common/common.h"
 #include "queue/deliver_int.h"
 
 /*
@@ -25,20 +25,24 @@ int pace_parse_stat(const char *text, size_t len, unsigned long long *idle,
                     unsigned long long *total)
 {
 	const char *p = text, *end = text + len;
+	const char *nl = memchr(text, '\n', len);
 	unsigned long long v[10] = {0};
 	int n = 0;
 
 	/* The first line is the sum over all CPUs: "cpu  user nice system idle
-	 * iowait irq softirq steal guest guest_nice". */
-	if (len < 4 || memcmp(p, "cpu ", 4) != 0)
+	 * iowait irq softirq steal guest guest_nice". Only a whole line. */
+	if (len < 4 || memcmp(p, "cpu ", 4) != 0 || nl == NULL)
 		return -1;
+	end = nl;
 	p += 4;
-	while (n < 10 && p < end && *p != '\n') {
+	while (n < 10 && p < end) {
 		unsigned long long x = 0;
 		int digits = 0;
 
 		while (p < end && *p == ' ')
 			p++;
+		if (p == end)
+			break;
 		while (p < end && *p >= '0' && *p <= '9') {
 			if (x > (~0ULL - 9) / 10)
 				return -1;
@@ -46,8 +50,8 @@ int pace_parse_stat(const char *text, size_t len, unsigned long long *idle,
 			p++;
 			digits++;
 		}
-		if (digits == 0)
-			break;
+		if (digits == 0 || (p < end && *p != ' '))
+			return -1;
 		v[n++] = x;
 	}
 	if (n < 4)
@@ -58,12 +62,12 @@ int pace_parse_stat(const char *text, size_t len, unsigned long long *idle,
 	return 0;
 }
 
-int pace_busy(unsigned arrivals, unsigned long long idle_delta, unsigned long long total_delta,
+int pace_busy(unsigned arrivals, unsigned long long free_delta, unsigned long long total_delta,
               int idle_min_percent)
 {
-	if (arrivals == 0 || total_delta == 0)
+	if (arrivals < PACE_MIN_ARRIVALS || total_delta == 0)
 		return 0;
-	return idle_delta * 100 < total_delta * (unsigned long long)idle_min_percent;
+	return free_delta * 100 < total_delta * (unsigned long long)idle_min_percent;
 }
 
 int pace_update(struct pace *p, int busy)
@@ -78,24 +82,49 @@ int pace_update(struct pace *p, int busy)
 	return p->holding;
 }
 
+/* This process's CPU time, in the ticks /proc/stat counts in. */
+static unsigned long long own_ticks(void)
+{
+	struct timespec ts;
+	long hz = sysconf(_SC_CLK_TCK);
+
+	if (hz <= 0 || clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == -1)
+		return 0;
+	return (unsigned long long)ts.tv_sec * (unsigned long long)hz +
+	       (unsigned long long)ts.tv_nsec * (unsigned long long)hz / 1000000000ULL;
+}
+
 int pace_sample(struct pace *p, unsigned arrivals)
 {
 	char buf[512];
-	unsigned long long idle, total;
-	ssize_t n;
+	unsigned long long idle, total, own = own_ticks();
+	ssize_t n = -1;
 	int fd, busy;
 
 	fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
-	if (fd == -1)
+	if (fd != -1) {
+		n = read(fd, buf, sizeof(buf));
+		close(fd);
+	}
+	if (n <= 0 || pace_parse_stat(buf, (size_t)n, &idle, &total) == -1) {
+		if (!p->unavailable)
+			log_warn("event=acceptance_first_unavailable reason=\"/proc/stat unreadable\"");
+		p->unavailable = 1;
 		return pace_update(p, 0);
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
-	if (n <= 0 || pace_parse_stat(buf, (size_t)n, &idle, &total) == -1)
-		return pace_update(p, 0);
+	}
+	/*
+	 * What delivery itself used counts as free: it is what holding gives
+	 * back, and a backlog must not make delivery hold for its own load.
+	 */
 	busy = p->have_last && total > p->last_total && idle >= p->last_idle &&
-	       pace_busy(arrivals, idle - p->last_idle, total - p->last_total, p->idle_min);
+	       own >= p->last_own &&
+	       pace_busy(arrivals, idle - p->last_idle + (own - p->last_own),
+	                 total - p->last_total, p->idle_min);
+	if (p->have_last && total > p->last_total)
+		p->last_free_pct = (int)(100 * (idle - p->last_idle) / (total - p->last_total));
 	p->last_idle = idle;
 	p->last_total = total;
+	p->last_own = own;
 	p->have_last = 1;
 	return pace_update(p, busy);
 }

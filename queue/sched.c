@@ -55,7 +55,7 @@ struct ditem {
 	size_t *idx;
 	size_t n;
 	time_t due;
-	time_t ready_since; /* when it last joined a ready list */
+	uint64_t ready_since; /* when it last joined a ready list (now_usec) */
 	struct ditem *prev, *next;
 	int where; /* 0: in a connection, 1: ready, 2: waiting */
 };
@@ -118,6 +118,7 @@ struct dsched {
 	int infd;
 	struct pace pace;  /* acceptance first: holding while acceptance is busy */
 	unsigned arrivals; /* messages committed since the last pace window */
+	uint64_t hold_start; /* when the current hold began (now_usec) */
 	int stopping;
 	void (*stop_done)(void *);
 	void *stop_arg;
@@ -172,7 +173,7 @@ static void item_queue(struct dsched *s, struct ditem *it, time_t now)
 
 	if (it->due <= now) {
 		it->where = 1;
-		it->ready_since = now;
+		it->ready_since = now_usec();
 		it->next = NULL;
 		it->prev = q->ready_tail;
 		if (q->ready_tail)
@@ -790,16 +791,17 @@ static int dq_held(struct dsched *s, struct dq *q)
  * 1 while q's next item waits for acceptance to calm down ([delivery]
  * acceptance_first), which it does for at most acceptance_first_max_hold.
  */
-static int dq_yields(struct dsched *s, struct dq *q, time_t now)
+static int dq_yields(struct dsched *s, struct dq *q)
 {
 	return s->pace.holding && q->ready != NULL &&
-	       now - q->ready->ready_since < s->cfg->delivery_acceptance_first_max_hold;
+	       now_usec() - q->ready->ready_since <
+	           (uint64_t)s->cfg->delivery_acceptance_first_max_hold * 1000000u;
 }
 
 /* 1 when q has work no connection is on its way for, within the limits. */
 static int dq_wants_conn(struct dsched *s, struct dq *q, time_t now)
 {
-	return q->nready > (size_t)q->nstarting && !dq_held(s, q) && !dq_yields(s, q, now) &&
+	return q->nready > (size_t)q->nstarting && !dq_held(s, q) && !dq_yields(s, q) &&
 	       q->dest->nconn < s->cfg->delivery_max_connections_per_destination &&
 	       dest_rate_ok(s, q->dest, now);
 }
@@ -925,11 +927,16 @@ static void pace_cb(evutil_socket_t fd, short what, void *arg)
 	s->arrivals = 0;
 	if (pace_sample(&s->pace, arrivals) == was)
 		return;
-	log_info("event=%s arrivals_per_s=%u in_flight=%zu",
-	         was ? "delivery_resumed" : "delivery_yields_to_acceptance",
-	         arrivals * (1000 / PACE_WINDOW_MS), s->ncx);
-	if (was)
-		sched_kick(s);
+	if (!was) {
+		s->hold_start = now_usec();
+		log_info("event=delivery_yields_to_acceptance arrivals_per_s=%u idle_pct=%d "
+		         "in_flight=%zu",
+		         arrivals * (1000 / PACE_WINDOW_MS), s->pace.last_free_pct, s->ncx);
+		return;
+	}
+	log_info("event=delivery_resumed held_ms=%llu idle_pct=%d",
+	         (unsigned long long)((now_usec() - s->hold_start) / 1000), s->pace.last_free_pct);
+	sched_kick(s);
 }
 
 /* ---- the client's callbacks ------------------------------------------ */
@@ -946,7 +953,7 @@ static struct dtxn *ops_next(void *arg, struct dconn *c)
 		q->nstarting--;
 	}
 	while (!s->stopping && q->ready != NULL && dest_rate_ok(s, q->dest, now) && !dq_held(s, q) &&
-	       !dq_yields(s, q, now)) {
+	       !dq_yields(s, q)) {
 		struct ditem *it = q->ready;
 		struct dmsg *m = it->m;
 		struct queue_msg qm;

@@ -98,12 +98,13 @@ def run_load(denv, ctl, seconds, **cfg):
 def test_delivery_holds_while_mail_arrives_and_goes_on_after(denv, ctl):
     d, sink, load, start, end = run_load(denv, ctl, 4.0, delivery__acceptance_first="yes",
                                          delivery__acceptance_first_idle="100")
-    submitted = [t for t in load.accepted.values() if start + 1.0 <= t < end]
+    submitted = [t for t in load.accepted.values() if start + 1.5 <= t < end]
     assert len(submitted) >= 20, "the load was too slow to show anything: %d" % len(submitted)
     # The first messages of a burst may leave before the first window has
-    # seen it (250 ms); from then on, delivery holds.
-    late = delivered_between(sink, start + 1.0, end)
-    assert len(late) <= len(submitted) // 10, (len(late), len(submitted))
+    # seen it (250 ms), and transactions under way then finish; from then
+    # on, delivery holds.
+    late = delivered_between(sink, start + 1.5, end)
+    assert len(late) <= max(10, len(submitted) // 10), (len(late), len(submitted))
     denv.wait_log(r"event=delivery_yields_to_acceptance arrivals_per_s=\d+")
     # About a second after arrivals stop, everything leaves.
     total = load.count()
@@ -136,6 +137,6 @@ def test_no_message_is_held_longer_than_max_hold(denv, ctl):
     assert len(during) >= 10, len(during)
     waits = sorted(m.at - load.accepted[subject_of(m)] for m in during)
     assert waits[len(waits) // 2] >= 1.0, waits
-    assert waits[-1] < 6.0, waits
+    assert waits[-1] < 4.0 * h.SLOW, waits
     sink.wait_for(load.count(), timeout=20)
     assert sorted(subject_of(m) for m in sink.messages) == sorted(load.accepted)

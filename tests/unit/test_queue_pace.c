@@ -23,7 +23,7 @@ static void test_parse_stat(void **state)
 {
 	unsigned long long idle = 0, total = 0;
 
-	/* Linux >= 2.6.33: ten columns; guest time is already in user/nice. */
+	/* Linux >= 2.6.33: ten columns; guest time is already in user and nice. */
 	assert_int_equal(parse("cpu  100 5 50 800 40 3 2 0 7 1\ncpu0 50 2 25 400 20 1 1 0 0 0\n",
 	                       &idle, &total),
 	                 0);
@@ -33,8 +33,8 @@ static void test_parse_stat(void **state)
 	assert_int_equal(parse("cpu 1 2 3 4\n", &idle, &total), 0);
 	assert_int_equal(idle, 4);
 	assert_int_equal(total, 10);
-	/* Cut after the first line's end of the buffer: what is there counts. */
-	assert_int_equal(parse("cpu  10 0 10 80 0 0 0 0", &idle, &total), 0);
+	/* Trailing spaces before the newline are harmless. */
+	assert_int_equal(parse("cpu  10 0 10 80 0 0 0 0 \n", &idle, &total), 0);
 	assert_int_equal(idle, 80);
 	assert_int_equal(total, 100);
 }
@@ -49,6 +49,9 @@ static void test_parse_stat_refuses(void **state)
 	assert_int_equal(parse("cpu  1 2 3\n", &idle, &total), -1); /* no idle column */
 	assert_int_equal(parse("cpu  1 2 x 4\n", &idle, &total), -1);
 	assert_int_equal(parse("cpu  99999999999999999999 0 0 0\n", &idle, &total), -1);
+	assert_int_equal(parse("cpu  1 2 3 4x 5\n", &idle, &total), -1); /* not a number */
+	/* A line cut short (a read that stopped inside it) is not trusted. */
+	assert_int_equal(parse("cpu  10 0 10 80 0 0 0 0", &idle, &total), -1);
 	/* Nothing written on failure. */
 	assert_int_equal(idle, 7);
 	assert_int_equal(total, 9);
@@ -56,19 +59,22 @@ static void test_parse_stat_refuses(void **state)
 
 static void test_busy(void **state)
 {
-	/* Mail arriving and 19 % idle, under the default 30 %: busy. */
+	/* Mail arriving and 19 % free, under the default 30 %: busy. */
 	assert_int_equal(pace_busy(500, 19, 100, 30), 1);
 	/* Exactly at the threshold is not under it. */
 	assert_int_equal(pace_busy(500, 30, 100, 30), 0);
 	assert_int_equal(pace_busy(500, 60, 100, 30), 0);
-	/* A full machine with nothing arriving is not acceptance's doing. */
+	/* A full machine with nothing, or a trickle, arriving is not
+	 * acceptance's doing. */
 	assert_int_equal(pace_busy(0, 0, 100, 30), 0);
+	assert_int_equal(pace_busy(PACE_MIN_ARRIVALS - 1, 0, 100, 30), 0);
+	assert_int_equal(pace_busy(PACE_MIN_ARRIVALS, 0, 100, 30), 1);
 	/* No time passed: no verdict. */
 	assert_int_equal(pace_busy(500, 0, 0, 30), 0);
-	/* 100: any arrival while the machine is not completely idle. */
-	assert_int_equal(pace_busy(1, 99, 100, 100), 1);
-	/* Large counters (years of ticks on many CPUs) do not overflow. */
-	assert_int_equal(pace_busy(1, 1ULL << 40, 1ULL << 42, 30), 1);
+	/* 100: enough arrivals while the machine is not completely idle. */
+	assert_int_equal(pace_busy(PACE_MIN_ARRIVALS, 99, 100, 100), 1);
+	/* Large deltas (a window of a huge machine) do not overflow. */
+	assert_int_equal(pace_busy(500, 1ULL << 40, 1ULL << 42, 30), 1);
 }
 
 static void test_hold_and_release(void **state)
