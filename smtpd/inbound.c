@@ -20,6 +20,10 @@
  *
  * Only the first REPORT_KEEP octets are kept: the machine-readable part
  * comes before the returned message, which may be the whole original.
+ *
+ * Reports quote recipients' addresses and headers, so STARTTLS is offered
+ * (the submission listeners' certificate, as reloaded on SIGHUP), never
+ * required: many reporting servers cannot do TLS.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -32,6 +36,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <jansson.h>
@@ -46,7 +51,8 @@
 #define OUTPUT_HIGH 65536      /* stop reading commands while replies pile up */
 #define INBOUND_MAX_FINDINGS 32 /* recipients recorded from one report */
 
-enum istate { IS_FRESH, IS_HELO, IS_MAIL, IS_DATA, IS_WAIT };
+/* IS_TLS: STARTTLS answered, its 220 being written or the handshake running. */
+enum istate { IS_FRESH, IS_HELO, IS_MAIL, IS_DATA, IS_WAIT, IS_TLS };
 
 /* Where a RCPT TO says the report is about. */
 struct itarget {
@@ -70,8 +76,14 @@ struct isess {
 	struct isess *prev, *next;
 	uint64_t id;
 	struct bufferevent *bev;
+	evutil_socket_t fd;
+	int bev_owns_fd; /* the TLS bufferevent closes the socket itself */
+	int tls;	 /* the handshake is done */
+	char tls_desc[96];
 	char addr[PEER_TEXT_MAX];
 	enum istate state;
+	uint64_t started;
+	int reports; /* reports answered 250 */
 	int nerrors;
 	int close_after_write;
 	int eof;	/* the client half-closed: answer what it sent, then close */
@@ -100,6 +112,7 @@ struct inbound {
 static void isess_free(struct isess *s);
 static void process(struct isess *s);
 static void after_input(struct isess *s);
+static void setup_bev(struct isess *s);
 
 static void reply(struct isess *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -154,10 +167,12 @@ static struct inbound *inbound_of_callbacks;
 /* Every finding of the report is recorded (or could not be): answer. */
 static void report_reply(struct isess *s)
 {
-	if (s->db_failed)
+	if (s->db_failed) {
 		reply(s, "451 4.3.0 The report could not be recorded; try again later");
-	else
+	} else {
 		reply(s, "250 2.0.0 Report received (%d matched to a delivery)", s->recorded);
+		s->reports++;
+	}
 	txn_reset(s);
 }
 
@@ -414,7 +429,48 @@ static void cmd_helo(struct isess *s, const char *arg, size_t len, int esmtp)
 	reply(s, "250-PIPELINING");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-ENHANCEDSTATUSCODES");
+	if (!s->tls)
+		reply(s, "250-STARTTLS");
 	reply(s, "250 SIZE %zu", cfg->bounce_max_message_size);
+}
+
+/* Offered, never required: a reporting server without TLS sends in clear. */
+static void cmd_starttls(struct isess *s, size_t len)
+{
+	const char *refusal = tls_starttls_refusal(s->tls, len);
+
+	if (s->state == IS_FRESH) {
+		reply_err(s, "503 5.5.1 Send EHLO first");
+		return;
+	}
+	if (refusal) {
+		reply_err(s, refusal);
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	bufferevent_disable(s->bev, EV_READ);
+	if (tls_starttls_injected(s->bev, s->addr)) {
+		s->close_after_write = 1; /* after the 220; the rest is never read */
+		return;
+	}
+	/* The upgrade happens once the 220 is written (on_write). */
+	txn_reset(s);
+	s->state = IS_TLS;
+}
+
+/* Swaps the plain bufferevent for a TLS one on the same socket. May free s. */
+static void start_tls(struct isess *s)
+{
+	if (tls_upgrade(s->in->srv, s->fd, &s->bev) == -1) {
+		isess_free(s);
+		return;
+	}
+	s->bev_owns_fd = 1;
+	/* The context reads ahead for the submission sessions, which take
+	 * the records OpenSSL then holds themselves (session.c, tls_pull);
+	 * here libevent's own reads must see every record. */
+	SSL_set_read_ahead(bufferevent_openssl_get_ssl(s->bev), 0);
+	setup_bev(s);
 }
 
 static void cmd_mail(struct isess *s, const char *arg, size_t len)
@@ -577,6 +633,9 @@ static void handle_line(struct isess *s, char *line, size_t len)
 	case SMTP_DATA:
 		cmd_data(s);
 		break;
+	case SMTP_STARTTLS:
+		cmd_starttls(s, cmd.arg ? cmd.arglen : 0);
+		break;
 	case SMTP_RSET:
 		txn_reset(s);
 		reply(s, "250 2.0.0 Reset");
@@ -615,7 +674,7 @@ static void process(struct isess *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
-	while (!s->close_after_write && s->state != IS_WAIT) {
+	while (!s->close_after_write && s->state != IS_WAIT && s->state != IS_TLS) {
 		/* A client that sends without reading its replies waits for
 		 * them to drain (on_write resumes). */
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
@@ -688,6 +747,11 @@ static void on_write(struct bufferevent *bev, void *arg)
 		isess_free(s);
 		return;
 	}
+	if (s->state == IS_TLS) {
+		if (!s->bev_owns_fd)
+			start_tls(s); /* the 220 is written */
+		return;
+	}
 	process(s);
 	after_input(s);
 }
@@ -696,8 +760,18 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct isess *s = arg;
 
+	if (what & BEV_EVENT_CONNECTED) {
+		s->tls = 1;
+		tls_describe(bufferevent_openssl_get_ssl(bev), s->tls_desc, sizeof(s->tls_desc));
+		/* RFC 3207 4.2: nothing learnt before the handshake counts. */
+		s->state = IS_FRESH;
+		process(s);
+		after_input(s);
+		return;
+	}
+	/* During STARTTLS nothing can be said in clear any more: just close. */
 	if ((what & BEV_EVENT_TIMEOUT) && !s->close_after_write && !(what & BEV_EVENT_WRITING) &&
-	    !s->eof) {
+	    !s->eof && s->state != IS_TLS) {
 		log_info("event=timeout client=%s listener=bounce state=%d", s->addr, (int)s->state);
 		reply(s, "421 4.4.2 %s Timeout: closing connection", s->in->srv->cfg->hostname);
 		s->close_after_write = 1;
@@ -725,13 +799,20 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		after_input(s);
 		return;
 	}
+	if (what & BEV_EVENT_ERROR)
+		tls_log_event_error(bev, what, s->state == IS_TLS, s->addr);
 	isess_free(s);
 }
 
 static void isess_free(struct isess *s)
 {
 	struct inbound *in = s->in;
+	char tls[120];
 
+	log_info("event=session_end listener=bounce client=%s tls=%s reports=%d errors=%d "
+		 "duration_ms=%llu",
+		 s->addr, s->tls ? log_quote(tls, sizeof(tls), s->tls_desc) : "no", s->reports,
+		 s->nerrors, (unsigned long long)((now_usec() - s->started) / 1000));
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -739,10 +820,26 @@ static void isess_free(struct isess *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	in->nsessions--;
-	bufferevent_free(s->bev);
+	if (s->bev) {
+		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+		bufferevent_free(s->bev);
+	}
+	if (!s->bev_owns_fd || s->bev == NULL)
+		evutil_closesocket(s->fd);
 	buf_free(&s->hdr);
 	buf_free(&s->body);
 	free(s);
+}
+
+static void setup_bev(struct isess *s)
+{
+	const struct config *cfg = s->in->srv->cfg;
+
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, REPORT_KEEP);
+	bufferevent_set_timeouts(s->bev, &(struct timeval){cfg->command_timeout, 0},
+				 &(struct timeval){cfg->command_timeout, 0});
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
@@ -772,18 +869,17 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	s = xcalloc(1, sizeof(*s));
 	s->in = in;
 	s->id = ++in->next_id;
+	s->started = now_usec();
 	snprintf(s->addr, sizeof(s->addr), "%s", addr);
-	s->bev = bufferevent_socket_new(in->srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	/* Not owning the socket: STARTTLS puts a TLS bufferevent on it. */
+	s->fd = fd;
+	s->bev = bufferevent_socket_new(in->srv->base, fd, 0);
 	s->next = in->head;
 	if (in->head)
 		in->head->prev = s;
 	in->head = s;
 	in->nsessions++;
-	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(s->bev, EV_READ, 0, REPORT_KEEP);
-	bufferevent_set_timeouts(s->bev, &(struct timeval){cfg->command_timeout, 0},
-				 &(struct timeval){cfg->command_timeout, 0});
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	setup_bev(s);
 	reply(s, "220 %s ESMTP bounce and feedback reports only", cfg->hostname);
 }
 
@@ -831,6 +927,10 @@ void inbound_stop(struct inbound *in)
 		next = s->next;
 		if (s->state == IS_WAIT)
 			continue;
+		if (s->state == IS_TLS) {
+			isess_free(s); /* nothing can be said in clear any more */
+			continue;
+		}
 		reply(s, "421 4.3.2 Service shutting down; try again later");
 		s->close_after_write = 1;
 	}

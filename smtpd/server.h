@@ -122,6 +122,39 @@ void inbound_free(struct inbound *in);
 SSL_CTX *tls_server_ctx(const char *cert, const char *key, char *err, size_t errlen);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" for a connection, into out. */
 void tls_describe(SSL *ssl, char *out, size_t outlen);
+/*
+ * Logs a failed TLS read, write or handshake (op) of client as
+ * event=tls_error with OpenSSL's reason: err, or else the last error
+ * OpenSSL queued on this thread; failing both, for SSL_ERROR_SYSCALL
+ * (ssl_error, 0 when unknown) the system's reason, or that the peer just
+ * went away.
+ */
+void tls_log_error(const char *client, const char *op, unsigned long err, int ssl_error);
+/*
+ * The refusal STARTTLS gets on a connection already encrypted (tls_active)
+ * or with an argument (arglen octets), a string constant; NULL when it may
+ * go ahead.
+ */
+const char *tls_starttls_refusal(int tls_active, size_t arglen);
+struct bufferevent;
+/*
+ * An error event (what) of bev: logs OpenSSL's reason, when it gave one, as
+ * a failed handshake while handshaking, else as a failed read or write.
+ */
+void tls_log_event_error(struct bufferevent *bev, short what, int handshaking, const char *client);
+/*
+ * After the STARTTLS 220: 1 when plaintext is already buffered on bev (an
+ * injection attack: the caller closes), logged as event=starttls_injection.
+ */
+int tls_starttls_injected(struct bufferevent *bev, const char *client);
+/*
+ * STARTTLS, once its 220 is written: frees *bev, a plain bufferevent on fd
+ * that does not own it, and puts in its place one that runs the server
+ * side of a handshake on fd with srv->tls as it is now (reloaded on SIGHUP)
+ * and closes fd when freed. 0; -1 when it could not: *bev is then the
+ * plain one or NULL, and fd is still the caller's to close.
+ */
+int tls_upgrade(struct server *srv, evutil_socket_t fd, struct bufferevent **bev);
 
 /* server.c */
 /*

@@ -144,31 +144,6 @@ static void reply(struct session *s, const char *fmt, ...)
 }
 
 /*
- * Logs a failed TLS read, write or handshake with OpenSSL's reason: err, or
- * else the last error OpenSSL queued on this thread; failing both, for
- * SSL_ERROR_SYSCALL (ssl_error, 0 when unknown) the system's reason, or
- * that the peer just went away.
- */
-static void log_tls_error(const struct session *s, const char *op, unsigned long err,
-			  int ssl_error)
-{
-	int sys_errno = errno;
-	char reason[160], q[200];
-
-	if (err == 0)
-		err = ERR_peek_last_error();
-	if (err != 0)
-		ERR_error_string_n(err, reason, sizeof(reason));
-	else if (ssl_error == SSL_ERROR_SYSCALL)
-		snprintf(reason, sizeof(reason), "%s",
-			 sys_errno ? strerror(sys_errno) : "unexpected end of stream");
-	else
-		snprintf(reason, sizeof(reason), "no reason given");
-	log_info("event=tls_error client=%s op=%s ssl_error=%d error=%s", s->addr, op, ssl_error,
-		 log_quote(q, sizeof(q), reason));
-}
-
-/*
  * Writes the replies of this pass over the input straight to the TLS
  * connection. Left to the bufferevent, each reply would turn the socket's
  * write interest on, wait a loop turn for EPOLLOUT, write, and turn it off:
@@ -213,7 +188,7 @@ static void flush_direct(struct session *s)
 		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
 			log_debug("event=reply_write_blocked client=%s bytes=%zu", s->addr, len);
 		else
-			log_tls_error(s, "write", 0, e);
+			tls_log_error(s->addr, "write", 0, e);
 		ERR_clear_error();
 		return;
 	}
@@ -358,22 +333,14 @@ static void cmd_helo(struct session *s, const char *arg, size_t len, int esmtp)
 
 static void cmd_starttls(struct session *s, const char *arg, size_t len)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
+	const char *refusal = tls_starttls_refusal(s->tls, len);
 
-	if (s->tls) {
-		reply_err(s, "503 5.5.1 TLS is already active");
-		return;
-	}
-	if (len) {
-		reply_err(s, "501 5.5.4 STARTTLS takes no argument");
+	if (refusal) {
+		reply_err(s, "%s", refusal);
 		return;
 	}
 	reply(s, "220 2.0.0 Ready to start TLS");
-	if (evbuffer_get_length(in) > 0) {
-		/* Bytes sent before the handshake would be taken as encrypted
-		 * commands by a careless server: STARTTLS command injection. */
-		log_warn("event=starttls_injection client=%s bytes=%zu", s->addr,
-			 evbuffer_get_length(in));
+	if (tls_starttls_injected(s->bev, s->addr)) {
 		s->close_now = 1;
 		return;
 	}
@@ -385,18 +352,7 @@ static void cmd_starttls(struct session *s, const char *arg, size_t len)
 /* Swaps the plain bufferevent for a TLS one on the same socket. */
 static void start_tls(struct session *s)
 {
-	SSL *ssl = SSL_new(s->srv->tls);
-
-	if (ssl == NULL) {
-		s->close_now = 1;
-		return;
-	}
-	if (s->bev)
-		bufferevent_free(s->bev);
-	s->bev = bufferevent_openssl_socket_new(s->srv->base, s->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-						BEV_OPT_CLOSE_ON_FREE);
-	if (s->bev == NULL) {
-		SSL_free(ssl);
+	if (tls_upgrade(s->srv, s->fd, &s->bev) == -1) {
 		s->close_now = 1;
 		return;
 	}
@@ -1444,7 +1400,7 @@ static int tls_pull(struct session *s, size_t *budget)
 		bufferevent_disable(s->bev, EV_READ);
 		return 0;
 	}
-	log_tls_error(s, "read", 0, e);
+	tls_log_error(s->addr, "read", 0, e);
 	s->close_now = 1; /* the pass's replies are not written (flush_direct) */
 	return 0;
 }
@@ -1542,15 +1498,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		reply_close(s, text);
 		return;
 	}
-	if (what & BEV_EVENT_ERROR) {
-		unsigned long e = bufferevent_get_openssl_error(bev);
-		if (e)
-			/* libevent reports a failed handshake as a read error. */
-			log_tls_error(s, !s->tls			  ? "handshake"
-					 : what & BEV_EVENT_WRITING ? "write"
-								    : "read",
-				      e, 0);
-	}
+	if (what & BEV_EVENT_ERROR)
+		tls_log_event_error(bev, what, !s->tls, s->addr);
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !s->close_after_write) {
 		/* A client that half-closed after pipelining still gets its
 		 * buffered commands handled; the session ends once idle. */

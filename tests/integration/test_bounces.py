@@ -3,12 +3,17 @@ with 250 and bounces it later (RFC 3464), or a mailbox provider's complaint
 (RFC 5965), mailed to the VERP envelope sender and read by the [bounce]
 listener. Real daemon, real delivery to a sink, reports sent with smtplib."""
 
+import contextlib
 import hashlib
 import hmac
 import os
 import random
+import re
+import shutil
+import signal
 import smtplib
 import socket
+import ssl
 
 import pytest
 
@@ -118,12 +123,16 @@ def arf(return_path, rcpt, feedback_type="abuse"):
             % (FEEDBACK, b, b, b, feedback_type, rcpt, b, return_path, rcpt, b)).encode()
 
 
-def send_report(port, rcpt, msg, sender=""):
-    """Sends msg to rcpt on the bounce listener; returns the reply to DATA
-    (or to RCPT TO when that is refused)."""
+def send_report(port, rcpt, msg, sender="", tls=False):
+    """Sends msg to rcpt on the bounce listener (over STARTTLS with tls);
+    returns the reply to DATA (or to RCPT TO when that is refused)."""
     c = smtplib.SMTP("127.0.0.1", port, timeout=20)
     try:
         c.ehlo("mx.remote.test")
+        if tls:
+            code, text = c.starttls(context=h.client_tls_context())
+            assert code == 220 and text.startswith(b"2.0.0"), (code, text)
+            c.ehlo("mx.remote.test")
         code, text = c.mail(sender)
         assert code == 250, (code, text)
         code, text = c.rcpt(rcpt)
@@ -522,3 +531,153 @@ def test_transactions_of_several_recipients_have_senders_of_their_own(denv, ctl,
     code, text = send_report(port, own, dsn(own, [("m2@c.test", "failed", "5.1.1", "550 5.1.1 x")]))
     assert code == 250 and b"1 matched" in text, (code, text)
     assert suppression(pg, t, "m2@c.test") is not None
+
+
+# ------------------------------------------------------------ STARTTLS
+
+def test_report_over_starttls_is_recorded_like_one_in_clear(denv, ctl, pg):
+    """STARTTLS is offered (never required): a report sent over it, here
+    one that returns a large original (many TLS records arriving at once),
+    is recorded exactly as the same report sent in clear."""
+    t = h.setup_tenant(ctl)
+    sink = denv.sink("127.0.0.46")
+    denv.mx("tls.test", (10, "mx.tls.test", "127.0.0.46"))
+    d, port = start(denv)
+    recorded = {}
+    for local, tls in (("clear", False), ("secret", True)):
+        rcpt = "%s@tls.test" % local
+        qid, verp = delivered(denv, sink, t, d, [rcpt])
+        report = dsn(verp, [(rcpt, "failed", "5.1.1", "550 5.1.1 mailbox does not exist")])
+        filler = (b"y" * 998 + b"\r\n") * 300
+        report = report.replace(b"\r\n--b0undary=42--", b"\r\n" + filler + b"--b0undary=42--")
+        code, text = send_report(port, verp, report, tls=tls)
+        assert code == 250 and b"1 matched" in text, (local, code, text)
+        e = denv.wait_events(qid, "message.bounced")[0][2]
+        assert e["recipient"] == rcpt, e
+        recorded[local] = ({k: v for k, v in e.items() if rcpt not in str(v)},
+                           suppression(pg, t, rcpt))
+    assert recorded["secret"] == recorded["clear"]
+    assert recorded["secret"][1] and "mailbox does not exist" in recorded["secret"][1]
+    # One line per connection says whether it was encrypted, and how.
+    denv.wait_log(r"event=session_end listener=bounce client=\S+ tls=\"TLSv1\.[23] \S+\" "
+                  r"reports=1")
+    denv.wait_log(r"event=session_end listener=bounce client=\S+ tls=no reports=1")
+
+
+@contextlib.contextmanager
+def bounce_session(denv, ehlo=True):
+    """A byte-exact client on a new daemon's bounce listener (after EHLO)."""
+    d, port = start(denv)
+    c = h.SMTPClient.connect(port)
+    try:
+        if ehlo:
+            c.ehlo("mx.remote.test")
+        yield c
+    finally:
+        c.quit()
+
+
+def test_ehlo_offers_starttls_until_tls_and_state_resets(denv):
+    with bounce_session(denv) as c:
+        assert "STARTTLS" in c.keywords(), c.ehlo_reply
+        # A transaction opened in clear does not survive the handshake.
+        assert c.cmd("MAIL FROM:<>").code == 250
+        c.starttls()
+        assert c.tls
+        # RFC 3207 4.2: the client must say EHLO again.
+        r = c.cmd("MAIL FROM:<>")
+        assert r.code == 503 and r.enhanced == "5.5.1", r
+        c.ehlo("mx.remote.test")
+        assert "STARTTLS" not in c.keywords(), c.ehlo_reply
+        r = c.cmd("RCPT TO:<postmaster>")
+        assert r.code == 503 and r.enhanced == "5.5.1", r
+        assert c.cmd("MAIL FROM:<>").code == 250
+        assert c.cmd("RCPT TO:<postmaster>").code == 250
+
+
+def test_starttls_injection_closes_after_the_220(denv):
+    with bounce_session(denv) as c:
+        c.send(b"STARTTLS\r\nNOOP\r\n")
+        r = c.reply()
+        assert r.code == 220 and r.enhanced == "2.0.0", r
+        assert not c.buf, "the injected NOOP was answered: %r" % c.buf
+        assert c.is_closed(timeout=5), "connection left open with injected plaintext"
+    denv.wait_log(r"event=starttls_injection client=\S+ bytes=6\b")
+
+
+def test_starttls_refused_twice_with_argument_or_before_ehlo(denv):
+    with bounce_session(denv, ehlo=False) as c:
+        r = c.cmd("STARTTLS")
+        assert r.code == 503 and r.enhanced == "5.5.1", r
+        c.ehlo("mx.remote.test")
+        r = c.cmd("STARTTLS now")
+        assert r.code == 501 and r.enhanced == "5.5.4", r
+        c.starttls()
+        c.ehlo("mx.remote.test")
+        r = c.cmd("STARTTLS")
+        assert r.code == 503 and r.enhanced == "5.5.1", r
+        # Still a working session.
+        assert c.cmd("NOOP").code == 250
+
+
+def test_failed_handshake_is_logged(denv):
+    with bounce_session(denv) as c:
+        assert c.cmd("STARTTLS").code == 220
+        # Plaintext where the ClientHello belongs (sent after the 220).
+        c.send(b"EHLO in.clear.test\r\n")
+        assert c.is_closed(timeout=5)
+    denv.wait_log(r"event=tls_error client=\S+ op=handshake ssl_error=0 error=")
+    denv.wait_log(r"event=session_end listener=bounce client=\S+ tls=no")
+
+
+def peer_cert(port):
+    c = h.SMTPClient.connect(port)
+    try:
+        c.ehlo("mx.remote.test")
+        c.starttls()
+        return c.sock.getpeercert(binary_form=True)
+    finally:
+        c.quit()
+
+
+def test_starttls_uses_the_certificate_reloaded_on_sighup(daemon_factory, tmp_path):
+    tls_dir = str(tmp_path / "tls")
+    cert, key = h.make_cert(tls_dir, name="before.test")
+    h.open_path_for_daemon(tls_dir)
+    port = h.free_port()
+    d = daemon_factory(start=False, bounce__listen="127.0.0.1:%d" % port)
+    d.config["smtp"]["tls_cert"], d.config["smtp"]["tls_key"] = cert, key
+    d.write_config()
+    d.start()
+    d.wait_log(r"event=listening address=127\.0\.0\.1:%d mode=bounce" % port)
+
+    def der(path):
+        with open(path) as f:
+            return ssl.PEM_cert_to_DER_cert(f.read())
+
+    assert peer_cert(port) == der(cert)
+    new_cert, new_key = h.make_cert(str(tmp_path / "new"), name="after.test")
+    shutil.copy(new_key, key)
+    shutil.copy(new_cert, cert)
+    n = len(re.findall(r"event=reload result=ok", d.log_text()))
+    d.proc.send_signal(signal.SIGHUP)
+    h.eventually(lambda: len(re.findall(r"event=reload result=ok", d.log_text())) > n,
+                 timeout=10, what="event=reload result=ok")
+    assert peer_cert(port) == der(new_cert)
+
+
+def test_records_that_arrive_together_are_all_answered(denv):
+    """The shared TLS context reads ahead (for the submission sessions):
+    commands in records that come in one TCP write, and one that comes with
+    the end of the handshake, are all answered here too."""
+    from test_starttls import RecordClient
+    with bounce_session(denv) as c:
+        assert c.cmd("STARTTLS").code == 220
+        rc = RecordClient(c.sock)
+        c.sock.sendall(rc.handshake() + rc.records(b"EHLO together\r\n"))
+        assert rc.replies(1)[0].startswith(b"250 "), "no answer to EHLO"
+        c.sock.sendall(rc.records(b"NOOP\r\n", b"RSET\r\n", b"NOOP\r\n", b"RSET\r\n", b"NOOP\r\n"))
+        rs = rc.replies(5)
+        assert all(r.startswith(b"250 ") for r in rs), rs
+        c.sock.sendall(rc.records(b"QUIT\r\n"))
+        assert rc.replies(1)[0].startswith(b"221"), "no 221"
