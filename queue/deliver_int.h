@@ -68,7 +68,7 @@ struct pace {
 };
 
 /*
- * The machine's idle time (idle + iowait) and total time, in ticks, from
+ * The machine's idle time (not iowait) and total time, in ticks, from
  * the first line of /proc/stat (whole, with its newline). 0, or -1 when
  * it is not such a line.
  */

@@ -56,8 +56,13 @@ int pace_parse_stat(const char *text, size_t len, unsigned long long *idle,
 	}
 	if (n < 4)
 		return -1;
-	/* guest and guest_nice are already counted in user and nice. */
-	*idle = v[3] + v[4];
+	/*
+	 * iowait is not counted as free: under a submission load it is the
+	 * commit thread waiting for its fsyncs, the disk that delivery's own
+	 * writes would compete for. guest and guest_nice are already counted
+	 * in user and nice.
+	 */
+	*idle = v[3];
 	*total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
 	return 0;
 }
