@@ -127,6 +127,8 @@ def combined(args, build):
                 extra["delivery__cpu_priority"] = args.cpu_priority
             if args.reuse_max_age:
                 extra["spool__reuse_max_age"] = args.reuse_max_age
+            if args.acceptance_first:
+                extra["delivery__acceptance_first"] = args.acceptance_first
             d = h.Daemon(build, pg, os.path.join(work, "%d-%s" % (n, mode)), cert=cert,
                          delivery__enabled="yes" if mode == "on" else "no",
                          delivery__port=sink_port, dns__servers="127.0.0.1:%d" % dns.port,
@@ -187,9 +189,10 @@ def combined(args, build):
         settle.remove_tree(work)
     med = {m: statistics.median(x["accepted_msgs_per_s"] for x in runs[m]) for m in runs}
     print("median of %d: delivery off %.1f msgs/s, on %.1f msgs/s accepted (%+.1f %%), "
-          "cpu_priority=%s reuse_max_age=%s"
+          "cpu_priority=%s reuse_max_age=%s acceptance_first=%s"
           % (args.rounds, med["off"], med["on"], 100.0 * (med["on"] - med["off"]) / med["off"],
-             args.cpu_priority or "default", args.reuse_max_age or "default"))
+             args.cpu_priority or "default", args.reuse_max_age or "default",
+             args.acceptance_first or "default"))
     if args.json:
         print(json.dumps({"runs": runs, "median": med}))
     return 0
@@ -220,6 +223,8 @@ def main():
                     help="--with-submission: [spool] reuse_max_age (0: delete delivered files)")
     ap.add_argument("--cpu-priority", choices=("background", "low", "normal"),
                     help="--with-submission: [delivery] cpu_priority (the daemon's default)")
+    ap.add_argument("--acceptance-first", choices=("yes", "no"),
+                    help="--with-submission: [delivery] acceptance_first (the daemon's default)")
     ap.add_argument("--pause-delivery", action="store_true",
                     help="--with-submission: in the 'on' rounds, stop the delivery process "
                          "(SIGSTOP) while the load runs, then let it drain: what delivery "
