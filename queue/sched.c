@@ -119,6 +119,7 @@ struct dsched {
 	struct pace pace;  /* acceptance first: holding while acceptance is busy */
 	unsigned arrivals; /* messages committed since the last pace window */
 	uint64_t hold_start; /* when the current hold began (now_usec) */
+	uint64_t holds;      /* holds begun */
 	int stopping;
 	void (*stop_done)(void *);
 	void *stop_arg;
@@ -893,6 +894,67 @@ static void retry_requests(struct dsched *s)
 	closedir(d);
 }
 
+/*
+ * SPOOL/delivery.metrics, in the Prometheus text format, for the daemon's
+ * GET /metrics (smtpd/admin.c): written whole and renamed over the last
+ * one every tick, never synced (it is rebuilt each second). Small writes
+ * to the page cache, in the spool's top folder, which nothing else
+ * changes while running.
+ */
+static void write_metrics(struct dsched *s)
+{
+	char text[2048], tmp[4096], path[4096];
+	size_t ready = 0;
+	struct dq *q;
+	int fd, n;
+
+	for (q = s->all; q != NULL; q = q->next_all)
+		ready += q->nready;
+	n = snprintf(
+	    text, sizeof(text),
+	    "# HELP sendgate_delivery_recipients_total Recipients by the outcome of their "
+	    "delivery attempts (bounced includes expired), since the delivery process started.\n"
+	    "# TYPE sendgate_delivery_recipients_total counter\n"
+	    "sendgate_delivery_recipients_total{outcome=\"delivered\"} %llu\n"
+	    "sendgate_delivery_recipients_total{outcome=\"bounced\"} %llu\n"
+	    "sendgate_delivery_recipients_total{outcome=\"deferred\"} %llu\n"
+	    "# HELP sendgate_delivery_messages Messages the delivery process has in hand.\n"
+	    "# TYPE sendgate_delivery_messages gauge\n"
+	    "sendgate_delivery_messages %zu\n"
+	    "# HELP sendgate_delivery_ready Deliveries (recipients of one message for one "
+	    "destination) due now and waiting for a connection.\n"
+	    "# TYPE sendgate_delivery_ready gauge\n"
+	    "sendgate_delivery_ready %zu\n"
+	    "# HELP sendgate_delivery_connections Outgoing connections, and their route lookups.\n"
+	    "# TYPE sendgate_delivery_connections gauge\n"
+	    "sendgate_delivery_connections %zu\n"
+	    "# HELP sendgate_delivery_holding 1 while delivery holds for acceptance "
+	    "([delivery] acceptance_first).\n"
+	    "# TYPE sendgate_delivery_holding gauge\n"
+	    "sendgate_delivery_holding %d\n"
+	    "# HELP sendgate_delivery_holds_total Holds for acceptance begun.\n"
+	    "# TYPE sendgate_delivery_holds_total counter\n"
+	    "sendgate_delivery_holds_total %llu\n",
+	    (unsigned long long)s->delivered, (unsigned long long)s->bounced,
+	    (unsigned long long)s->deferred, hmap_count(s->msgs), ready, s->ncx, s->pace.holding,
+	    (unsigned long long)s->holds);
+	if (n <= 0 || (size_t)n >= sizeof(text))
+		return;
+	snprintf(tmp, sizeof(tmp), "%s/delivery.metrics.tmp", s->dir);
+	snprintf(path, sizeof(path), "%s/delivery.metrics", s->dir);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
+	if (fd == -1)
+		return;
+	if (write(fd, text, (size_t)n) != n) {
+		close(fd);
+		unlink(tmp);
+		return;
+	}
+	close(fd);
+	if (rename(tmp, path) == -1)
+		unlink(tmp);
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dsched *s = arg;
@@ -900,6 +962,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct dq *q;
 
 	retry_requests(s);
+	write_metrics(s);
 
 	for (q = s->all; q != NULL; q = q->next_all) {
 		struct ditem *it = q->wait, *nx;
@@ -929,6 +992,7 @@ static void pace_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	if (!was) {
 		s->hold_start = now_usec();
+		s->holds++;
 		log_info("event=delivery_yields_to_acceptance arrivals_per_s=%u idle_pct=%d "
 		         "in_flight=%zu",
 		         arrivals * (1000 / PACE_WINDOW_MS), s->pace.last_free_pct, s->ncx);

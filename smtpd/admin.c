@@ -1,10 +1,18 @@
 /*
  * admin: the health endpoint on [admin] listen. GET /healthz answers 200
  * while the process runs; GET /readyz answers 200 only when the database
- * is reachable and the spool is writable, else 503 with the reason.
+ * is reachable and the spool is writable, else 503 with the reason;
+ * GET /metrics answers the Prometheus text format: the submission side's
+ * counters, and the delivery process's, which it writes to
+ * SPOOL/delivery.metrics every second.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -19,6 +27,121 @@ static void send_text(struct evhttp_request *req, int code, const char *reason, 
 			  "application/json");
 	evbuffer_add_printf(b, "%s\n", body);
 	evhttp_send_reply(req, code, reason, b);
+	evbuffer_free(b);
+}
+
+/* The delivery process's file counts while it is this fresh (seconds). */
+#define DELIVERY_METRICS_FRESH 5
+
+void metrics_message(struct server_metrics *m, int code, size_t size, uint64_t eod_usec,
+		     uint64_t sign_usec)
+{
+	static const unsigned bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
+	int i;
+
+	m->messages[code < 300 ? 0 : code < 500 ? 1 : 2]++;
+	if (code >= 300)
+		return;
+	m->bytes_queued += size;
+	m->eod_usec += eod_usec;
+	m->sign_usec += sign_usec;
+	for (i = 0; i < METRICS_NBUCKETS; i++)
+		if (eod_usec <= (uint64_t)bounds[i] * 1000u) {
+			m->eod[i]++;
+			break;
+		}
+}
+
+static void metric_head(struct evbuffer *b, const char *name, const char *type, const char *help)
+{
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Appends the delivery process's metrics, if its file is fresh. */
+static void delivery_metrics(struct server *srv, struct evbuffer *b)
+{
+	char path[4096], buf[8192];
+	struct stat st;
+	ssize_t n = -1;
+	int fd, up = 0;
+
+	snprintf(path, sizeof(path), "%s/delivery.metrics", srv->cfg->spool_dir);
+	/* Also written by a delivery process run on its own (--delivery-only). */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd != -1) {
+		if (fstat(fd, &st) == 0 && time(NULL) - st.st_mtime <= DELIVERY_METRICS_FRESH) {
+			n = read(fd, buf, sizeof(buf));
+			up = n > 0;
+		}
+		close(fd);
+	}
+	metric_head(b, "sendgate_delivery_up", "gauge",
+		    "1 while the delivery process reports (its metrics follow), else 0.");
+	evbuffer_add_printf(b, "sendgate_delivery_up %d\n", up);
+	if (up)
+		evbuffer_add(b, buf, (size_t)n);
+}
+
+static void send_metrics(struct server *srv, struct evhttp_request *req)
+{
+	static const unsigned bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
+	const struct server_metrics *m = &srv->metrics;
+	struct evbuffer *b = evbuffer_new();
+	uint64_t cum = 0;
+	int i;
+
+	metric_head(b, "sendgate_sessions", "gauge", "Submission sessions open now.");
+	evbuffer_add_printf(b, "sendgate_sessions %d\n", srv->nsessions);
+	metric_head(b, "sendgate_connections_total", "counter",
+		    "Submission connections taken (not those refused over a limit).");
+	evbuffer_add_printf(b, "sendgate_connections_total %llu\n",
+			    (unsigned long long)m->connections);
+	metric_head(b, "sendgate_messages_total", "counter",
+		    "Messages at end of data, by result: queued (250), deferred (4xx), rejected (5xx).");
+	evbuffer_add_printf(b,
+			    "sendgate_messages_total{result=\"queued\"} %llu\n"
+			    "sendgate_messages_total{result=\"deferred\"} %llu\n"
+			    "sendgate_messages_total{result=\"rejected\"} %llu\n",
+			    (unsigned long long)m->messages[0], (unsigned long long)m->messages[1],
+			    (unsigned long long)m->messages[2]);
+	metric_head(b, "sendgate_queued_bytes_total", "counter", "Size of the queued messages.");
+	evbuffer_add_printf(b, "sendgate_queued_bytes_total %llu\n",
+			    (unsigned long long)m->bytes_queued);
+	metric_head(b, "sendgate_smtp_error_replies_total", "counter",
+		    "Submission replies by class (any command).");
+	evbuffer_add_printf(b,
+			    "sendgate_smtp_error_replies_total{class=\"4xx\"} %llu\n"
+			    "sendgate_smtp_error_replies_total{class=\"5xx\"} %llu\n",
+			    (unsigned long long)m->replies[0], (unsigned long long)m->replies[1]);
+	metric_head(b, "sendgate_auth_failures_total", "counter", "Failed AUTH attempts.");
+	evbuffer_add_printf(b, "sendgate_auth_failures_total %llu\n",
+			    (unsigned long long)m->auth_failures);
+	metric_head(b, "sendgate_end_of_data_seconds", "histogram",
+		    "Queued messages: end of data to the 250 (signing and the durable commit).");
+	for (i = 0; i < METRICS_NBUCKETS; i++) {
+		cum += m->eod[i];
+		evbuffer_add_printf(b, "sendgate_end_of_data_seconds_bucket{le=\"%g\"} %llu\n",
+				    bounds[i] / 1000.0, (unsigned long long)cum);
+	}
+	evbuffer_add_printf(b,
+			    "sendgate_end_of_data_seconds_bucket{le=\"+Inf\"} %llu\n"
+			    "sendgate_end_of_data_seconds_sum %.6f\n"
+			    "sendgate_end_of_data_seconds_count %llu\n",
+			    (unsigned long long)m->messages[0], m->eod_usec / 1e6,
+			    (unsigned long long)m->messages[0]);
+	metric_head(b, "sendgate_signing_seconds_total", "counter",
+		    "Time queued messages spent waiting for and in DKIM signing.");
+	evbuffer_add_printf(b, "sendgate_signing_seconds_total %.6f\n", m->sign_usec / 1e6);
+	metric_head(b, "sendgate_spool_messages", "gauge", "Messages in the spool's queue.");
+	evbuffer_add_printf(b, "sendgate_spool_messages %zu\n", spool_count(srv->spool));
+	metric_head(b, "sendgate_database_up", "gauge",
+		    "1 while the control-plane database is connected and loaded.");
+	evbuffer_add_printf(b, "sendgate_database_up %d\n",
+			    store_connected(srv->store) && store_ready(srv->store));
+	delivery_metrics(srv, b);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", b);
 	evbuffer_free(b);
 }
 
@@ -52,7 +175,11 @@ static void on_request(struct evhttp_request *req, void *arg)
 			send_text(req, 503, "Service Unavailable", body);
 		return;
 	}
-	send_text(req, 404, "Not Found", "{\"error\":\"try /healthz or /readyz\"}");
+	if (path && strcmp(path, "/metrics") == 0) {
+		send_metrics(srv, req);
+		return;
+	}
+	send_text(req, 404, "Not Found", "{\"error\":\"try /healthz, /readyz or /metrics\"}");
 }
 
 int admin_start(struct server *srv, char *err, size_t errlen)

@@ -150,6 +150,7 @@ void server_auth_failed(struct server *srv, const char *key)
 {
 	struct client_addr *ca = hmap_get(srv->clients, key);
 
+	srv->metrics.auth_failures++;
 	/* The session's own connection keeps its entry in the table. */
 	if (ca)
 		peer_auth_failed(&ca->st, mono_now(), FAILURE_MEMORY);
@@ -260,6 +261,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	slot = srv->free_slots[--srv->nfree];
 	id = (++srv->generation << SLOT_BITS) | slot;
 	srv->nsessions++;
+	srv->metrics.connections++;
 	session_start(srv, fd, addr, key, la->implicit_tls, id, delay);
 }
 

@@ -32,8 +32,28 @@ struct client_addr {
 	char key[PEER_TEXT_MAX];
 };
 
+/* Upper bounds (ms) of the end-of-data latency histogram of GET /metrics. */
+#define METRICS_EOD_BUCKETS {5, 10, 25, 50, 100, 250, 500, 1000, 2500}
+#define METRICS_NBUCKETS 9
+
+/* What GET /metrics reports of the submission side (admin.c). */
+struct server_metrics {
+	uint64_t connections;   /* submission connections taken */
+	uint64_t messages[3];   /* at end of data: queued, deferred (4xx), rejected (5xx) */
+	uint64_t bytes_queued;  /* size of the queued ones */
+	uint64_t replies[2];    /* every 4xx, 5xx reply */
+	uint64_t auth_failures;
+	uint64_t eod[METRICS_NBUCKETS]; /* queued messages by end of data to 250, per bucket */
+	uint64_t eod_usec, sign_usec;   /* sums over the queued ones */
+};
+
+/* Counts one message's end of data (admin.c). */
+void metrics_message(struct server_metrics *m, int code, size_t size, uint64_t eod_usec,
+		     uint64_t sign_usec);
+
 struct server {
 	struct config *cfg;
+	struct server_metrics metrics;
 	struct event_base *base;
 	SSL_CTX *tls;
 	struct spool *spool;

@@ -136,6 +136,8 @@ static void reply(struct session *s, const char *fmt, ...)
 	va_end(ap);
 	if (n == 0)
 		return;
+	if (line[0] == '4' || line[0] == '5')
+		s->srv->metrics.replies[line[0] - '4']++;
 	/* flush_direct may have turned writing off after its last write. */
 	if (!(bufferevent_get_enabled(s->bev) & EV_WRITE))
 		bufferevent_enable(s->bev, EV_WRITE);
@@ -986,6 +988,8 @@ static void message_done(struct session *s, int code, const char *fmt, ...)
 		 tx->dr.size,
 		 code < 300 ? "queued" : code < 500 ? "deferred" : "rejected", eod_ms,
 		 (double)tx->sign_usec / 1000.0, log_quote(q, sizeof(q), text));
+	metrics_message(&s->srv->metrics, code, tx->dr.size, tx->t_eod ? now_usec() - tx->t_eod : 0,
+			tx->sign_usec);
 	if (code >= 400)
 		count_error(s);
 	txn_reset(s);
