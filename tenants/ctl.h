@@ -236,6 +236,8 @@ int ctl_parse_count(const char *s, long min, long max, long *out);
 
 int ctl_cmd_migrate(struct ctl *c, int argc, char **argv);
 int ctl_cmd_tenant(struct ctl *c, int argc, char **argv);
+/* ctl_reputation.c: `tenant stats [TENANT] [--window DURATION]` (argv after "stats"). */
+int ctl_tenant_stats(struct ctl *c, int argc, char **argv);
 int ctl_cmd_credential(struct ctl *c, int argc, char **argv);
 int ctl_cmd_domain(struct ctl *c, int argc, char **argv);
 int ctl_cmd_queue(struct ctl *c, int argc, char **argv);

@@ -13,7 +13,8 @@ static const char usage[] = "tenant create NAME | tenant list | tenant show NAME
                             "       sendgatectl tenant set-limits TENANT [--connections "
                             "N|default] [--messages-per-minute N|default]\n"
                             "       sendgatectl tenant suspend TENANT --reason TEXT\n"
-                            "       sendgatectl tenant resume TENANT";
+                            "       sendgatectl tenant resume TENANT\n"
+                            "       sendgatectl tenant stats [TENANT] [--window DURATION]";
 static const char usage_set_limits[] =
     "tenant set-limits TENANT [--connections N|default] [--messages-per-minute N|default]";
 static const char usage_suspend[] = "tenant suspend TENANT --reason TEXT";
@@ -588,6 +589,8 @@ int ctl_cmd_tenant(struct ctl *c, int argc, char **argv)
 	}
 	if (strcmp(argv[1], "set-limits") == 0)
 		return tenant_set_limits(c, argc, argv);
+	if (strcmp(argv[1], "stats") == 0)
+		return ctl_tenant_stats(c, argc - 2, argv + 2);
 	if (strcmp(argv[1], "suspend") == 0)
 		return tenant_suspend(c, argc, argv);
 	if (strcmp(argv[1], "resume") == 0) {

@@ -141,3 +141,64 @@ def test_rates_of_zero_turn_the_check_off(own, daemon_factory):
     time.sleep(2.5)
     assert "event=tenant_suspended_automatically" not in d.log_text()
     assert mail_reply(d, t).code == 250
+
+
+# ------------------------------------------------------------ tenant stats
+
+def add_old_events(pg, t, kind, n, hours):
+    add_events(pg, t, kind, n)
+    pg.sql("UPDATE events SET created_at = now() - interval '%d hours' WHERE id IN"
+           " (SELECT e.id FROM events e JOIN tenants t ON t.id = e.tenant_id"
+           " WHERE t.name = '%s' AND e.type = '%s' ORDER BY e.id DESC LIMIT %d)"
+           % (hours, t.name, kind, n))
+
+
+def test_tenant_stats_count_as_the_check_does(own):
+    pg, ctl = own
+    a, b, quiet = h.setup_tenant(ctl), h.setup_tenant(ctl), h.setup_tenant(ctl)
+    # a: 20 delivered, 3 refused at once, 1 bounced later, 1 complaint,
+    # 2 deferred, 1 expired: 23 recipients, 4 bounces (17.4 %), 1 complaint
+    # (4.35 %); past both default limits, but under 500 recipients.
+    add_events(pg, a, "message.delivered", 20)
+    add_events(pg, a, "message.bounced", 3)
+    pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT 'message.bounced',"
+           " id, 'LATE', '{\"recipient\": \"l@x.test\", \"async\": true}' FROM tenants"
+           " WHERE name = '%s'" % a.name)
+    add_events(pg, a, "message.complained", 1)
+    add_events(pg, a, "message.deferred", 2)
+    add_events(pg, a, "message.expired", 1)
+    # b: 100 delivered and 6 refused (5.7 %: past half the 10 % limit); 10
+    # more refused 5 hours ago, inside the default 24h window only.
+    add_events(pg, b, "message.delivered", 100)
+    add_events(pg, b, "message.bounced", 6)
+    add_old_events(pg, b, "message.bounced", 10, 5)
+
+    doc = ctl("tenant", "stats")
+    assert (doc["window_s"], doc["bounce_limit"], doc["complaint_limit"],
+            doc["min_recipients"]) == (86400, 10.0, 0.5, 500)
+    rows = {r["tenant"]: r for r in doc["tenants"]}
+    ra = rows[a.name]
+    assert (ra["recipients"], ra["delivered"], ra["bounced"], ra["complained"], ra["deferred"],
+            ra["expired"]) == (23, 20, 4, 1, 2, 1)
+    assert abs(ra["bounce_rate"] - 400 / 23) < 0.01 and abs(ra["complaint_rate"] - 100 / 23) < 0.01
+    assert ra["standing"] == "over (few recipients)" and ra["status"] == "active"
+    rb = rows[b.name]
+    assert (rb["recipients"], rb["bounced"], rb["standing"]) == (116, 16, "over (few recipients)")
+    assert rows[quiet.name]["recipients"] == 0 and rows[quiet.name]["standing"] == "-"
+
+    one = ctl("tenant", "stats", b.name, "--window", "1h")
+    assert [r["tenant"] for r in one["tenants"]] == [b.name]
+    assert (one["window_s"], one["tenants"][0]["recipients"], one["tenants"][0]["bounced"],
+            one["tenants"][0]["standing"]) == (3600, 106, 6, "near")
+
+    r = ctl.raw("tenant", "stats", a.name, json_out=False)
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TENANT", "STATUS", "RECIPIENTS"], r.stdout
+    assert lines[1].split()[:6] == [a.name, "active", "23", "20", "4", "17.4"], r.stdout
+    assert "bounces 10 %, complaints 0.5 %, from 500 recipients" in r.stdout
+
+    r = ctl.raw("tenant", "stats", "nobody-here", json_out=False)
+    assert r.returncode == 1 and 'no tenant named "nobody-here"' in r.stderr, r
+    r = ctl.raw("tenant", "stats", "--window", "5s", json_out=False)
+    assert r.returncode == 2 and "--window" in r.stderr, r
