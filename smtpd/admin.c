@@ -57,6 +57,26 @@ static void metric_head(struct evbuffer *b, const char *name, const char *type, 
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* One unlabelled counter or gauge. */
+static void metric(struct evbuffer *b, const char *name, const char *type, const char *help,
+		   unsigned long long value)
+{
+	metric_head(b, name, type, help);
+	evbuffer_add_printf(b, "%s %llu\n", name, value);
+}
+
+/* A counter with one label, one sample per value of it. */
+static void counter_by(struct evbuffer *b, const char *name, const char *help, const char *label,
+		       const char *const *values, const uint64_t *counts, int n)
+{
+	int i;
+
+	metric_head(b, name, "counter", help);
+	for (i = 0; i < n; i++)
+		evbuffer_add_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, values[i],
+				    (unsigned long long)counts[i]);
+}
+
 /* Appends the delivery process's metrics, if its file is fresh. */
 static void delivery_metrics(struct server *srv, struct evbuffer *b)
 {
@@ -75,9 +95,9 @@ static void delivery_metrics(struct server *srv, struct evbuffer *b)
 		}
 		close(fd);
 	}
-	metric_head(b, "sendgate_delivery_up", "gauge",
-		    "1 while the delivery process reports (its metrics follow), else 0.");
-	evbuffer_add_printf(b, "sendgate_delivery_up %d\n", up);
+	metric(b, "sendgate_delivery_up", "gauge",
+	       "1 while the delivery process reports (its metrics follow), else 0.",
+	       (unsigned long long)up);
 	if (up)
 		evbuffer_add(b, buf, (size_t)n);
 }
@@ -85,37 +105,27 @@ static void delivery_metrics(struct server *srv, struct evbuffer *b)
 static void send_metrics(struct server *srv, struct evhttp_request *req)
 {
 	static const unsigned bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
+	static const char *const results[] = {"queued", "deferred", "rejected"};
+	static const char *const classes[] = {"4xx", "5xx"};
 	const struct server_metrics *m = &srv->metrics;
 	struct evbuffer *b = evbuffer_new();
 	uint64_t cum = 0;
 	int i;
 
-	metric_head(b, "sendgate_sessions", "gauge", "Submission sessions open now.");
-	evbuffer_add_printf(b, "sendgate_sessions %d\n", srv->nsessions);
-	metric_head(b, "sendgate_connections_total", "counter",
-		    "Submission connections taken (not those refused over a limit).");
-	evbuffer_add_printf(b, "sendgate_connections_total %llu\n",
-			    (unsigned long long)m->connections);
-	metric_head(b, "sendgate_messages_total", "counter",
-		    "Messages at end of data, by result: queued (250), deferred (4xx), rejected (5xx).");
-	evbuffer_add_printf(b,
-			    "sendgate_messages_total{result=\"queued\"} %llu\n"
-			    "sendgate_messages_total{result=\"deferred\"} %llu\n"
-			    "sendgate_messages_total{result=\"rejected\"} %llu\n",
-			    (unsigned long long)m->messages[0], (unsigned long long)m->messages[1],
-			    (unsigned long long)m->messages[2]);
-	metric_head(b, "sendgate_queued_bytes_total", "counter", "Size of the queued messages.");
-	evbuffer_add_printf(b, "sendgate_queued_bytes_total %llu\n",
-			    (unsigned long long)m->bytes_queued);
-	metric_head(b, "sendgate_smtp_error_replies_total", "counter",
-		    "Submission replies by class (any command).");
-	evbuffer_add_printf(b,
-			    "sendgate_smtp_error_replies_total{class=\"4xx\"} %llu\n"
-			    "sendgate_smtp_error_replies_total{class=\"5xx\"} %llu\n",
-			    (unsigned long long)m->replies[0], (unsigned long long)m->replies[1]);
-	metric_head(b, "sendgate_auth_failures_total", "counter", "Failed AUTH attempts.");
-	evbuffer_add_printf(b, "sendgate_auth_failures_total %llu\n",
-			    (unsigned long long)m->auth_failures);
+	metric(b, "sendgate_sessions", "gauge", "Submission sessions open now.",
+	       (unsigned long long)srv->nsessions);
+	metric(b, "sendgate_connections_total", "counter",
+	       "Submission connections taken (not those refused over a limit).", m->connections);
+	counter_by(b, "sendgate_messages_total",
+		   "Messages at end of data, by result: queued (250), deferred (4xx), rejected (5xx).",
+		   "result", results, m->messages, 3);
+	metric(b, "sendgate_queued_bytes_total", "counter", "Size of the queued messages.",
+	       m->bytes_queued);
+	counter_by(b, "sendgate_smtp_error_replies_total",
+		   "Submission error replies by class (any command).", "class", classes,
+		   m->replies, 2);
+	metric(b, "sendgate_auth_failures_total", "counter", "Failed AUTH attempts.",
+	       m->auth_failures);
 	metric_head(b, "sendgate_end_of_data_seconds", "histogram",
 		    "Queued messages: end of data to the 250 (signing and the durable commit).");
 	for (i = 0; i < METRICS_NBUCKETS; i++) {
@@ -132,12 +142,11 @@ static void send_metrics(struct server *srv, struct evhttp_request *req)
 	metric_head(b, "sendgate_signing_seconds_total", "counter",
 		    "Time queued messages spent waiting for and in DKIM signing.");
 	evbuffer_add_printf(b, "sendgate_signing_seconds_total %.6f\n", m->sign_usec / 1e6);
-	metric_head(b, "sendgate_spool_messages", "gauge", "Messages in the spool's queue.");
-	evbuffer_add_printf(b, "sendgate_spool_messages %zu\n", spool_count(srv->spool));
-	metric_head(b, "sendgate_database_up", "gauge",
-		    "1 while the control-plane database is connected and loaded.");
-	evbuffer_add_printf(b, "sendgate_database_up %d\n",
-			    store_connected(srv->store) && store_ready(srv->store));
+	metric(b, "sendgate_spool_messages", "gauge", "Messages in the spool's queue.",
+	       spool_count(srv->spool));
+	metric(b, "sendgate_database_up", "gauge",
+	       "1 while the control-plane database is connected and loaded.",
+	       store_connected(srv->store) && store_ready(srv->store));
 	delivery_metrics(srv, b);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "text/plain; version=0.0.4; charset=utf-8");
