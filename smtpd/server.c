@@ -440,6 +440,11 @@ static void apply_runtime_keys(struct config *cfg, struct config *nc)
 #undef SWAP_STR
 	cfg->dns_timeout_ms = nc->dns_timeout_ms;
 	cfg->dns_tries = nc->dns_tries;
+	cfg->reputation_bounce_rate = nc->reputation_bounce_rate;
+	cfg->reputation_complaint_rate = nc->reputation_complaint_rate;
+	cfg->reputation_min_recipients = nc->reputation_min_recipients;
+	cfg->reputation_window = nc->reputation_window;
+	cfg->reputation_check_interval = nc->reputation_check_interval;
 	cfg->verify_new_interval = nc->verify_new_interval;
 	cfg->verify_new_window = nc->verify_new_window;
 	cfg->verify_pending_interval = nc->verify_pending_interval;
@@ -502,6 +507,17 @@ static int level_from(const char *s)
 						      : SGLOG_INFO;
 }
 
+/* [reputation], at start and on SIGHUP. */
+static void set_reputation(struct server *srv)
+{
+	const struct config *cfg = srv->cfg;
+	struct store_reputation rep = {cfg->reputation_window, cfg->reputation_min_recipients,
+				       cfg->reputation_bounce_rate, cfg->reputation_complaint_rate,
+				       cfg->reputation_check_interval};
+
+	store_set_reputation(srv->store, &rep);
+}
+
 /* SIGHUP: reread the file; a bad new config keeps the old one. */
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
@@ -532,6 +548,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	apply_runtime_keys(srv->cfg, &nc);
 	log_set_level(level_from(srv->cfg->log_level));
 	store_set_broken_grace(srv->store, srv->cfg->verify_grace_period);
+	set_reputation(srv);
 	/* Sessions keep a reference to the context their SSL came from. */
 	SSL_CTX_free(srv->tls);
 	srv->tls = ctx;
@@ -668,13 +685,7 @@ int smtpd_run(struct config *cfg, const char *config_path)
 	srv.store = store_open(srv.base, cfg->database_url, STORE_SUBMISSION);
 	store_set_broken_grace(srv.store, cfg->verify_grace_period);
 	store_set_events_retention(srv.store, cfg->events_retention);
-	{
-		struct store_reputation rep = {cfg->reputation_window, cfg->reputation_min_recipients,
-		                               cfg->reputation_bounce_rate,
-		                               cfg->reputation_complaint_rate,
-		                               cfg->reputation_check_interval};
-		store_set_reputation(srv.store, &rep);
-	}
+	set_reputation(&srv);
 	if (cfg->dkim_master_key_file[0]) {
 		unsigned char mkey[32];
 		if (dkim_master_key_load(cfg->dkim_master_key_file, mkey, err, sizeof(err)) == -1) {

@@ -10,22 +10,22 @@
 #include <string.h>
 
 #include "tenants/ctl.h"
+#include "tenants/tenants.h"
 
 static const char usage[] = "tenant stats [TENANT] [--window DURATION]";
 
 /*
  * Per tenant: name, suspended, delivered, refused at once, bounced later,
- * complained, deferred, expired (columns 0 to 7), counted over the
- * window's events since the tenant's last resume.
+ * complained (as the daemon's check counts them), deferred, expired
+ * (columns 0 to 7), over the window's events since the tenant's last
+ * resume.
  */
 static const char SQL_STATS[] =
     "WITH r AS (SELECT tenant_id, max(created_at) AS at FROM events"
-    " WHERE type = 'tenant.resumed' GROUP BY tenant_id)"
+    " WHERE type = 'tenant.resumed' AND created_at > now() - make_interval(secs => $1::int)"
+    " GROUP BY tenant_id)"
     " SELECT t.name, t.suspended_at IS NOT NULL,"
-    " count(e.id) FILTER (WHERE e.type = 'message.delivered'),"
-    " count(e.id) FILTER (WHERE e.type = 'message.bounced' AND NOT e.data ? 'async'),"
-    " count(e.id) FILTER (WHERE e.type = 'message.bounced' AND e.data ? 'async'),"
-    " count(e.id) FILTER (WHERE e.type = 'message.complained'),"
+    SQL_REPUTATION_COUNTS("greatest(now() - make_interval(secs => $1::int), r.at)") ","
     " count(e.id) FILTER (WHERE e.type = 'message.deferred'),"
     " count(e.id) FILTER (WHERE e.type = 'message.expired')"
     " FROM tenants t LEFT JOIN r ON r.tenant_id = t.id"

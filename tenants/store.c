@@ -220,6 +220,7 @@ struct store {
 	struct store_reputation rep;
 	char rep_window[32];	  /* the window as written in a reason: "24h" */
 	int rep_running;	  /* a check is queued or running */
+	uint64_t rep_started;	  /* when it was queued (now_usec) */
 	int retry_delay;
 
 	struct req *head, *tail; /* waiting */
@@ -491,30 +492,32 @@ _Static_assert(PURGE_BATCH == 10000, "PURGE_BATCH is written in SQL_PURGE");
 /*
  * [reputation]: suspends, in one statement, every active tenant whose
  * recipients in the window ($1 seconds, and since its last resume) number
- * at least $2 and of whom at least $3 % bounced (at once or later) or $4 %
- * complained (0: that rate is not checked), with the reason ($5: the
- * window as text) and a tenant.suspended event; the tenants trigger tells
- * every daemon. Concurrent daemons: the UPDATE rechecks suspended_at, so
- * one of them wins and records the event.
+ * at least $2 and of whom at least $3 % bounced or $4 % complained (0:
+ * that rate is not checked), with the reason ($5: the window as text) and
+ * a tenant.suspended event; the tenants trigger tells every daemon.
+ * Recipients: delivered or refused at once. A bounce reported later, or a
+ * complaint, counts only when the delivery it reports on is one of those
+ * recipients (a report on older mail neither inflates the rate nor
+ * suspends a tenant again for what it sent before its resume). Concurrent
+ * daemons: the UPDATE rechecks suspended_at, so one of them wins.
  */
 static const char SQL_REPUTATION[] =
     "WITH r AS (SELECT tenant_id, max(created_at) AS at FROM events"
-    " WHERE type = 'tenant.resumed' GROUP BY tenant_id),"
+    " WHERE type = 'tenant.resumed' AND created_at > now() - make_interval(secs => $1::int)"
+    " GROUP BY tenant_id),"
     " c AS (SELECT e.tenant_id,"
-    " count(*) FILTER (WHERE e.type = 'message.delivered') AS delivered,"
-    " count(*) FILTER (WHERE e.type = 'message.bounced' AND NOT e.data ? 'async') AS refused,"
-    " count(*) FILTER (WHERE e.type = 'message.bounced') AS bounced,"
-    " count(*) FILTER (WHERE e.type = 'message.complained') AS complained"
+    SQL_REPUTATION_COUNTS("greatest(now() - make_interval(secs => $1::int), r.at)")
     " FROM events e JOIN tenants t ON t.id = e.tenant_id AND t.suspended_at IS NULL"
     " LEFT JOIN r ON r.tenant_id = e.tenant_id"
     " WHERE e.created_at > now() - make_interval(secs => $1::int)"
     " AND (r.at IS NULL OR e.created_at > r.at)"
     " AND e.type IN ('message.delivered', 'message.bounced', 'message.complained')"
     " GROUP BY e.tenant_id),"
-    " v AS (SELECT tenant_id, delivered + refused AS sent, bounced, complained,"
-    " $3::float8 > 0 AND bounced * 100.0 >= $3::float8 * (delivered + refused) AS by_bounces"
+    " v AS (SELECT tenant_id, delivered + refused AS sent, refused + bounced_later AS bounced,"
+    " complained, $3::float8 > 0 AND (refused + bounced_later) * 100.0 >= $3::float8 *"
+    " (delivered + refused) AS by_bounces"
     " FROM c WHERE delivered + refused >= $2::int"
-    " AND (($3::float8 > 0 AND bounced * 100.0 >= $3::float8 * (delivered + refused))"
+    " AND (($3::float8 > 0 AND (refused + bounced_later) * 100.0 >= $3::float8 * (delivered + refused))"
     " OR ($4::float8 > 0 AND complained * 100.0 >= $4::float8 * (delivered + refused)))),"
     " u AS (UPDATE tenants t SET suspended_at = now(), suspended_reason = left(CASE WHEN v.by_bounces"
     " THEN format('automatic: %s of %s recipients (%s%%) bounced in the last %s, the limit is %s%%',"
@@ -1353,6 +1356,8 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 
 		st->rep_running = 0;
 		if (!ok) {
+			/* A drop after the server committed may hide a suspension
+			 * made: its tenant.suspended event is there regardless. */
 			log_warn("event=reputation_check_failed");
 			break;
 		}
@@ -1360,6 +1365,8 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 			log_warn("event=tenant_suspended_automatically tenant=%s reason=%s",
 				 log_quote(qn, sizeof(qn), PQgetvalue(res, i, 0)),
 				 log_quote(qr, sizeof(qr), PQgetvalue(res, i, 1)));
+		log_info("event=reputation_checked suspended=%d duration_ms=%llu", PQntuples(res),
+			 (unsigned long long)((now_usec() - st->rep_started) / 1000));
 		break;
 	}
 	case REQ_EVENTS:
@@ -2251,11 +2258,14 @@ void store_set_events_retention(struct store *st, int seconds)
 static void reputation_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct store *st = arg;
-	/* Needs the suspension columns (migration 007); tried again later. */
-	struct timeval tv = {st->connected ? st->rep.interval : PURGE_FIRST, 0};
+	/* Soon again while not connected or the schema not read yet; a
+	 * schema before migration 007 (no suspension columns) waits a turn. */
+	struct timeval tv = {st->connected && st->schema_version > 0 ? st->rep.interval
+								      : PURGE_FIRST, 0};
 
 	if (st->connected && !st->rep_running && st->schema_version >= 7) {
 		st->rep_running = 1;
+		st->rep_started = now_usec();
 		req_push(st, req_new(REQ_REPUTATION));
 	}
 	evtimer_add(st->ev_reputation, &tv);
@@ -2277,15 +2287,19 @@ static void duration_text(int seconds, char *out, size_t outlen)
 void store_set_reputation(struct store *st, const struct store_reputation *rep)
 {
 	struct timeval tv = {PURGE_FIRST, 0};
+	int was = st->ev_reputation != NULL && evtimer_pending(st->ev_reputation, NULL);
 
-	if (rep->bounce_rate <= 0 && rep->complaint_rate <= 0)
-		return;
 	st->rep = *rep;
 	duration_text(rep->window, st->rep_window, sizeof(st->rep_window));
-	if (st->ev_reputation != NULL)
+	if (rep->bounce_rate <= 0 && rep->complaint_rate <= 0) {
+		if (was)
+			evtimer_del(st->ev_reputation);
 		return;
-	st->ev_reputation = evtimer_new(st->base, reputation_cb, st);
-	evtimer_add(st->ev_reputation, &tv);
+	}
+	if (st->ev_reputation == NULL)
+		st->ev_reputation = evtimer_new(st->base, reputation_cb, st);
+	if (!was)
+		evtimer_add(st->ev_reputation, &tv);
 }
 
 void store_close(struct store *st)

@@ -219,6 +219,25 @@ void store_report(struct store *st, const struct store_report *rep, store_report
  */
 void store_set_events_retention(struct store *st, int seconds);
 
+/*
+ * The counts of the [reputation] check (store.c) and of `sendgatectl
+ * tenant stats`, over events e: delivered, refused (5xx at once),
+ * bounced_later and complained. A later bounce or a complaint counts only
+ * when the delivery it reports on (same message and recipient) happened
+ * after FROM, an SQL timestamptz expression: the start of what is judged.
+ */
+#define SQL_REPORTED_DELIVERY(from)                                                                \
+	" EXISTS (SELECT 1 FROM events d WHERE d.message_id = e.message_id"                         \
+	" AND d.tenant_id = e.tenant_id AND d.type = 'message.delivered' AND d.data->>'recipient' = e.data->>'recipient'"         \
+	" AND d.created_at > " from ")"
+#define SQL_REPUTATION_COUNTS(from)                                                                \
+	" count(*) FILTER (WHERE e.type = 'message.delivered') AS delivered,"                       \
+	" count(*) FILTER (WHERE e.type = 'message.bounced' AND NOT e.data ? 'async') AS refused," \
+	" count(*) FILTER (WHERE e.type = 'message.bounced' AND e.data ? 'async' AND"              \
+	SQL_REPORTED_DELIVERY(from) ") AS bounced_later,"                                           \
+	" count(*) FILTER (WHERE e.type = 'message.complained' AND" SQL_REPORTED_DELIVERY(from)     \
+	") AS complained"
+
 /* [reputation]: when a tenant is suspended for its bounces or complaints. */
 struct store_reputation {
 	int window;            /* seconds of events looked at */

@@ -39,6 +39,12 @@ def suspended_events(pg, name):
     return [json.loads(r[0]) for r in rows]
 
 
+def wait_checks(d, n, pattern=r"event=reputation_checked"):
+    """Until the daemon's log holds n checks (matching pattern)."""
+    h.eventually(lambda: len(re.findall(pattern, d.log_text())) >= n, timeout=15,
+                 what="%d x /%s/" % (n, pattern))
+
+
 def mail_reply(d, t):
     c = h.SMTPClient.connect(d.submission_port)
     try:
@@ -88,7 +94,8 @@ def test_bounces_past_the_rate_suspend_only_that_tenant(own, daemon_factory, cer
         ctl("tenant", "resume", bad.name)
         h.eventually(lambda: mail_reply(d, bad).code == 250, timeout=10, what="resumed")
         n = d.log_text().count("event=tenant_suspended_automatically")
-        time.sleep(3)  # three checks
+        checks = d.log_text().count("event=reputation_checked")
+        wait_checks(d, checks + 2)  # two checks since
         assert d.log_text().count("event=tenant_suspended_automatically") == n
         assert mail_reply(d, bad).code == 250
         assert len(suspended_events(pg, bad.name)) == 1
@@ -122,25 +129,85 @@ def test_complaints_past_the_rate_and_the_minimum_volume(own, daemon_factory):
     d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
                % (loud.name, re.escape(reason)))
     h.eventually(lambda: mail_reply(d, loud).code == 550, timeout=10, what="loud refused")
-    time.sleep(2.5)  # more checks: the others stay active
+    checks = d.log_text().count("event=reputation_checked")
+    wait_checks(d, checks + 2)  # the others stay active
     assert d.log_text().count("event=tenant_suspended_automatically") == 1
     for t in (small, old):
         assert mail_reply(d, t).code == 250
         assert suspended_events(pg, t.name) == []
 
 
-def test_rates_of_zero_turn_the_check_off(own, daemon_factory):
+def test_a_rate_of_zero_is_not_checked(own, daemon_factory):
+    """bounce_rate = 0: bounces alone never suspend (the complaint check
+    still runs); both 0: no check at all."""
     pg, ctl = own
     t = h.setup_tenant(ctl)
     add_events(pg, t, "message.delivered", 20)
     add_events(pg, t, "message.bounced", 20)
-    add_events(pg, t, "message.complained", 20)
+    d = daemon_factory(pg=pg, reputation__complaint_rate="5", reputation__bounce_rate="0",
+                       **FAST)
+    wait_checks(d, 2, r"event=reputation_checked suspended=0")
+    assert "event=tenant_suspended_automatically" not in d.log_text()
+    assert mail_reply(d, t).code == 250
+    d.stop()
     d = daemon_factory(pg=pg, reputation__complaint_rate="0", reputation__bounce_rate="0",
                        **FAST)
     d.wait_log(r"event=ready")
-    time.sleep(2.5)
-    assert "event=tenant_suspended_automatically" not in d.log_text()
-    assert mail_reply(d, t).code == 250
+    time.sleep(3)  # what would be three checks
+    assert "event=reputation_checked" not in d.log_text()
+
+
+def add_reports(pg, t, kind, numbers, data='{"async": true}'):
+    """kind events (bounces reported later, complaints) on the deliveries
+    M<n> to r<n>@x.test of add_events."""
+    pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT '%s', id,"
+           " 'M' || g, '%s'::jsonb || jsonb_build_object('recipient', 'r' || g || '@x.test')"
+           " FROM tenants, unnest(ARRAY[%s]) g WHERE name = '%s'"
+           % (kind, data, ",".join(str(n) for n in numbers), t.name))
+
+
+def test_later_reports_count_only_for_the_deliveries_judged(own, daemon_factory):
+    pg, ctl = own
+    late, stale, resumed = h.setup_tenant(ctl), h.setup_tenant(ctl), h.setup_tenant(ctl)
+    # late: 20 delivered, 4 of them bounced later (20 %).
+    add_events(pg, late, "message.delivered", 20)
+    add_reports(pg, late, "message.bounced", [1, 2, 3, 4])
+    # stale: 20 delivered now, and 8 bounces reported now on mail
+    # delivered 3 hours ago, outside the window: 0 %.
+    pg.sql("INSERT INTO events (created_at, type, tenant_id, message_id, data) SELECT"
+           " now() - interval '3 hours', 'message.delivered', id, 'OLD' || g,"
+           " jsonb_build_object('recipient', 'r' || g || '@x.test')"
+           " FROM tenants, generate_series(1, 8) g WHERE name = '%s'" % stale.name)
+    add_events(pg, stale, "message.delivered", 20)
+    pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT 'message.bounced',"
+           " id, 'OLD' || g, jsonb_build_object('async', true, 'recipient', 'r' || g ||"
+           " '@x.test') FROM tenants, generate_series(1, 8) g WHERE name = '%s'" % stale.name)
+    # resumed: complaints on 5 of 20 deliveries made before its resume,
+    # then 20 new deliveries: judged on those only.
+    add_events(pg, resumed, "message.delivered", 20)
+    pg.sql("UPDATE events SET created_at = now() - interval '10 minutes' WHERE tenant_id ="
+           " (SELECT id FROM tenants WHERE name = '%s')" % resumed.name)
+    pg.sql("INSERT INTO events (created_at, type, tenant_id, data) SELECT now() - interval"
+           " '5 minutes', 'tenant.resumed', id, '{}' FROM tenants WHERE name = '%s'"
+           % resumed.name)
+    add_reports(pg, resumed, "message.complained", [1, 2, 3, 4, 5], data="{}")
+    pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT 'message.delivered',"
+           " id, 'NEW' || g, jsonb_build_object('recipient', 'n' || g || '@x.test')"
+           " FROM tenants, generate_series(1, 20) g WHERE name = '%s'" % resumed.name)
+    d = daemon_factory(pg=pg, reputation__bounce_rate="15", reputation__complaint_rate="10",
+                       **FAST)
+    reason = ("automatic: 4 of 20 recipients (20.0%) bounced in the last 1h, "
+              "the limit is 15%")
+    d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
+               % (late.name, re.escape(reason)))
+    checks = d.log_text().count("event=reputation_checked")
+    wait_checks(d, checks + 2)
+    assert d.log_text().count("event=tenant_suspended_automatically") == 1
+    for t in (stale, resumed):
+        assert suspended_events(pg, t.name) == []
+    stats = {r["tenant"]: r for r in ctl("tenant", "stats", "--window", "1h")["tenants"]}
+    assert (stats[stale.name]["recipients"], stats[stale.name]["bounced"]) == (20, 0)
+    assert (stats[resumed.name]["recipients"], stats[resumed.name]["complained"]) == (20, 0)
 
 
 # ------------------------------------------------------------ tenant stats
@@ -161,9 +228,7 @@ def test_tenant_stats_count_as_the_check_does(own):
     # (4.35 %); past both default limits, but under 500 recipients.
     add_events(pg, a, "message.delivered", 20)
     add_events(pg, a, "message.bounced", 3)
-    pg.sql("INSERT INTO events (type, tenant_id, message_id, data) SELECT 'message.bounced',"
-           " id, 'LATE', '{\"recipient\": \"l@x.test\", \"async\": true}' FROM tenants"
-           " WHERE name = '%s'" % a.name)
+    add_reports(pg, a, "message.bounced", [5])
     add_events(pg, a, "message.complained", 1)
     add_events(pg, a, "message.deferred", 2)
     add_events(pg, a, "message.expired", 1)
