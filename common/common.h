@@ -260,6 +260,7 @@ struct config {
 	struct listen_addr bounce_listen[CONFIG_MAX_LISTEN];
 	int n_bounce_listen; /* 0: no listener */
 	int bounce_max_connections;
+	int bounce_max_connections_per_ip; /* per address or IPv6 /64 */
 	size_t bounce_max_message_size;
 	char *bounce_feedback_address; /* "" = none */
 

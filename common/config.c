@@ -122,6 +122,7 @@ static const struct key_def keys[] = {
 
 	{"bounce", "listen", K_LISTEN_LIST, O(n_bounce_listen), "", 0, 0, NULL},
 	{"bounce", "max_connections", K_INT, O(bounce_max_connections), "100", 1, 100000, NULL},
+	{"bounce", "max_connections_per_ip", K_INT, O(bounce_max_connections_per_ip), "10", 1, 100000, NULL},
 	{"bounce", "max_message_size", K_SIZE, O(bounce_max_message_size), "25M", 1024, 1LL << 32, NULL},
 	{"bounce", "feedback_address", K_STR, O(bounce_feedback_address), "", 0, 0, NULL},
 

@@ -81,6 +81,7 @@ struct isess {
 	int tls;	 /* the handshake is done */
 	char tls_desc[96];
 	char addr[PEER_TEXT_MAX];
+	char key[PEER_TEXT_MAX]; /* the address, or its /64: what the per-address limit counts */
 	enum istate state;
 	uint64_t started;
 	int reports; /* reports answered 250 */
@@ -106,8 +107,24 @@ struct inbound {
 	int nlisteners;
 	struct isess *head;
 	int nsessions;
+	struct hmap *per_peer; /* peer key -> (intptr_t) open connections */
 	uint64_t next_id;
 };
+
+static intptr_t peer_conns(const struct inbound *in, const char *key)
+{
+	return (intptr_t)hmap_get(in->per_peer, key);
+}
+
+static void peer_add(struct inbound *in, const char *key, int d)
+{
+	intptr_t n = peer_conns(in, key) + d;
+
+	if (n > 0)
+		hmap_put(in->per_peer, key, (void *)n);
+	else
+		hmap_del(in->per_peer, key);
+}
 
 static void isess_free(struct isess *s);
 static void process(struct isess *s);
@@ -820,6 +837,7 @@ static void isess_free(struct isess *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	in->nsessions--;
+	peer_add(in, s->key, -1);
 	if (s->bev) {
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_free(s->bev);
@@ -866,11 +884,28 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		evutil_closesocket(fd);
 		return;
 	}
+	if (peer_conns(in, key) >= cfg->bounce_max_connections_per_ip) {
+		char text[300];
+		int n = snprintf(text, sizeof(text),
+				 "421 4.7.0 Too many connections from your %s %s to the bounce "
+				 "listener: at most %d at a time; try again later\r\n",
+				 strchr(key, '/') ? "network" : "address", key,
+				 cfg->bounce_max_connections_per_ip);
+		ssize_t r = write(fd, text, (size_t)n);
+		(void)r;
+		log_warn("event=refused client=%s key=%s listener=bounce "
+			 "reason=max_connections_per_ip limit=%d",
+			 addr, key, cfg->bounce_max_connections_per_ip);
+		evutil_closesocket(fd);
+		return;
+	}
 	s = xcalloc(1, sizeof(*s));
 	s->in = in;
 	s->id = ++in->next_id;
 	s->started = now_usec();
 	snprintf(s->addr, sizeof(s->addr), "%s", addr);
+	snprintf(s->key, sizeof(s->key), "%s", key);
+	peer_add(in, key, 1);
 	/* Not owning the socket: STARTTLS puts a TLS bufferevent on it. */
 	s->fd = fd;
 	s->bev = bufferevent_socket_new(in->srv->base, fd, 0);
@@ -893,6 +928,7 @@ struct inbound *inbound_start(struct server *srv, char *err, size_t errlen)
 		return NULL;
 	in = xcalloc(1, sizeof(*in));
 	in->srv = srv;
+	in->per_peer = hmap_new();
 	inbound_of_callbacks = in;
 	for (i = 0; i < cfg->n_bounce_listen; i++) {
 		char why[300];
@@ -946,6 +982,7 @@ void inbound_free(struct inbound *in)
 		evconnlistener_free(in->listeners[i]);
 	while (in->head)
 		isess_free(in->head);
+	hmap_free(in->per_peer, NULL);
 	if (inbound_of_callbacks == in)
 		inbound_of_callbacks = NULL;
 	free(in);

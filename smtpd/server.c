@@ -487,6 +487,8 @@ static const char *restart_key(const struct config *a, const struct config *b)
 		return "[bounce] listen";
 	if (a->bounce_max_connections != b->bounce_max_connections)
 		return "[bounce] max_connections";
+	if (a->bounce_max_connections_per_ip != b->bounce_max_connections_per_ip)
+		return "[bounce] max_connections_per_ip";
 	if (a->bounce_max_message_size != b->bounce_max_message_size)
 		return "[bounce] max_message_size";
 	if (strcmp(a->bounce_feedback_address, b->bounce_feedback_address))

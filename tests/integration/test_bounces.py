@@ -681,3 +681,34 @@ def test_records_that_arrive_together_are_all_answered(denv):
         assert all(r.startswith(b"250 ") for r in rs), rs
         c.sock.sendall(rc.records(b"QUIT\r\n"))
         assert rc.replies(1)[0].startswith(b"221"), "no 221"
+
+
+def test_connections_per_address_are_limited(denv):
+    """One sender cannot take every slot of the listener: past
+    [bounce] max_connections_per_ip, 421 naming the address and the limit;
+    a slot freed is taken again, and other addresses are not counted."""
+    port = h.free_port()
+    denv.start(bounce__listen="127.0.0.1:%d" % port, bounce__max_connections_per_ip="2")
+    denv.wait_log(r"event=listening address=127\.0\.0\.1:%d mode=bounce" % port)
+
+    def greeting(source="127.0.0.1"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                     source_address=(source, 0))
+        f = s.makefile("rb")
+        return s, f.readline().decode()
+
+    first = [greeting() for _ in range(2)]
+    assert all(g.startswith("220 ") for _, g in first), first
+    s, g = greeting()
+    assert g.startswith("421 4.7.0 Too many connections from your address 127.0.0.1 to the "
+                       "bounce listener: at most 2 at a time"), g
+    s.close()
+    denv.wait_log(r"event=refused client=127\.0\.0\.1 key=127\.0\.0\.1 listener=bounce "
+                  r"reason=max_connections_per_ip limit=2")
+    other, g = greeting("127.0.0.9")
+    assert g.startswith("220 "), g
+    first[0][0].close()
+    h.eventually(lambda: greeting()[1].startswith("220 "), timeout=10,
+                 what="a freed slot taken again")
+    for s, _ in first[1:] + [(other, None)]:
+        s.close()
