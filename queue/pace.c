@@ -125,7 +125,7 @@ int pace_sample(struct pace *p, unsigned arrivals)
 	       own >= p->last_own &&
 	       pace_busy(arrivals, idle - p->last_idle + (own - p->last_own),
 	                 total - p->last_total, p->idle_min);
-	if (p->have_last && total > p->last_total)
+	if (p->have_last && total > p->last_total && idle >= p->last_idle)
 		p->last_free_pct = (int)(100 * (idle - p->last_idle) / (total - p->last_total));
 	p->last_idle = idle;
 	p->last_total = total;

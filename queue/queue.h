@@ -201,6 +201,14 @@ void spool_set_reuse(struct spool *sp, int on);
  * commits, and recounted at most once a second (the delivery process
  * removes files). Loop thread only.
  */
+/*
+ * The delivery process's metrics for the daemon's GET /metrics: a file in
+ * the spool's top folder, "# pid N" then the Prometheus text, at most
+ * QUEUE_METRICS_MAX bytes; rewritten when it changes, and once a minute.
+ */
+#define QUEUE_METRICS_FILE "delivery.metrics"
+#define QUEUE_METRICS_MAX 4096
+#define QUEUE_METRICS_HEARTBEAT 60 /* seconds */
 size_t spool_count(struct spool *sp);
 /* 1 when a file can be created and removed in tmp/ (readiness check). */
 int spool_writable(struct spool *sp);

@@ -120,6 +120,10 @@ struct dsched {
 	unsigned arrivals; /* messages committed since the last pace window */
 	uint64_t hold_start; /* when the current hold began (now_usec) */
 	uint64_t holds;      /* holds begun */
+	char metrics_last[QUEUE_METRICS_MAX]; /* the metrics file as last written */
+	size_t metrics_len;
+	time_t metrics_at;
+	int metrics_failed; /* logged once until a write succeeds */
 	int stopping;
 	void (*stop_done)(void *);
 	void *stop_arg;
@@ -895,29 +899,31 @@ static void retry_requests(struct dsched *s)
 }
 
 /*
- * SPOOL/delivery.metrics, in the Prometheus text format, for the daemon's
- * GET /metrics (smtpd/admin.c): written whole and renamed over the last
- * one every tick, never synced (it is rebuilt each second). Small writes
- * to the page cache, in the spool's top folder, which nothing else
- * changes while running.
+ * SPOOL/delivery.metrics (QUEUE_METRICS_FILE), in the Prometheus text
+ * format, for the daemon's GET /metrics (smtpd/admin.c): written whole and
+ * renamed over the last one, never synced, when it changed (at most each
+ * tick) or a minute passed; the daemon checks the pid on its first line.
+ * A failure is logged once, until a write succeeds again.
  */
 static void write_metrics(struct dsched *s)
 {
-	char text[2048], tmp[4096], path[4096];
+	char text[QUEUE_METRICS_MAX], tmp[4096], path[4096];
 	size_t ready = 0;
 	struct dq *q;
-	int fd, n;
+	time_t now = time(NULL);
+	int fd, n, ok;
 
 	for (q = s->all; q != NULL; q = q->next_all)
 		ready += q->nready;
 	n = snprintf(
 	    text, sizeof(text),
-	    "# HELP sendgate_delivery_recipients_total Recipients by the outcome of their "
-	    "delivery attempts (bounced includes expired), since the delivery process started.\n"
-	    "# TYPE sendgate_delivery_recipients_total counter\n"
-	    "sendgate_delivery_recipients_total{outcome=\"delivered\"} %llu\n"
-	    "sendgate_delivery_recipients_total{outcome=\"bounced\"} %llu\n"
-	    "sendgate_delivery_recipients_total{outcome=\"deferred\"} %llu\n"
+	    "# pid %d\n"
+	    "# HELP sendgate_delivery_attempts_total Outcomes of delivery attempts, per recipient "
+	    "(bounced includes expired), since the delivery process started.\n"
+	    "# TYPE sendgate_delivery_attempts_total counter\n"
+	    "sendgate_delivery_attempts_total{outcome=\"delivered\"} %llu\n"
+	    "sendgate_delivery_attempts_total{outcome=\"bounced\"} %llu\n"
+	    "sendgate_delivery_attempts_total{outcome=\"deferred\"} %llu\n"
 	    "# HELP sendgate_delivery_messages Messages the delivery process has in hand.\n"
 	    "# TYPE sendgate_delivery_messages gauge\n"
 	    "sendgate_delivery_messages %zu\n"
@@ -935,24 +941,35 @@ static void write_metrics(struct dsched *s)
 	    "# HELP sendgate_delivery_holds_total Holds for acceptance begun.\n"
 	    "# TYPE sendgate_delivery_holds_total counter\n"
 	    "sendgate_delivery_holds_total %llu\n",
-	    (unsigned long long)s->delivered, (unsigned long long)s->bounced,
+	    (int)getpid(), (unsigned long long)s->delivered, (unsigned long long)s->bounced,
 	    (unsigned long long)s->deferred, hmap_count(s->msgs), ready, s->ncx, s->pace.holding,
 	    (unsigned long long)s->holds);
 	if (n <= 0 || (size_t)n >= sizeof(text))
 		return;
-	snprintf(tmp, sizeof(tmp), "%s/delivery.metrics.tmp", s->dir);
-	snprintf(path, sizeof(path), "%s/delivery.metrics", s->dir);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
-	if (fd == -1)
+	if (s->metrics_len == (size_t)n && memcmp(s->metrics_last, text, (size_t)n) == 0 &&
+	    now - s->metrics_at < QUEUE_METRICS_HEARTBEAT)
 		return;
-	if (write(fd, text, (size_t)n) != n) {
-		close(fd);
-		unlink(tmp);
+	snprintf(tmp, sizeof(tmp), "%s/" QUEUE_METRICS_FILE ".tmp", s->dir);
+	snprintf(path, sizeof(path), "%s/" QUEUE_METRICS_FILE, s->dir);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
+	ok = fd != -1 && write(fd, text, (size_t)n) == n;
+	if (fd != -1 && close(fd) == -1)
+		ok = 0;
+	if (ok && rename(tmp, path) == -1)
+		ok = 0;
+	if (!ok) {
+		if (!s->metrics_failed)
+			log_warn("event=delivery_metrics_failed path=%s error=\"%s\"", path,
+			         strerror(errno));
+		s->metrics_failed = 1;
+		if (fd != -1)
+			unlink(tmp);
 		return;
 	}
-	close(fd);
-	if (rename(tmp, path) == -1)
-		unlink(tmp);
+	s->metrics_failed = 0;
+	memcpy(s->metrics_last, text, (size_t)n);
+	s->metrics_len = (size_t)n;
+	s->metrics_at = now;
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)

@@ -8,6 +8,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -30,8 +32,8 @@ static void send_text(struct evhttp_request *req, int code, const char *reason, 
 	evbuffer_free(b);
 }
 
-/* The delivery process's file counts while it is this fresh (seconds). */
-#define DELIVERY_METRICS_FRESH 5
+/* How old the spool count of /metrics may be (microseconds). */
+#define SPOOL_COUNT_MAX_AGE 30000000u
 
 void metrics_message(struct server_metrics *m, int code, size_t size, uint64_t eod_usec,
 		     uint64_t sign_usec)
@@ -77,29 +79,39 @@ static void counter_by(struct evbuffer *b, const char *name, const char *help, c
 				    (unsigned long long)counts[i]);
 }
 
-/* Appends the delivery process's metrics, if its file is fresh. */
+/*
+ * Appends the delivery process's metrics (queue.h, QUEUE_METRICS_FILE)
+ * while the process that wrote them runs and the file is not older than
+ * two of its heartbeats.
+ */
 static void delivery_metrics(struct server *srv, struct evbuffer *b)
 {
-	char path[4096], buf[8192];
+	char path[4096], buf[QUEUE_METRICS_MAX + 1];
+	const char *body = NULL;
 	struct stat st;
 	ssize_t n = -1;
-	int fd, up = 0;
+	int fd, pid;
 
-	snprintf(path, sizeof(path), "%s/delivery.metrics", srv->cfg->spool_dir);
-	/* Also written by a delivery process run on its own (--delivery-only). */
+	snprintf(path, sizeof(path), "%s/" QUEUE_METRICS_FILE, srv->cfg->spool_dir);
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd != -1) {
-		if (fstat(fd, &st) == 0 && time(NULL) - st.st_mtime <= DELIVERY_METRICS_FRESH) {
+		if (fstat(fd, &st) == 0 && labs((long)(time(NULL) - st.st_mtime)) <=
+					       2 * QUEUE_METRICS_HEARTBEAT)
 			n = read(fd, buf, sizeof(buf));
-			up = n > 0;
-		}
 		close(fd);
+	}
+	/* Whole (not cut by the buffer), and its writer alive. */
+	if (n > 0 && (size_t)n < sizeof(buf)) {
+		buf[n] = '\0';
+		if (sscanf(buf, "# pid %d\n", &pid) == 1 && pid > 0 &&
+		    (kill(pid, 0) == 0 || errno == EPERM))
+			body = strchr(buf, '\n');
 	}
 	metric(b, "sendgate_delivery_up", "gauge",
 	       "1 while the delivery process reports (its metrics follow), else 0.",
-	       (unsigned long long)up);
-	if (up)
-		evbuffer_add(b, buf, (size_t)n);
+	       body != NULL);
+	if (body != NULL)
+		evbuffer_add(b, body + 1, (size_t)(buf + n - (body + 1)));
 }
 
 static void send_metrics(struct server *srv, struct evhttp_request *req)
@@ -107,6 +119,8 @@ static void send_metrics(struct server *srv, struct evhttp_request *req)
 	static const unsigned bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
 	static const char *const results[] = {"queued", "deferred", "rejected"};
 	static const char *const classes[] = {"4xx", "5xx"};
+	static const char *const refusals[] = {"max_connections", "max_connections_per_ip",
+					       "stopping"};
 	const struct server_metrics *m = &srv->metrics;
 	struct evbuffer *b = evbuffer_new();
 	uint64_t cum = 0;
@@ -115,7 +129,11 @@ static void send_metrics(struct server *srv, struct evhttp_request *req)
 	metric(b, "sendgate_sessions", "gauge", "Submission sessions open now.",
 	       (unsigned long long)srv->nsessions);
 	metric(b, "sendgate_connections_total", "counter",
-	       "Submission connections taken (not those refused over a limit).", m->connections);
+	       "Submission connections taken (not those refused, below).", m->connections);
+	counter_by(b, "sendgate_connections_refused_total",
+		   "Submission connections refused at once with a 421: over max_connections, "
+		   "over max_connections_per_ip, or while shutting down.",
+		   "reason", refusals, m->refused, 3);
 	counter_by(b, "sendgate_messages_total",
 		   "Messages at end of data, by result: queued (250), deferred (4xx), rejected (5xx).",
 		   "result", results, m->messages, 3);
@@ -142,8 +160,13 @@ static void send_metrics(struct server *srv, struct evhttp_request *req)
 	metric_head(b, "sendgate_signing_seconds_total", "counter",
 		    "Time queued messages spent waiting for and in DKIM signing.");
 	evbuffer_add_printf(b, "sendgate_signing_seconds_total %.6f\n", m->sign_usec / 1e6);
-	metric(b, "sendgate_spool_messages", "gauge", "Messages in the spool's queue.",
-	       spool_count(srv->spool));
+	/* A recount reads queue/ whole: at most every SPOOL_COUNT_MAX_AGE. */
+	if (m->spool_counted_at == 0 || now_usec() - m->spool_counted_at >= SPOOL_COUNT_MAX_AGE) {
+		srv->metrics.spool_messages = spool_count(srv->spool);
+		srv->metrics.spool_counted_at = now_usec();
+	}
+	metric(b, "sendgate_spool_messages", "gauge",
+	       "Messages in the spool's queue (counted at most every 30 s).", m->spool_messages);
 	metric(b, "sendgate_database_up", "gauge",
 	       "1 while the control-plane database is connected and loaded.",
 	       store_connected(srv->store) && store_ready(srv->store));

@@ -233,12 +233,14 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
 	if (srv->stopping) {
+		srv->metrics.refused[2]++;
 		refuse(fd, "421 4.3.2 Service shutting down; try again later\r\n");
 		return;
 	}
 	if (srv->nsessions >= cfg->max_connections || srv->nfree == 0) {
 		log_warn("event=refused client=%s reason=max_connections limit=%d", addr,
 			 cfg->max_connections);
+		srv->metrics.refused[0]++;
 		refuse(fd, "421 4.7.0 Too many connections to this server; try again later\r\n");
 		return;
 	}
@@ -247,6 +249,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		char text[200];
 		log_warn("event=refused client=%s key=%s reason=max_connections_per_ip limit=%d", addr,
 			 key, cfg->max_connections_per_ip);
+		srv->metrics.refused[1]++;
 		snprintf(text, sizeof(text),
 			 "421 4.7.0 Too many connections from your %s %s: at most %d at a time; try "
 			 "again later\r\n",

@@ -973,7 +973,8 @@ static void message_done(struct session *s, int code, const char *fmt, ...)
 {
 	struct txn *tx = s->tx;
 	char text[512], q[600], qs[700];
-	double eod_ms = tx->t_eod ? (double)(now_usec() - tx->t_eod) / 1000.0 : 0.0;
+	uint64_t eod_usec = tx->t_eod ? now_usec() - tx->t_eod : 0;
+	double eod_ms = (double)eod_usec / 1000.0;
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -988,8 +989,7 @@ static void message_done(struct session *s, int code, const char *fmt, ...)
 		 tx->dr.size,
 		 code < 300 ? "queued" : code < 500 ? "deferred" : "rejected", eod_ms,
 		 (double)tx->sign_usec / 1000.0, log_quote(q, sizeof(q), text));
-	metrics_message(&s->srv->metrics, code, tx->dr.size, tx->t_eod ? now_usec() - tx->t_eod : 0,
-			tx->sign_usec);
+	metrics_message(&s->srv->metrics, code, tx->dr.size, eod_usec, tx->sign_usec);
 	if (code >= 400)
 		count_error(s);
 	txn_reset(s);

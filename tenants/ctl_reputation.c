@@ -72,7 +72,7 @@ int ctl_tenant_stats(struct ctl *c, int argc, char **argv)
 			if (parse_duration(argv[++i], &window) == -1 || window < 60 ||
 			    window > 3650 * 86400LL)
 				return ctl_usage(usage, "--window \"%s\": a duration from 1m to 3650d "
-				                        "(30s, 15m, 24h, 7d)",
+				                        "(15m, 24h, 7d)",
 				                 argv[i]);
 		} else if (argv[i][0] == '-') {
 			return ctl_usage(usage, "unknown option \"%s\"", argv[i]);

@@ -2289,6 +2289,10 @@ void store_set_reputation(struct store *st, const struct store_reputation *rep)
 	struct timeval tv = {PURGE_FIRST, 0};
 	int was = st->ev_reputation != NULL && evtimer_pending(st->ev_reputation, NULL);
 
+	if (was && rep->interval != st->rep.interval) {
+		evtimer_del(st->ev_reputation); /* the new interval from now on */
+		was = 0;
+	}
 	st->rep = *rep;
 	duration_text(rep->window, st->rep_window, sizeof(st->rep_window));
 	if (rep->bounce_rate <= 0 && rep->complaint_rate <= 0) {

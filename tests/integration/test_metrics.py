@@ -1,8 +1,9 @@
 """GET /metrics on [admin] listen: the Prometheus text format (read here by
-the prometheus_client parser, Debian's python3-prometheus-client, which
-refuses a malformed exposition), with the submission side's counters and
-the delivery process's, which it writes to SPOOL/delivery.metrics."""
+the prometheus_client parser, Debian's python3-prometheus-client; the
+histogram's shape is checked by hand), with the submission side's counters
+and the delivery process's, which it writes to SPOOL/delivery.metrics."""
 
+import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,10 +61,10 @@ def test_submission_and_delivery_counters(denv, ctl):
 
     def delivered():
         m = scrape(admin)[1]
-        return m if v(m, "sendgate_delivery_recipients_total", outcome="delivered") == 3 else None
+        return m if v(m, "sendgate_delivery_attempts_total", outcome="delivered") == 3 else None
     m = h.eventually(delivered, timeout=10, what="3 recipients delivered in /metrics")
     assert v(m, "sendgate_delivery_up") == 1
-    assert v(m, "sendgate_delivery_recipients_total", outcome="bounced") == 0
+    assert v(m, "sendgate_delivery_attempts_total", outcome="bounced") == 0
     assert v(m, "sendgate_messages_total", result="queued") == 2
     assert v(m, "sendgate_messages_total", result="rejected") == 1
     assert v(m, "sendgate_messages_total", result="deferred") == 0
@@ -83,11 +84,22 @@ def test_submission_and_delivery_counters(denv, ctl):
     assert v(m, "sendgate_delivery_holding") == 0
 
 
-def test_without_delivery_it_says_so(daemon_factory):
+def test_without_delivery_it_says_so_and_refusals_count(daemon_factory):
     admin = h.free_port()
-    d = daemon_factory(admin__listen="127.0.0.1:%d" % admin)
+    d = daemon_factory(admin__listen="127.0.0.1:%d" % admin, smtp__max_connections_per_ip="2")
     d.wait_log(r"event=ready")
     _, m = scrape(admin)
     assert v(m, "sendgate_delivery_up") == 0
-    assert v(m, "sendgate_delivery_recipients_total", outcome="delivered") is None
+    assert v(m, "sendgate_delivery_attempts_total", outcome="delivered") is None
     assert v(m, "sendgate_sessions") == 0
+    held = [h.SMTPClient.connect(d.submission_port) for _ in range(2)]
+    over = socket.create_connection(("127.0.0.1", d.submission_port), timeout=10)
+    assert over.makefile("rb").readline().startswith(b"421 4.7.0"), "third connection"
+    over.close()
+    _, m = scrape(admin)
+    assert v(m, "sendgate_sessions") == 2
+    assert v(m, "sendgate_connections_total") == 2
+    assert v(m, "sendgate_connections_refused_total", reason="max_connections_per_ip") == 1
+    assert v(m, "sendgate_connections_refused_total", reason="max_connections") == 0
+    for c in held:
+        c.close()
