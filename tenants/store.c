@@ -77,6 +77,7 @@ enum req_kind {
 	REQ_EVENTS,
 	REQ_PURGE,
 	REQ_REPUTATION,
+	REQ_SUSPEND,
 };
 
 /* The caches, as bits of a reload mask. */
@@ -490,16 +491,16 @@ _Static_assert(PURGE_BATCH == 10000, "PURGE_BATCH is written in SQL_PURGE");
 #define PURGE_FIRST 2
 
 /*
- * [reputation]: suspends, in one statement, every active tenant whose
- * recipients in the window ($1 seconds, and since its last resume) number
- * at least $2 and of whom at least $3 % bounced or $4 % complained (0:
- * that rate is not checked), with the reason ($5: the window as text) and
- * a tenant.suspended event; the tenants trigger tells every daemon.
- * Recipients: delivered or refused at once. A bounce reported later, or a
- * complaint, counts only when the delivery it reports on is one of those
- * recipients (a report on older mail neither inflates the rate nor
- * suspends a tenant again for what it sent before its resume). Concurrent
- * daemons: the UPDATE rechecks suspended_at, so one of them wins.
+ * [reputation], in two steps. SQL_REPUTATION finds (reads only) every
+ * active tenant whose recipients in the window ($1 seconds, and since its
+ * last resume) number at least $2 and of whom at least $3 % bounced or $4
+ * % complained (0: that rate is not checked), with its figures and the
+ * reason ($5: the window as text). Recipients: delivered or refused at
+ * once; a bounce reported later or a complaint counts only when the
+ * delivery it reports on is one of those (tenants.h). Only when it finds
+ * some does SQL_SUSPEND update tenants: an UPDATE that changes no row
+ * still fires the tenants trigger, whose NOTIFY would make every daemon
+ * reload its tenant caches at each check.
  */
 static const char SQL_REPUTATION[] =
     "WITH r AS (SELECT tenant_id, max(created_at) AS at FROM events"
@@ -514,22 +515,32 @@ static const char SQL_REPUTATION[] =
     " AND e.type IN ('message.delivered', 'message.bounced', 'message.complained')"
     " GROUP BY e.tenant_id),"
     " v AS (SELECT tenant_id, delivered + refused AS sent, refused + bounced_later AS bounced,"
-    " complained, $3::float8 > 0 AND (refused + bounced_later) * 100.0 >= $3::float8 *"
-    " (delivered + refused) AS by_bounces"
-    " FROM c WHERE delivered + refused >= $2::int"
-    " AND (($3::float8 > 0 AND (refused + bounced_later) * 100.0 >= $3::float8 * (delivered + refused))"
-    " OR ($4::float8 > 0 AND complained * 100.0 >= $4::float8 * (delivered + refused)))),"
-    " u AS (UPDATE tenants t SET suspended_at = now(), suspended_reason = left(CASE WHEN v.by_bounces"
+    " complained FROM c WHERE delivered + refused >= $2::int)"
+    " SELECT jsonb_agg(jsonb_build_object('id', tenant_id, 'sent', sent, 'bounced', bounced,"
+    " 'complained', complained, 'reason', left(CASE"
+    " WHEN $3::float8 > 0 AND bounced * 100.0 >= $3::float8 * sent"
     " THEN format('automatic: %s of %s recipients (%s%%) bounced in the last %s, the limit is %s%%',"
-    " v.bounced, v.sent, round(v.bounced * 100.0 / v.sent, 1), $5::text, $3::float8)"
+    " bounced, sent, round(bounced * 100.0 / sent, 1), $5::text, $3::float8)"
     " ELSE format('automatic: %s of %s recipients (%s%%) complained in the last %s, the limit is %s%%',"
-    " v.complained, v.sent, round(v.complained * 100.0 / v.sent, 2), $5::text, $4::float8) END, 200)"
-    " FROM v WHERE t.id = v.tenant_id AND t.suspended_at IS NULL"
-    " RETURNING t.id, t.name, t.suspended_reason, v.sent, v.bounced, v.complained),"
+    " complained, sent, round(complained * 100.0 / sent, 2), $5::text, $4::float8) END, 200)))"
+    " FROM v WHERE ($3::float8 > 0 AND bounced * 100.0 >= $3::float8 * sent)"
+    " OR ($4::float8 > 0 AND complained * 100.0 >= $4::float8 * sent)";
+/*
+ * Suspends the tenants SQL_REPUTATION found ($1: its JSON array; $2: the
+ * window in seconds) that are still active, with a tenant.suspended event
+ * each; the tenants trigger tells every daemon. Concurrent daemons: the
+ * UPDATE rechecks suspended_at, so one of them wins.
+ */
+static const char SQL_SUSPEND[] =
+    "WITH j AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, sent bigint,"
+    " bounced bigint, complained bigint, reason text)),"
+    " u AS (UPDATE tenants t SET suspended_at = now(), suspended_reason = j.reason FROM j"
+    " WHERE t.id = j.id AND t.suspended_at IS NULL"
+    " RETURNING t.id, t.name, t.suspended_reason, j.sent, j.bounced, j.complained),"
     " ev AS (INSERT INTO events (type, tenant_id, data) SELECT 'tenant.suspended', u.id,"
     " jsonb_build_object('reason', u.suspended_reason, 'by', 'sendgate', 'automatic', true,"
     " 'recipients', u.sent, 'bounced', u.bounced, 'complained', u.complained,"
-    " 'window_s', $1::int) FROM u)"
+    " 'window_s', $2::int) FROM u)"
     " SELECT name, suspended_reason FROM u";
 
 static const char SQL_EVENTS[] =
@@ -1350,7 +1361,22 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		}
 		break;
 	}
-	case REQ_REPUTATION: {
+	case REQ_REPUTATION:
+		/* One row: the JSON array of the tenants past a rate, or NULL. */
+		if (ok && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+			struct req *s = req_new(REQ_SUSPEND);
+			s->arg = xstrdup(PQgetvalue(res, 0, 0));
+			req_push(st, s);
+			break;
+		}
+		st->rep_running = 0;
+		if (!ok)
+			log_warn("event=reputation_check_failed");
+		else
+			log_info("event=reputation_checked suspended=0 duration_ms=%llu",
+				 (unsigned long long)((now_usec() - st->rep_started) / 1000));
+		break;
+	case REQ_SUSPEND: {
 		int i;
 		char qn[300], qr[600];
 
@@ -1358,7 +1384,7 @@ static void req_done(struct store *st, struct req *r, PGresult *res)
 		if (!ok) {
 			/* A drop after the server committed may hide a suspension
 			 * made: its tenant.suspended event is there regardless. */
-			log_warn("event=reputation_check_failed");
+			log_warn("event=reputation_check_failed step=suspend");
 			break;
 		}
 		for (i = 0; i < PQntuples(res); i++)
@@ -1534,6 +1560,13 @@ static void send_next(struct store *st)
 		params[3] = arg4;
 		params[4] = st->rep_window;
 		nparams = 5;
+		break;
+	case REQ_SUSPEND:
+		snprintf(arg, sizeof(arg), "%d", st->rep.window);
+		sql = SQL_SUSPEND;
+		params[0] = r->arg;
+		params[1] = arg;
+		nparams = 2;
 		break;
 	case REQ_EVENTS:
 	default:

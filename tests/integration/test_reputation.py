@@ -149,6 +149,12 @@ def test_a_rate_of_zero_is_not_checked(own, daemon_factory):
     wait_checks(d, 2, r"event=reputation_checked suspended=0")
     assert "event=tenant_suspended_automatically" not in d.log_text()
     assert mail_reply(d, t).code == 250
+    # A check that suspends nobody changes nothing: no NOTIFY, so no
+    # daemon reloads its tenant caches because of it.
+    reloads = d.log_text().count("event=cache_reload table=tenant_limits")
+    checks = d.log_text().count("event=reputation_checked")
+    wait_checks(d, checks + 2)
+    assert d.log_text().count("event=cache_reload table=tenant_limits") == reloads
     d.stop()
     d = daemon_factory(pg=pg, reputation__complaint_rate="0", reputation__bounce_rate="0",
                        **FAST)
