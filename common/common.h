@@ -115,6 +115,13 @@ void *hmap_get(const struct hmap *m, const char *key);
 /* Removes key; returns its value or NULL. */
 void *hmap_del(struct hmap *m, const char *key);
 size_t hmap_count(const struct hmap *m);
+/*
+ * Maps used as counters (values are integers, absent = 0): the count of
+ * key, and adding delta to it (a count that reaches 0 is removed, so the
+ * map holds only keys in use). hmap_counter_add returns the new count.
+ */
+intptr_t hmap_counter(const struct hmap *m, const char *key);
+intptr_t hmap_counter_add(struct hmap *m, const char *key, intptr_t delta);
 /* Calls fn for each entry (the map must not change meanwhile). */
 void hmap_each(const struct hmap *m, void (*fn)(void *arg, const char *key, void *value), void *arg);
 

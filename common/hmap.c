@@ -138,6 +138,22 @@ size_t hmap_count(const struct hmap *m)
 	return m->count;
 }
 
+intptr_t hmap_counter(const struct hmap *m, const char *key)
+{
+	return (intptr_t)hmap_get(m, key);
+}
+
+intptr_t hmap_counter_add(struct hmap *m, const char *key, intptr_t delta)
+{
+	intptr_t n = hmap_counter(m, key) + delta;
+
+	if (n != 0)
+		hmap_put(m, key, (void *)n);
+	else
+		hmap_del(m, key);
+	return n;
+}
+
 void hmap_each(const struct hmap *m, void (*fn)(void *arg, const char *key, void *value), void *arg)
 {
 	size_t i;

@@ -105,7 +105,7 @@ struct dsched {
 	struct hmap *bad;   /* ids of unreadable files (logged once) */
 	struct hmap *qmap;  /* "tenant domain" -> dq */
 	struct hmap *dests; /* domain -> ddest */
-	struct hmap *srcs;  /* source address -> (intptr) connections */
+	struct hmap *srcs;  /* source address -> connections (hmap_counter) */
 	struct dq *all;
 	struct dq *all_tail;
 	struct dq *rr; /* the queue served last (round robin) */
@@ -620,16 +620,10 @@ static void dq_fail_ready(struct dsched *s, struct dq *q, const struct dreply *w
 
 /* ---- connections ------------------------------------------------------ */
 
-static intptr_t src_count(struct dsched *s, const char *src)
-{
-	return (intptr_t)hmap_get(s->srcs, src);
-}
-
 static void src_add(struct dsched *s, const char *src, int d)
 {
-	if (src[0] == '\0')
-		return;
-	hmap_put(s->srcs, src, (void *)(src_count(s, src) + d));
+	if (src[0] != '\0')
+		hmap_counter_add(s->srcs, src, d);
 }
 
 static void cx_free(struct dcx *x)
@@ -724,7 +718,7 @@ static int cx_pick_sources(struct dsched *s, struct dcx *x)
 			if (k < 0)
 				break;
 			any = 1;
-			if (src_count(s, pool[k].address) >=
+			if (hmap_counter(s->srcs, pool[k].address) >=
 			    s->cfg->delivery_max_connections_per_source)
 				continue;
 			if (family == AF_INET) {

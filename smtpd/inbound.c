@@ -107,24 +107,9 @@ struct inbound {
 	int nlisteners;
 	struct isess *head;
 	int nsessions;
-	struct hmap *per_peer; /* peer key -> (intptr_t) open connections */
+	struct hmap *per_peer; /* peer key -> open connections (hmap_counter) */
 	uint64_t next_id;
 };
-
-static intptr_t peer_conns(const struct inbound *in, const char *key)
-{
-	return (intptr_t)hmap_get(in->per_peer, key);
-}
-
-static void peer_add(struct inbound *in, const char *key, int d)
-{
-	intptr_t n = peer_conns(in, key) + d;
-
-	if (n > 0)
-		hmap_put(in->per_peer, key, (void *)n);
-	else
-		hmap_del(in->per_peer, key);
-}
 
 static void isess_free(struct isess *s);
 static void process(struct isess *s);
@@ -837,7 +822,7 @@ static void isess_free(struct isess *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	in->nsessions--;
-	peer_add(in, s->key, -1);
+	hmap_counter_add(in->per_peer, s->key, -1);
 	if (s->bev) {
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_free(s->bev);
@@ -884,7 +869,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		evutil_closesocket(fd);
 		return;
 	}
-	if (peer_conns(in, key) >= cfg->bounce_max_connections_per_ip) {
+	if (hmap_counter(in->per_peer, key) >= cfg->bounce_max_connections_per_ip) {
 		char text[300];
 		int n = snprintf(text, sizeof(text),
 				 "421 4.7.0 Too many connections from your %s %s to the bounce "
@@ -905,7 +890,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	s->started = now_usec();
 	snprintf(s->addr, sizeof(s->addr), "%s", addr);
 	snprintf(s->key, sizeof(s->key), "%s", key);
-	peer_add(in, key, 1);
+	hmap_counter_add(in->per_peer, key, 1);
 	/* Not owning the socket: STARTTLS puts a TLS bufferevent on it. */
 	s->fd = fd;
 	s->bev = bufferevent_socket_new(in->srv->base, fd, 0);
