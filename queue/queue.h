@@ -210,6 +210,8 @@ void spool_set_reuse(struct spool *sp, int on);
 #define QUEUE_METRICS_MAX 4096
 #define QUEUE_METRICS_HEARTBEAT 60 /* seconds */
 size_t spool_count(struct spool *sp);
+/* The same, recounted only when the last count is older than max_age_usec. */
+size_t spool_count_within(struct spool *sp, uint64_t max_age_usec);
 /* 1 when a file can be created and removed in tmp/ (readiness check). */
 int spool_writable(struct spool *sp);
 /*

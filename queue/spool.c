@@ -306,13 +306,18 @@ static long spool_scan_count(struct spool *sp)
 
 size_t spool_count(struct spool *sp)
 {
+	return spool_count_within(sp, SPOOL_RECOUNT_USEC);
+}
+
+size_t spool_count_within(struct spool *sp, uint64_t max_age_usec)
+{
 	uint64_t now = now_usec();
 
 	/*
 	 * The delivery process removes files behind our back: recount, but at
 	 * most once per interval (a readdir of a big queue is not free).
 	 */
-	if (now - sp->counted_at >= SPOOL_RECOUNT_USEC) {
+	if (now - sp->counted_at >= max_age_usec) {
 		long n = spool_scan_count(sp);
 		if (n >= 0)
 			sp->count = (size_t)n;

@@ -32,7 +32,10 @@ static void send_text(struct evhttp_request *req, int code, const char *reason, 
 	evbuffer_free(b);
 }
 
-/* How old the spool count of /metrics may be (microseconds). */
+/*
+ * How old the spool count of /metrics and /readyz may be (microseconds):
+ * a recount reads queue/ whole, and both are asked on a schedule.
+ */
 #define SPOOL_COUNT_MAX_AGE 30000000u
 
 void metrics_message(struct server_metrics *m, int code, size_t size, uint64_t eod_usec,
@@ -160,13 +163,9 @@ static void send_metrics(struct server *srv, struct evhttp_request *req)
 	metric_head(b, "sendgate_signing_seconds_total", "counter",
 		    "Time queued messages spent waiting for and in DKIM signing.");
 	evbuffer_add_printf(b, "sendgate_signing_seconds_total %.6f\n", m->sign_usec / 1e6);
-	/* A recount reads queue/ whole: at most every SPOOL_COUNT_MAX_AGE. */
-	if (m->spool_counted_at == 0 || now_usec() - m->spool_counted_at >= SPOOL_COUNT_MAX_AGE) {
-		srv->metrics.spool_messages = spool_count(srv->spool);
-		srv->metrics.spool_counted_at = now_usec();
-	}
 	metric(b, "sendgate_spool_messages", "gauge",
-	       "Messages in the spool's queue (counted at most every 30 s).", m->spool_messages);
+	       "Messages in the spool's queue (counted at most every 30 s).",
+	       spool_count_within(srv->spool, SPOOL_COUNT_MAX_AGE));
 	metric(b, "sendgate_database_up", "gauge",
 	       "1 while the control-plane database is connected and loaded.",
 	       store_connected(srv->store) && store_ready(srv->store));
@@ -200,7 +199,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 			 "\"queued\":%zu}",
 			 db && spool && !srv->stopping ? "ready" : "not_ready", db ? "true" : "false",
 			 spool ? "true" : "false", srv->stopping ? "true" : "false",
-			 spool_count(srv->spool));
+			 spool_count_within(srv->spool, SPOOL_COUNT_MAX_AGE));
 		if (db && spool && !srv->stopping)
 			send_text(req, 200, "OK", body);
 		else

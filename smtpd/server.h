@@ -40,8 +40,6 @@ struct client_addr {
 struct server_metrics {
 	uint64_t connections;   /* submission connections taken */
 	uint64_t refused[3];    /* 421 at once: max_connections, _per_ip, stopping */
-	size_t spool_messages;  /* the last spool count, taken at: */
-	uint64_t spool_counted_at;
 	uint64_t messages[3];   /* at end of data: queued, deferred (4xx), rejected (5xx) */
 	uint64_t bytes_queued;  /* size of the queued ones */
 	uint64_t replies[2];    /* every 4xx, 5xx reply */
