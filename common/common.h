@@ -304,6 +304,8 @@ const struct config_key_info *config_keys(size_t *n);
 
 /* Parses "10s", "5m", "2h", "3d" or a bare number of seconds. */
 int parse_duration(const char *s, long long *out);
+/* The other way, exactly: 86400 -> "1d", 5400 -> "90m", 45 -> "45s". */
+void format_duration(long long secs, char *out, size_t outlen);
 /* Parses "1024", "10k", "25M", "1G" (powers of 1024). */
 int parse_size(const char *s, long long *out);
 

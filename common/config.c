@@ -191,6 +191,18 @@ static int parse_scaled(const char *s, const struct unit *units, long long *out)
 	return 0;
 }
 
+void format_duration(long long secs, char *out, size_t outlen)
+{
+	if (secs != 0 && secs % 86400 == 0)
+		snprintf(out, outlen, "%lldd", secs / 86400);
+	else if (secs != 0 && secs % 3600 == 0)
+		snprintf(out, outlen, "%lldh", secs / 3600);
+	else if (secs != 0 && secs % 60 == 0)
+		snprintf(out, outlen, "%lldm", secs / 60);
+	else
+		snprintf(out, outlen, "%llds", secs);
+}
+
 int parse_duration(const char *s, long long *out)
 {
 	static const struct unit units[] = {

@@ -38,10 +38,12 @@ static void send_text(struct evhttp_request *req, int code, const char *reason, 
  */
 #define SPOOL_COUNT_MAX_AGE 30000000u
 
+/* Upper bounds (ms) of the end-of-data histogram's buckets. */
+static const unsigned eod_bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
+
 void metrics_message(struct server_metrics *m, int code, size_t size, uint64_t eod_usec,
 		     uint64_t sign_usec)
 {
-	static const unsigned bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
 	int i;
 
 	m->messages[code < 300 ? 0 : code < 500 ? 1 : 2]++;
@@ -51,7 +53,7 @@ void metrics_message(struct server_metrics *m, int code, size_t size, uint64_t e
 	m->eod_usec += eod_usec;
 	m->sign_usec += sign_usec;
 	for (i = 0; i < METRICS_NBUCKETS; i++)
-		if (eod_usec <= (uint64_t)bounds[i] * 1000u) {
+		if (eod_usec <= (uint64_t)eod_bounds[i] * 1000u) {
 			m->eod[i]++;
 			break;
 		}
@@ -119,7 +121,6 @@ static void delivery_metrics(struct server *srv, struct evbuffer *b)
 
 static void send_metrics(struct server *srv, struct evhttp_request *req)
 {
-	static const unsigned bounds[METRICS_NBUCKETS] = METRICS_EOD_BUCKETS;
 	static const char *const results[] = {"queued", "deferred", "rejected"};
 	static const char *const classes[] = {"4xx", "5xx"};
 	static const char *const refusals[] = {"max_connections", "max_connections_per_ip",
@@ -152,7 +153,7 @@ static void send_metrics(struct server *srv, struct evhttp_request *req)
 	for (i = 0; i < METRICS_NBUCKETS; i++) {
 		cum += m->eod[i];
 		evbuffer_add_printf(b, "sendgate_end_of_data_seconds_bucket{le=\"%g\"} %llu\n",
-				    bounds[i] / 1000.0, (unsigned long long)cum);
+				    eod_bounds[i] / 1000.0, (unsigned long long)cum);
 	}
 	evbuffer_add_printf(b,
 			    "sendgate_end_of_data_seconds_bucket{le=\"+Inf\"} %llu\n"

@@ -21,9 +21,7 @@ static const char usage[] = "tenant stats [TENANT] [--window DURATION]";
  * resume.
  */
 static const char SQL_STATS[] =
-    "WITH r AS (SELECT tenant_id, max(created_at) AS at FROM events"
-    " WHERE type = 'tenant.resumed' AND created_at > now() - make_interval(secs => $1::int)"
-    " GROUP BY tenant_id)"
+    "WITH " SQL_LAST_RESUMES("$1")
     " SELECT t.name, t.suspended_at IS NOT NULL,"
     SQL_REPUTATION_COUNTS("greatest(now() - make_interval(secs => $1::int), r.at)") ","
     " count(e.id) FILTER (WHERE e.type = 'message.deferred'),"
@@ -149,9 +147,10 @@ int ctl_tenant_stats(struct ctl *c, int argc, char **argv)
 		                                c->cfg.reputation_min_recipients, "tenants", arr));
 	table_print(&t, stdout);
 	table_free(&t);
-	printf("window: the last %lld s (since a tenant's last resume if later); limits "
+	format_duration(window, wtext, sizeof(wtext));
+	printf("window: the last %s (since a tenant's last resume if later); limits "
 	       "([reputation]): bounces %g %%, complaints %g %%, from %d recipients\n",
-	       window, c->cfg.reputation_bounce_rate, c->cfg.reputation_complaint_rate,
+	       wtext, c->cfg.reputation_bounce_rate, c->cfg.reputation_complaint_rate,
 	       c->cfg.reputation_min_recipients);
 	return CTL_OK;
 }

@@ -503,9 +503,7 @@ _Static_assert(PURGE_BATCH == 10000, "PURGE_BATCH is written in SQL_PURGE");
  * reload its tenant caches at each check.
  */
 static const char SQL_REPUTATION[] =
-    "WITH r AS (SELECT tenant_id, max(created_at) AS at FROM events"
-    " WHERE type = 'tenant.resumed' AND created_at > now() - make_interval(secs => $1::int)"
-    " GROUP BY tenant_id),"
+    "WITH " SQL_LAST_RESUMES("$1") ","
     " c AS (SELECT e.tenant_id,"
     SQL_REPUTATION_COUNTS("greatest(now() - make_interval(secs => $1::int), r.at)")
     " FROM events e JOIN tenants t ON t.id = e.tenant_id AND t.suspended_at IS NULL"
@@ -2304,19 +2302,6 @@ static void reputation_cb(evutil_socket_t fd, short what, void *arg)
 	evtimer_add(st->ev_reputation, &tv);
 }
 
-/* "24h", "90m", "45s": the window as a reason names it. */
-static void duration_text(int seconds, char *out, size_t outlen)
-{
-	if (seconds % 86400 == 0)
-		snprintf(out, outlen, "%dd", seconds / 86400);
-	else if (seconds % 3600 == 0)
-		snprintf(out, outlen, "%dh", seconds / 3600);
-	else if (seconds % 60 == 0)
-		snprintf(out, outlen, "%dm", seconds / 60);
-	else
-		snprintf(out, outlen, "%ds", seconds);
-}
-
 void store_set_reputation(struct store *st, const struct store_reputation *rep)
 {
 	struct timeval tv = {PURGE_FIRST, 0};
@@ -2327,7 +2312,7 @@ void store_set_reputation(struct store *st, const struct store_reputation *rep)
 		was = 0;
 	}
 	st->rep = *rep;
-	duration_text(rep->window, st->rep_window, sizeof(st->rep_window));
+	format_duration(rep->window, st->rep_window, sizeof(st->rep_window));
 	if (rep->bounce_rate <= 0 && rep->complaint_rate <= 0) {
 		if (was)
 			evtimer_del(st->ev_reputation);

@@ -226,6 +226,11 @@ void store_set_events_retention(struct store *st, int seconds);
  * when the delivery it reports on (same message and recipient) happened
  * after FROM, an SQL timestamptz expression: the start of what is judged.
  */
+/* CTE r: each tenant's last resume within the window (WINDOW: seconds, a parameter). */
+#define SQL_LAST_RESUMES(window)                                                                   \
+	"r AS (SELECT tenant_id, max(created_at) AS at FROM events"                                 \
+	" WHERE type = 'tenant.resumed' AND created_at > now() - make_interval(secs => " window     \
+	"::int) GROUP BY tenant_id)"
 #define SQL_REPORTED_DELIVERY(from)                                                                \
 	" EXISTS (SELECT 1 FROM events d WHERE d.message_id = e.message_id"                         \
 	" AND d.tenant_id = e.tenant_id AND d.type = 'message.delivered' AND d.data->>'recipient' = e.data->>'recipient'"         \

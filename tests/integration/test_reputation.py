@@ -39,6 +39,12 @@ def suspended_events(pg, name):
     return [json.loads(r[0]) for r in rows]
 
 
+def wait_suspended(d, t, reason):
+    """Until the daemon logs that it suspended tenant t for reason."""
+    d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
+               % (t.name, re.escape(reason)))
+
+
 def wait_checks(d, n, pattern=r"event=reputation_checked"):
     """Until the daemon's log holds n checks (matching pattern)."""
     h.eventually(lambda: len(re.findall(pattern, d.log_text())) >= n, timeout=15,
@@ -74,8 +80,7 @@ def test_bounces_past_the_rate_suspend_only_that_tenant(own, daemon_factory, cer
             denv.wait_events(qid, "message.bounced")
         reason = ("automatic: 4 of 10 recipients (40.0%) bounced in the last 1h, "
                   "the limit is 20%")
-        d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
-                   % (bad.name, re.escape(reason)))
+        wait_suspended(d, bad, reason)
 
         def refused():
             r = mail_reply(d, bad)
@@ -126,8 +131,7 @@ def test_complaints_past_the_rate_and_the_minimum_volume(own, daemon_factory):
                        **FAST)
     reason = ("automatic: 1 of 20 recipients (5.00%) complained in the last 1h, "
               "the limit is 2%")
-    d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
-               % (loud.name, re.escape(reason)))
+    wait_suspended(d, loud, reason)
     h.eventually(lambda: mail_reply(d, loud).code == 550, timeout=10, what="loud refused")
     checks = d.log_text().count("event=reputation_checked")
     wait_checks(d, checks + 2)  # the others stay active
@@ -204,8 +208,7 @@ def test_later_reports_count_only_for_the_deliveries_judged(own, daemon_factory)
                        **FAST)
     reason = ("automatic: 4 of 20 recipients (20.0%) bounced in the last 1h, "
               "the limit is 15%")
-    d.wait_log(r"event=tenant_suspended_automatically tenant=%s reason=\"%s\""
-               % (late.name, re.escape(reason)))
+    wait_suspended(d, late, reason)
     checks = d.log_text().count("event=reputation_checked")
     wait_checks(d, checks + 2)
     assert d.log_text().count("event=tenant_suspended_automatically") == 1
