@@ -10,6 +10,7 @@ tenants of other tests."""
 
 import json
 import re
+import signal
 import time
 
 import pytest
@@ -165,6 +166,25 @@ def test_a_rate_of_zero_is_not_checked(own, daemon_factory):
     d.wait_log(r"event=ready")
     time.sleep(3)  # what would be three checks
     assert "event=reputation_checked" not in d.log_text()
+
+
+def test_sighup_applies_reputation_settings(own, daemon_factory):
+    """Turned on by a SIGHUP: the checks start and suspend at once, without
+    a restart."""
+    pg, ctl = own
+    t = h.setup_tenant(ctl)
+    add_events(pg, t, "message.delivered", 20)
+    add_events(pg, t, "message.complained", 4)
+    d = daemon_factory(pg=pg, reputation__complaint_rate="0", reputation__bounce_rate="0",
+                       **FAST)
+    d.wait_log(r"event=ready")
+    assert "event=reputation_checked" not in d.log_text()
+    d.config["reputation"]["complaint_rate"] = "10"
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(r"event=reload result=ok")
+    wait_suspended(d, t, "automatic: 4 of 20 recipients (20.00%) complained in the last 1h, "
+                         "the limit is 10%")
 
 
 def add_reports(pg, t, kind, numbers, data='{"async": true}'):
