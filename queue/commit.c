@@ -100,6 +100,7 @@ static void txn_free(struct spool_txn *t, int unlink_tmp)
 		unlinkat(t->sp->tmpfd, t->id, 0);
 	EVP_MD_CTX_free(t->md);
 	buf_free(&t->out);
+	buf_free(&t->env);
 	free(t);
 }
 
@@ -115,6 +116,7 @@ struct spool_txn *queue_begin(struct spool *sp)
 	t->sp = sp;
 	t->body_rec = NO_BODY_REC;
 	buf_init(&t->out, SIZE_MAX / 2);
+	buf_init(&t->env, SIZE_MAX / 2);
 	queue_id_new(t->id);
 	t->fd = spool_take_free(sp, t->id);
 	if (t->fd != -1) {
@@ -133,6 +135,7 @@ struct spool_txn *queue_begin(struct spool *sp)
 		int e = errno;
 		log_warn("event=spool_begin_failed id=%s error=\"%s\"", t->id, strerror(e));
 		buf_free(&t->out);
+		buf_free(&t->env);
 		free(t);
 		errno = e;
 		return NULL;
@@ -142,7 +145,7 @@ struct spool_txn *queue_begin(struct spool *sp)
 		abort();
 	if (queue_magic_append(&t->out) == -1)
 		abort();
-	sp->open_txns++;
+	__atomic_add_fetch(&sp->open_txns, 1, __ATOMIC_RELAXED);
 	return t;
 }
 
@@ -185,35 +188,78 @@ int queue_write_body(struct spool_txn *t, const void *p, size_t n)
 
 void queue_abort(struct spool_txn *t)
 {
-	t->sp->open_txns--;
+	__atomic_sub_fetch(&t->sp->open_txns, 1, __ATOMIC_RELAXED);
 	txn_free(t, 1);
+}
+
+static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
+                           size_t hlen, queue_commit_cb cb, uint64_t cookie, int eager);
+
+int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env)
+{
+	struct queue_envelope e = *env;
+
+	/* The id in the file is the one the file is named after. */
+	memcpy(e.id, t->id, sizeof(e.id));
+	buf_reset(&t->env);
+	t->has_env = 0;
+	if (queue_env_encode(&e, &t->env) == -1)
+		return -1;
+	t->has_env = 1;
+	return 0;
 }
 
 int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr,
                  size_t hlen, queue_commit_cb cb, uint64_t cookie)
 {
+	if (queue_txn_set_envelope(t, env) == -1) {
+		int e = errno;
+		__atomic_sub_fetch(&t->sp->open_txns, 1, __ATOMIC_RELAXED);
+		log_warn("event=spool_commit_failed id=%s error=\"%s\"", t->id, strerror(e));
+		txn_free(t, 1);
+		errno = e;
+		return -1;
+	}
+	return commit_prepared(t, NULL, 0, hdr, hlen, cb, cookie, 1);
+}
+
+int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
+                          size_t hlen, queue_commit_cb cb, uint64_t cookie)
+{
+	return commit_prepared(t, top, toplen, hdr, hlen, cb, cookie, 0);
+}
+
+/* eager: wake an idle commit thread even while another one is syncing. */
+static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
+                           size_t hlen, queue_commit_cb cb, uint64_t cookie, int eager)
+{
 	struct spool *sp = t->sp;
-	struct queue_envelope e = *env;
+	unsigned char rh[QREC_HDR_LEN];
 	int was_empty, e2;
 
-	sp->open_txns--;
+	__atomic_sub_fetch(&sp->open_txns, 1, __ATOMIC_RELAXED);
 	if (t->err) {
 		errno = t->err;
 		goto fail;
 	}
-	if (sp->stopping) { /* the threads are gone: nobody would finish it */
-		errno = ESHUTDOWN;
+	if (!t->has_env) {
+		errno = EINVAL;
 		goto fail;
 	}
-	/* The id in the file is the one the file is named after. */
-	memcpy(e.id, t->id, sizeof(e.id));
 	txn_close_body(t);
-	if (queue_rec_append(&t->out, QREC_HEADERS, hdr, hlen) == -1) {
+	/* HEADERS is top then hdr, without joining them first. */
+	if (toplen > QREC_MAX_LEN || hlen > QREC_MAX_LEN - toplen) {
 		errno = EFBIG;
 		goto fail;
 	}
-	if (queue_env_encode(&e, &t->out) == -1)
+	queue_rec_header(rh, QREC_HEADERS, (uint32_t)(toplen + hlen));
+	if (buf_append(&t->out, rh, sizeof(rh)) == -1 || buf_append(&t->out, top, toplen) == -1 ||
+	    buf_append(&t->out, hdr, hlen) == -1 ||
+	    buf_append(&t->out, t->env.data, t->env.len) == -1) {
+		errno = EFBIG;
 		goto fail;
+	}
+	buf_free(&t->env);
 	if (txn_flush(t, 1) == -1)
 		goto fail;
 	/* Nothing more is written: drop the buffers before waiting for a thread. */
@@ -225,10 +271,15 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 	t->next = NULL;
 
 	pthread_mutex_lock(&sp->lock);
+	if (sp->stopping) { /* the threads are gone: nobody would finish it */
+		pthread_mutex_unlock(&sp->lock);
+		errno = ESHUTDOWN;
+		goto fail;
+	}
 	was_empty = sp->pending == NULL;
 	*sp->pending_tail = t;
 	sp->pending_tail = &t->next;
-	if (was_empty)
+	if (was_empty && (eager || sp->busy == 0))
 		pthread_cond_signal(&sp->cond);
 	pthread_mutex_unlock(&sp->lock);
 	return 0;
@@ -355,6 +406,7 @@ static void *commit_thread(void *arg)
 		batch = sp->pending;
 		sp->pending = NULL;
 		sp->pending_tail = &sp->pending;
+		sp->busy++;
 		pthread_mutex_unlock(&sp->lock);
 
 		commit_batch(sp, batch, sbfd);
@@ -363,6 +415,7 @@ static void *commit_thread(void *arg)
 			log_err("event=spool_eventfd_failed error=\"%s\"", strerror(errno));
 
 		pthread_mutex_lock(&sp->lock);
+		sp->busy--;
 	}
 	pthread_mutex_unlock(&sp->lock);
 	if (sbfd != -1)

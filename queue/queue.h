@@ -248,7 +248,24 @@ int queue_write_body(struct spool_txn *t, const void *p, size_t n);
  */
 int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr,
                  size_t hlen, queue_commit_cb cb, uint64_t cookie);
-/* Drops an uncommitted message and its temp file. */
+/*
+ * queue_commit in two halves, for a message finished on another thread
+ * (the DKIM signer). queue_txn_set_envelope, on the loop, encodes env into
+ * the txn (env->id ignored; -1 with errno EINVAL when a field could not be
+ * read back, the txn still the caller's). queue_commit_prepared may then run
+ * on any one thread at a time: HEADERS is top (toplen bytes, e.g. the
+ * DKIM-Signature fields; may be NULL) followed by hdr, and the rest is as
+ * in queue_commit (cb still runs on the loop), except that it wakes a
+ * commit thread only when none is syncing: a busy one takes the message
+ * with everything else waiting when its batch is done. (Woken for each
+ * message, the second thread synced batches of one: 6-9 % less c50
+ * throughput with signer threads committing.)
+ */
+int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env);
+int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
+                          size_t hlen, queue_commit_cb cb, uint64_t cookie);
+/* Drops an uncommitted message and its temp file (any thread, once the
+ * txn has left the loop). */
 void queue_abort(struct spool_txn *t);
 
 /*

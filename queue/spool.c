@@ -263,11 +263,14 @@ fail:
 
 void spool_close(struct spool *sp)
 {
+	size_t open;
+
 	if (sp == NULL)
 		return;
 	commit_stop(sp);
-	if (sp->open_txns > 0)
-		log_warn("event=spool_close_open_txns dir=%s open=%zu", sp->dir, sp->open_txns);
+	open = __atomic_load_n(&sp->open_txns, __ATOMIC_RELAXED);
+	if (open > 0)
+		log_warn("event=spool_close_open_txns dir=%s open=%zu", sp->dir, open);
 	log_info("event=spool_close dir=%s commits=%llu batches=%llu reused_files=%llu", sp->dir,
 	         (unsigned long long)sp->commits, (unsigned long long)sp->batches,
 	         (unsigned long long)sp->reused);

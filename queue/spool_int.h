@@ -24,6 +24,8 @@ struct spool_txn {
 	EVP_MD_CTX *md;  /* SHA-256 of every byte written so far */
 	struct buf out;  /* encoded records not written yet */
 	size_t body_rec; /* offset in out of the open BODY record, or SIZE_MAX */
+	struct buf env;  /* the encoded envelope, once queue_txn_set_envelope ran */
+	int has_env;
 	queue_commit_cb cb;
 	uint64_t cookie;
 };
@@ -38,6 +40,7 @@ struct spool {
 	struct spool_txn *pending, **pending_tail; /* committed, waiting for a thread */
 	struct spool_txn *done, **done_tail;       /* finished, waiting for the loop */
 	int stopping;
+	int busy; /* commit threads syncing a batch */
 	uint64_t commits, batches;
 	uint64_t reused; /* loop thread only, as is no_reuse */
 	int no_reuse;    /* spool_set_reuse(sp, 0) */
@@ -50,7 +53,7 @@ struct spool {
 
 	size_t count;        /* files in queue/ (loop thread only) */
 	uint64_t counted_at; /* now_usec() of the last count of queue/ */
-	size_t open_txns;    /* begun and not yet handed to commit or abort */
+	size_t open_txns;    /* begun and not yet handed to commit or abort (atomic) */
 
 	/* Names in free/ (delivered files kept for reuse, see spool_take_free). */
 	char (*free_names)[QUEUE_ID_LEN + 1];

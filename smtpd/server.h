@@ -102,19 +102,33 @@ struct server {
 
 /* signer.c */
 struct signer;
-/* Called on the loop: sigs holds the DKIM-Signature fields, or err says why not. */
-typedef void (*signer_cb)(uint64_t cookie, struct buf *sigs, const char *err);
+/* How a signed message fared (see signer_submit). */
+struct signer_result {
+	const char *sign_err; /* why it could not be signed; NULL: signed */
+	int commit_err;       /* signed: 0 when queued as id, else the spool's errno */
+	const char *id;
+	uint64_t sign_usec; /* submit to the hand-off to the spool: queue wait + signing */
+};
+/* Called on the loop, once per job, when the outcome is known. */
+typedef void (*signer_cb)(uint64_t cookie, const struct signer_result *r);
 struct signer *signer_new(struct event_base *base, int nthreads);
+/* Stops the threads once every waiting job is signed; before spool_close. */
 void signer_free(struct signer *sg);
 /*
- * Signs hdr (copied) with each key; takes over the key references. The
- * callback runs on the loop later (when every key is Ed25519, the
- * signing is done before this returns: see signer.c). hcanon/bcanon are
- * enum dkim_canon. Waiting jobs are taken by tenant_id in turn.
+ * Signs hdr (copied) with each key and commits the message: takes over the
+ * key references and txn, whose envelope must be set
+ * (queue_txn_set_envelope). The thread that signs puts the DKIM-Signature
+ * fields on top of hdr and hands txn to the spool itself, so a signed
+ * message goes to the commit threads without a trip back through the loop.
+ * If signing fails, txn is dropped. cb runs on the loop once the commit is
+ * on disk, or as soon as signing or the commit's start failed. Jobs whose
+ * keys are all Ed25519 are signed on the loop, and committed at the end of
+ * the loop's pass (see signer.c). hcanon/bcanon are enum dkim_canon.
+ * Waiting jobs are taken by tenant_id in turn.
  */
 int signer_submit(struct signer *sg, struct signing_key **keys, int nkeys, const char *hdr,
 		  size_t hlen, const unsigned char bh[32], int hcanon, int bcanon, time_t expire,
-		  int64_t tenant_id, signer_cb cb, uint64_t cookie);
+		  int64_t tenant_id, struct spool_txn *txn, signer_cb cb, uint64_t cookie);
 
 /* child.c */
 /* The environment variable that hands the VERP key to the delivery child. */

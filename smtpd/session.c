@@ -70,7 +70,6 @@ struct txn {
 	char sender_domain[256];
 	uint64_t t_eod;
 	uint64_t sign_usec; /* signer queue wait + signing, 0 if not signed */
-	uint64_t t_sign;
 	char qid[QUEUE_ID_LEN + 1]; /* set once queued */
 };
 
@@ -982,7 +981,8 @@ static void message_done(struct session *s, int code, const char *fmt, ...)
 	va_end(ap);
 	reply(s, "%d %s", code, text);
 	/* eod_ms: end of data to this reply; sign_ms: the part spent waiting
-	 * for and running DKIM signing (bench/ reads both). */
+	 * for and running DKIM signing, up to the hand-off to the spool
+	 * (bench/ reads both). */
 	log_info("event=message id=%s client=%s tenant=%s sender=%s rcpts=%zu size=%zu result=%s "
 		 "eod_ms=%.2f sign_ms=%.2f reply=%s",
 		 tx->qid[0] ? tx->qid : "-", s->addr, s->who.tenant, log_quote(qs, sizeof(qs), tx->from.addr), tx->nrcpts,
@@ -997,9 +997,9 @@ static void message_done(struct session *s, int code, const char *fmt, ...)
 				 &(struct timeval){s->srv->cfg->command_timeout, 0});
 }
 
-static void commit_result(uint64_t cookie, const char *id, int err)
+/* The spool's answer for s's message (s NULL: the client left). */
+static void committed(struct session *s, const char *id, int err)
 {
-	struct session *s = server_session(srv_of_callbacks, cookie);
 	json_t *data;
 
 	if (s == NULL) {
@@ -1022,6 +1022,11 @@ static void commit_result(uint64_t cookie, const char *id, int err)
 		message_done(s, 250, "2.0.0 Ok: queued as %s", id);
 	}
 	wait_end(s);
+}
+
+static void commit_result(uint64_t cookie, const char *id, int err)
+{
+	committed(server_session(srv_of_callbacks, cookie), id, err);
 }
 
 /* Builds the final header block: Received, the client's fields, and a
@@ -1059,32 +1064,32 @@ static int build_headers(struct session *s, const struct hdr_scan *hs)
 
 static void eod_continue(struct session *s);
 
-/* Hands the finished message to the spool; sigs (may be NULL) go on top. */
-static void commit_message(struct session *s, const struct buf *sigs)
+/* The message's envelope (pointing into s). */
+static void fill_envelope(struct session *s, struct queue_envelope *env)
+{
+	struct txn *tx = s->tx;
+
+	memset(env, 0, sizeof(*env));
+	env->tenant_id = s->who.tenant_id;
+	env->tenant = s->who.tenant;
+	env->auth_user = s->user;
+	env->sender = tx->from.addr;
+	env->rcpts = tx->rcpts;
+	env->nrcpts = tx->nrcpts;
+	env->received = time(NULL);
+	env->client = s->addr;
+	env->flags = (tx->params.body == 8 || tx->dr.eight_bit ? QFLAG_8BITMIME : 0) |
+		     (tx->params.smtputf8 ? QFLAG_SMTPUTF8 : 0);
+}
+
+/* Hands the finished, unsigned message to the spool. */
+static void commit_message(struct session *s)
 {
 	struct txn *tx = s->tx;
 	struct queue_envelope env;
 	struct spool_txn *sp = tx->sp;
 
-	if (sigs && sigs->len) {
-		struct buf all;
-		buf_init(&all, sigs->len + tx->final.len + 1);
-		buf_append(&all, sigs->data, sigs->len);
-		buf_append(&all, tx->final.data, tx->final.len);
-		buf_free(&tx->final);
-		tx->final = all;
-	}
-	memset(&env, 0, sizeof(env));
-	env.tenant_id = s->who.tenant_id;
-	env.tenant = s->who.tenant;
-	env.auth_user = s->user;
-	env.sender = tx->from.addr;
-	env.rcpts = tx->rcpts;
-	env.nrcpts = tx->nrcpts;
-	env.received = time(NULL);
-	env.client = s->addr;
-	env.flags = (tx->params.body == 8 || tx->dr.eight_bit ? QFLAG_8BITMIME : 0) |
-		    (tx->params.smtputf8 ? QFLAG_SMTPUTF8 : 0);
+	fill_envelope(s, &env);
 	/* From here the spool owns the txn, whatever happens to us. */
 	tx->sp = NULL;
 	if (queue_commit(sp, &env, tx->final.data, tx->final.len, commit_result, s->id) == -1) {
@@ -1093,25 +1098,29 @@ static void commit_message(struct session *s, const struct buf *sigs)
 	}
 }
 
-static void sign_done(uint64_t cookie, struct buf *sigs, const char *err)
+/* The signer's outcome: signed and committed (or not) by its thread. */
+static void sign_done(uint64_t cookie, const struct signer_result *r)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
 
-	if (s == NULL)
-		return;
-	s->tx->sign_usec = now_usec() - s->tx->t_sign;
-	if (sigs == NULL) {
-		char q[300];
-		log_err("event=dkim_sign_failed domain=%s tenant=%s error=%s", s->tx->from_domain,
-			s->who.tenant, log_quote(q, sizeof(q), err));
-		message_done(s, 451,
-			     "4.3.0 Could not DKIM-sign the message for domain %s; it was not queued, "
-			     "try again later",
-			     s->tx->from_domain);
-		wait_end(s);
+	if (s != NULL)
+		s->tx->sign_usec = r->sign_usec;
+	if (r->sign_err == NULL) {
+		committed(s, r->id, r->commit_err);
 		return;
 	}
-	commit_message(s, sigs);
+	if (s == NULL)
+		return;
+	{
+		char q[300];
+		log_err("event=dkim_sign_failed domain=%s tenant=%s error=%s", s->tx->from_domain,
+			s->who.tenant, log_quote(q, sizeof(q), r->sign_err));
+	}
+	message_done(s, 451,
+		     "4.3.0 Could not DKIM-sign the message for domain %s; it was not queued, "
+		     "try again later",
+		     s->tx->from_domain);
+	wait_end(s);
 }
 
 static void eod_domain_result(uint64_t cookie, int ok, const char *why)
@@ -1174,16 +1183,30 @@ static void eod_continue(struct session *s)
 			wait_end(s);
 			return;
 		}
+		struct queue_envelope env;
+		struct spool_txn *sp = tx->sp;
+
+		fill_envelope(s, &env);
+		if (queue_txn_set_envelope(sp, &env) == -1) {
+			log_err("event=spool_error client=%s op=envelope error=\"%s\"", s->addr,
+				strerror(errno));
+			while (n > 0)
+				signing_key_release(keys[--n]);
+			message_done(s, 451, "4.3.0 Could not commit the message to disk; try again later");
+			wait_end(s);
+			return;
+		}
 		dkim_body_final(tx->bodyhash, bh);
 		dkim_body_free(tx->bodyhash);
 		tx->bodyhash = NULL;
-		tx->t_sign = now_usec();
+		/* From here the signer owns the txn, whatever happens to us. */
+		tx->sp = NULL;
 		signer_submit(s->srv->signer, keys, n, tx->final.data, tx->final.len, bh,
 			      s->srv->hcanon, s->srv->bcanon, s->srv->cfg->dkim_expiry,
-			      s->who.tenant_id, sign_done, s->id);
+			      s->who.tenant_id, sp, sign_done, s->id);
 		return;
 	}
-	commit_message(s, NULL);
+	commit_message(s);
 }
 
 /* Pulls the domain out of one From/Sender value; 0 or -1 with a reply. */
