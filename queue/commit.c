@@ -202,24 +202,18 @@ int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env
 	/* The id in the file is the one the file is named after. */
 	memcpy(e.id, t->id, sizeof(e.id));
 	buf_reset(&t->env);
-	t->has_env = 0;
-	if (queue_env_encode(&e, &t->env) == -1)
+	if (queue_env_encode(&e, &t->env) == -1) {
+		buf_reset(&t->env); /* never half an envelope */
 		return -1;
-	t->has_env = 1;
+	}
 	return 0;
 }
 
 int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const void *hdr,
                  size_t hlen, queue_commit_cb cb, uint64_t cookie)
 {
-	if (queue_txn_set_envelope(t, env) == -1) {
-		int e = errno;
-		__atomic_sub_fetch(&t->sp->open_txns, 1, __ATOMIC_RELAXED);
-		log_warn("event=spool_commit_failed id=%s error=\"%s\"", t->id, strerror(e));
-		txn_free(t, 1);
-		errno = e;
-		return -1;
-	}
+	/* An envelope that cannot be encoded fails the commit below (EINVAL). */
+	queue_txn_set_envelope(t, env);
 	return commit_prepared(t, NULL, 0, hdr, hlen, cb, cookie, 1);
 }
 
@@ -242,7 +236,7 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 		errno = t->err;
 		goto fail;
 	}
-	if (!t->has_env) {
+	if (t->env.len == 0) { /* no envelope, or one that could not be encoded */
 		errno = EINVAL;
 		goto fail;
 	}

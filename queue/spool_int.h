@@ -24,8 +24,7 @@ struct spool_txn {
 	EVP_MD_CTX *md;  /* SHA-256 of every byte written so far */
 	struct buf out;  /* encoded records not written yet */
 	size_t body_rec; /* offset in out of the open BODY record, or SIZE_MAX */
-	struct buf env;  /* the encoded envelope, once queue_txn_set_envelope ran */
-	int has_env;
+	struct buf env;  /* the encoded envelope (empty until queue_txn_set_envelope) */
 	queue_commit_cb cb;
 	uint64_t cookie;
 };

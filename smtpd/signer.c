@@ -124,8 +124,8 @@ static void on_committed(uint64_t cookie, const char *id, int err)
  * Signs j and, if that worked, hands its message to the spool: 1 when the
  * spool has taken it (j now belongs to the commit, which may complete and
  * free j at any moment: the caller must not touch j again), 0 when the
- * outcome is to be reported through the done list (signing failed, and
- * the txn is dropped, or the commit could not start).
+ * outcome is to be reported through the done list (signing failed, or the
+ * commit could not start).
  */
 static int sign_and_commit(struct sign_job *j)
 {
@@ -133,11 +133,8 @@ static int sign_and_commit(struct sign_job *j)
 
 	run_job(j);
 	j->sign_usec = now_usec() - j->t_submit;
-	if (j->failed) {
-		queue_abort(j->txn);
-		j->txn = NULL;
-		return 0;
-	}
+	if (j->failed)
+		return 0; /* job_free drops the txn */
 	j->txn = NULL; /* the spool's from here, whatever the outcome */
 	if (queue_commit_prepared(txn, j->out.data, j->out.len, j->hdr.data, j->hdr.len,
 				  on_committed, (uint64_t)(uintptr_t)j) == -1) {
