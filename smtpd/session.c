@@ -1186,16 +1186,10 @@ static void eod_continue(struct session *s)
 		struct queue_envelope env;
 		struct spool_txn *sp = tx->sp;
 
+		/* An envelope that cannot be encoded fails the commit's start
+		 * (EINVAL), which the signer reports like any commit error. */
 		fill_envelope(s, &env);
-		if (queue_txn_set_envelope(sp, &env) == -1) {
-			log_err("event=spool_error client=%s op=envelope error=\"%s\"", s->addr,
-				strerror(errno));
-			while (n > 0)
-				signing_key_release(keys[--n]);
-			message_done(s, 451, "4.3.0 Could not commit the message to disk; try again later");
-			wait_end(s);
-			return;
-		}
+		queue_txn_set_envelope(sp, &env);
 		dkim_body_final(tx->bodyhash, bh);
 		dkim_body_free(tx->bodyhash);
 		tx->bodyhash = NULL;
