@@ -487,3 +487,32 @@ def test_cpustat_puts_cpu_where_it_was_spent():
     child_line = next(ln for ln in text.splitlines() if "children (load generator)" in ln)
     assert int(child_line.split()[3]) >= 250, child_line  # >= 0.25 s over 1,000 units
     assert "machine:" in text
+
+
+def test_ab_summary_pairs_each_variant_with_the_reference():
+    """bench/ab_submission.py: differences are taken within a pair, and a
+    figure missing from one run drops that pair only."""
+    sys.path.insert(0, HERE)
+    import ab_submission as ab
+
+    def run(rate, p99, sign99):
+        return {"msgs_per_s": rate, "accepted": 100, "server_cpu_s": 0.05,
+                "latency_ms": {"p50": 1.0, "p99": p99},
+                "server_timings": {"eod_p99": p99 - 0.5, "sign_p99": sign99}}
+
+    pairs = [
+        {"a": ab.figures(run(1000, 5.0, 0.0)), "b": ab.figures(run(1000, 8.0, 2.0))},
+        {"b": ab.figures(run(999, 9.0, 2.5)), "a": ab.figures(run(1000, 4.0, 0.0))},
+        {"a": ab.figures(run(1000, 6.0, 0.0)), "b": ab.figures({"msgs_per_s": 1000})},
+    ]
+    text = "\n".join(ab.summarize(["a", "b"], pairs))
+    assert "b-a          +3.00, +5.00  (median +4.00)" in text
+    assert "  b            8.00, 9.00\n" in text
+    assert ab.figures({"msgs_per_s": 7})["p99 ms"] is None
+
+    assert ab.parse_variant("x=build,SENDGATE_SPOOL_NO_SYNCFS=1")[2] == {
+        "SENDGATE_SPOOL_NO_SYNCFS": "1"}
+    with pytest.raises(Exception, match="NAME=BUILD_DIR"):
+        ab.parse_variant("build")
+    with pytest.raises(Exception, match="is not ENV=VALUE"):
+        ab.parse_variant("x=build,junk")
