@@ -117,9 +117,10 @@ void signer_free(struct signer *sg);
 /*
  * Signs hdr (copied) with each key and commits the message: takes over the
  * key references and txn, whose envelope must be set
- * (queue_txn_set_envelope; without one the commit fails with EINVAL). The thread that signs puts the DKIM-Signature
- * fields on top of hdr and hands txn to the spool itself, so a signed
- * message goes to the commit threads without a trip back through the loop.
+ * (queue_txn_set_envelope; without one the commit fails with EINVAL). The
+ * thread that signs puts the DKIM-Signature fields on top of hdr and hands
+ * txn to the spool itself, so a signed message goes to the commit threads
+ * without a trip back through the loop.
  * If signing fails, txn is dropped. cb runs on the loop once the commit is
  * on disk, or as soon as signing or the commit's start failed. Jobs whose
  * keys are all Ed25519 are signed on the loop, and committed at the end of

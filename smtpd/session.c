@@ -1102,6 +1102,7 @@ static void commit_message(struct session *s)
 static void sign_done(uint64_t cookie, const struct signer_result *r)
 {
 	struct session *s = server_session(srv_of_callbacks, cookie);
+	char q[300];
 
 	if (s != NULL)
 		s->tx->sign_usec = r->sign_usec;
@@ -1111,16 +1112,38 @@ static void sign_done(uint64_t cookie, const struct signer_result *r)
 	}
 	if (s == NULL)
 		return;
-	{
-		char q[300];
-		log_err("event=dkim_sign_failed domain=%s tenant=%s error=%s", s->tx->from_domain,
-			s->who.tenant, log_quote(q, sizeof(q), r->sign_err));
-	}
+	log_err("event=dkim_sign_failed domain=%s tenant=%s error=%s", s->tx->from_domain,
+		s->who.tenant, log_quote(q, sizeof(q), r->sign_err));
 	message_done(s, 451,
 		     "4.3.0 Could not DKIM-sign the message for domain %s; it was not queued, "
 		     "try again later",
 		     s->tx->from_domain);
 	wait_end(s);
+}
+
+/*
+ * Hands the finished message to the signer with its n keys (taken over),
+ * which signs it and commits it to the spool; sign_done has the outcome.
+ */
+static void sign_message(struct session *s, struct signing_key **keys, int n)
+{
+	struct txn *tx = s->tx;
+	struct queue_envelope env;
+	struct spool_txn *sp = tx->sp;
+	unsigned char bh[32];
+
+	/* An envelope that cannot be encoded fails the commit's start
+	 * (EINVAL), which the signer reports like any commit error. */
+	fill_envelope(s, &env);
+	queue_txn_set_envelope(sp, &env);
+	dkim_body_final(tx->bodyhash, bh);
+	dkim_body_free(tx->bodyhash);
+	tx->bodyhash = NULL;
+	/* From here the signer owns the txn, whatever happens to us. */
+	tx->sp = NULL;
+	signer_submit(s->srv->signer, keys, n, tx->final.data, tx->final.len, bh, s->srv->hcanon,
+		      s->srv->bcanon, s->srv->cfg->dkim_expiry, s->who.tenant_id, sp, sign_done,
+		      s->id);
 }
 
 static void eod_domain_result(uint64_t cookie, int ok, const char *why)
@@ -1172,7 +1195,6 @@ static void eod_continue(struct session *s)
 	}
 	if (s->srv->signer) {
 		struct signing_key *keys[2];
-		unsigned char bh[32];
 		int n = store_signing_keys(s->srv->store, tx->from_domain, time(NULL), keys, 2);
 		if (n == 0) {
 			log_err("event=dkim_no_key domain=%s tenant=%s", tx->from_domain, s->who.tenant);
@@ -1183,21 +1205,7 @@ static void eod_continue(struct session *s)
 			wait_end(s);
 			return;
 		}
-		struct queue_envelope env;
-		struct spool_txn *sp = tx->sp;
-
-		/* An envelope that cannot be encoded fails the commit's start
-		 * (EINVAL), which the signer reports like any commit error. */
-		fill_envelope(s, &env);
-		queue_txn_set_envelope(sp, &env);
-		dkim_body_final(tx->bodyhash, bh);
-		dkim_body_free(tx->bodyhash);
-		tx->bodyhash = NULL;
-		/* From here the signer owns the txn, whatever happens to us. */
-		tx->sp = NULL;
-		signer_submit(s->srv->signer, keys, n, tx->final.data, tx->final.len, bh,
-			      s->srv->hcanon, s->srv->bcanon, s->srv->cfg->dkim_expiry,
-			      s->who.tenant_id, sp, sign_done, s->id);
+		sign_message(s, keys, n);
 		return;
 	}
 	commit_message(s);

@@ -56,8 +56,9 @@ def test_clients_leaving_while_signed(daemon, tenant):
     """Clients that close or reset the connection right after the final
     dot, while their message waits for a signer thread (RSA). The signer
     thread commits it all the same (logged with note=client_gone), or it is
-    dropped if it was not signed yet; never left half-way: queue/ holds exactly the messages logged as queued, each a
-    whole signed file, tmp/ is left empty, and the daemon goes on."""
+    dropped if it was not signed yet; never left half-way: queue/ holds
+    exactly the messages logged as queued, each a whole signed file, tmp/
+    is left empty, and the daemon goes on."""
     before = set(daemon.queue_ids())
     off = len(daemon.log_text())
     n = 20
