@@ -192,8 +192,16 @@ void queue_abort(struct spool_txn *t)
 	txn_free(t, 1);
 }
 
+/* Who makes a message durable once commit_prepared has written it. */
+enum commit_how {
+	COMMIT_WAKE, /* a commit thread, an idle one woken at once */
+	COMMIT_JOIN, /* the next batch: a thread is woken only when none is syncing */
+	COMMIT_HERE, /* the caller, when nothing else is on its way; else as JOIN */
+};
+
 static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
-                           size_t hlen, queue_commit_cb cb, uint64_t cookie, int eager);
+                           size_t hlen, queue_commit_cb cb, uint64_t cookie, enum commit_how how);
+static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd);
 
 int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env)
 {
@@ -214,24 +222,26 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 {
 	/* An envelope that cannot be encoded fails the commit below (EINVAL). */
 	queue_txn_set_envelope(t, env);
-	return commit_prepared(t, NULL, 0, hdr, hlen, cb, cookie, 1);
+	return commit_prepared(t, NULL, 0, hdr, hlen, cb, cookie, COMMIT_WAKE);
 }
 
 int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
-                          size_t hlen, queue_commit_cb cb, uint64_t cookie)
+                          size_t hlen, queue_commit_cb cb, uint64_t cookie, int may_sync)
 {
-	return commit_prepared(t, top, toplen, hdr, hlen, cb, cookie, 0);
+	return commit_prepared(t, top, toplen, hdr, hlen, cb, cookie,
+	                       may_sync ? COMMIT_HERE : COMMIT_JOIN);
 }
 
-/* eager: wake an idle commit thread even while another one is syncing. */
 static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
-                           size_t hlen, queue_commit_cb cb, uint64_t cookie, int eager)
+                           size_t hlen, queue_commit_cb cb, uint64_t cookie, enum commit_how how)
 {
 	struct spool *sp = t->sp;
 	unsigned char rh[QREC_HDR_LEN];
 	int was_empty, e2;
+	/* Other messages begun and not yet handed over (sessions in DATA,
+	 * messages being signed): they could share this one's batch. */
+	size_t others = __atomic_sub_fetch(&sp->open_txns, 1, __ATOMIC_RELAXED);
 
-	__atomic_sub_fetch(&sp->open_txns, 1, __ATOMIC_RELAXED);
 	if (t->err) {
 		errno = t->err;
 		goto fail;
@@ -271,9 +281,20 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 		goto fail;
 	}
 	was_empty = sp->pending == NULL;
+	if (how == COMMIT_HERE && was_empty && others == 0) {
+		/*
+		 * A batch would hold this message alone: the caller syncs it
+		 * rather than wake a commit thread or wait for a busy one's
+		 * batch (one thread switch less on the message's way).
+		 */
+		sp->caller_synced++;
+		pthread_mutex_unlock(&sp->lock);
+		commit_batch(sp, t, -1);
+		return 0;
+	}
 	*sp->pending_tail = t;
 	sp->pending_tail = &t->next;
-	if (was_empty && (eager || sp->busy == 0))
+	if (was_empty && (how == COMMIT_WAKE || sp->busy == 0))
 		pthread_cond_signal(&sp->cond);
 	pthread_mutex_unlock(&sp->lock);
 	return 0;
@@ -328,12 +349,14 @@ static void commit_sync_files(struct spool *sp, struct spool_txn *batch, int sbf
  * Makes a batch durable: the files' data (commit_sync_files), then each is
  * renamed into queue/, then one fsync of queue/ for the whole batch. A
  * failed sync is never retried: the file is removed and the error reported.
+ * The outcomes go to the done list for the loop. Runs on a commit thread,
+ * or on a signer thread for a message that is alone (COMMIT_HERE).
  */
 static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd)
 {
 	struct spool_txn *t;
 	int renamed = 0, dir_synced = 0, dir_err = 0;
-	uint64_t sync_start = 0;
+	uint64_t sync_start = 0, one = 1;
 
 	commit_sync_files(sp, batch, sbfd);
 	for (t = batch; t != NULL; t = t->next) {
@@ -376,13 +399,15 @@ static void commit_batch(struct spool *sp, struct spool_txn *batch, int sbfd)
 		;
 	sp->done_tail = &t->next;
 	pthread_mutex_unlock(&sp->lock);
+	/* A failed write can only be EAGAIN (counter full): already signalled. */
+	if (write(sp->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+		log_err("event=spool_eventfd_failed error=\"%s\"", strerror(errno));
 }
 
 static void *commit_thread(void *arg)
 {
 	struct spool *sp = arg;
 	struct spool_txn *batch;
-	uint64_t one = 1;
 	int sbfd = -1;
 
 	/*
@@ -404,9 +429,6 @@ static void *commit_thread(void *arg)
 		pthread_mutex_unlock(&sp->lock);
 
 		commit_batch(sp, batch, sbfd);
-		/* A failed write here can only be EAGAIN (counter full): already signalled. */
-		if (write(sp->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
-			log_err("event=spool_eventfd_failed error=\"%s\"", strerror(errno));
 
 		pthread_mutex_lock(&sp->lock);
 		sp->busy--;

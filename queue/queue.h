@@ -259,11 +259,15 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
  * commit thread only when none is syncing: a busy one takes the message
  * with everything else waiting when its batch is done. (Woken for each
  * message, the second thread synced batches of one: 6-9 % less c50
- * throughput with signer threads committing.)
+ * throughput with signer threads committing.) With may_sync (never on the
+ * loop: the call may then block for a sync), a message that would be
+ * alone in its batch (nothing waiting, no other txn open) is made durable
+ * by the calling thread before the call returns; cb still runs on the
+ * loop. The spool must not be closed while a call is in progress.
  */
 int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env);
 int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
-                          size_t hlen, queue_commit_cb cb, uint64_t cookie);
+                          size_t hlen, queue_commit_cb cb, uint64_t cookie, int may_sync);
 /* Drops an uncommitted message and its temp file (any thread, once the
  * txn has left the loop). */
 void queue_abort(struct spool_txn *t);

@@ -271,9 +271,10 @@ void spool_close(struct spool *sp)
 	open = __atomic_load_n(&sp->open_txns, __ATOMIC_RELAXED);
 	if (open > 0)
 		log_warn("event=spool_close_open_txns dir=%s open=%zu", sp->dir, open);
-	log_info("event=spool_close dir=%s commits=%llu batches=%llu reused_files=%llu", sp->dir,
-	         (unsigned long long)sp->commits, (unsigned long long)sp->batches,
-	         (unsigned long long)sp->reused);
+	log_info("event=spool_close dir=%s commits=%llu batches=%llu synced_by_caller=%llu "
+	         "reused_files=%llu",
+	         sp->dir, (unsigned long long)sp->commits, (unsigned long long)sp->batches,
+	         (unsigned long long)sp->caller_synced, (unsigned long long)sp->reused);
 	close(sp->freefd);
 	close(sp->quarfd);
 	close(sp->queuefd);

@@ -34,15 +34,16 @@ struct spool {
 	char *dir;
 	int dirfd, tmpfd, queuefd, quarfd, freefd;
 
-	pthread_mutex_t lock; /* guards everything down to batches */
+	pthread_mutex_t lock; /* guards everything down to caller_synced */
 	pthread_cond_t cond;
 	struct spool_txn *pending, **pending_tail; /* committed, waiting for a thread */
 	struct spool_txn *done, **done_tail;       /* finished, waiting for the loop */
 	int stopping;
 	int busy; /* commit threads syncing a batch */
 	uint64_t commits, batches;
-	uint64_t reused; /* loop thread only, as is no_reuse */
-	int no_reuse;    /* spool_set_reuse(sp, 0) */
+	uint64_t caller_synced; /* batches of one synced by the caller (COMMIT_HERE) */
+	uint64_t reused;        /* loop thread only, as is no_reuse */
+	int no_reuse;           /* spool_set_reuse(sp, 0) */
 
 	pthread_t *threads;
 	int nthreads;

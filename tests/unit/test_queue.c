@@ -600,6 +600,67 @@ static void test_empty_body(void **state)
 	queue_msg_free(&m);
 }
 
+/*
+ * A message committed in two halves (the signer's way), with nothing else
+ * open: the calling thread syncs it itself, so it is in queue/ when the
+ * call returns; its callback still runs on the loop.
+ */
+static void test_prepared_synced_by_caller(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	struct queue_msg m;
+	struct spool_txn *t = queue_begin(f->sp);
+	static const char top[] = "DKIM-Signature: v=1; a=ed25519-sha256; b=x\r\n";
+	char path[256], err[256];
+
+	make_env(&env);
+	reset_outcomes(1);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
+	assert_int_equal(queue_commit_prepared(t, top, strlen(top), test_hdr, strlen(test_hdr),
+	                                       commit_cb, 0, 1),
+	                 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	assert_int_equal(outcomes_fired, 0);
+	run_until(f->base, 1);
+	assert_int_equal(outcomes[0].err, 0);
+	snprintf(path, sizeof(path), "%s/queue/%s", f->dir, outcomes[0].id);
+	if (queue_read_file(path, &m, 1, err, sizeof(err)) == -1)
+		fail_msg("%s: %s", path, err);
+	assert_int_equal(m.message.len, strlen(top) + strlen(test_hdr) + 7);
+	assert_memory_equal(m.message.data, top, strlen(top));
+	queue_msg_free(&m);
+	assert_int_equal(spool_count(f->sp), 1);
+}
+
+/*
+ * With another message still open, the caller hands the message to the
+ * commit threads instead (it might share their batch); it is committed all
+ * the same, and so is the other one.
+ */
+static void test_prepared_handed_over_while_others_open(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(f->sp), *other = queue_begin(f->sp);
+
+	make_env(&env);
+	reset_outcomes(2);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
+	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb,
+	                                       0, 1),
+	                 0);
+	assert_int_equal(queue_commit(other, &env, test_hdr, strlen(test_hdr), commit_cb, 1), 0);
+	run_until(f->base, 2);
+	assert_int_equal(outcomes[0].err, 0);
+	assert_int_equal(outcomes[1].err, 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 2);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+}
+
 static int list_seen;
 static char list_last[256];
 
@@ -1085,6 +1146,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_empty_body, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_reuse_free_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_reuse_refuses_odd_files, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_synced_by_caller, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_handed_over_while_others_open, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_count_follows_removals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_abort, setup, teardown),
