@@ -8,8 +8,8 @@
  * signing stage at 1,000 msgs/s (bench/README.md). A message that would
  * be alone in its batch (nothing else on its way to the spool) the thread
  * syncs itself: one thread switch less, and no wait behind a batch being
- * synced, which was most of what signing added to p99 at moderate load
- * (README, "A message alone is synced by its signer"). The outcome reaches the
+ * synced, which lengthened the signed tail at moderate load (README, "A
+ * message alone is synced by its signer"). The outcome reaches the
  * session on the loop, through the spool's completion when the commit was
  * started, else (signing or the commit's start failed) through an eventfd;
  * the callback finds its session by id.
