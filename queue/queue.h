@@ -215,10 +215,11 @@ size_t spool_count_within(struct spool *sp, uint64_t max_age_usec);
 /* 1 when a file can be created and removed in tmp/ (readiness check). */
 int spool_writable(struct spool *sp);
 /*
- * Group-commit counters since open: messages committed (successfully) and
- * batches, i.e. directory fsyncs of queue/. Either pointer may be NULL.
+ * Group-commit counters since open: messages committed (successfully),
+ * batches, i.e. directory fsyncs of queue/, and of those the batches of one
+ * synced by the caller of queue_commit_prepared. Any pointer may be NULL.
  */
-void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches);
+void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches, uint64_t *caller_synced);
 
 /*
  * Starts a message: a temp file in tmp/ (one open descriptor per message

@@ -343,13 +343,16 @@ int spool_writable(struct spool *sp)
 	return unlinkat(sp->tmpfd, name, 0) == 0;
 }
 
-void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches)
+void spool_stats(struct spool *sp, uint64_t *commits, uint64_t *batches,
+                 uint64_t *caller_synced)
 {
 	pthread_mutex_lock(&sp->lock);
 	if (commits != NULL)
 		*commits = sp->commits;
 	if (batches != NULL)
 		*batches = sp->batches;
+	if (caller_synced != NULL)
+		*caller_synced = sp->caller_synced;
 	pthread_mutex_unlock(&sp->lock);
 }
 

@@ -613,6 +613,7 @@ static void test_prepared_synced_by_caller(void **state)
 	struct spool_txn *t = queue_begin(f->sp);
 	static const char top[] = "DKIM-Signature: v=1; a=ed25519-sha256; b=x\r\n";
 	char path[256], err[256];
+	uint64_t by_caller;
 
 	make_env(&env);
 	reset_outcomes(1);
@@ -633,18 +634,21 @@ static void test_prepared_synced_by_caller(void **state)
 	assert_memory_equal(m.message.data, top, strlen(top));
 	queue_msg_free(&m);
 	assert_int_equal(spool_count(f->sp), 1);
+	spool_stats(f->sp, NULL, NULL, &by_caller);
+	assert_int_equal(by_caller, 1);
 }
 
 /*
  * With another message still open, the caller hands the message to the
- * commit threads instead (it might share their batch); it is committed all
- * the same, and so is the other one.
+ * commit threads instead (it might share their batch), which must be woken
+ * for it: it is committed all the same, and so is the other one.
  */
 static void test_prepared_handed_over_while_others_open(void **state)
 {
 	struct fixture *f = *state;
 	struct queue_envelope env;
 	struct spool_txn *t = queue_begin(f->sp), *other = queue_begin(f->sp);
+	uint64_t by_caller;
 
 	make_env(&env);
 	reset_outcomes(2);
@@ -659,6 +663,8 @@ static void test_prepared_handed_over_while_others_open(void **state)
 	assert_int_equal(outcomes[1].err, 0);
 	assert_int_equal(count_dir(f->dir, "queue"), 2);
 	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+	spool_stats(f->sp, NULL, NULL, &by_caller);
+	assert_int_equal(by_caller, 0);
 }
 
 static int list_seen;
@@ -794,7 +800,7 @@ static void test_commit_failure(void **state)
 	assert_int_not_equal(outcomes[0].err, 0);
 	assert_int_equal(count_dir(f->dir, "tmp"), 0);
 	assert_int_equal(spool_count(f->sp), 0);
-	spool_stats(f->sp, &commits, NULL);
+	spool_stats(f->sp, &commits, NULL, NULL);
 	assert_int_equal(commits, 0);
 	assert_int_equal(mkdir(path, 0700), 0);
 }
@@ -834,7 +840,7 @@ static void many_concurrent(struct fixture *f)
 	assert_int_equal(count_dir(f->dir, "queue"), MANY);
 	assert_int_equal(count_dir(f->dir, "tmp"), 0);
 	assert_int_equal(spool_count(f->sp), MANY);
-	spool_stats(f->sp, &commits, &batches);
+	spool_stats(f->sp, &commits, &batches, NULL);
 	assert_int_equal(commits, MANY);
 	/* Group commit: directory fsyncs were shared. */
 	assert_true(batches >= 1);
