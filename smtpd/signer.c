@@ -9,7 +9,10 @@
  * be alone in its batch (nothing else on its way to the spool) the thread
  * syncs itself: one thread switch less, and no wait behind a batch being
  * synced, which lengthened the signed tail at moderate load (README, "A
- * message alone is synced by its signer"). The outcome reaches the
+ * message alone is synced by its signer"). It does so only while another
+ * signer thread is free: a thread that syncs cannot sign, and the next job
+ * would wait for the disk (with sign_threads = 1, every time). The outcome
+ * reaches the
  * session on the loop, through the spool's completion when the commit was
  * started, else (signing or the commit's start failed) through an eventfd;
  * the callback finds its session by id.
@@ -67,6 +70,7 @@ struct signer {
 	struct sign_job *done_head, *done_tail;
 	pthread_t *threads;
 	int nthreads;
+	int active; /* threads signing or committing a job */
 	int stop;
 	int efd;
 	struct event *ev;
@@ -129,8 +133,8 @@ static void on_committed(uint64_t cookie, const char *id, int err)
  * spool has taken it (j now belongs to the commit, which may complete and
  * free j at any moment: the caller must not touch j again), 0 when the
  * outcome is to be reported through the done list (signing failed, or the
- * commit could not start). may_sync: the caller is a signer thread, which
- * may sync the message itself (never the loop).
+ * commit could not start). may_sync: the caller is a signer thread that
+ * may sync the message itself (never the loop, see worker for when).
  */
 static int sign_and_commit(struct sign_job *j, int may_sync)
 {
@@ -158,17 +162,20 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&sg->lock);
 	for (;;) {
 		struct sign_job *j;
-		int taken;
+		int taken, may_sync;
 		while (!sg->stop && fairq_len(sg->todo) == 0)
 			pthread_cond_wait(&sg->cond, &sg->lock);
 		j = (struct sign_job *)fairq_pop(sg->todo);
 		if (j == NULL)
 			break;
+		/* Another thread stays free for the next job while this one syncs. */
+		may_sync = ++sg->active < sg->nthreads;
 		pthread_mutex_unlock(&sg->lock);
 
-		taken = sign_and_commit(j, 1);
+		taken = sign_and_commit(j, may_sync);
 
 		pthread_mutex_lock(&sg->lock);
+		sg->active--;
 		if (taken)
 			continue;
 		j->next = NULL;

@@ -237,6 +237,31 @@ def test_spool_survives_restart(daemon_factory, tenant):
         assert open(d.queue_file(q), "rb").read() == before[q]
 
 
+@pytest.mark.parametrize("threads", [2, 1])
+def test_lone_message_synced_by_its_signer_only_with_a_thread_to_spare(daemon_factory, tenant,
+                                                                       threads):
+    """A signed message with nothing else on its way to the spool is synced
+    by the thread that signed it, not handed to a commit thread; but only
+    while another signer thread is free, since a thread waiting for the
+    disk cannot sign the next message: with one signer thread every message
+    goes to the commit threads. spool_close logs how many were synced by
+    their signer."""
+    d = daemon_factory(dkim__sign_threads=str(threads))
+    c = h.SMTPClient.connect(d.submission_port)
+    c.login(tenant)
+    ids = [submit(c, tenant, h.make_message(tenant.addr(), subject="alone %d" % i))
+           for i in range(3)]
+    c.quit()
+    assert d.stop() == 0
+    m = re.search(r"event=spool_close .*\bcommits=(\d+) batches=\d+ synced_by_caller=(\d+)",
+                  d.log_text(since_start=True))
+    assert m, "no spool_close line in the log"
+    assert int(m.group(1)) == len(ids)
+    assert int(m.group(2)) == (len(ids) if threads > 1 else 0), m.group(0)
+    for q in ids:
+        h.spooled(d, q)
+
+
 def test_one_log_line_per_session(daemon, tenant):
     src = "127.0.0.%d" % (100 + os.getpid() % 100)
     c = h.SMTPClient.connect(daemon.smtps_port, tls=True, source=src)
