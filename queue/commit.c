@@ -195,7 +195,8 @@ void queue_abort(struct spool_txn *t)
 /* Who makes a message durable once commit_prepared has written it. */
 enum commit_how {
 	COMMIT_WAKE, /* a commit thread, an idle one woken at once */
-	COMMIT_JOIN, /* the next batch: a thread is woken only when none is syncing */
+	COMMIT_JOIN, /* the next batch: a thread is woken when none is syncing, or
+	              * under light load (SPOOL_JOIN_LIGHT_LOAD) */
 	COMMIT_HERE, /* the caller, when nothing else is on its way; else as JOIN */
 };
 
@@ -294,6 +295,9 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 	}
 	*sp->pending_tail = t;
 	sp->pending_tail = &t->next;
+	sp->pending_n++;
+	if (how != COMMIT_WAKE && others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
+		how = COMMIT_WAKE;
 	if (was_empty && (how == COMMIT_WAKE || sp->busy == 0))
 		pthread_cond_signal(&sp->cond);
 	pthread_mutex_unlock(&sp->lock);
@@ -408,6 +412,7 @@ static void *commit_thread(void *arg)
 {
 	struct spool *sp = arg;
 	struct spool_txn *batch;
+	size_t n;
 	int sbfd = -1;
 
 	/*
@@ -418,19 +423,26 @@ static void *commit_thread(void *arg)
 		sbfd = openat(sp->tmpfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	pthread_mutex_lock(&sp->lock);
 	for (;;) {
-		while (sp->pending == NULL && !sp->stopping)
+		while (sp->pending == NULL && !sp->stopping) {
+			sp->parked++;
 			pthread_cond_wait(&sp->cond, &sp->lock);
+			sp->parked--;
+		}
 		if (sp->pending == NULL)
 			break;
 		batch = sp->pending;
+		n = sp->pending_n;
 		sp->pending = NULL;
 		sp->pending_tail = &sp->pending;
+		sp->pending_n = 0;
+		sp->syncing_n += n;
 		sp->busy++;
 		pthread_mutex_unlock(&sp->lock);
 
 		commit_batch(sp, batch, sbfd);
 
 		pthread_mutex_lock(&sp->lock);
+		sp->syncing_n -= n;
 		sp->busy--;
 	}
 	pthread_mutex_unlock(&sp->lock);

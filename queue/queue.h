@@ -256,11 +256,13 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
  * read back, the txn still the caller's). queue_commit_prepared may then run
  * on any one thread at a time: HEADERS is top (toplen bytes, e.g. the
  * DKIM-Signature fields; may be NULL) followed by hdr, and the rest is as
- * in queue_commit (cb still runs on the loop), except that it wakes a
- * commit thread only when none is syncing: a busy one takes the message
- * with everything else waiting when its batch is done. (Woken for each
- * message, the second thread synced batches of one: 6-9 % less c50
- * throughput with signer threads committing.) With may_sync (never on the
+ * in queue_commit (cb still runs on the loop), except that under load it
+ * wakes a commit thread only when none is syncing: a busy one takes the
+ * message with everything else waiting when its batch is done. (Woken for
+ * each message, the second thread synced batches of one: 6-9 % less c50
+ * throughput with signer threads committing.) Under light load (a few
+ * messages on their way to the spool, SPOOL_JOIN_LIGHT_LOAD) the idle
+ * thread is woken at once, as for queue_commit. With may_sync (never on the
  * loop: the call may then block for a sync), a message that would be
  * alone in its batch (nothing waiting, no other txn open) is made durable
  * by the calling thread before the call returns; cb still runs on the

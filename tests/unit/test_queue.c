@@ -27,6 +27,7 @@
 #include <event2/event.h>
 
 #include "queue/queue.h"
+#include "queue/spool_int.h" /* to stand in for a busy commit thread */
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -117,6 +118,22 @@ static void run_until(struct event_base *base, size_t n)
 {
 	while (outcomes_fired < n)
 		assert_int_not_equal(event_base_loop(base, EVLOOP_ONCE), -1);
+}
+
+static void expire(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+/* Runs the loop until n outcomes, or for at most ms milliseconds. */
+static void run_until_or(struct event_base *base, size_t n, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct event *ev = evtimer_new(base, expire, NULL);
+
+	evtimer_add(ev, &tv);
+	while (outcomes_fired < n && evtimer_pending(ev, NULL))
+		assert_int_not_equal(event_base_loop(base, EVLOOP_ONCE), -1);
+	event_free(ev);
 }
 
 static void reset_outcomes(size_t n)
@@ -667,6 +684,90 @@ static void test_prepared_handed_over_while_others_open(void **state)
 	assert_int_equal(by_caller, 0);
 }
 
+/*
+ * Stands in for a commit thread syncing a batch of n messages (busy), or
+ * finishing it; a thread that finishes takes whatever waits, as the real
+ * one does when it loops.
+ */
+static void fake_sync(struct spool *sp, int busy, size_t n)
+{
+	int i, parked = 0;
+
+	/* Both threads waiting for work first: one still starting up would
+	 * take what is pending without being woken. */
+	for (i = 0; i < 1000 && parked < 2; i++) {
+		pthread_mutex_lock(&sp->lock);
+		parked = sp->parked;
+		pthread_mutex_unlock(&sp->lock);
+		if (parked < 2)
+			usleep(10000);
+	}
+	assert_int_equal(parked, 2);
+	pthread_mutex_lock(&sp->lock);
+	if (busy) {
+		sp->busy++;
+		sp->syncing_n += n;
+	} else {
+		sp->busy--;
+		sp->syncing_n -= n;
+		pthread_cond_signal(&sp->cond);
+	}
+	pthread_mutex_unlock(&sp->lock);
+}
+
+/* Commits a message in two halves as a signer would, not syncing it itself. */
+static void commit_joining(struct fixture *f, uint64_t cookie)
+{
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(f->sp);
+
+	make_env(&env);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
+	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb,
+	                                       cookie, 0),
+	                 0);
+}
+
+/*
+ * Under light load a message joining the next batch does not wait for a
+ * busy commit thread: the idle one is woken for it at once.
+ */
+static void test_prepared_light_load_wakes_idle_thread(void **state)
+{
+	struct fixture *f = *state;
+
+	reset_outcomes(1);
+	fake_sync(f->sp, 1, 1);
+	commit_joining(f, 0);
+	run_until_or(f->base, 1, 10000);
+	assert_int_equal(outcomes_fired, 1); /* not left waiting for the busy thread */
+	assert_int_equal(outcomes[0].err, 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	fake_sync(f->sp, 0, 1);
+}
+
+/*
+ * Under load it waits for the busy thread's next batch (so that batches
+ * form at 50 connections), and is committed when that thread is done.
+ */
+static void test_prepared_under_load_waits_for_busy_thread(void **state)
+{
+	struct fixture *f = *state;
+
+	reset_outcomes(1);
+	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD);
+	commit_joining(f, 0);
+	run_until_or(f->base, 1, 300);
+	assert_int_equal(outcomes_fired, 0);
+	assert_int_equal(count_dir(f->dir, "tmp"), 1);
+	fake_sync(f->sp, 0, SPOOL_JOIN_LIGHT_LOAD);
+	run_until(f->base, 1);
+	assert_int_equal(outcomes[0].err, 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+}
+
 static int list_seen;
 static char list_last[256];
 
@@ -1153,6 +1254,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_reuse_free_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_reuse_refuses_odd_files, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_synced_by_caller, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_light_load_wakes_idle_thread, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_under_load_waits_for_busy_thread, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_handed_over_while_others_open, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_list, setup, teardown),
