@@ -298,8 +298,12 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 	sp->pending_n++;
 	if (how != COMMIT_WAKE && others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
 		how = COMMIT_WAKE;
-	if (was_empty && (how == COMMIT_WAKE || sp->busy == 0))
+	/* Once per batch: a message that joined while a thread was busy woke
+	 * nobody, so one handed over later may still have to. */
+	if (!sp->woken && (how == COMMIT_WAKE || sp->busy == 0)) {
+		sp->woken = 1;
 		pthread_cond_signal(&sp->cond);
+	}
 	pthread_mutex_unlock(&sp->lock);
 	return 0;
 fail:
@@ -435,6 +439,7 @@ static void *commit_thread(void *arg)
 		sp->pending = NULL;
 		sp->pending_tail = &sp->pending;
 		sp->pending_n = 0;
+		sp->woken = 0;
 		sp->syncing_n += n;
 		sp->busy++;
 		pthread_mutex_unlock(&sp->lock);

@@ -1,6 +1,7 @@
 /*
  * spool_int: what spool.c (opening, recovery) and commit.c (transactions,
- * commit threads) share. Private to queue/; other folders use queue.h.
+ * commit threads) share. Private to queue/ (and its unit tests); other
+ * folders use queue.h.
  */
 #ifndef SENDGATE_QUEUE_SPOOL_INT_H
 #define SENDGATE_QUEUE_SPOOL_INT_H
@@ -12,7 +13,6 @@
 struct event;
 typedef struct evp_md_ctx_st EVP_MD_CTX;
 
-/* One message being received, then committed. */
 /*
  * A message handed over to join the next batch (the signer's way) wakes
  * the idle commit thread at once, as the loop's messages do, while at most
@@ -23,6 +23,7 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;
  */
 #define SPOOL_JOIN_LIGHT_LOAD 8
 
+/* One message being received, then committed. */
 struct spool_txn {
 	struct spool *sp;
 	struct spool_txn *next; /* in sp->pending or sp->done */
@@ -51,6 +52,7 @@ struct spool {
 	int stopping;
 	int busy;         /* commit threads syncing a batch */
 	int parked;       /* commit threads waiting for work (for the tests) */
+	int woken;        /* a thread was signalled for what is pending */
 	size_t pending_n; /* messages in pending */
 	size_t syncing_n; /* messages in the batches being synced by commit threads */
 	uint64_t commits, batches;

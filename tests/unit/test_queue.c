@@ -130,6 +130,7 @@ static void run_until_or(struct event_base *base, size_t n, int ms)
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 	struct event *ev = evtimer_new(base, expire, NULL);
 
+	assert_non_null(ev);
 	evtimer_add(ev, &tv);
 	while (outcomes_fired < n && evtimer_pending(ev, NULL))
 		assert_int_not_equal(event_base_loop(base, EVLOOP_ONCE), -1);
@@ -695,14 +696,14 @@ static void fake_sync(struct spool *sp, int busy, size_t n)
 
 	/* Both threads waiting for work first: one still starting up would
 	 * take what is pending without being woken. */
-	for (i = 0; i < 1000 && parked < 2; i++) {
+	for (i = 0; i < 1000 && parked < sp->nthreads; i++) {
 		pthread_mutex_lock(&sp->lock);
 		parked = sp->parked;
 		pthread_mutex_unlock(&sp->lock);
-		if (parked < 2)
+		if (parked < sp->nthreads)
 			usleep(10000);
 	}
-	assert_int_equal(parked, 2);
+	assert_int_equal(parked, sp->nthreads);
 	pthread_mutex_lock(&sp->lock);
 	if (busy) {
 		sp->busy++;
@@ -731,20 +732,21 @@ static void commit_joining(struct fixture *f, uint64_t cookie)
 
 /*
  * Under light load a message joining the next batch does not wait for a
- * busy commit thread: the idle one is woken for it at once.
+ * busy commit thread: the idle one is woken for it at once. (The busy
+ * thread's batch and the message make exactly the light-load bound.)
  */
 static void test_prepared_light_load_wakes_idle_thread(void **state)
 {
 	struct fixture *f = *state;
 
 	reset_outcomes(1);
-	fake_sync(f->sp, 1, 1);
+	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD - 1);
 	commit_joining(f, 0);
 	run_until_or(f->base, 1, 10000);
 	assert_int_equal(outcomes_fired, 1); /* not left waiting for the busy thread */
 	assert_int_equal(outcomes[0].err, 0);
 	assert_int_equal(count_dir(f->dir, "queue"), 1);
-	fake_sync(f->sp, 0, 1);
+	fake_sync(f->sp, 0, SPOOL_JOIN_LIGHT_LOAD - 1);
 }
 
 /*
@@ -766,6 +768,54 @@ static void test_prepared_under_load_waits_for_busy_thread(void **state)
 	assert_int_equal(outcomes[0].err, 0);
 	assert_int_equal(count_dir(f->dir, "queue"), 1);
 	assert_int_equal(count_dir(f->dir, "tmp"), 0);
+}
+
+/* Messages still open (in DATA, being signed) count as load too. */
+static void test_prepared_open_messages_count_as_load(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_txn *open[SPOOL_JOIN_LIGHT_LOAD - 1];
+	size_t i;
+
+	for (i = 0; i < SPOOL_JOIN_LIGHT_LOAD - 1; i++)
+		open[i] = queue_begin(f->sp);
+	reset_outcomes(1);
+	fake_sync(f->sp, 1, 1); /* 7 open + 1 being synced + this one: 9 */
+	commit_joining(f, 0);
+	run_until_or(f->base, 1, 300);
+	assert_int_equal(outcomes_fired, 0);
+	for (i = 0; i < SPOOL_JOIN_LIGHT_LOAD - 1; i++)
+		queue_abort(open[i]);
+	fake_sync(f->sp, 0, 1);
+	run_until(f->base, 1);
+	assert_int_equal(outcomes[0].err, 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+}
+
+/*
+ * A message that joined under load woke nobody; when the load has dropped,
+ * the next one handed over still wakes the idle thread, which takes both.
+ */
+static void test_prepared_wakes_behind_one_that_joined(void **state)
+{
+	struct fixture *f = *state;
+
+	reset_outcomes(2);
+	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD);
+	commit_joining(f, 0);
+	run_until_or(f->base, 1, 300);
+	assert_int_equal(outcomes_fired, 0);
+	/* The busy thread's batch is nearly done: light load again. */
+	pthread_mutex_lock(&f->sp->lock);
+	f->sp->syncing_n = 1;
+	pthread_mutex_unlock(&f->sp->lock);
+	commit_joining(f, 1);
+	run_until_or(f->base, 2, 10000);
+	assert_int_equal(outcomes_fired, 2); /* not left for the busy thread */
+	assert_int_equal(outcomes[0].err, 0);
+	assert_int_equal(outcomes[1].err, 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 2);
+	fake_sync(f->sp, 0, 1);
 }
 
 static int list_seen;
@@ -1257,6 +1307,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_prepared_light_load_wakes_idle_thread, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_under_load_waits_for_busy_thread, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_open_messages_count_as_load, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_wakes_behind_one_that_joined, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_handed_over_while_others_open, setup,
 	                                    teardown),
