@@ -95,6 +95,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", required=True, help="one run-submission.sh scenario")
     ap.add_argument("--pairs", type=int, default=3, help="rounds of every variant (3)")
+    ap.add_argument("--algorithm", choices=["rsa", "ed25519", "both"], default=None,
+                    help="the tenant's DKIM key (run-submission.sh's default: rsa)")
     ap.add_argument("--spool-root", default=None,
                     help="where the runs' spools go (default: temp folder in /var/tmp)")
     ap.add_argument("variants", nargs="+", type=parse_variant,
@@ -115,10 +117,12 @@ def main():
                 n += 1
                 js = os.path.join(root, "run%d.json" % n)
                 env = dict(os.environ, SENDGATE_BUILD=build, **extra)
+                alg = ["--algorithm", args.algorithm] if args.algorithm else []
                 subprocess.run([os.path.join(HERE, "run-submission.sh"), "--only", args.scenario,
                                 "--no-settle", "--work-dir", root,
                                 "--spool-dir", os.path.join(root, "spool%d" % n),
-                                "--json", js], env=env, stdout=subprocess.DEVNULL, check=False)
+                                "--json", js] + alg, env=env, stdout=subprocess.DEVNULL,
+                               check=False)
                 try:
                     with open(js) as f:
                         got[name] = figures(json.load(f)[args.scenario])

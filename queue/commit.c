@@ -195,9 +195,9 @@ void queue_abort(struct spool_txn *t)
 /* Who makes a message durable once commit_prepared has written it. */
 enum commit_how {
 	COMMIT_WAKE, /* a commit thread, an idle one woken at once */
-	COMMIT_JOIN, /* the next batch: a thread is woken when none is syncing, or
-	              * under light load (SPOOL_JOIN_LIGHT_LOAD) */
-	COMMIT_HERE, /* the caller, when nothing else is on its way; else as JOIN */
+	COMMIT_JOIN, /* the next batch: a thread is woken only when none is syncing */
+	COMMIT_HERE, /* the caller, when nothing else is on its way; else as JOIN,
+	              * or as WAKE under light load (SPOOL_JOIN_LIGHT_LOAD) */
 };
 
 static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
@@ -296,7 +296,7 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 	*sp->pending_tail = t;
 	sp->pending_tail = &t->next;
 	sp->pending_n++;
-	if (how != COMMIT_WAKE && others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
+	if (how == COMMIT_HERE && others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
 		how = COMMIT_WAKE;
 	/* Once per batch: a message that joined while a thread was busy woke
 	 * nobody, so one handed over later may still have to. */

@@ -260,9 +260,9 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
  * wakes a commit thread only when none is syncing: a busy one takes the
  * message with everything else waiting when its batch is done. (Woken for
  * each message, the second thread synced batches of one: 6-9 % less c50
- * throughput with signer threads committing.) Under light load (at most 8
- * messages on their way to the spool) the idle thread is woken at once, as
- * for queue_commit. With may_sync (never on the
+ * throughput with signer threads committing.) With may_sync, under light
+ * load (at most 8 messages on their way to the spool) the idle thread is
+ * woken at once, as for queue_commit. With may_sync (never on the
  * loop: the call may then block for a sync), a message that would be
  * alone in its batch (nothing waiting, no other txn open) is made durable
  * by the calling thread before the call returns; cb still runs on the

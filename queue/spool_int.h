@@ -14,8 +14,8 @@ struct event;
 typedef struct evp_md_ctx_st EVP_MD_CTX;
 
 /*
- * A message handed over to join the next batch (the signer's way) wakes
- * the idle commit thread at once, as the loop's messages do, while at most
+ * A message a signer thread hands over to join the next batch wakes the
+ * idle commit thread at once, as the loop's unsigned messages do, while at most
  * this many messages are on their way to the spool (open, waiting for a
  * thread, being synced); above it, it waits for the busy thread's next
  * batch. README, "Light load wakes the idle commit thread": 50 connections
