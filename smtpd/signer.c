@@ -25,7 +25,7 @@
  * its syncs (committed at once, each went alone: fewer messages per second
  * in alternated runs). So they wait for a busy commit thread even under
  * light load, where a signer thread's message wakes the idle one (queue.h):
- * woken for the first of a pass, it split the pass's batch (60-120 us more
+ * woken for the first of a pass, it split the pass's batch (40-120 us more
  * CPU per message at 1,000 msgs/s, README).
  *
  * The threads take jobs by tenant in turn (fairq), not first come first
