@@ -260,13 +260,13 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
  * wakes a commit thread only when none is syncing: a busy one takes the
  * message with everything else waiting when its batch is done. (Woken for
  * each message, the second thread synced batches of one: 6-9 % less c50
- * throughput with signer threads committing.) With may_sync, under light
- * load (at most 8 messages on their way to the spool) the idle thread is
- * woken at once, as for queue_commit. With may_sync (never on the
- * loop: the call may then block for a sync), a message that would be
- * alone in its batch (nothing waiting, no other txn open) is made durable
- * by the calling thread before the call returns; cb still runs on the
- * loop. The spool must not be closed while a call is in progress.
+ * throughput with signer threads committing.) With may_sync (never on the
+ * loop: the call may then block for a sync), under light load (at most 8
+ * messages on their way to the spool) the idle thread is woken at once, as
+ * for queue_commit, and a message that would be alone in its batch
+ * (nothing waiting, no other txn open) is made durable by the calling
+ * thread before the call returns; cb still runs on the loop. The spool
+ * must not be closed while a call is in progress.
  */
 int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env);
 int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,

@@ -740,6 +740,15 @@ static void commit_joining(struct fixture *f, uint64_t cookie)
 	commit_joining_as(f, cookie, 1);
 }
 
+/* Hands a message over (see commit_joining_as) and checks that no thread
+ * takes it while the loop runs for 300 ms: it waits for the busy one. */
+static void commit_left_waiting(struct fixture *f, uint64_t cookie, int may_sync)
+{
+	commit_joining_as(f, cookie, may_sync);
+	run_until_or(f->base, cookie + 1, 300);
+	assert_int_equal(outcomes_fired, cookie);
+}
+
 /*
  * Under light load a message joining the next batch does not wait for a
  * busy commit thread: the idle one is woken for it at once. (The busy
@@ -769,9 +778,7 @@ static void test_prepared_under_load_waits_for_busy_thread(void **state)
 
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD);
-	commit_joining(f, 0);
-	run_until_or(f->base, 1, 300);
-	assert_int_equal(outcomes_fired, 0);
+	commit_left_waiting(f, 0, 1);
 	assert_int_equal(count_dir(f->dir, "tmp"), 1);
 	fake_sync(f->sp, 0, SPOOL_JOIN_LIGHT_LOAD);
 	run_until(f->base, 1);
@@ -791,9 +798,7 @@ static void test_prepared_open_messages_count_as_load(void **state)
 		open[i] = queue_begin(f->sp);
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, 1); /* 6 + 1 open, 1 being synced, this one: 9 */
-	commit_joining(f, 0);
-	run_until_or(f->base, 1, 300);
-	assert_int_equal(outcomes_fired, 0);
+	commit_left_waiting(f, 0, 1);
 	for (i = 0; i < SPOOL_JOIN_LIGHT_LOAD - 2; i++)
 		queue_abort(open[i]);
 	fake_sync(f->sp, 0, 1);
@@ -812,9 +817,7 @@ static void test_prepared_wakes_behind_one_that_joined(void **state)
 
 	reset_outcomes(2);
 	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD);
-	commit_joining(f, 0);
-	run_until_or(f->base, 1, 300);
-	assert_int_equal(outcomes_fired, 0);
+	commit_left_waiting(f, 0, 1);
 	/* The busy thread's batch is nearly done: light load again. */
 	pthread_mutex_lock(&f->sp->lock);
 	f->sp->syncing_n = 1;
@@ -839,9 +842,7 @@ static void test_prepared_from_loop_waits_for_busy_thread(void **state)
 
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, 1);
-	commit_joining_as(f, 0, 0);
-	run_until_or(f->base, 1, 300);
-	assert_int_equal(outcomes_fired, 0);
+	commit_left_waiting(f, 0, 0);
 	fake_sync(f->sp, 0, 1);
 	run_until(f->base, 1);
 	assert_int_equal(outcomes[0].err, 0);
