@@ -194,10 +194,10 @@ void queue_abort(struct spool_txn *t)
 
 /* Who makes a message durable once commit_prepared has written it. */
 enum commit_how {
-	COMMIT_WAKE, /* a commit thread, an idle one woken at once */
-	COMMIT_JOIN, /* the next batch: a thread is woken only when none is syncing */
-	COMMIT_HERE, /* the caller, when nothing else is on its way; else as JOIN,
-	              * or as WAKE under light load (SPOOL_JOIN_LIGHT_LOAD) */
+	COMMIT_WAKE,  /* a commit thread, an idle one woken at once */
+	COMMIT_JOIN,  /* the next batch: a thread is woken only when none is syncing */
+	COMMIT_LIGHT, /* as WAKE under light load (SPOOL_JOIN_LIGHT_LOAD), else JOIN */
+	COMMIT_HERE,  /* the caller, when nothing else is on its way; else as LIGHT */
 };
 
 static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
@@ -227,10 +227,13 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
 }
 
 int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
-                          size_t hlen, queue_commit_cb cb, uint64_t cookie, int may_sync)
+                          size_t hlen, queue_commit_cb cb, uint64_t cookie, enum queue_caller from)
 {
-	return commit_prepared(t, top, toplen, hdr, hlen, cb, cookie,
-	                       may_sync ? COMMIT_HERE : COMMIT_JOIN);
+	enum commit_how how = from == QUEUE_FROM_THREAD_MAY_SYNC ? COMMIT_HERE
+	                      : from == QUEUE_FROM_THREAD        ? COMMIT_LIGHT
+	                                                         : COMMIT_JOIN;
+
+	return commit_prepared(t, top, toplen, hdr, hlen, cb, cookie, how);
 }
 
 static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
@@ -296,7 +299,8 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 	*sp->pending_tail = t;
 	sp->pending_tail = &t->next;
 	sp->pending_n++;
-	if (how == COMMIT_HERE && others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
+	if ((how == COMMIT_HERE || how == COMMIT_LIGHT) &&
+	    others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
 		how = COMMIT_WAKE;
 	/* Once per batch: a message that joined while a thread was busy woke
 	 * nobody, so one handed over later may still have to. */

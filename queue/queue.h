@@ -260,17 +260,23 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
  * wakes a commit thread only when none is syncing: a busy one takes the
  * message with everything else waiting when its batch is done. (Woken for
  * each message, the second thread synced batches of one: 6-9 % less c50
- * throughput with signer threads committing.) With may_sync (never on the
- * loop: the call may then block for a sync), under light load (at most 8
- * messages on their way to the spool) the idle thread is woken at once, as
- * for queue_commit, and a message that would be alone in its batch
- * (nothing waiting, no other txn open) is made durable by the calling
- * thread before the call returns; cb still runs on the loop. The spool
- * must not be closed while a call is in progress.
+ * throughput with signer threads committing.) From another thread than the
+ * loop (QUEUE_FROM_THREAD), under light load (at most 8 messages on their
+ * way to the spool) the idle thread is woken at once, as for queue_commit.
+ * With QUEUE_FROM_THREAD_MAY_SYNC (the call may then block for a sync) a
+ * message that would be alone in its batch (nothing waiting, no other txn
+ * open) is also made durable by the calling thread before the call
+ * returns; cb still runs on the loop. The spool must not be closed while a
+ * call is in progress.
  */
+enum queue_caller {
+	QUEUE_FROM_LOOP,            /* never blocks, never wakes a thread early */
+	QUEUE_FROM_THREAD,          /* light load wakes the idle commit thread */
+	QUEUE_FROM_THREAD_MAY_SYNC, /* that, and a lone message is synced here */
+};
 int queue_txn_set_envelope(struct spool_txn *t, const struct queue_envelope *env);
 int queue_commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
-                          size_t hlen, queue_commit_cb cb, uint64_t cookie, int may_sync);
+                          size_t hlen, queue_commit_cb cb, uint64_t cookie, enum queue_caller from);
 /* Drops an uncommitted message and its temp file (any thread, once the
  * txn has left the loop). */
 void queue_abort(struct spool_txn *t);

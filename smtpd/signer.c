@@ -135,10 +135,10 @@ static void on_committed(uint64_t cookie, const char *id, int err)
  * spool has taken it (j now belongs to the commit, which may complete and
  * free j at any moment: the caller must not touch j again), 0 when the
  * outcome is to be reported through the done list (signing failed, or the
- * commit could not start). may_sync: the caller is a signer thread that
- * may sync the message itself (never the loop, see worker for when).
+ * commit could not start). from: the loop, or a signer thread that may
+ * sync the message itself or not (see worker for when).
  */
-static int sign_and_commit(struct sign_job *j, int may_sync)
+static int sign_and_commit(struct sign_job *j, enum queue_caller from)
 {
 	struct spool_txn *txn = j->txn;
 
@@ -148,7 +148,7 @@ static int sign_and_commit(struct sign_job *j, int may_sync)
 		return 0; /* job_free drops the txn */
 	j->txn = NULL; /* the spool's from here, whatever the outcome */
 	if (queue_commit_prepared(txn, j->out.data, j->out.len, j->hdr.data, j->hdr.len,
-				  on_committed, (uint64_t)(uintptr_t)j, may_sync) == -1) {
+	                          on_committed, (uint64_t)(uintptr_t)j, from) == -1) {
 		j->commit_err = errno ? errno : EIO;
 		return 0;
 	}
@@ -164,17 +164,18 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&sg->lock);
 	for (;;) {
 		struct sign_job *j;
-		int taken, may_sync;
+		enum queue_caller from;
+		int taken;
 		while (!sg->stop && fairq_len(sg->todo) == 0)
 			pthread_cond_wait(&sg->cond, &sg->lock);
 		j = (struct sign_job *)fairq_pop(sg->todo);
 		if (j == NULL)
 			break;
 		/* Another thread stays free for the next job while this one syncs. */
-		may_sync = ++sg->active < sg->nthreads;
+		from = ++sg->active < sg->nthreads ? QUEUE_FROM_THREAD_MAY_SYNC : QUEUE_FROM_THREAD;
 		pthread_mutex_unlock(&sg->lock);
 
-		taken = sign_and_commit(j, may_sync);
+		taken = sign_and_commit(j, from);
 
 		pthread_mutex_lock(&sg->lock);
 		sg->active--;
@@ -239,7 +240,7 @@ static void on_inline(evutil_socket_t fd, short what, void *arg)
 	for (; j; j = next) {
 		next = j->next;
 		j->next = NULL;
-		if (!sign_and_commit(j, 0))
+		if (!sign_and_commit(j, QUEUE_FROM_LOOP))
 			run_callbacks(j);
 	}
 }

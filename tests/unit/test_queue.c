@@ -638,7 +638,7 @@ static void test_prepared_synced_by_caller(void **state)
 	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
 	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
 	assert_int_equal(queue_commit_prepared(t, top, strlen(top), test_hdr, strlen(test_hdr),
-	                                       commit_cb, 0, 1),
+	                                       commit_cb, 0, QUEUE_FROM_THREAD_MAY_SYNC),
 	                 0);
 	assert_int_equal(count_dir(f->dir, "queue"), 1);
 	assert_int_equal(count_dir(f->dir, "tmp"), 0);
@@ -672,8 +672,8 @@ static void test_prepared_handed_over_while_others_open(void **state)
 	reset_outcomes(2);
 	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
 	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
-	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb,
-	                                       0, 1),
+	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, 0,
+	                                       QUEUE_FROM_THREAD_MAY_SYNC),
 	                 0);
 	assert_int_equal(queue_commit(other, &env, test_hdr, strlen(test_hdr), commit_cb, 1), 0);
 	run_until(f->base, 2);
@@ -717,11 +717,11 @@ static void fake_sync(struct spool *sp, int busy, size_t n)
 }
 
 /*
- * Commits a message in two halves: as a signer thread would (may_sync), with
- * one other message open so that it is not alone and joins the next batch;
- * or as the loop does for Ed25519 mail.
+ * Commits a message in two halves, from the given caller (a signer thread
+ * that may sync, one that may not, the loop for Ed25519 mail), with one
+ * other message open so that it is not alone and joins the next batch.
  */
-static void commit_joining_as(struct fixture *f, uint64_t cookie, int may_sync)
+static void commit_joining_as(struct fixture *f, uint64_t cookie, enum queue_caller from)
 {
 	struct queue_envelope env;
 	struct spool_txn *t = queue_begin(f->sp), *other = queue_begin(f->sp);
@@ -729,22 +729,22 @@ static void commit_joining_as(struct fixture *f, uint64_t cookie, int may_sync)
 	make_env(&env);
 	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
 	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
-	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb,
-	                                       cookie, may_sync),
-	                 0);
+	assert_int_equal(
+	    queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, cookie, from),
+	    0);
 	queue_abort(other);
 }
 
 static void commit_joining(struct fixture *f, uint64_t cookie)
 {
-	commit_joining_as(f, cookie, 1);
+	commit_joining_as(f, cookie, QUEUE_FROM_THREAD_MAY_SYNC);
 }
 
 /* Hands a message over (see commit_joining_as) and checks that no thread
  * takes it while the loop runs for 300 ms: it waits for the busy one. */
-static void commit_left_waiting(struct fixture *f, uint64_t cookie, int may_sync)
+static void commit_left_waiting(struct fixture *f, uint64_t cookie, enum queue_caller from)
 {
-	commit_joining_as(f, cookie, may_sync);
+	commit_joining_as(f, cookie, from);
 	run_until_or(f->base, cookie + 1, 300);
 	assert_int_equal(outcomes_fired, cookie);
 }
@@ -754,18 +754,53 @@ static void commit_left_waiting(struct fixture *f, uint64_t cookie, int may_sync
  * busy commit thread: the idle one is woken for it at once. (The busy
  * thread's batch and the message make exactly the light-load bound.)
  */
-static void test_prepared_light_load_wakes_idle_thread(void **state)
+static void light_load_wakes_idle_thread(struct fixture *f, enum queue_caller from)
 {
-	struct fixture *f = *state;
-
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD - 2); /* + the other open + this one */
-	commit_joining(f, 0);
+	commit_joining_as(f, 0, from);
 	run_until_or(f->base, 1, 10000);
 	assert_int_equal(outcomes_fired, 1); /* not left waiting for the busy thread */
 	assert_int_equal(outcomes[0].err, 0);
 	assert_int_equal(count_dir(f->dir, "queue"), 1);
 	fake_sync(f->sp, 0, SPOOL_JOIN_LIGHT_LOAD - 2);
+}
+
+static void test_prepared_light_load_wakes_idle_thread(void **state)
+{
+	light_load_wakes_idle_thread(*state, QUEUE_FROM_THREAD_MAY_SYNC);
+}
+
+/* The same for a signer thread that may not sync (no other one free). */
+static void test_prepared_light_load_wakes_idle_thread_for_any_thread(void **state)
+{
+	light_load_wakes_idle_thread(*state, QUEUE_FROM_THREAD);
+}
+
+/*
+ * A signer thread that may not sync hands even a lone message to a commit
+ * thread (it has jobs to sign): the message is committed, not by it.
+ */
+static void test_prepared_lone_message_not_synced_by_busy_signer(void **state)
+{
+	struct fixture *f = *state;
+	struct queue_envelope env;
+	struct spool_txn *t = queue_begin(f->sp);
+	uint64_t by_caller;
+
+	make_env(&env);
+	reset_outcomes(1);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
+	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, 0,
+	                                       QUEUE_FROM_THREAD),
+	                 0);
+	run_until_or(f->base, 1, 10000);
+	assert_int_equal(outcomes_fired, 1);
+	assert_int_equal(outcomes[0].err, 0);
+	assert_int_equal(count_dir(f->dir, "queue"), 1);
+	spool_stats(f->sp, NULL, NULL, &by_caller);
+	assert_int_equal(by_caller, 0);
 }
 
 /*
@@ -778,7 +813,7 @@ static void test_prepared_under_load_waits_for_busy_thread(void **state)
 
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD);
-	commit_left_waiting(f, 0, 1);
+	commit_left_waiting(f, 0, QUEUE_FROM_THREAD_MAY_SYNC);
 	assert_int_equal(count_dir(f->dir, "tmp"), 1);
 	fake_sync(f->sp, 0, SPOOL_JOIN_LIGHT_LOAD);
 	run_until(f->base, 1);
@@ -798,7 +833,7 @@ static void test_prepared_open_messages_count_as_load(void **state)
 		open[i] = queue_begin(f->sp);
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, 1); /* 6 + 1 open, 1 being synced, this one: 9 */
-	commit_left_waiting(f, 0, 1);
+	commit_left_waiting(f, 0, QUEUE_FROM_THREAD_MAY_SYNC);
 	for (i = 0; i < SPOOL_JOIN_LIGHT_LOAD - 2; i++)
 		queue_abort(open[i]);
 	fake_sync(f->sp, 0, 1);
@@ -817,7 +852,7 @@ static void test_prepared_wakes_behind_one_that_joined(void **state)
 
 	reset_outcomes(2);
 	fake_sync(f->sp, 1, SPOOL_JOIN_LIGHT_LOAD);
-	commit_left_waiting(f, 0, 1);
+	commit_left_waiting(f, 0, QUEUE_FROM_THREAD_MAY_SYNC);
 	/* The busy thread's batch is nearly done: light load again. */
 	pthread_mutex_lock(&f->sp->lock);
 	f->sp->syncing_n = 1;
@@ -842,7 +877,7 @@ static void test_prepared_from_loop_waits_for_busy_thread(void **state)
 
 	reset_outcomes(1);
 	fake_sync(f->sp, 1, 1);
-	commit_left_waiting(f, 0, 0);
+	commit_left_waiting(f, 0, QUEUE_FROM_LOOP);
 	fake_sync(f->sp, 0, 1);
 	run_until(f->base, 1);
 	assert_int_equal(outcomes[0].err, 0);
@@ -1337,6 +1372,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_prepared_synced_by_caller, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_light_load_wakes_idle_thread, setup,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_prepared_light_load_wakes_idle_thread_for_any_thread, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_prepared_lone_message_not_synced_by_busy_signer,
+	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_under_load_waits_for_busy_thread, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_prepared_open_messages_count_as_load, setup,
