@@ -197,7 +197,8 @@ enum commit_how {
 	COMMIT_WAKE,  /* a commit thread, an idle one woken at once */
 	COMMIT_JOIN,  /* the next batch: a thread is woken only when none is syncing */
 	COMMIT_LIGHT, /* as WAKE under light load (SPOOL_JOIN_LIGHT_LOAD), else JOIN */
-	COMMIT_HERE,  /* the caller, when nothing else is on its way; else as LIGHT */
+	COMMIT_HERE,  /* the caller, when nothing waits and no other txn is open;
+	               * else as LIGHT */
 };
 
 static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, const void *hdr,
@@ -284,6 +285,8 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 		errno = ESHUTDOWN;
 		goto fail;
 	}
+	if (how == COMMIT_HERE || how == COMMIT_LIGHT)
+		sp->from_threads++;
 	was_empty = sp->pending == NULL;
 	if (how == COMMIT_HERE && was_empty && others == 0) {
 		/*

@@ -272,9 +272,10 @@ void spool_close(struct spool *sp)
 	if (open > 0)
 		log_warn("event=spool_close_open_txns dir=%s open=%zu", sp->dir, open);
 	log_info("event=spool_close dir=%s commits=%llu batches=%llu synced_by_caller=%llu "
-	         "reused_files=%llu",
+	         "from_threads=%llu reused_files=%llu",
 	         sp->dir, (unsigned long long)sp->commits, (unsigned long long)sp->batches,
-	         (unsigned long long)sp->caller_synced, (unsigned long long)sp->reused);
+	         (unsigned long long)sp->caller_synced, (unsigned long long)sp->from_threads,
+	         (unsigned long long)sp->reused);
 	close(sp->freefd);
 	close(sp->quarfd);
 	close(sp->queuefd);

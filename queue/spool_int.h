@@ -45,7 +45,7 @@ struct spool {
 	char *dir;
 	int dirfd, tmpfd, queuefd, quarfd, freefd;
 
-	pthread_mutex_t lock; /* guards everything down to caller_synced */
+	pthread_mutex_t lock; /* guards everything down to from_threads */
 	pthread_cond_t cond;
 	struct spool_txn *pending, **pending_tail; /* committed, waiting for a thread */
 	struct spool_txn *done, **done_tail;       /* finished, waiting for the loop */
@@ -57,6 +57,7 @@ struct spool {
 	size_t syncing_n; /* messages in the batches being synced by commit threads */
 	uint64_t commits, batches;
 	uint64_t caller_synced; /* batches of one synced by the caller (COMMIT_HERE) */
+	uint64_t from_threads;  /* handed over from another thread (HERE or LIGHT) */
 	uint64_t reused;        /* loop thread only, as is no_reuse */
 	int no_reuse;           /* spool_set_reuse(sp, 0) */
 

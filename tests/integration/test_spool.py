@@ -245,7 +245,9 @@ def test_lone_message_synced_by_its_signer_only_with_a_thread_to_spare(daemon_fa
     while another signer thread is free, since a thread waiting for the
     disk cannot sign the next message: with one signer thread every message
     goes to the commit threads. spool_close logs how many were synced by
-    their signer."""
+    their signer, and how many were handed over by another thread than the
+    loop: every one, whether or not its signer could sync it (the early
+    wake of the idle commit thread under light load depends on it)."""
     d = daemon_factory(dkim__sign_threads=str(threads))
     c = h.SMTPClient.connect(d.submission_port)
     c.login(tenant)
@@ -253,11 +255,12 @@ def test_lone_message_synced_by_its_signer_only_with_a_thread_to_spare(daemon_fa
            for i in range(3)]
     c.quit()
     assert d.stop() == 0
-    m = re.search(r"event=spool_close .*\bcommits=(\d+) batches=\d+ synced_by_caller=(\d+)",
-                  d.log_text(since_start=True))
+    m = re.search(r"event=spool_close .*\bcommits=(\d+) batches=\d+ synced_by_caller=(\d+) "
+                  r"from_threads=(\d+)", d.log_text(since_start=True))
     assert m, "no spool_close line in the log"
     assert int(m.group(1)) == len(ids)
     assert int(m.group(2)) == (len(ids) if threads > 1 else 0), m.group(0)
+    assert int(m.group(3)) == len(ids), m.group(0)
     for q in ids:
         h.spooled(d, q)
 

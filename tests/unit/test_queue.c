@@ -618,6 +618,19 @@ static void test_empty_body(void **state)
 	queue_msg_free(&m);
 }
 
+/* Commits t ("hello") in two halves, the signer's way, as the caller from. */
+static void commit_in_halves(struct spool_txn *t, uint64_t cookie, enum queue_caller from)
+{
+	struct queue_envelope env;
+
+	make_env(&env);
+	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
+	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
+	assert_int_equal(
+	    queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, cookie, from),
+	    0);
+}
+
 /*
  * A message committed in two halves (the signer's way), with nothing else
  * open: the calling thread syncs it itself, so it is in queue/ when the
@@ -670,11 +683,7 @@ static void test_prepared_handed_over_while_others_open(void **state)
 
 	make_env(&env);
 	reset_outcomes(2);
-	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
-	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
-	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, 0,
-	                                       QUEUE_FROM_THREAD_MAY_SYNC),
-	                 0);
+	commit_in_halves(t, 0, QUEUE_FROM_THREAD_MAY_SYNC);
 	assert_int_equal(queue_commit(other, &env, test_hdr, strlen(test_hdr), commit_cb, 1), 0);
 	run_until(f->base, 2);
 	assert_int_equal(outcomes[0].err, 0);
@@ -723,15 +732,9 @@ static void fake_sync(struct spool *sp, int busy, size_t n)
  */
 static void commit_joining_as(struct fixture *f, uint64_t cookie, enum queue_caller from)
 {
-	struct queue_envelope env;
 	struct spool_txn *t = queue_begin(f->sp), *other = queue_begin(f->sp);
 
-	make_env(&env);
-	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
-	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
-	assert_int_equal(
-	    queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, cookie, from),
-	    0);
+	commit_in_halves(t, cookie, from);
 	queue_abort(other);
 }
 
@@ -778,23 +781,17 @@ static void test_prepared_light_load_wakes_idle_thread_for_any_thread(void **sta
 }
 
 /*
- * A signer thread that may not sync hands even a lone message to a commit
- * thread (it has jobs to sign): the message is committed, not by it.
+ * A signer thread that may not sync (no other signer thread is free to
+ * take the next job) hands even a lone message to a commit thread: the
+ * message is committed, not by the caller.
  */
 static void test_prepared_lone_message_not_synced_by_busy_signer(void **state)
 {
 	struct fixture *f = *state;
-	struct queue_envelope env;
-	struct spool_txn *t = queue_begin(f->sp);
 	uint64_t by_caller;
 
-	make_env(&env);
 	reset_outcomes(1);
-	assert_int_equal(queue_write_body(t, "hello\r\n", 7), 0);
-	assert_int_equal(queue_txn_set_envelope(t, &env), 0);
-	assert_int_equal(queue_commit_prepared(t, NULL, 0, test_hdr, strlen(test_hdr), commit_cb, 0,
-	                                       QUEUE_FROM_THREAD),
-	                 0);
+	commit_in_halves(queue_begin(f->sp), 0, QUEUE_FROM_THREAD);
 	run_until_or(f->base, 1, 10000);
 	assert_int_equal(outcomes_fired, 1);
 	assert_int_equal(outcomes[0].err, 0);
