@@ -2,7 +2,10 @@
 #
 #   make            build/sendgate, build/sendgatectl, build/sendgate-bench
 #   make test       install missing Debian packages, build, run every test
-#                   (unit + integration, then the same under ASan+UBSan)
+#                   (unit + integration, then the same under ASan+UBSan,
+#                   then memcheck)
+#   make valgrind   the unit tests, then the daemon in part of the
+#                   integration suite, under valgrind's memcheck
 #   make asan       the ASan+UBSan build and its test run only
 #   make run        local demo: throwaway PostgreSQL, DNS server and mail sink
 #
@@ -40,7 +43,7 @@ MIGRATIONS = $(sort $(wildcard tenants/migrations/*.sql))
 UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit integration asan asan-build bench-unsigned run clean fuzz FORCE
+.PHONY: all deps test unit integration valgrind asan asan-build bench-unsigned run clean fuzz FORCE
 .SECONDARY:
 
 all: $(BUILD)/sendgate $(BUILD)/sendgatectl $(BUILD)/sendgate-bench
@@ -115,6 +118,21 @@ bench-unsigned:
 		build/bench-unsigned/sendgate build/bench-unsigned/sendgatectl \
 		build/bench-unsigned/sendgate-bench
 
+# Memcheck (uninitialised reads ASan does not see, and definite leaks) on
+# the normal build: every unit test, then the daemon and its delivery child
+# through submission, signing, delivery, bounces and hostile input.
+VALGRIND_OPTS  = --error-exitcode=86 --leak-check=full --show-leak-kinds=definite \
+                 --errors-for-leak-kinds=definite --vgdb=no
+VALGRIND_TESTS = $(addprefix tests/integration/,test_swaks.py test_dkim.py test_delivery.py \
+                 test_bounces.py test_smuggling.py test_auth.py test_pipelining.py)
+
+valgrind: deps all $(UNIT_BINS)
+	@fail=0; for t in $(UNIT_BINS); do \
+		echo "== valgrind $$t"; valgrind -q $(VALGRIND_OPTS) $$t || fail=1; \
+	done; exit $$fail
+	SENDGATE_VALGRIND="valgrind $(VALGRIND_OPTS)" SENDGATE_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q \
+		-p no:cacheprovider $(VALGRIND_TESTS) $(PYTEST_ARGS)
+
 asan-build:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all $(patsubst $(BUILD)/%,build/asan/%,$(UNIT_BINS))
@@ -129,6 +147,7 @@ test: deps
 	$(MAKE) --no-print-directory all unit
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory asan
+	$(MAKE) --no-print-directory valgrind
 
 run: deps all
 	$(PYTHON) tools/demo.py

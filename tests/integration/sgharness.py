@@ -32,7 +32,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Scale every wait when the binaries run under a sanitizer.
-SLOW = 3.0 if "asan" in os.environ.get("SENDGATE_BUILD", "") else 1.0
+# SENDGATE_VALGRIND, when set, is the valgrind command line every daemon
+# runs under (make valgrind sets it; without -q, so that every process that
+# ends under valgrind writes its ERROR SUMMARY): the daemon and the delivery
+# child it starts log to valgrind/PID.log beside the daemon's log, which
+# sanitizer_report reads like a sanitizer's output.
+VALGRIND = os.environ.get("SENDGATE_VALGRIND", "").split()
+SLOW = 4.0 if VALGRIND else 3.0 if "asan" in os.environ.get("SENDGATE_BUILD", "") else 1.0
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
@@ -445,6 +451,8 @@ class Daemon:
         self.config_path = os.path.join(self.dir, "sendgate-%d.conf" % self.submission_port)
         self.logfile = os.path.join(self.dir, "sendgate-%d.log" % self.submission_port)
         self.proc = None
+        self.pids = []  # of every run, for the valgrind logs
+        self.killed = set()  # pids this harness killed with SIGKILL
         self.returncodes = []
         server = {"hostname": "mx.sendgate.test"}
         if os.geteuid() == 0:
@@ -500,11 +508,21 @@ class Daemon:
         self._log_offset = os.path.getsize(self.logfile) if os.path.exists(self.logfile) else 0
         logf = open(self.logfile, "ab")
         try:
-            self.proc = subprocess.Popen([self.exe, "-c", self.config_path], stdin=subprocess.DEVNULL,
+            argv = [self.exe, "-c", self.config_path]
+            if VALGRIND:
+                # The delivery child, exec'd after privileges are dropped,
+                # writes its own log there too.
+                vdir = os.path.join(self.dir, "valgrind")
+                os.makedirs(vdir, exist_ok=True)
+                os.chmod(vdir, 0o1777)
+                argv = VALGRIND + ["--trace-children=yes",
+                                   "--log-file=" + os.path.join(vdir, "%p.log")] + argv
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=logf, stderr=subprocess.STDOUT, env=env,
                                          cwd=self.dir, start_new_session=True)
         finally:
             logf.close()
+        self.pids.append(self.proc.pid)
         return self.proc
 
     def start(self):
@@ -571,6 +589,7 @@ class Daemon:
             self.proc.kill()
         self.proc.wait(timeout=10)
         self.returncodes.append("killed")
+        self.killed.add(self.proc.pid)
         self.proc = None
 
     def restart(self):
@@ -584,6 +603,36 @@ class Daemon:
             i = text.find(m)
             if i >= 0:
                 return text[max(0, i - 200):i + 3000]
+        return self.valgrind_report(text) if VALGRIND else ""
+
+    def valgrind_report(self, text):
+        """What valgrind found in this daemon's processes, or ''. Each one
+        must have a log that ends in a summary of no errors (definite
+        leaks count as errors), unless it was killed on purpose: by this
+        harness, or by a test (the daemon logs the delivery child's death
+        by a signal). A process without a log, or whose log has no summary,
+        escaped valgrind; one killed at the stop timeout had no leak check."""
+        vdir = os.path.join(self.dir, "valgrind")
+        children = {int(p) for p in re.findall(r"event=delivery_started pid=(\d+)", text)}
+        signalled = {int(p) for p in re.findall(r"event=delivery_exited pid=(\d+) signal=", text)}
+        missing = sorted(p for p in set(self.pids) | children
+                         if not os.path.exists(os.path.join(vdir, "%d.log" % p)))
+        if missing:
+            return "no valgrind/PID.log for pids %s: not run under valgrind" % missing
+        for ev in ("event=delivery_killed", "event=stop_timeout"):
+            if ev in text:
+                return "%s in the log: a process was killed before valgrind's leak check" % ev
+        for name in sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []:
+            with open(os.path.join(vdir, name), errors="replace") as f:
+                vg = f.read()
+            m = re.search(r"ERROR SUMMARY: (\d+) errors", vg)
+            if m and m.group(1) == "0":
+                continue
+            pid = int(name.split(".")[0])
+            if not m and (pid in self.killed or pid in signalled):
+                continue
+            why = "errors" if m else "no ERROR SUMMARY: the process left valgrind"
+            return "valgrind/%s (%s):\n%s" % (name, why, vg[-8000:])
         return ""
 
     # spool helpers

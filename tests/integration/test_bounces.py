@@ -495,6 +495,8 @@ def test_delivery_tags_senders_when_only_root_can_read_the_master_key(denv, ctl,
     assert verp == verp_of(qid, 0, BOUNCES)
     # The child took the key out of its environment: /proc/PID/environ
     # still shows the block it started with, now without the key's digits.
+    if h.VALGRIND:
+        return  # /proc/PID/environ shows valgrind's copy, not the one wiped
     with open(h.master_key_file()) as f:
         master = bytes.fromhex(f.read().strip())
     key = hmac.new(master, b"sendgate VERP tag key v1", hashlib.sha256).hexdigest()
