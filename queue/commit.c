@@ -243,6 +243,7 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 	struct spool *sp = t->sp;
 	unsigned char rh[QREC_HDR_LEN];
 	int was_empty, e2;
+	int from_thread = how == COMMIT_HERE || how == COMMIT_LIGHT;
 	/* Other messages begun and not yet handed over (sessions in DATA,
 	 * messages being signed): they could share this one's batch. */
 	size_t others = __atomic_sub_fetch(&sp->open_txns, 1, __ATOMIC_RELAXED);
@@ -285,7 +286,7 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 		errno = ESHUTDOWN;
 		goto fail;
 	}
-	if (how == COMMIT_HERE || how == COMMIT_LIGHT)
+	if (from_thread)
 		sp->from_threads++;
 	was_empty = sp->pending == NULL;
 	if (how == COMMIT_HERE && was_empty && others == 0) {
@@ -302,8 +303,7 @@ static int commit_prepared(struct spool_txn *t, const void *top, size_t toplen, 
 	*sp->pending_tail = t;
 	sp->pending_tail = &t->next;
 	sp->pending_n++;
-	if ((how == COMMIT_HERE || how == COMMIT_LIGHT) &&
-	    others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
+	if (from_thread && others + sp->pending_n + sp->syncing_n <= SPOOL_JOIN_LIGHT_LOAD)
 		how = COMMIT_WAKE;
 	/* Once per batch: a message that joined while a thread was busy woke
 	 * nobody, so one handed over later may still have to. */

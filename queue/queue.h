@@ -261,8 +261,9 @@ int queue_commit(struct spool_txn *t, const struct queue_envelope *env, const vo
  * message with everything else waiting when its batch is done. (Woken for
  * each message, the second thread synced batches of one: 6-9 % less c50
  * throughput with signer threads committing.) From another thread than the
- * loop (QUEUE_FROM_THREAD or _MAY_SYNC), under light load (at most 8 messages on their
- * way to the spool) the idle thread is woken at once, as for queue_commit.
+ * loop (QUEUE_FROM_THREAD or _MAY_SYNC), under light load (at most 8
+ * messages on their way to the spool) the idle thread is woken at once, as
+ * for queue_commit.
  * With QUEUE_FROM_THREAD_MAY_SYNC (the call may then block for a sync) a
  * message that would be alone in its batch (nothing waiting, no other txn
  * open) is also made durable by the calling thread before the call
