@@ -2,7 +2,8 @@
 #
 #   make            build/sendgate, build/sendgatectl, build/sendgate-bench
 #   make test       install missing Debian packages, build, run every test
-#                   (unit + integration, then the same under ASan+UBSan)
+#                   (unit + integration, then the same under ASan+UBSan,
+#                   then part of it under valgrind's memcheck)
 #   make valgrind   the unit tests, then the daemon in part of the
 #                   integration suite, under valgrind's memcheck
 #   make asan       the ASan+UBSan build and its test run only
@@ -146,6 +147,7 @@ test: deps
 	$(MAKE) --no-print-directory all unit
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory asan
+	$(MAKE) --no-print-directory valgrind
 
 run: deps all
 	$(PYTHON) tools/demo.py
